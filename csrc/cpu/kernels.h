@@ -1,0 +1,128 @@
+// CPU kernels that are compiled once per instruction set (cpu/kernels_*.cpp)
+// and picked at run time (cpu/dispatch.cpp): the fused per-step gate loops and
+// a small-matrix GEMM. They see raw pointers only: no allocation, no
+// exceptions, so they are safe inside the parallel time loop.
+//
+// A "row kernel" processes rows [0, rows) of one time step and the hidden units
+// [u0, u1) of one column slice. All pointers are the step's first row; every
+// buffer has its own row stride (ld_*) in elements.
+#pragma once
+
+#include <cstdint>
+
+namespace rnnfast::cpu {
+
+// The previous state of each row of a step: rows [0, n_first) continue a
+// sequence from the previous step (`first`), the others start from the
+// initial state (`initial`). Only the reverse direction of a packed batch has
+// rows of the second kind after its first step.
+template <typename T>
+struct PrevRows {
+  const T* first = nullptr;
+  int64_t ld_first = 0;
+  int64_t n_first = 0;
+  const T* initial = nullptr;
+  int64_t ld_initial = 0;
+
+  const T* row(int64_t b) const {
+    return b < n_first ? first + b * ld_first : initial + b * ld_initial;
+  }
+};
+
+template <typename T>
+struct LstmForwardRows {
+  int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
+  T* gx = nullptr;        // [rows, 4H] x @ w_ih^T (no bias); training: overwritten by i,f,g,o
+  int64_t ld_gx = 0;
+  const T* gh = nullptr;  // [rows, 4*(u1-u0)] this slice's h_prev @ w_hh^T, column g*(u1-u0)+j
+  int64_t ld_gh = 0;
+  const T* bias = nullptr;  // [4H] b_ih + b_hh (zeros without bias)
+  T* c = nullptr;           // [rows, H] cell state: in c_{t-1}, out c_t
+  int64_t ld_c = 0;
+  T* c_saved = nullptr;     // training: [rows, H] c_t for backward
+  int64_t ld_c_saved = 0;
+  T* m = nullptr;           // [rows, H] out o*tanh(c_t): the output h_t, or W_hr's input
+  int64_t ld_m = 0;
+};
+
+template <typename T>
+struct LstmBackwardRows {
+  int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
+  const T* gates = nullptr;  // [rows, 4H] saved i,f,g,o
+  int64_t ld_gates = 0;
+  const T* c = nullptr;      // [rows, H] saved c_t
+  int64_t ld_c = 0;
+  PrevRows<T> c_prev;        // c_{t-1} of each row
+  const T* dm_a = nullptr;   // dm = dm_a + dm_b: gradient w.r.t. o*tanh(c_t)
+  int64_t ld_dm_a = 0;       //   (no proj: dy_t + recurrent dh; proj: dm, dm_b null)
+  const T* dm_b = nullptr;
+  int64_t ld_dm_b = 0;
+  T* dc = nullptr;           // [rows, H] in: dc from step t+1 (or dc_n), out: dc_{t-1}
+  int64_t ld_dc = 0;
+  T* dgates = nullptr;       // [rows, 4H] out: pre-activation gradients
+  int64_t ld_dgates = 0;
+};
+
+template <typename T>
+struct GruForwardRows {
+  int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
+  T* gx = nullptr;          // [rows, 3H] x @ w_ih^T (no bias); training: overwritten by r,z,n
+  int64_t ld_gx = 0;
+  const T* gh = nullptr;    // [rows, 3*(u1-u0)] this slice's h_prev @ w_hh^T
+  int64_t ld_gh = 0;
+  const T* bias_x = nullptr;   // [3H] b_ih + (b_hr, b_hz, 0)
+  const T* bias_hn = nullptr;  // [H]  b_hn
+  PrevRows<T> h_prev;
+  T* hn_saved = nullptr;    // training: [rows, H] W_hn h + b_hn
+  int64_t ld_hn_saved = 0;
+  T* h = nullptr;           // [rows, H] out h_t
+  int64_t ld_h = 0;
+};
+
+template <typename T>
+struct GruBackwardRows {
+  int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
+  const T* gates = nullptr;  // [rows, 3H] saved r,z,n
+  int64_t ld_gates = 0;
+  const T* hn = nullptr;     // [rows, H] saved W_hn h + b_hn
+  int64_t ld_hn = 0;
+  PrevRows<T> h_prev;
+  const T* dy = nullptr;     // [rows, H] gradient of the output h_t
+  int64_t ld_dy = 0;
+  T* dh = nullptr;           // [rows, H] in: recurrent gradient of h_t, out: z*dh_t
+  int64_t ld_dh = 0;
+  T* dgh = nullptr;          // [rows, 3H] out: (dr, dz, dhn): the hidden-side GEMM gradient
+  int64_t ld_dgh = 0;
+  T* dgxn = nullptr;         // [rows, H] out: input-side gradient of n
+  int64_t ld_dgxn = 0;
+};
+
+template <typename T>
+struct KernelTable {
+  const char* isa;
+  // Row-major C[M,N] = A[M,K] @ B[K,N] + beta*C, any M (written for small M).
+  void (*gemm)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+               int64_t ldb, T beta, T* C, int64_t ldc);
+  void (*lstm_forward_train)(const LstmForwardRows<T>&);
+  void (*lstm_forward_infer)(const LstmForwardRows<T>&);
+  void (*lstm_backward)(const LstmBackwardRows<T>&);
+  void (*gru_forward_train)(const GruForwardRows<T>&);
+  void (*gru_forward_infer)(const GruForwardRows<T>&);
+  void (*gru_backward)(const GruBackwardRows<T>&);
+};
+
+// The table for the instruction set chosen at run time (cpu/dispatch.cpp).
+const KernelTable<float>& kernels_f32();
+const KernelTable<double>& kernels_f64();
+template <typename T>
+const KernelTable<T>& kernels();
+
+// Chosen instruction set: "avx512", "avx2" or "default". The environment
+// variable RNNFAST_CPU_CAPABILITY (or set_cpu_capability) can lower it, e.g.
+// to test the generic build on an AVX-512 machine.
+const char* cpu_capability();
+void set_cpu_capability(const char* name);  // throws on an unsupported name
+// Instruction sets compiled into this build and supported by this CPU.
+const char* const* available_cpu_capabilities(int* count);
+
+}  // namespace rnnfast::cpu

@@ -1,0 +1,278 @@
+// Bodies of the per-instruction-set CPU kernels declared in cpu/kernels.h.
+//
+// Included once by each cpu/kernels_<isa>.cpp, which is compiled with that
+// instruction set's flags and CPU_CAPABILITY=<ISA>. at::vec puts Vectorized<T>
+// into the inline namespace at::vec::CPU_CAPABILITY, and this file puts the
+// kernels into rnnfast::cpu::CPU_CAPABILITY, so the builds never share a
+// symbol. Keep this file free of anything that could emit out-of-line code
+// shared with other translation units (no std::string, no exceptions).
+#pragma once
+
+#ifndef CPU_CAPABILITY
+#error "kernels_impl.h must be included from a kernels_<isa>.cpp compiled with CPU_CAPABILITY set"
+#endif
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "../cell_math.h"
+#include "kernels.h"
+
+namespace rnnfast::cpu::CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+// Math policy of cell_math.h for SIMD vectors. sigmoid is written as torch's
+// vectorized CPU kernel writes it: 1 / (1 + exp(-x)).
+template <typename T>
+struct VecMath {
+  using V = Vectorized<T>;
+  static V one() { return V(T(1)); }
+  static V zero() { return V(T(0)); }
+  static V sigmoid(V x) { return (one() + x.neg().exp()).reciprocal(); }
+  static V tanh(V x) { return x.tanh(); }
+  static V relu(V x) { return at::vec::maximum(x, zero()); }
+  static V relu_grad_mask(V y) { return V::blendv(zero(), one(), y > zero()); }
+};
+
+template <typename T>
+inline Vectorized<T> load(const T* p, int64_t n) {
+  return n == Vectorized<T>::size() ? Vectorized<T>::loadu(p) : Vectorized<T>::loadu(p, n);
+}
+
+template <typename T>
+inline void store(T* p, const Vectorized<T>& v, int64_t n) {
+  if (n == Vectorized<T>::size()) {
+    v.store(p);
+  } else {
+    v.store(p, static_cast<int>(n));
+  }
+}
+
+// Calls f(u, n) for consecutive vectors covering [u0, u1): n lanes starting at
+// unit u, the last vector possibly partial (masked loads and stores).
+template <typename T, typename F>
+inline void for_each_vector(int64_t u0, int64_t u1, F&& f) {
+  constexpr int64_t W = Vectorized<T>::size();
+  int64_t u = u0;
+  for (; u + W <= u1; u += W) f(u, W);
+  if (u < u1) f(u, u1 - u);
+}
+
+// ---------------------------------------------------------------------------
+// Small-matrix GEMM: C[M,N] = A[M,K] @ B[K,N] + beta*C, row-major.
+// Register tile of R rows x C vectors; B is streamed once per row block, so it
+// suits the per-step recurrent products at small batch, where a BLAS call costs
+// more in overhead than the arithmetic.
+// ---------------------------------------------------------------------------
+template <typename T, int R, int C>
+inline void gemm_tile(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T beta,
+                      T* Cm, int64_t ldc, int64_t ncols) {
+  using V = Vectorized<T>;
+  constexpr int64_t W = V::size();
+  int64_t count[C];
+  for (int c = 0; c < C; ++c) {
+    const int64_t left = ncols - c * W;
+    count[c] = left >= W ? W : (left > 0 ? left : 0);
+  }
+  V acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = V(T(0));
+  const bool full = ncols == C * W;
+  for (int64_t k = 0; k < K; ++k) {
+    const T* brow = B + k * ldb;
+    V bv[C];
+    for (int c = 0; c < C; ++c) bv[c] = full ? V::loadu(brow + c * W) : load(brow + c * W, count[c]);
+    for (int r = 0; r < R; ++r) {
+      const V av(A[r * lda + k]);
+      for (int c = 0; c < C; ++c) acc[r][c] = at::vec::fmadd(av, bv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    T* crow = Cm + r * ldc;
+    for (int c = 0; c < C; ++c) {
+      if (count[c] == 0) continue;
+      V out = acc[r][c];
+      if (beta != T(0)) out = at::vec::fmadd(V(beta), load(crow + c * W, count[c]), out);
+      store(crow + c * W, out, count[c]);
+    }
+  }
+}
+
+template <typename T, int R>
+inline void gemm_rows(int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
+                      T beta, T* Cm, int64_t ldc) {
+  constexpr int64_t W = Vectorized<T>::size();
+  constexpr int C = 4;
+  int64_t n0 = 0;
+  for (; n0 + C * W <= N; n0 += C * W)
+    gemm_tile<T, R, C>(K, A, lda, B + n0, ldb, beta, Cm + n0, ldc, C * W);
+  const int64_t left = N - n0;
+  if (left > 2 * W) {
+    gemm_tile<T, R, C>(K, A, lda, B + n0, ldb, beta, Cm + n0, ldc, left);
+  } else if (left > 0) {
+    gemm_tile<T, R, 2>(K, A, lda, B + n0, ldb, beta, Cm + n0, ldc, left);
+  }
+}
+
+template <typename T>
+void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
+          T beta, T* Cm, int64_t ldc) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) gemm_rows<T, 4>(N, K, A + m * lda, lda, B, ldb, beta, Cm + m * ldc, ldc);
+  switch (M - m) {
+    case 3: gemm_rows<T, 3>(N, K, A + m * lda, lda, B, ldb, beta, Cm + m * ldc, ldc); break;
+    case 2: gemm_rows<T, 2>(N, K, A + m * lda, lda, B, ldb, beta, Cm + m * ldc, ldc); break;
+    case 1: gemm_rows<T, 1>(N, K, A + m * lda, lda, B, ldb, beta, Cm + m * ldc, ldc); break;
+    default: break;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// LSTM
+// ---------------------------------------------------------------------------
+template <typename T, bool Training>
+void lstm_forward_rows(const LstmForwardRows<T>& a) {
+  using V = Vectorized<T>;
+  const int64_t H = a.H;
+  const int64_t nu = a.u1 - a.u0;
+  for (int64_t b = 0; b < a.rows; ++b) {
+    T* gx = a.gx + b * a.ld_gx;
+    const T* gh = a.gh + b * a.ld_gh;
+    T* c = a.c + b * a.ld_c;
+    T* m = a.m + b * a.ld_m;
+    for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
+      const int64_t j = u - a.u0;
+      const V ai = load(gx + u, n) + load(gh + j, n) + load(a.bias + u, n);
+      const V af = load(gx + H + u, n) + load(gh + nu + j, n) + load(a.bias + H + u, n);
+      const V ag = load(gx + 2 * H + u, n) + load(gh + 2 * nu + j, n) + load(a.bias + 2 * H + u, n);
+      const V ao = load(gx + 3 * H + u, n) + load(gh + 3 * nu + j, n) + load(a.bias + 3 * H + u, n);
+      LstmGates<V> g;
+      V c_new, m_new;
+      lstm_forward<VecMath<T>>(ai, af, ag, ao, load(c + u, n), g, c_new, m_new);
+      store(c + u, c_new, n);
+      store(m + u, m_new, n);
+      if constexpr (Training) {
+        store(gx + u, g.i, n);
+        store(gx + H + u, g.f, n);
+        store(gx + 2 * H + u, g.g, n);
+        store(gx + 3 * H + u, g.o, n);
+        store(a.c_saved + b * a.ld_c_saved + u, c_new, n);
+      }
+    });
+  }
+}
+
+template <typename T>
+void lstm_backward_rows(const LstmBackwardRows<T>& a) {
+  using V = Vectorized<T>;
+  const int64_t H = a.H;
+  for (int64_t b = 0; b < a.rows; ++b) {
+    const T* gates = a.gates + b * a.ld_gates;
+    const T* c = a.c + b * a.ld_c;
+    const T* c_prev = a.c_prev.row(b);
+    const T* dm_a = a.dm_a + b * a.ld_dm_a;
+    const T* dm_b = a.dm_b ? a.dm_b + b * a.ld_dm_b : nullptr;
+    T* dc = a.dc + b * a.ld_dc;
+    T* dg = a.dgates + b * a.ld_dgates;
+    for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
+      const LstmGates<V> g{load(gates + u, n), load(gates + H + u, n), load(gates + 2 * H + u, n),
+                           load(gates + 3 * H + u, n)};
+      V dm = load(dm_a + u, n);
+      if (dm_b) dm = dm + load(dm_b + u, n);
+      V dai, daf, dag, dao, dc_prev;
+      lstm_backward<VecMath<T>>(g, load(c + u, n), load(c_prev + u, n), dm, load(dc + u, n), dai,
+                                daf, dag, dao, dc_prev);
+      store(dg + u, dai, n);
+      store(dg + H + u, daf, n);
+      store(dg + 2 * H + u, dag, n);
+      store(dg + 3 * H + u, dao, n);
+      store(dc + u, dc_prev, n);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------
+// GRU
+// ---------------------------------------------------------------------------
+template <typename T, bool Training>
+void gru_forward_rows(const GruForwardRows<T>& a) {
+  using V = Vectorized<T>;
+  const int64_t H = a.H;
+  const int64_t nu = a.u1 - a.u0;
+  for (int64_t b = 0; b < a.rows; ++b) {
+    T* gx = a.gx + b * a.ld_gx;
+    const T* gh = a.gh + b * a.ld_gh;
+    const T* h_prev = a.h_prev.row(b);
+    T* h = a.h + b * a.ld_h;
+    for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
+      const int64_t j = u - a.u0;
+      const V ar = load(gx + u, n) + load(gh + j, n) + load(a.bias_x + u, n);
+      const V az = load(gx + H + u, n) + load(gh + nu + j, n) + load(a.bias_x + H + u, n);
+      const V axn = load(gx + 2 * H + u, n) + load(a.bias_x + 2 * H + u, n);
+      const V hn = load(gh + 2 * nu + j, n) + load(a.bias_hn + u, n);
+      GruGates<V> g;
+      V h_new;
+      gru_forward<VecMath<T>>(ar, az, axn, hn, load(h_prev + u, n), g, h_new);
+      store(h + u, h_new, n);
+      if constexpr (Training) {
+        store(gx + u, g.r, n);
+        store(gx + H + u, g.z, n);
+        store(gx + 2 * H + u, g.n, n);
+        store(a.hn_saved + b * a.ld_hn_saved + u, hn, n);
+      }
+    });
+  }
+}
+
+template <typename T>
+void gru_backward_rows(const GruBackwardRows<T>& a) {
+  using V = Vectorized<T>;
+  const int64_t H = a.H;
+  for (int64_t b = 0; b < a.rows; ++b) {
+    const T* gates = a.gates + b * a.ld_gates;
+    const T* hn = a.hn + b * a.ld_hn;
+    const T* h_prev = a.h_prev.row(b);
+    const T* dy = a.dy + b * a.ld_dy;
+    T* dh = a.dh + b * a.ld_dh;
+    T* dgh = a.dgh + b * a.ld_dgh;
+    T* dgxn = a.dgxn + b * a.ld_dgxn;
+    for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
+      const GruGates<V> g{load(gates + u, n), load(gates + H + u, n), load(gates + 2 * H + u, n)};
+      const V dh_total = load(dy + u, n) + load(dh + u, n);
+      V dar, daz, daxn, dhn, dh_direct;
+      gru_backward<VecMath<T>>(g, load(hn + u, n), load(h_prev + u, n), dh_total, dar, daz, daxn,
+                               dhn, dh_direct);
+      store(dgh + u, dar, n);
+      store(dgh + H + u, daz, n);
+      store(dgh + 2 * H + u, dhn, n);
+      store(dgxn + u, daxn, n);
+      store(dh + u, dh_direct, n);
+    });
+  }
+}
+
+template <typename T>
+const KernelTable<T>* make_table(const char* isa) {
+  static const KernelTable<T> table{
+      isa,
+      &gemm<T>,
+      &lstm_forward_rows<T, true>,
+      &lstm_forward_rows<T, false>,
+      &lstm_backward_rows<T>,
+      &gru_forward_rows<T, true>,
+      &gru_forward_rows<T, false>,
+      &gru_backward_rows<T>,
+  };
+  return &table;
+}
+
+}  // namespace rnnfast::cpu::CPU_CAPABILITY
+
+// Defines the entry points of one instruction-set build; dispatch.cpp declares
+// them for every build compiled in.
+#define RNNFAST_DEFINE_KERNEL_TABLES(isa_name)                                   \
+  namespace rnnfast::cpu::CPU_CAPABILITY {                                       \
+  const KernelTable<float>* table_f32() { return make_table<float>(isa_name); }  \
+  const KernelTable<double>* table_f64() { return make_table<double>(isa_name); } \
+  }

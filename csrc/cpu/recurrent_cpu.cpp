@@ -1,0 +1,560 @@
+// CPU sequence loops of one layer-direction (interface: csrc/layer.h).
+//
+// Forward
+//   1. Gx = x @ w_ih^T for all steps in one GEMM (ATen, all threads); in
+//      inference in chunks of steps, so memory stays bounded for long inputs.
+//   2. A parallel time loop. The hidden units are split into one column slice
+//      per thread; each thread keeps its slice of w_hh (packed once, resident
+//      in its cache) and per step computes its columns of h_{t-1} @ w_hh^T and
+//      the fused gate math of its units. One barrier per step publishes h_t
+//      (two with a projection: m_t, then h_t = m_t @ w_hr^T).
+// Backward mirrors it: per step the fused gate backward of each slice's units,
+// a barrier, and each slice's columns of dh_{t-1} = dG_t @ w_hh. After the
+// loop the time-parallel products run as single GEMMs over all steps:
+// dw_ih = dG^T x, dx = dG w_ih, dw_hh = dG^T h_prev, bias gradients as column
+// sums (deterministic).
+//
+// No allocation and no exception inside the parallel region: every buffer is
+// allocated before it, and the kernels only see raw pointers.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../layer.h"
+#include "barrier.h"
+#include "gemm.h"
+#include "kernels.h"
+
+namespace rnnfast {
+namespace cpu {
+namespace {
+
+bool defined(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+// Time steps in processing order and where their rows are.
+struct StepPlan {
+  int64_t T = 0, B = 0, N = 0;
+  bool reverse = false;
+  std::vector<int64_t> bs;      // [T] batch size of step t
+  std::vector<int64_t> offset;  // [T+1] first row of step t
+
+  StepPlan(const Tensor& batch_sizes, bool rev) : reverse(rev) {
+    T = batch_sizes.size(0);
+    const int64_t* b = batch_sizes.data_ptr<int64_t>();
+    bs.assign(b, b + T);
+    offset.resize(T + 1, 0);
+    for (int64_t t = 0; t < T; ++t) offset[t + 1] = offset[t] + bs[t];
+    N = offset[T];
+    B = bs[0];
+  }
+  // The time step processed s-th.
+  int64_t step(int64_t s) const { return reverse ? T - 1 - s : s; }
+  // Rows of the s-th processed step that continue from the previously
+  // processed step; the rest start from the initial state.
+  int64_t continuing_rows(int64_t s) const {
+    return s == 0 ? 0 : std::min(bs[step(s)], bs[step(s - 1)]);
+  }
+  // Previous state of each row of the s-th processed step: rows of `states`
+  // ([N, ld] per-step rows, e.g. y) of the previous step, or `initial` [B, ld_initial].
+  template <typename T_>
+  PrevRows<T_> prev(int64_t s, const T_* states, int64_t ld, const T_* initial,
+                    int64_t ld_initial) const {
+    PrevRows<T_> p;
+    p.n_first = continuing_rows(s);
+    p.first = s == 0 ? nullptr : states + offset[step(s - 1)] * ld;
+    p.ld_first = ld;
+    p.initial = initial;
+    p.ld_initial = ld_initial;
+    return p;
+  }
+  // Step at which row b was processed last (where its final state is).
+  int64_t last_step_of_row(int64_t b) const {
+    if (reverse) return 0;
+    int64_t len = 0;
+    while (len < T && bs[len] > b) ++len;
+    return len - 1;
+  }
+};
+
+// Column slices of the hidden units (and of the projection outputs), one per
+// thread, boundaries on multiples of the vector width where the size allows.
+struct Slicing {
+  int count = 1;
+  std::vector<int64_t> unit;  // [count+1] boundaries over H
+  std::vector<int64_t> proj;  // [count+1] boundaries over P
+
+  static std::vector<int64_t> split(int64_t n, int parts, int64_t align) {
+    std::vector<int64_t> cut(parts + 1);
+    for (int s = 0; s <= parts; ++s) {
+      int64_t c = n * s / parts;
+      if (s != 0 && s != parts && n >= parts * align) c = (c + align / 2) / align * align;
+      cut[s] = std::min(std::max(c, cut[s ? s - 1 : 0]), n);
+    }
+    return cut;
+  }
+
+  Slicing(int64_t H, int64_t P, int64_t B, int64_t G) {
+    const int threads = at::get_num_threads();
+    // A step must carry enough work to pay for a barrier (~0.1-0.5 us).
+    const int64_t macs_per_step = B * G * H * P;
+    count = (threads > 1 && H >= 32 && macs_per_step >= 16384) ? threads : 1;
+    count = static_cast<int>(std::min<int64_t>(count, H / 16 > 0 ? H / 16 : 1));
+    unit = split(H, count, 16);
+    proj = split(P, count, 16);
+  }
+  int64_t u0(int s) const { return unit[s]; }
+  int64_t u1(int s) const { return unit[s + 1]; }
+  int64_t p0(int s) const { return proj[s]; }
+  int64_t p1(int s) const { return proj[s + 1]; }
+};
+
+// Runs body(thread, threads, barrier) on `slices` threads (a serial call when
+// there is one slice). The OpenMP team may be smaller than asked (nested
+// parallelism): each thread then handles slices thread, thread+threads, ...
+template <typename Body>
+void run_parallel(int slices, const Body& body) {
+#ifdef _OPENMP
+  if (slices > 1 && !omp_in_parallel()) {
+    const int team = std::min(slices, at::get_num_threads());
+    SpinBarrier* barrier_ptr = nullptr;
+    alignas(64) unsigned char storage[sizeof(SpinBarrier)];
+#pragma omp parallel num_threads(team)
+    {
+      const int threads = omp_get_num_threads();
+#pragma omp single
+      barrier_ptr = new (storage) SpinBarrier(threads);
+      // (implicit barrier after single)
+      body(omp_get_thread_num(), threads, *barrier_ptr);
+    }
+    return;
+  }
+#endif
+  SpinBarrier solo(1);
+  body(0, 1, solo);
+}
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// Bias vectors folded for the fused kernels (zeros without bias).
+//   LSTM: bias = b_ih + b_hh [4H]
+//   GRU:  bias = b_ih + (b_hr, b_hz, 0) [3H], bias_hn = b_hn [H]
+struct FoldedBias {
+  Tensor bias, bias_hn;
+};
+
+FoldedBias fold_bias(CellType cell, const LayerWeights& w, int64_t H, const Tensor& like) {
+  const int64_t G = gate_count(cell);
+  FoldedBias f;
+  if (!defined(w.b_ih)) {
+    f.bias = at::zeros({G * H}, like.options());
+    f.bias_hn = at::zeros({H}, like.options());
+    return f;
+  }
+  if (cell == CellType::kGRU) {
+    f.bias = w.b_ih->clone();
+    f.bias.narrow(0, 0, 2 * H).add_(w.b_hh->narrow(0, 0, 2 * H));
+    f.bias_hn = w.b_hh->narrow(0, 2 * H, H).contiguous();
+  } else {
+    f.bias = *w.b_ih + *w.b_hh;
+  }
+  return f;
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------
+template <typename T>
+class ForwardLoop {
+ public:
+  explicit ForwardLoop(const LayerForwardArgs& a)
+      : a_(a),
+        cell_(a.cell),
+        plan_(a.batch_sizes, a.reverse),
+        G_(gate_count(a.cell)),
+        H_(a.w.w_ih.size(0) / G_),
+        P_(a.w.w_hh.size(1)),
+        proj_(defined(a.w.w_hr)),
+        slicing_(H_, P_, plan_.B, G_) {}
+
+  std::vector<Tensor> run() {
+    const Tensor& x = a_.x;
+    const int64_t N = plan_.N, B = plan_.B, GH = G_ * H_;
+    auto opts = x.options();
+    std::vector<Tensor> saved;
+    if (a_.training) {
+      gates_ = at::empty({N, GH}, opts);
+      saved.push_back(gates_);
+      if (cell_ == CellType::kLSTM) {
+        cells_ = at::empty({N, H_}, opts);
+        saved.push_back(cells_);
+        if (proj_) {
+          m_ = at::empty({N, H_}, opts);
+          saved.push_back(m_);
+        }
+      } else {
+        hn_ = at::empty({N, H_}, opts);
+        saved.push_back(hn_);
+      }
+    } else if (proj_) {
+      m_ = at::empty({B, H_}, opts);  // scratch: m of the current step
+    }
+    gh_ = at::empty({B, GH}, opts);
+    w_packed_ = at::empty({P_, GH}, opts);
+    if (proj_) w_hr_t_ = at::empty({H_, P_}, opts);
+    bias_ = fold_bias(cell_, a_.w, H_, x);
+    if (cell_ == CellType::kLSTM) a_.c_n->copy_(*a_.c0);  // c_n is the running cell state
+
+    // Chunks of processed steps whose input projection is computed at once.
+    const int64_t rows_per_chunk = a_.training ? N : std::max<int64_t>(B, 8192);
+    Tensor gx_buffer = a_.training ? gates_ : at::empty({std::min(N, rows_per_chunk + B), GH}, opts);
+    bool packed = false;
+    for (int64_t s0 = 0; s0 < plan_.T;) {
+      int64_t s1 = s0, rows = 0;
+      while (s1 < plan_.T && (s1 == s0 || rows + plan_.bs[plan_.step(s1)] <= rows_per_chunk)) {
+        rows += plan_.bs[plan_.step(s1)];
+        ++s1;
+      }
+      // Rows of processed steps [s0, s1) are contiguous: [lo, lo + rows).
+      const int64_t lo = plan_.reverse ? plan_.offset[plan_.step(s1 - 1)] : plan_.offset[s0];
+      Tensor gx = gx_buffer.narrow(0, 0, rows);
+      at::mm_out(gx, x.narrow(0, lo, rows), a_.w.w_ih.t());
+      gx_chunk_ = gx.data_ptr<T>();
+      chunk_lo_ = lo;
+      run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
+        if (!packed) pack_weights(thread, threads, barrier);
+        for (int64_t s = s0; s < s1; ++s) step(s, thread, threads, barrier);
+      });
+      packed = true;
+      s0 = s1;
+    }
+    gather_h_n();
+    return saved;
+  }
+
+ private:
+  // Slice s's columns of w_hh^T, gate-blocked: w_packed[k, G*u0 + g*nu + j] =
+  // w_hh[g*H + u0 + j, k], so one GEMM gives all gates of the slice's units.
+  void pack_weights(int thread, int threads, SpinBarrier& barrier) {
+    const T* w = a_.w.w_hh.template data_ptr<T>();
+    T* wp = w_packed_.data_ptr<T>();
+    const int64_t GH = G_ * H_;
+    for (int s = thread; s < slicing_.count; s += threads) {
+      const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
+      for (int64_t g = 0; g < G_; ++g)
+        for (int64_t j = 0; j < nu; ++j) {
+          const T* src = w + (g * H_ + u0 + j) * P_;
+          T* dst = wp + G_ * u0 + g * nu + j;
+          for (int64_t k = 0; k < P_; ++k) dst[k * GH] = src[k];
+        }
+      if (proj_) {
+        const T* wr = a_.w.w_hr->template data_ptr<T>();
+        T* wrt = w_hr_t_.data_ptr<T>();
+        for (int64_t p = slicing_.p0(s); p < slicing_.p1(s); ++p)
+          for (int64_t k = 0; k < H_; ++k) wrt[k * P_ + p] = wr[p * H_ + k];
+      }
+    }
+    barrier.wait();
+  }
+
+  void step(int64_t s, int thread, int threads, SpinBarrier& barrier) {
+    const int64_t t = plan_.step(s), rows = plan_.bs[t], off = plan_.offset[t];
+    const int64_t GH = G_ * H_;
+    T* y = a_.y.template data_ptr<T>();
+    const int64_t ldy = a_.y.stride(0);
+    const T* h0 = a_.h0.template data_ptr<T>();
+    const PrevRows<T> h_prev = plan_.prev<T>(s, y, ldy, h0, P_);
+    const KernelTable<T>& k = kernels<T>();
+    T* gh = gh_.data_ptr<T>();
+    T* gx = gx_chunk_ + (off - chunk_lo_) * GH;
+
+    for (int sl = thread; sl < slicing_.count; sl += threads) {
+      const int64_t u0 = slicing_.u0(sl), u1 = slicing_.u1(sl), gnu = G_ * (u1 - u0);
+      const T* w = w_packed_.data_ptr<T>() + G_ * u0;
+      T* gh_slice = gh + G_ * u0;
+      // Recurrent GEMM: rows continuing from the previous step, then rows
+      // starting from h0 (only in the reverse direction of a packed batch).
+      const int64_t n1 = h_prev.n_first;
+      if (n1 > 0) step_gemm<T>(n1, gnu, P_, h_prev.first, ldy, w, GH, T(0), gh_slice, GH);
+      if (rows > n1)
+        step_gemm<T>(rows - n1, gnu, P_, h0 + n1 * P_, P_, w, GH, T(0), gh_slice + n1 * GH, GH);
+
+      if (cell_ == CellType::kLSTM) {
+        LstmForwardRows<T> r;
+        r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H_;
+        r.gx = gx; r.ld_gx = GH;
+        r.gh = gh_slice; r.ld_gh = GH;
+        r.bias = bias_.bias.template data_ptr<T>();
+        r.c = a_.c_n->template data_ptr<T>(); r.ld_c = H_;
+        if (a_.training) { r.c_saved = ptr<T>(cells_) + off * H_; r.ld_c_saved = H_; }
+        if (proj_) {
+          r.m = ptr<T>(m_) + (a_.training ? off * H_ : 0); r.ld_m = H_;
+        } else {
+          r.m = y + off * ldy; r.ld_m = ldy;
+        }
+        (a_.training ? k.lstm_forward_train : k.lstm_forward_infer)(r);
+      } else {
+        GruForwardRows<T> r;
+        r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H_;
+        r.gx = gx; r.ld_gx = GH;
+        r.gh = gh_slice; r.ld_gh = GH;
+        r.bias_x = bias_.bias.template data_ptr<T>();
+        r.bias_hn = bias_.bias_hn.template data_ptr<T>();
+        r.h_prev = h_prev;
+        if (a_.training) { r.hn_saved = ptr<T>(hn_) + off * H_; r.ld_hn_saved = H_; }
+        r.h = y + off * ldy; r.ld_h = ldy;
+        (a_.training ? k.gru_forward_train : k.gru_forward_infer)(r);
+      }
+    }
+    barrier.wait();
+    if (!proj_) return;
+    // h_t = m_t @ w_hr^T, each slice its columns of the projection.
+    const T* m = ptr<T>(m_) + (a_.training ? off * H_ : 0);
+    for (int sl = thread; sl < slicing_.count; sl += threads) {
+      const int64_t p0 = slicing_.p0(sl), np = slicing_.p1(sl) - p0;
+      step_gemm<T>(rows, np, H_, m, H_, w_hr_t_.data_ptr<T>() + p0, P_, T(0), y + off * ldy + p0,
+                   ldy);
+    }
+    barrier.wait();
+  }
+
+  // Each sequence's final hidden state is its output at its last step.
+  void gather_h_n() {
+    const T* y = a_.y.template data_ptr<T>();
+    const int64_t ldy = a_.y.stride(0);
+    T* hn = a_.h_n.template data_ptr<T>();
+    for (int64_t b = 0; b < plan_.B; ++b) {
+      const int64_t t = plan_.last_step_of_row(b);
+      std::copy_n(y + (plan_.offset[t] + b) * ldy, P_, hn + b * P_);
+    }
+  }
+
+  const LayerForwardArgs& a_;
+  const CellType cell_;
+  const StepPlan plan_;
+  const int64_t G_, H_, P_;
+  const bool proj_;
+  const Slicing slicing_;
+  FoldedBias bias_;
+  Tensor gates_, cells_, m_, hn_;  // saved for backward (m_: scratch in inference)
+  Tensor gh_;                      // [B, G*H] recurrent GEMM output of the current step
+  Tensor w_packed_;                // [P, G*H] w_hh^T, gate-blocked per slice
+  Tensor w_hr_t_;                  // [H, P] w_hr^T
+  T* gx_chunk_ = nullptr;          // input projection of the current chunk
+  int64_t chunk_lo_ = 0;           // its first row
+};
+
+// ---------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------
+template <typename T>
+class BackwardLoop {
+ public:
+  explicit BackwardLoop(const LayerBackwardArgs& a)
+      : a_(a),
+        f_(a.fwd),
+        cell_(a.fwd.cell),
+        plan_(a.fwd.batch_sizes, a.fwd.reverse),
+        G_(gate_count(cell_)),
+        H_(f_.w.w_ih.size(0) / G_),
+        P_(f_.w.w_hh.size(1)),
+        proj_(defined(f_.w.w_hr)),
+        slicing_(H_, P_, plan_.B, G_) {}
+
+  LayerGrads run() {
+    const int64_t N = plan_.N, B = plan_.B;
+    auto opts = f_.x.options();
+    dg_ = at::empty({N, G_ * H_}, opts);
+    if (cell_ == CellType::kGRU) dgxn_ = at::empty({N, H_}, opts);
+    dh_ = a_.dh_n.clone();  // running dh: recurrent gradient of the current step's h
+    if (cell_ == CellType::kLSTM) dc_ = a_.dc_n->clone();
+    if (proj_) {
+      dh_total_ = at::empty({N, P_}, opts);
+      dm_ = at::empty({B, H_}, opts);
+    }
+    run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
+      for (int64_t s = plan_.T - 1; s >= 0; --s) step(s, thread, threads, barrier);
+    });
+    return finish();
+  }
+
+ private:
+  void step(int64_t s, int thread, int threads, SpinBarrier& barrier) {
+    const int64_t t = plan_.step(s), rows = plan_.bs[t], off = plan_.offset[t];
+    const int64_t GH = G_ * H_;
+    const T* dy = a_.dy.template data_ptr<T>() + off * a_.dy.stride(0);
+    const int64_t lddy = a_.dy.stride(0);
+    T* dh = dh_.data_ptr<T>();
+    const KernelTable<T>& k = kernels<T>();
+    T* dg = dg_.data_ptr<T>() + off * GH;
+
+    if (proj_) {
+      // dh_t = dy_t + recurrent part, then dm_t = dh_t @ w_hr.
+      T* dht = dh_total_.data_ptr<T>() + off * P_;
+      for (int sl = thread; sl < slicing_.count; sl += threads)
+        for (int64_t b = 0; b < rows; ++b)
+          for (int64_t p = slicing_.p0(sl); p < slicing_.p1(sl); ++p)
+            dht[b * P_ + p] = dy[b * lddy + p] + dh[b * P_ + p];
+      barrier.wait();
+      for (int sl = thread; sl < slicing_.count; sl += threads) {
+        const int64_t u0 = slicing_.u0(sl);
+        step_gemm<T>(rows, slicing_.u1(sl) - u0, P_, dht, P_,
+                     f_.w.w_hr->template data_ptr<T>() + u0, H_, T(0), dm_.data_ptr<T>() + u0, H_);
+      }
+    }
+
+    for (int sl = thread; sl < slicing_.count; sl += threads) {
+      const int64_t u0 = slicing_.u0(sl), u1 = slicing_.u1(sl);
+      if (cell_ == CellType::kLSTM) {
+        const T* cells = a_.saved[1].template data_ptr<T>();
+        LstmBackwardRows<T> r;
+        r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H_;
+        r.gates = a_.saved[0].template data_ptr<T>() + off * GH; r.ld_gates = GH;
+        r.c = cells + off * H_; r.ld_c = H_;
+        r.c_prev = plan_.prev<T>(s, cells, H_, f_.c0->template data_ptr<T>(), H_);
+        if (proj_) {
+          r.dm_a = dm_.data_ptr<T>(); r.ld_dm_a = H_;
+        } else {
+          r.dm_a = dy; r.ld_dm_a = lddy;
+          r.dm_b = dh; r.ld_dm_b = P_;
+        }
+        r.dc = dc_.data_ptr<T>(); r.ld_dc = H_;
+        r.dgates = dg; r.ld_dgates = GH;
+        k.lstm_backward(r);
+      } else {
+        GruBackwardRows<T> r;
+        r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H_;
+        r.gates = a_.saved[0].template data_ptr<T>() + off * GH; r.ld_gates = GH;
+        r.hn = a_.saved[1].template data_ptr<T>() + off * H_; r.ld_hn = H_;
+        r.h_prev = plan_.prev<T>(s, f_.y.template data_ptr<T>(), f_.y.stride(0),
+                                 f_.h0.template data_ptr<T>(), P_);
+        r.dy = dy; r.ld_dy = lddy;
+        r.dh = dh; r.ld_dh = P_;
+        r.dgh = dg; r.ld_dgh = GH;
+        r.dgxn = dgxn_.data_ptr<T>() + off * H_; r.ld_dgxn = H_;
+        k.gru_backward(r);
+      }
+    }
+    barrier.wait();
+    // dh_{t-1} (this slice's columns) = dG_t @ w_hh (+ z*dh_t kept by the GRU kernel).
+    const T beta = cell_ == CellType::kGRU ? T(1) : T(0);
+    for (int sl = thread; sl < slicing_.count; sl += threads) {
+      const int64_t p0 = slicing_.p0(sl);
+      step_gemm<T>(rows, slicing_.p1(sl) - p0, GH, dg, GH,
+                   f_.w.w_hh.template data_ptr<T>() + p0, P_, beta, dh + p0, P_);
+    }
+    // Without projection each slice reads back only its own columns of dh in
+    // the next step; with projection the next step starts with a barrier.
+  }
+
+  // h_{t-1} of every row in dG's row order: the previous step's output or h0.
+  // Forward direction over an unpacked batch: it is [h0; y[:N-B]], no copy.
+  void add_dw_hh(Tensor& dw_hh) {
+    const Tensor& y = f_.y;
+    const int64_t B = plan_.B, N = plan_.N;
+    const bool uniform = plan_.bs.front() == plan_.bs.back();
+    if (!plan_.reverse && uniform) {
+      at::mm_out(dw_hh, dg_.narrow(0, 0, B).t(), f_.h0);
+      if (N > B) dw_hh.addmm_(dg_.narrow(0, B, N - B).t(), y.narrow(0, 0, N - B));
+      return;
+    }
+    Tensor h_prev = at::empty({N, P_}, y.options());
+    const T* ys = y.template data_ptr<T>();
+    const T* h0 = f_.h0.template data_ptr<T>();
+    T* hp = h_prev.data_ptr<T>();
+    for (int64_t s = 0; s < plan_.T; ++s) {
+      const int64_t t = plan_.step(s);
+      const PrevRows<T> prev = plan_.prev<T>(s, ys, y.stride(0), h0, P_);
+      for (int64_t b = 0; b < plan_.bs[t]; ++b)
+        std::copy_n(prev.row(b), P_, hp + (plan_.offset[t] + b) * P_);
+    }
+    at::mm_out(dw_hh, dg_.t(), h_prev);
+  }
+
+  LayerGrads finish() {
+    LayerGrads g;
+    g.dh0 = dh_;
+    if (cell_ == CellType::kLSTM) g.dc0 = dc_;
+    const Tensor& x = f_.x;
+    const Tensor& w_ih = f_.w.w_ih;
+    // The input side of the gate gradients: dG itself (LSTM), or dG with the n
+    // block replaced by its input-side version (GRU): [dr, dz | dgxn].
+    const bool gru = cell_ == CellType::kGRU;
+    const int64_t shared = gru ? 2 * H_ : G_ * H_;  // columns where input and hidden side agree
+    if (defined(a_.dx)) {
+      Tensor dx = *a_.dx;
+      const double beta = a_.accumulate_dx ? 1.0 : 0.0;
+      dx.addmm_(dg_.narrow(1, 0, shared), w_ih.narrow(0, 0, shared), beta, 1.0);
+      if (gru) dx.addmm_(dgxn_, w_ih.narrow(0, 2 * H_, H_));
+    }
+    if (!a_.need_weight_grads) return g;
+    g.dw_ih = at::empty_like(w_ih);
+    Tensor dw_shared = g.dw_ih.narrow(0, 0, shared);
+    at::mm_out(dw_shared, dg_.narrow(1, 0, shared).t(), x);
+    if (gru) {
+      Tensor dw_n = g.dw_ih.narrow(0, 2 * H_, H_);
+      at::mm_out(dw_n, dgxn_.t(), x);
+    }
+    g.dw_hh = at::empty_like(f_.w.w_hh);
+    add_dw_hh(g.dw_hh);
+    if (defined(f_.w.b_ih)) {
+      g.db_hh = dg_.sum(0);
+      if (gru) {
+        g.db_ih = at::cat({g.db_hh.narrow(0, 0, 2 * H_), dgxn_.sum(0)});
+      } else {
+        g.db_ih = g.db_hh.clone();  // same values, separate storage for two .grad fields
+      }
+    }
+    if (proj_) g.dw_hr = at::mm(dh_total_.t(), a_.saved[2]);
+    return g;
+  }
+
+  const LayerBackwardArgs& a_;
+  const LayerForwardArgs& f_;
+  const CellType cell_;
+  const StepPlan plan_;
+  const int64_t G_, H_, P_;
+  const bool proj_;
+  const Slicing slicing_;
+  Tensor dg_;        // [N, G*H] pre-activation gradients (GRU: hidden side dr, dz, dhn)
+  Tensor dgxn_;      // [N, H] GRU: input side of dn
+  Tensor dh_;        // [B, P] recurrent gradient of the current step's h
+  Tensor dc_;        // [B, H] LSTM: gradient of the current step's c
+  Tensor dh_total_;  // [N, P] proj: dh_t = dy_t + recurrent part (input of dw_hr)
+  Tensor dm_;        // [B, H] proj: gradient of m_t
+};
+
+}  // namespace
+}  // namespace cpu
+
+std::vector<Tensor> layer_forward_cpu(const LayerForwardArgs& a) {
+  check_forward_args(a);
+  TORCH_CHECK(a.x.device().is_cpu(), "rnnfast: layer_forward_cpu got a ", a.x.device(), " tensor");
+  TORCH_CHECK(a.cell == CellType::kLSTM || a.cell == CellType::kGRU, "rnnfast: ",
+              cell_name(a.cell), " is not implemented on the CPU yet");
+  std::vector<Tensor> saved;
+  AT_DISPATCH_FLOATING_TYPES(a.x.scalar_type(), "rnnfast_layer_forward_cpu",
+                             [&] { saved = cpu::ForwardLoop<scalar_t>(a).run(); });
+  return saved;
+}
+
+LayerGrads layer_backward_cpu(const LayerBackwardArgs& a) {
+  check_backward_args(a);
+  TORCH_CHECK(a.fwd.x.device().is_cpu(), "rnnfast: layer_backward_cpu got a ", a.fwd.x.device(),
+              " tensor");
+  LayerGrads g;
+  AT_DISPATCH_FLOATING_TYPES(a.fwd.x.scalar_type(), "rnnfast_layer_backward_cpu",
+                             [&] { g = cpu::BackwardLoop<scalar_t>(a).run(); });
+  return g;
+}
+
+}  // namespace rnnfast

@@ -1,0 +1,71 @@
+"""Loading of the compiled extension ``rnnfast._C`` and what it reports.
+
+``import rnnfast`` succeeds without the extension (so that ``rnnfast.reference``
+stays usable), but says so with a warning, and every module refuses to run:
+rnnfast never falls back to a slow Python path behind the user's back.
+"""
+
+import warnings
+
+import torch
+
+from ._version import __version__
+
+BUILD_HINT = (
+    "Build it against the installed torch with `pip install --no-build-isolation .` "
+    "(or `python setup.py build_ext --inplace`) from the rnnfast source tree."
+)
+
+try:
+    from . import _C  # noqa: F401  (the compiled extension)
+
+    _IMPORT_ERROR = None
+except ImportError as exc:  # the extension is missing or does not load
+    _C = None
+    _IMPORT_ERROR = exc
+    warnings.warn(
+        f"rnnfast's compiled extension rnnfast._C could not be loaded ({exc}). "
+        f"rnnfast.LSTM and rnnfast.GRU will raise until it is built. {BUILD_HINT} "
+        "rnnfast.backend() reports the state of the build.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def require_extension():
+    """Return the compiled extension, or raise an error that says how to build it."""
+    if _C is None:
+        raise RuntimeError(
+            f"rnnfast's compiled extension rnnfast._C is not available: {_IMPORT_ERROR}. {BUILD_HINT}"
+        )
+    return _C
+
+
+def backend():
+    """What this installation of rnnfast runs on.
+
+    Returns a dict with ``compiled`` (the extension loaded), ``error`` (why not),
+    ``version``, ``torch_version`` (runtime) and, when compiled: ``built_with_torch``,
+    ``cpu_capability`` (instruction set of the CPU kernels in use),
+    ``cpu_capabilities`` (all usable here), ``step_gemm`` (library of the per-step
+    GEMMs), ``openmp``, ``cuda`` (CUDA kernels compiled in) and ``cuda_arches``.
+    """
+    info = {
+        "version": __version__,
+        "torch_version": torch.__version__,
+        "compiled": _C is not None,
+        "error": None if _IMPORT_ERROR is None else str(_IMPORT_ERROR),
+    }
+    if _C is None:
+        return info
+    build = _C.build_info()
+    info.update(
+        built_with_torch=build["torch_version"],
+        cpu_capability=_C.cpu_capability(),
+        cpu_capabilities=list(build["cpu_capabilities"]),
+        step_gemm=_C.step_gemm_backend(),
+        openmp=build["openmp"],
+        cuda=build["cuda"],
+        cuda_arches=list(build["cuda_arches"]),
+    )
+    return info

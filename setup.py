@@ -1,0 +1,113 @@
+"""Build of rnnfast and its extension rnnfast._C.
+
+Build against the torch already installed, without build isolation (an
+isolated build would fetch a different, multi-GB torch):
+
+    pip install --no-build-isolation .
+
+The CPU gate kernels (csrc/cpu/kernels_<isa>.cpp) are compiled once per
+instruction set, each with its own flags, and chosen at run time
+(csrc/cpu/dispatch.cpp). Environment switches:
+    RNNFAST_MAX_ISA=default|avx2|avx512   compile no vector builds above this
+    MAX_JOBS=N                            parallel compile jobs (torch's ninja build)
+"""
+
+import os
+import platform
+
+from setuptools import find_packages, setup
+
+try:
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+except ImportError as exc:  # pragma: no cover - build-environment guard
+    raise SystemExit(
+        "rnnfast builds against the torch already installed: install torch first "
+        "(e.g. pip install torch==2.13.0), then pip install --no-build-isolation ."
+    ) from exc
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+COMMON_SOURCES = [
+    "csrc/bindings.cpp",
+    "csrc/layer_checks.cpp",
+    "csrc/cpu/recurrent_cpu.cpp",
+    "csrc/cpu/gemm.cpp",
+    "csrc/cpu/dispatch.cpp",
+]
+
+# Instruction-set builds of csrc/cpu/kernels_<isa>.cpp: extra flags for each.
+ISA_FLAGS = {
+    "default": ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"],
+    "avx2": ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
+    "avx512": [
+        "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
+        "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
+    ],
+}
+ISA_ORDER = ["default", "avx2", "avx512"]
+
+
+def isa_builds():
+    """The instruction sets to compile for this machine's architecture."""
+    is_x86 = platform.machine().lower() in ("x86_64", "amd64")
+    builds = ["default"] + (["avx2", "avx512"] if is_x86 else [])
+    cap = os.environ.get("RNNFAST_MAX_ISA", "avx512").lower()
+    if cap not in ISA_ORDER:
+        raise ValueError(f"RNNFAST_MAX_ISA must be one of {ISA_ORDER}, got {cap!r}")
+    return [b for b in builds if ISA_ORDER.index(b) <= ISA_ORDER.index(cap)]
+
+
+class BuildWithIsaKernels(BuildExtension):
+    """torch's BuildExtension, plus per-file flags for the instruction-set kernels.
+
+    setuptools compiles all sources of an extension with the same flags, so the
+    kernels_<isa>.cpp objects are compiled first, each with its own flags, and
+    linked in as extra objects.
+    """
+
+    def build_extension(self, ext):
+        cxx_flags = list(ext.extra_compile_args["cxx"]) if isinstance(ext.extra_compile_args, dict) \
+            else list(ext.extra_compile_args)
+        for isa in isa_builds():
+            objects = self.compiler.compile(
+                [f"csrc/cpu/kernels_{isa}.cpp"],
+                output_dir=os.path.join(self.build_temp, f"isa_{isa}"),
+                include_dirs=ext.include_dirs,
+                extra_postargs=cxx_flags + ISA_FLAGS[isa],
+                depends=["csrc/cpu/kernels_impl.h", "csrc/cpu/kernels.h", "csrc/cell_math.h"],
+            )
+            ext.extra_objects.extend(objects)
+        super().build_extension(ext)
+
+
+def extension():
+    builds = isa_builds()
+    macros = [(f"RNNFAST_HAVE_{isa.upper()}", "1") for isa in builds if isa != "default"]
+    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"]
+    return CppExtension(
+        name="rnnfast._C",
+        sources=COMMON_SOURCES,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=macros,
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=["-fopenmp"],
+    )
+
+
+def version():
+    scope = {}
+    with open(os.path.join(ROOT, "rnnfast", "_version.py")) as f:
+        exec(f.read(), scope)
+    return scope["__version__"]
+
+
+setup(
+    name="rnnfast",
+    version=version(),
+    description="Fused LSTM and GRU kernels, drop-in replacements for torch.nn.LSTM and torch.nn.GRU",
+    packages=find_packages(include=["rnnfast", "rnnfast.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildWithIsaKernels},
+    python_requires=">=3.9",
+    install_requires=["torch>=2.1"],
+)
