@@ -1,0 +1,223 @@
+// Unit test of the instruction-set builds of the CPU kernels (csrc/cpu/kernels.h):
+// every build this CPU can run is compared with a plain scalar evaluation of
+// csrc/cell_math.h and with a naive GEMM, on odd sizes that exercise the
+// partial-vector tails and the row-stride handling.
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "cell_math.h"
+#include "cpu/kernels.h"
+
+namespace {
+
+using rnnfast::cpu::KernelTable;
+int g_failures = 0;
+
+template <typename T>
+void expect_close(const std::vector<T>& got, const std::vector<T>& want, double tol,
+                  const char* what, const char* isa) {
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double err = std::fabs(double(got[i]) - double(want[i])) / (1.0 + std::fabs(double(want[i])));
+    if (!(err <= worst)) worst = err;  // also catches NaN
+  }
+  if (!(worst <= tol)) {
+    std::printf("FAIL [%s] %s: max relative error %.3g > %.3g\n", isa, what, worst, tol);
+    ++g_failures;
+  }
+}
+
+template <typename T>
+std::vector<T> randn(size_t n, std::mt19937& rng) {
+  std::normal_distribution<double> d(0.0, 1.0);
+  std::vector<T> v(n);
+  for (auto& x : v) x = T(d(rng));
+  return v;
+}
+
+template <typename T>
+void test_gemm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
+  for (int64_t M : {1, 2, 3, 4, 5, 9}) {
+    for (int64_t N : {1, 7, 16, 17, 33, 64, 65, 130}) {
+      for (int64_t K : {1, 7, 64}) {
+        for (T beta : {T(0), T(1), T(0.5)}) {
+          const int64_t lda = K + 3, ldb = N + 5, ldc = N + 2;
+          auto A = randn<T>(M * lda, rng), B = randn<T>(K * ldb, rng), C = randn<T>(M * ldc, rng);
+          std::vector<T> want = C;
+          for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+              double acc = 0;
+              for (int64_t p = 0; p < K; ++p) acc += double(A[i * lda + p]) * double(B[p * ldb + j]);
+              want[i * ldc + j] = T(acc + double(beta) * double(C[i * ldc + j]));
+            }
+          k.gemm(M, N, K, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+          expect_close(C, want, tol, "gemm", k.isa);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void test_lstm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
+  using M = rnnfast::ScalarMath<T>;
+  for (int64_t H : {1, 3, 17, 40}) {
+    const int64_t rows = 3, u0 = H > 3 ? 2 : 0, u1 = H, nu = u1 - u0;
+    const int64_t ld_gx = 4 * H + 1, ld_gh = 4 * nu + 2, ld_c = H + 3, ld_m = H + 4;
+    auto gx = randn<T>(rows * ld_gx, rng), gh = randn<T>(rows * ld_gh, rng);
+    auto bias = randn<T>(4 * H, rng), c = randn<T>(rows * ld_c, rng), m = randn<T>(rows * ld_m, rng);
+    auto c_saved = randn<T>(rows * H, rng);
+    std::vector<T> gx_want = gx, c_want = c, m_want = m, cs_want = c_saved;
+    for (int64_t b = 0; b < rows; ++b)
+      for (int64_t u = u0; u < u1; ++u) {
+        T a[4];
+        for (int g = 0; g < 4; ++g)
+          a[g] = gx[b * ld_gx + g * H + u] + gh[b * ld_gh + g * nu + (u - u0)] + bias[g * H + u];
+        rnnfast::LstmGates<T> gates;
+        T cn, mn;
+        rnnfast::lstm_forward<M>(a[0], a[1], a[2], a[3], c[b * ld_c + u], gates, cn, mn);
+        const T act[4] = {gates.i, gates.f, gates.g, gates.o};
+        for (int g = 0; g < 4; ++g) gx_want[b * ld_gx + g * H + u] = act[g];
+        c_want[b * ld_c + u] = cn;
+        m_want[b * ld_m + u] = mn;
+        cs_want[b * H + u] = cn;
+      }
+    rnnfast::cpu::LstmForwardRows<T> r;
+    r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H;
+    r.gx = gx.data(); r.ld_gx = ld_gx; r.gh = gh.data(); r.ld_gh = ld_gh; r.bias = bias.data();
+    r.c = c.data(); r.ld_c = ld_c; r.c_saved = c_saved.data(); r.ld_c_saved = H;
+    r.m = m.data(); r.ld_m = ld_m;
+    k.lstm_forward_train(r);
+    expect_close(gx, gx_want, tol, "lstm forward gates", k.isa);
+    expect_close(c, c_want, tol, "lstm forward c", k.isa);
+    expect_close(m, m_want, tol, "lstm forward m", k.isa);
+    expect_close(c_saved, cs_want, tol, "lstm forward saved c", k.isa);
+
+    // Backward, with the two-source previous state (rows >= 1 start from c0).
+    auto gates = randn<T>(rows * 4 * H, rng);
+    for (auto& g : gates) g = T(1) / (T(1) + std::exp(-g));  // valid activations
+    auto cs = randn<T>(rows * H, rng), cprev = randn<T>(rows * H, rng), c0 = randn<T>(rows * H, rng);
+    auto dm_a = randn<T>(rows * H, rng), dm_b = randn<T>(rows * H, rng), dc = randn<T>(rows * H, rng);
+    auto dg = randn<T>(rows * 4 * H, rng);
+    std::vector<T> dg_want = dg, dc_want = dc;
+    for (int64_t b = 0; b < rows; ++b)
+      for (int64_t u = u0; u < u1; ++u) {
+        const rnnfast::LstmGates<T> g{gates[b * 4 * H + u], gates[b * 4 * H + H + u],
+                                      gates[b * 4 * H + 2 * H + u], gates[b * 4 * H + 3 * H + u]};
+        const T cp = b < 1 ? cprev[b * H + u] : c0[b * H + u];
+        T d[4], dcp;
+        rnnfast::lstm_backward<M>(g, cs[b * H + u], cp, dm_a[b * H + u] + dm_b[b * H + u],
+                                  dc[b * H + u], d[0], d[1], d[2], d[3], dcp);
+        for (int q = 0; q < 4; ++q) dg_want[b * 4 * H + q * H + u] = d[q];
+        dc_want[b * H + u] = dcp;
+      }
+    rnnfast::cpu::LstmBackwardRows<T> rb;
+    rb.rows = rows; rb.u0 = u0; rb.u1 = u1; rb.H = H;
+    rb.gates = gates.data(); rb.ld_gates = 4 * H; rb.c = cs.data(); rb.ld_c = H;
+    rb.c_prev.first = cprev.data(); rb.c_prev.ld_first = H; rb.c_prev.n_first = 1;
+    rb.c_prev.initial = c0.data(); rb.c_prev.ld_initial = H;
+    rb.dm_a = dm_a.data(); rb.ld_dm_a = H; rb.dm_b = dm_b.data(); rb.ld_dm_b = H;
+    rb.dc = dc.data(); rb.ld_dc = H; rb.dgates = dg.data(); rb.ld_dgates = 4 * H;
+    k.lstm_backward(rb);
+    expect_close(dg, dg_want, tol, "lstm backward dgates", k.isa);
+    expect_close(dc, dc_want, tol, "lstm backward dc", k.isa);
+  }
+}
+
+template <typename T>
+void test_gru(const KernelTable<T>& k, std::mt19937& rng, double tol) {
+  using M = rnnfast::ScalarMath<T>;
+  for (int64_t H : {1, 3, 17, 40}) {
+    const int64_t rows = 3, u0 = H > 3 ? 1 : 0, u1 = H, nu = u1 - u0;
+    auto gx = randn<T>(rows * 3 * H, rng), gh = randn<T>(rows * 3 * nu, rng);
+    auto bx = randn<T>(3 * H, rng), bhn = randn<T>(H, rng);
+    auto hp = randn<T>(rows * H, rng), h0 = randn<T>(rows * H, rng);
+    auto hn_saved = randn<T>(rows * H, rng), h = randn<T>(rows * H, rng);
+    std::vector<T> gx_want = gx, hn_want = hn_saved, h_want = h;
+    for (int64_t b = 0; b < rows; ++b)
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t j = u - u0;
+        const T ar = gx[b * 3 * H + u] + gh[b * 3 * nu + j] + bx[u];
+        const T az = gx[b * 3 * H + H + u] + gh[b * 3 * nu + nu + j] + bx[H + u];
+        const T axn = gx[b * 3 * H + 2 * H + u] + bx[2 * H + u];
+        const T hn = gh[b * 3 * nu + 2 * nu + j] + bhn[u];
+        const T prev = b < 2 ? hp[b * H + u] : h0[b * H + u];
+        rnnfast::GruGates<T> g;
+        T hnew;
+        rnnfast::gru_forward<M>(ar, az, axn, hn, prev, g, hnew);
+        gx_want[b * 3 * H + u] = g.r;
+        gx_want[b * 3 * H + H + u] = g.z;
+        gx_want[b * 3 * H + 2 * H + u] = g.n;
+        hn_want[b * H + u] = hn;
+        h_want[b * H + u] = hnew;
+      }
+    rnnfast::cpu::GruForwardRows<T> r;
+    r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H;
+    r.gx = gx.data(); r.ld_gx = 3 * H; r.gh = gh.data(); r.ld_gh = 3 * nu;
+    r.bias_x = bx.data(); r.bias_hn = bhn.data();
+    r.h_prev.first = hp.data(); r.h_prev.ld_first = H; r.h_prev.n_first = 2;
+    r.h_prev.initial = h0.data(); r.h_prev.ld_initial = H;
+    r.hn_saved = hn_saved.data(); r.ld_hn_saved = H; r.h = h.data(); r.ld_h = H;
+    k.gru_forward_train(r);
+    expect_close(gx, gx_want, tol, "gru forward gates", k.isa);
+    expect_close(hn_saved, hn_want, tol, "gru forward hn", k.isa);
+    expect_close(h, h_want, tol, "gru forward h", k.isa);
+
+    auto gates = randn<T>(rows * 3 * H, rng);
+    for (auto& g : gates) g = T(1) / (T(1) + std::exp(-g));
+    auto hn = randn<T>(rows * H, rng), dy = randn<T>(rows * H, rng), dh = randn<T>(rows * H, rng);
+    auto dgh = randn<T>(rows * 3 * H, rng), dgxn = randn<T>(rows * H, rng);
+    std::vector<T> dgh_want = dgh, dgxn_want = dgxn, dh_want = dh;
+    for (int64_t b = 0; b < rows; ++b)
+      for (int64_t u = u0; u < u1; ++u) {
+        const rnnfast::GruGates<T> g{gates[b * 3 * H + u], gates[b * 3 * H + H + u],
+                                     gates[b * 3 * H + 2 * H + u]};
+        const T prev = b < 2 ? hp[b * H + u] : h0[b * H + u];
+        T dar, daz, daxn, dhn, direct;
+        rnnfast::gru_backward<M>(g, hn[b * H + u], prev, dy[b * H + u] + dh[b * H + u], dar, daz,
+                                 daxn, dhn, direct);
+        dgh_want[b * 3 * H + u] = dar;
+        dgh_want[b * 3 * H + H + u] = daz;
+        dgh_want[b * 3 * H + 2 * H + u] = dhn;
+        dgxn_want[b * H + u] = daxn;
+        dh_want[b * H + u] = direct;
+      }
+    rnnfast::cpu::GruBackwardRows<T> rb;
+    rb.rows = rows; rb.u0 = u0; rb.u1 = u1; rb.H = H;
+    rb.gates = gates.data(); rb.ld_gates = 3 * H; rb.hn = hn.data(); rb.ld_hn = H;
+    rb.h_prev = r.h_prev; rb.dy = dy.data(); rb.ld_dy = H; rb.dh = dh.data(); rb.ld_dh = H;
+    rb.dgh = dgh.data(); rb.ld_dgh = 3 * H; rb.dgxn = dgxn.data(); rb.ld_dgxn = H;
+    k.gru_backward(rb);
+    expect_close(dgh, dgh_want, tol, "gru backward dgh", k.isa);
+    expect_close(dgxn, dgxn_want, tol, "gru backward dgxn", k.isa);
+    expect_close(dh, dh_want, tol, "gru backward dh", k.isa);
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(42);
+  int count = 0;
+  const char* const* names = rnnfast::cpu::available_cpu_capabilities(&count);
+  std::vector<const char*> isas(names, names + count);
+  for (const char* isa : isas) {
+    rnnfast::cpu::set_cpu_capability(isa);
+    // Vector transcendental functions (Sleef, 1 ulp) versus libm: a few ulp.
+    test_gemm(rnnfast::cpu::kernels_f32(), rng, 1e-5);
+    test_gemm(rnnfast::cpu::kernels_f64(), rng, 1e-12);
+    test_lstm(rnnfast::cpu::kernels_f32(), rng, 1e-5);
+    test_lstm(rnnfast::cpu::kernels_f64(), rng, 1e-12);
+    test_gru(rnnfast::cpu::kernels_f32(), rng, 1e-5);
+    test_gru(rnnfast::cpu::kernels_f64(), rng, 1e-12);
+    std::printf("cpu kernels [%s]: checked\n", isa);
+  }
+  if (g_failures) {
+    std::printf("%d failure(s)\n", g_failures);
+    return 1;
+  }
+  std::printf("cpu kernels: all checks passed on %d instruction set(s)\n", count);
+  return 0;
+}
