@@ -31,7 +31,6 @@ COMMON_SOURCES = [
     "csrc/bindings.cpp",
     "csrc/layer_checks.cpp",
     "csrc/cpu/recurrent_cpu.cpp",
-    "csrc/cpu/gemm.cpp",
     "csrc/cpu/dispatch.cpp",
 ]
 

@@ -4,7 +4,6 @@
 #include <torch/extension.h>
 #include <torch/version.h>
 
-#include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "layer.h"
 
@@ -132,8 +131,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cpu_capability", &cpu::cpu_capability, "Instruction set of the CPU kernels in use.");
   m.def("set_cpu_capability", [](const std::string& name) { cpu::set_cpu_capability(name.c_str()); },
         "Use the CPU kernels of another instruction set (avx512, avx2, default).");
-  m.def("step_gemm_backend", &cpu::step_gemm_backend,
-        "Library running the per-step GEMMs of the time loop (mkl or rnnfast).");
-  m.def("set_step_gemm_use_blas", &cpu::set_step_gemm_use_blas,
-        "False: run every per-step GEMM on rnnfast's own kernel (tests).");
 }

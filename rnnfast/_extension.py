@@ -47,8 +47,8 @@ def backend():
     Returns a dict with ``compiled`` (the extension loaded), ``error`` (why not),
     ``version``, ``torch_version`` (runtime) and, when compiled: ``built_with_torch``,
     ``cpu_capability`` (instruction set of the CPU kernels in use),
-    ``cpu_capabilities`` (all usable here), ``step_gemm`` (library of the per-step
-    GEMMs), ``openmp``, ``cuda`` (CUDA kernels compiled in) and ``cuda_arches``.
+    ``cpu_capabilities`` (all usable here), ``openmp``, ``cuda`` (CUDA kernels
+    compiled in) and ``cuda_arches``.
     """
     info = {
         "version": __version__,
@@ -63,7 +63,6 @@ def backend():
         built_with_torch=build["torch_version"],
         cpu_capability=_C.cpu_capability(),
         cpu_capabilities=list(build["cpu_capabilities"]),
-        step_gemm=_C.step_gemm_backend(),
         openmp=build["openmp"],
         cuda=build["cuda"],
         cuda_arches=list(build["cuda_arches"]),

@@ -50,9 +50,25 @@ class _FusedForward:
             raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
         return hx if is_batched else hx.unsqueeze(1)
 
-    def _check_kernel_args(self, input, hx):
-        """What torch.nn leaves to its C++ kernels: dtype, device and length checks."""
-        hiddens = hx if self.mode == "LSTM" else (hx,)
+    def _check_packed_lstm_args(self, input, hx, batch_sizes):
+        """torch.nn.LSTM leaves PackedSequence input to its C++ kernels, which fail with
+        RuntimeError (IndexError for a hidden state of the wrong rank); rnnfast raises the
+        same types, with torch.nn's readable messages."""
+        for name, h in zip(("hx", "cx"), hx):
+            if h.dim() != 3:
+                raise IndexError(
+                    f"For PackedSequence input, {name} should be 3-D but got {h.dim()}-D tensor"
+                )
+        try:
+            self.check_forward_args(input, hx, batch_sizes)
+        except ValueError as exc:
+            raise RuntimeError(str(exc)) from None
+
+    def _prepare_kernel_args(self, input, hx):
+        """What torch.nn leaves to its C++ kernels: dtype, device and length checks.
+
+        Returns hx, with an LSTM cell state of a lower floating precision promoted to
+        the input's dtype, as torch's kernels promote it."""
         weight = self._flat_weights[0]
         if input.dtype not in _SUPPORTED_DTYPES:
             raise NotImplementedError(
@@ -63,16 +79,20 @@ class _FusedForward:
                 f"rnnfast.{type(self).__name__}: this build runs on the CPU only "
                 f"(input on {input.device}, weights on {weight.device}); see rnnfast.backend()"
             )
-        for name, h in zip(("hx", "cx"), hiddens):
-            if h.dtype != input.dtype:
-                raise RuntimeError(
-                    f"{name} dtype ({h.dtype}) does not match input dtype ({input.dtype})"
-                )
+        hiddens = list(hx) if self.mode == "LSTM" else [hx]
+        for i, (name, h) in enumerate(zip(("hx", "cx"), hiddens)):
             if h.device != input.device:
                 raise RuntimeError(
                     f"Input and hidden tensors are not at the same device, found input tensor at "
                     f"{input.device} and hidden tensor at {h.device}"
                 )
+            if h.dtype == input.dtype:
+                continue
+            if name == "cx" and h.is_floating_point() and torch.promote_types(h.dtype, input.dtype) == input.dtype:
+                hiddens[i] = h.to(input.dtype)
+                continue
+            raise RuntimeError(f"{name} dtype ({h.dtype}) does not match input dtype ({input.dtype})")
+        return tuple(hiddens) if self.mode == "LSTM" else hiddens[0]
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, input, hx=None):
@@ -102,8 +122,11 @@ class _FusedForward:
                 hx = self._zeros_hidden(input, max_batch_size)
             else:
                 hx = self._unbatched_hidden(hx, is_batched)
-        self.check_forward_args(input, hx, batch_sizes)
-        self._check_kernel_args(input, hx)
+        if is_lstm and batch_sizes is not None:
+            self._check_packed_lstm_args(input, hx, batch_sizes)
+        else:
+            self.check_forward_args(input, hx, batch_sizes)
+        hx = self._prepare_kernel_args(input, hx)
 
         if batch_sizes is None:
             x = input.transpose(0, 1) if self.batch_first else input

@@ -1,8 +1,7 @@
 """The extension's layer entry points, below the modules.
 
-* every instruction-set build of the CPU kernels and both per-step GEMM paths
-  (MKL and rnnfast's own) against torch.nn, at thread counts that do and do
-  not split the hidden units across threads;
+* every instruction-set build of the CPU kernels against torch.nn, at thread
+  counts that do and do not split the hidden units across threads;
 * the chunked input projection of long inference runs;
 * the C++ layer's own argument checks (it must raise, never crash);
 * bitwise determinism of the threaded time loop.
@@ -27,13 +26,6 @@ def capability(request):
     C.set_cpu_capability(request.param)
     yield request.param
     C.set_cpu_capability(previous)
-
-
-@pytest.fixture(params=["blas", "own"])
-def gemm_path(request):
-    C.set_step_gemm_use_blas(request.param == "blas")
-    yield request.param
-    C.set_step_gemm_use_blas(True)
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
@@ -78,7 +70,7 @@ def assert_all_close(ref, fast, dtype):
 
 @pytest.mark.parametrize("capability", CAPABILITIES, indirect=True)
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_every_instruction_set(capability, gemm_path, threads, mode):
+def test_every_instruction_set(capability, threads, mode):
     # H=40 with B=9 splits into slices at 2 threads (unaligned boundary, partial
     # vectors); packed + bidirectional covers the rows that start from h0.
     for dtype in (torch.float32, torch.float64):
@@ -93,7 +85,7 @@ def test_small_hidden_is_not_split(threads, mode):
     assert_all_close(ref, fast, torch.float64)
 
 
-def test_projection_split_across_threads(threads, gemm_path):
+def test_projection_split_across_threads(threads):
     ref, fast = run_both("LSTM", 7, 6, 9, 48, torch.float64, packed=True, bidirectional=True,
                          proj_size=35)
     assert_all_close(ref, fast, torch.float64)

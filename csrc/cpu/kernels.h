@@ -97,12 +97,30 @@ struct GruBackwardRows {
   int64_t ld_dgxn = 0;
 };
 
+// Column n of a matrix to pack lives at src + offset(n) (rows k at + k*k_stride):
+//   offset(n) = base + (n / block) * block_stride + (n % block) * col_stride.
+// Lets pack_b gather a slice of transposed, gate-blocked weights directly,
+// e.g. the columns {g*H + u0 + j} of w_hh^T for all gates g.
+struct ColumnMap {
+  int64_t base = 0;
+  int64_t block = 1;
+  int64_t block_stride = 0;
+  int64_t col_stride = 1;
+  int64_t offset(int64_t n) const { return base + (n / block) * block_stride + (n % block) * col_stride; }
+};
+
 template <typename T>
 struct KernelTable {
   const char* isa;
-  // Row-major C[M,N] = A[M,K] @ B[K,N] + beta*C, any M (written for small M).
-  void (*gemm)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-               int64_t ldb, T beta, T* C, int64_t ldc);
+  // The GEMM of the time loop, row-major C[M,N] = A[M,K] @ B[K,N] + beta*C,
+  // with B packed once by pack_b into panels of panel_width() columns
+  // (packed_b_size(K, N) elements).
+  int64_t (*panel_width)();
+  int64_t (*packed_b_size)(int64_t K, int64_t N);
+  void (*pack_b)(int64_t K, int64_t N, const T* src, int64_t k_stride, ColumnMap columns,
+                 T* packed);
+  void (*gemm_packed)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* packed,
+                      T beta, T* C, int64_t ldc);
   void (*lstm_forward_train)(const LstmForwardRows<T>&);
   void (*lstm_forward_infer)(const LstmForwardRows<T>&);
   void (*lstm_backward)(const LstmBackwardRows<T>&);

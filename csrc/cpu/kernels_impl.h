@@ -15,6 +15,8 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
+
 #include "../cell_math.h"
 #include "kernels.h"
 
@@ -60,71 +62,109 @@ inline void for_each_vector(int64_t u0, int64_t u1, F&& f) {
 }
 
 // ---------------------------------------------------------------------------
-// Small-matrix GEMM: C[M,N] = A[M,K] @ B[K,N] + beta*C, row-major.
-// Register tile of R rows x C vectors; B is streamed once per row block, so it
-// suits the per-step recurrent products at small batch, where a BLAS call costs
-// more in overhead than the arithmetic.
+// GEMM of the time loop: C[M,N] = A[M,K] @ B[K,N] + beta*C, row-major, with B
+// pre-packed into panels of kPanel columns (rows of a panel contiguous, the
+// last panel zero-padded). The weights are packed once per call and then
+// streamed sequentially every step; panels are the outer loop so one panel
+// stays in cache while all row blocks of A pass over it. Register tile:
+// kRows rows x kPanelVectors vectors; for one or two rows a second set of
+// accumulators (even/odd k) hides the FMA latency.
 // ---------------------------------------------------------------------------
-template <typename T, int R, int C>
-inline void gemm_tile(int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb, T beta,
-                      T* Cm, int64_t ldc, int64_t ncols) {
-  using V = Vectorized<T>;
-  constexpr int64_t W = V::size();
-  int64_t count[C];
-  for (int c = 0; c < C; ++c) {
-    const int64_t left = ncols - c * W;
-    count[c] = left >= W ? W : (left > 0 ? left : 0);
-  }
-  V acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = V(T(0));
-  const bool full = ncols == C * W;
-  for (int64_t k = 0; k < K; ++k) {
-    const T* brow = B + k * ldb;
-    V bv[C];
-    for (int c = 0; c < C; ++c) bv[c] = full ? V::loadu(brow + c * W) : load(brow + c * W, count[c]);
-    for (int r = 0; r < R; ++r) {
-      const V av(A[r * lda + k]);
-      for (int c = 0; c < C; ++c) acc[r][c] = at::vec::fmadd(av, bv[c], acc[r][c]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    T* crow = Cm + r * ldc;
-    for (int c = 0; c < C; ++c) {
-      if (count[c] == 0) continue;
-      V out = acc[r][c];
-      if (beta != T(0)) out = at::vec::fmadd(V(beta), load(crow + c * W, count[c]), out);
-      store(crow + c * W, out, count[c]);
+#if defined(CPU_CAPABILITY_AVX2)
+constexpr int kRows = 2;  // 16 vector registers
+#else
+constexpr int kRows = 4;  // 32 vector registers (AVX-512); the generic build is not tuned
+#endif
+constexpr int kPanelVectors = 4;
+
+template <typename T>
+constexpr int64_t panel_width() {
+  return kPanelVectors * Vectorized<T>::size();
+}
+
+template <typename T>
+int64_t packed_b_size(int64_t K, int64_t N) {
+  const int64_t NR = panel_width<T>();
+  return K * ((N + NR - 1) / NR) * NR;
+}
+
+template <typename T>
+void pack_b(int64_t K, int64_t N, const T* src, int64_t k_stride, ColumnMap columns, T* Bp) {
+  const int64_t NR = panel_width<T>();
+  for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    T* panel = Bp + j0 * K;
+    for (int64_t c = 0; c < NR; ++c) {
+      if (j0 + c >= N) {  // zero padding of the last panel
+        for (int64_t k = 0; k < K; ++k) panel[k * NR + c] = T(0);
+        continue;
+      }
+      const T* col = src + columns.offset(j0 + c);
+      for (int64_t k = 0; k < K; ++k) panel[k * NR + c] = col[k * k_stride];
     }
   }
 }
 
 template <typename T, int R>
-inline void gemm_rows(int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
-                      T beta, T* Cm, int64_t ldc) {
-  constexpr int64_t W = Vectorized<T>::size();
-  constexpr int C = 4;
-  int64_t n0 = 0;
-  for (; n0 + C * W <= N; n0 += C * W)
-    gemm_tile<T, R, C>(K, A, lda, B + n0, ldb, beta, Cm + n0, ldc, C * W);
-  const int64_t left = N - n0;
-  if (left > 2 * W) {
-    gemm_tile<T, R, C>(K, A, lda, B + n0, ldb, beta, Cm + n0, ldc, left);
-  } else if (left > 0) {
-    gemm_tile<T, R, 2>(K, A, lda, B + n0, ldb, beta, Cm + n0, ldc, left);
+inline void panel_tile(int64_t K, const T* A, int64_t lda, const T* panel, T beta, T* Cm,
+                       int64_t ldc, int64_t ncols) {
+  using V = Vectorized<T>;
+  constexpr int64_t W = V::size();
+  constexpr int C = kPanelVectors;
+  constexpr int64_t NR = C * W;
+  constexpr int S = R <= 2 ? 2 : 1;  // accumulator sets
+  V acc[S][R][C];
+  for (int q = 0; q < S; ++q)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[q][r][c] = V(T(0));
+  int64_t k = 0;
+  for (; k + S <= K; k += S) {
+    for (int q = 0; q < S; ++q) {
+      const T* brow = panel + (k + q) * NR;
+      V bv[C];
+      for (int c = 0; c < C; ++c) bv[c] = V::loadu(brow + c * W);
+      for (int r = 0; r < R; ++r) {
+        const V av(A[r * lda + k + q]);
+        for (int c = 0; c < C; ++c) acc[q][r][c] = at::vec::fmadd(av, bv[c], acc[q][r][c]);
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    const T* brow = panel + k * NR;
+    for (int r = 0; r < R; ++r) {
+      const V av(A[r * lda + k]);
+      for (int c = 0; c < C; ++c)
+        acc[0][r][c] = at::vec::fmadd(av, V::loadu(brow + c * W), acc[0][r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    T* crow = Cm + r * ldc;
+    for (int c = 0; c < C; ++c) {
+      const int64_t n = std::min<int64_t>(W, ncols - c * W);
+      if (n <= 0) break;
+      V out = acc[0][r][c];
+      if constexpr (S == 2) out = out + acc[1][r][c];
+      if (beta != T(0)) out = at::vec::fmadd(V(beta), load(crow + c * W, n), out);
+      store(crow + c * W, out, n);
+    }
   }
 }
 
 template <typename T>
-void gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
-          T beta, T* Cm, int64_t ldc) {
-  int64_t m = 0;
-  for (; m + 4 <= M; m += 4) gemm_rows<T, 4>(N, K, A + m * lda, lda, B, ldb, beta, Cm + m * ldc, ldc);
-  switch (M - m) {
-    case 3: gemm_rows<T, 3>(N, K, A + m * lda, lda, B, ldb, beta, Cm + m * ldc, ldc); break;
-    case 2: gemm_rows<T, 2>(N, K, A + m * lda, lda, B, ldb, beta, Cm + m * ldc, ldc); break;
-    case 1: gemm_rows<T, 1>(N, K, A + m * lda, lda, B, ldb, beta, Cm + m * ldc, ldc); break;
-    default: break;
+void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp, T beta,
+                 T* Cm, int64_t ldc) {
+  const int64_t NR = panel_width<T>();
+  for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    const T* panel = Bp + j0 * K;
+    const int64_t ncols = std::min(NR, N - j0);
+    int64_t m = 0;
+    for (; m + kRows <= M; m += kRows)
+      panel_tile<T, kRows>(K, A + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
+    const int64_t left = M - m;
+    const T* a = A + m * lda;
+    T* c = Cm + m * ldc + j0;
+    if (left == 3) panel_tile<T, 3>(K, a, lda, panel, beta, c, ldc, ncols);
+    if (left == 2) panel_tile<T, 2>(K, a, lda, panel, beta, c, ldc, ncols);
+    if (left == 1) panel_tile<T, 1>(K, a, lda, panel, beta, c, ldc, ncols);
   }
 }
 
@@ -256,7 +296,10 @@ template <typename T>
 const KernelTable<T>* make_table(const char* isa) {
   static const KernelTable<T> table{
       isa,
-      &gemm<T>,
+      &panel_width<T>,
+      &packed_b_size<T>,
+      &pack_b<T>,
+      &gemm_packed<T>,
       &lstm_forward_rows<T, true>,
       &lstm_forward_rows<T, false>,
       &lstm_backward_rows<T>,

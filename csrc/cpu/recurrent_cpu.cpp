@@ -29,7 +29,6 @@
 
 #include "../layer.h"
 #include "barrier.h"
-#include "gemm.h"
 #include "kernels.h"
 
 namespace rnnfast {
@@ -109,6 +108,17 @@ struct Slicing {
     unit = split(H, count, 16);
     proj = split(P, count, 16);
   }
+  // Per-slice widths: G gate blocks of the slice's units, or its projection columns.
+  std::vector<int64_t> unit_widths(int64_t G) const {
+    std::vector<int64_t> w(count);
+    for (int s = 0; s < count; ++s) w[s] = G * (unit[s + 1] - unit[s]);
+    return w;
+  }
+  std::vector<int64_t> proj_widths() const {
+    std::vector<int64_t> w(count);
+    for (int s = 0; s < count; ++s) w[s] = proj[s + 1] - proj[s];
+    return w;
+  }
   int64_t u0(int s) const { return unit[s]; }
   int64_t u1(int s) const { return unit[s + 1]; }
   int64_t p0(int s) const { return proj[s]; }
@@ -139,6 +149,39 @@ void run_parallel(int slices, const Body& body) {
   SpinBarrier solo(1);
   body(0, 1, solo);
 }
+
+// A weight matrix of the time loop, packed for gemm_packed separately for
+// each column slice (slice s: K rows, widths[s] columns). Allocated before
+// the parallel region; each thread packs its own slices inside it, so the
+// panels are first touched by the core that streams them every step.
+template <typename T>
+class SlicePanels {
+ public:
+  SlicePanels() = default;
+  SlicePanels(const KernelTable<T>& k, int64_t K, std::vector<int64_t> widths,
+              const at::TensorOptions& opts)
+      : K_(K), widths_(std::move(widths)), offsets_(widths_.size() + 1, 0) {
+    for (size_t s = 0; s < widths_.size(); ++s)
+      offsets_[s + 1] = offsets_[s] + k.packed_b_size(K, widths_[s]);
+    buffer_ = at::empty({std::max<int64_t>(offsets_.back(), 1)}, opts);
+  }
+  // Packs slice s from column map `columns` of src (rows k at k_stride).
+  void pack(const KernelTable<T>& k, int s, const T* src, int64_t k_stride,
+            ColumnMap columns) {
+    k.pack_b(K_, widths_[s], src, k_stride, columns, buffer_.data_ptr<T>() + offsets_[s]);
+  }
+  // C[M, widths[s]] = A[M, K] @ (slice s) + beta * C.
+  void gemm(const KernelTable<T>& k, int s, int64_t M, const T* A, int64_t lda, T beta, T* C,
+            int64_t ldc) const {
+    if (M > 0) k.gemm_packed(M, widths_[s], K_, A, lda, buffer_.data_ptr<T>() + offsets_[s], beta, C, ldc);
+  }
+
+ private:
+  int64_t K_ = 0;
+  std::vector<int64_t> widths_;
+  std::vector<int64_t> offsets_;
+  Tensor buffer_;
+};
 
 template <typename T>
 T* ptr(const Tensor& t) {
@@ -209,8 +252,9 @@ class ForwardLoop {
       m_ = at::empty({B, H_}, opts);  // scratch: m of the current step
     }
     gh_ = at::empty({B, GH}, opts);
-    w_packed_ = at::empty({P_, GH}, opts);
-    if (proj_) w_hr_t_ = at::empty({H_, P_}, opts);
+    const KernelTable<T>& k = kernels<T>();
+    w_hh_panels_ = SlicePanels<T>(k, P_, slicing_.unit_widths(G_), opts);
+    if (proj_) w_hr_panels_ = SlicePanels<T>(k, H_, slicing_.proj_widths(), opts);
     bias_ = fold_bias(cell_, a_.w, H_, x);
     if (cell_ == CellType::kLSTM) a_.c_n->copy_(*a_.c0);  // c_n is the running cell state
 
@@ -242,26 +286,18 @@ class ForwardLoop {
   }
 
  private:
-  // Slice s's columns of w_hh^T, gate-blocked: w_packed[k, G*u0 + g*nu + j] =
-  // w_hh[g*H + u0 + j, k], so one GEMM gives all gates of the slice's units.
+  // Slice s multiplies by its columns of w_hh^T, gate-blocked: column
+  // g*nu + j is row g*H + u0 + j of w_hh, so one GEMM gives all gates of the
+  // slice's units. With projection it also owns columns p0..p1 of w_hr^T.
   void pack_weights(int thread, int threads, SpinBarrier& barrier) {
-    const T* w = a_.w.w_hh.template data_ptr<T>();
-    T* wp = w_packed_.data_ptr<T>();
-    const int64_t GH = G_ * H_;
+    const KernelTable<T>& k = kernels<T>();
     for (int s = thread; s < slicing_.count; s += threads) {
       const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
-      for (int64_t g = 0; g < G_; ++g)
-        for (int64_t j = 0; j < nu; ++j) {
-          const T* src = w + (g * H_ + u0 + j) * P_;
-          T* dst = wp + G_ * u0 + g * nu + j;
-          for (int64_t k = 0; k < P_; ++k) dst[k * GH] = src[k];
-        }
-      if (proj_) {
-        const T* wr = a_.w.w_hr->template data_ptr<T>();
-        T* wrt = w_hr_t_.data_ptr<T>();
-        for (int64_t p = slicing_.p0(s); p < slicing_.p1(s); ++p)
-          for (int64_t k = 0; k < H_; ++k) wrt[k * P_ + p] = wr[p * H_ + k];
-      }
+      w_hh_panels_.pack(k, s, a_.w.w_hh.template data_ptr<T>(), 1,
+                        ColumnMap{u0 * P_, nu, H_ * P_, P_});
+      if (proj_)
+        w_hr_panels_.pack(k, s, a_.w.w_hr->template data_ptr<T>(), 1,
+                          ColumnMap{slicing_.p0(s) * H_, P_, 0, H_});
     }
     barrier.wait();
   }
@@ -278,15 +314,13 @@ class ForwardLoop {
     T* gx = gx_chunk_ + (off - chunk_lo_) * GH;
 
     for (int sl = thread; sl < slicing_.count; sl += threads) {
-      const int64_t u0 = slicing_.u0(sl), u1 = slicing_.u1(sl), gnu = G_ * (u1 - u0);
-      const T* w = w_packed_.data_ptr<T>() + G_ * u0;
+      const int64_t u0 = slicing_.u0(sl), u1 = slicing_.u1(sl);
       T* gh_slice = gh + G_ * u0;
       // Recurrent GEMM: rows continuing from the previous step, then rows
       // starting from h0 (only in the reverse direction of a packed batch).
       const int64_t n1 = h_prev.n_first;
-      if (n1 > 0) step_gemm<T>(n1, gnu, P_, h_prev.first, ldy, w, GH, T(0), gh_slice, GH);
-      if (rows > n1)
-        step_gemm<T>(rows - n1, gnu, P_, h0 + n1 * P_, P_, w, GH, T(0), gh_slice + n1 * GH, GH);
+      w_hh_panels_.gemm(k, sl, n1, h_prev.first, ldy, T(0), gh_slice, GH);
+      w_hh_panels_.gemm(k, sl, rows - n1, h0 + n1 * P_, P_, T(0), gh_slice + n1 * GH, GH);
 
       if (cell_ == CellType::kLSTM) {
         LstmForwardRows<T> r;
@@ -319,11 +353,8 @@ class ForwardLoop {
     if (!proj_) return;
     // h_t = m_t @ w_hr^T, each slice its columns of the projection.
     const T* m = ptr<T>(m_) + (a_.training ? off * H_ : 0);
-    for (int sl = thread; sl < slicing_.count; sl += threads) {
-      const int64_t p0 = slicing_.p0(sl), np = slicing_.p1(sl) - p0;
-      step_gemm<T>(rows, np, H_, m, H_, w_hr_t_.data_ptr<T>() + p0, P_, T(0), y + off * ldy + p0,
-                   ldy);
-    }
+    for (int sl = thread; sl < slicing_.count; sl += threads)
+      w_hr_panels_.gemm(k, sl, rows, m, H_, T(0), y + off * ldy + slicing_.p0(sl), ldy);
     barrier.wait();
   }
 
@@ -347,8 +378,8 @@ class ForwardLoop {
   FoldedBias bias_;
   Tensor gates_, cells_, m_, hn_;  // saved for backward (m_: scratch in inference)
   Tensor gh_;                      // [B, G*H] recurrent GEMM output of the current step
-  Tensor w_packed_;                // [P, G*H] w_hh^T, gate-blocked per slice
-  Tensor w_hr_t_;                  // [H, P] w_hr^T
+  SlicePanels<T> w_hh_panels_;     // per slice: [P, G*nu] w_hh^T, gate-blocked
+  SlicePanels<T> w_hr_panels_;     // per slice: [H, np] w_hr^T
   T* gx_chunk_ = nullptr;          // input projection of the current chunk
   int64_t chunk_lo_ = 0;           // its first row
 };
@@ -381,13 +412,31 @@ class BackwardLoop {
       dh_total_ = at::empty({N, P_}, opts);
       dm_ = at::empty({B, H_}, opts);
     }
+    const KernelTable<T>& k = kernels<T>();
+    w_hh_panels_ = SlicePanels<T>(k, G_ * H_, slicing_.proj_widths(), opts);
+    if (proj_) w_hr_panels_ = SlicePanels<T>(k, P_, slicing_.unit_widths(1), opts);
     run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
+      pack_weights(thread, threads, barrier);
       for (int64_t s = plan_.T - 1; s >= 0; --s) step(s, thread, threads, barrier);
     });
     return finish();
   }
 
  private:
+  // Slice s owns columns p0..p1 of dh_{t-1} = dG_t @ w_hh and, with
+  // projection, units u0..u1 of dm_t = dh_t @ w_hr.
+  void pack_weights(int thread, int threads, SpinBarrier& barrier) {
+    const KernelTable<T>& k = kernels<T>();
+    for (int s = thread; s < slicing_.count; s += threads) {
+      w_hh_panels_.pack(k, s, f_.w.w_hh.template data_ptr<T>(), P_,
+                        ColumnMap{slicing_.p0(s), P_, 0, 1});
+      if (proj_)
+        w_hr_panels_.pack(k, s, f_.w.w_hr->template data_ptr<T>(), H_,
+                          ColumnMap{slicing_.u0(s), H_, 0, 1});
+    }
+    barrier.wait();
+  }
+
   void step(int64_t s, int thread, int threads, SpinBarrier& barrier) {
     const int64_t t = plan_.step(s), rows = plan_.bs[t], off = plan_.offset[t];
     const int64_t GH = G_ * H_;
@@ -405,11 +454,8 @@ class BackwardLoop {
           for (int64_t p = slicing_.p0(sl); p < slicing_.p1(sl); ++p)
             dht[b * P_ + p] = dy[b * lddy + p] + dh[b * P_ + p];
       barrier.wait();
-      for (int sl = thread; sl < slicing_.count; sl += threads) {
-        const int64_t u0 = slicing_.u0(sl);
-        step_gemm<T>(rows, slicing_.u1(sl) - u0, P_, dht, P_,
-                     f_.w.w_hr->template data_ptr<T>() + u0, H_, T(0), dm_.data_ptr<T>() + u0, H_);
-      }
+      for (int sl = thread; sl < slicing_.count; sl += threads)
+        w_hr_panels_.gemm(k, sl, rows, dht, P_, T(0), dm_.data_ptr<T>() + slicing_.u0(sl), H_);
     }
 
     for (int sl = thread; sl < slicing_.count; sl += threads) {
@@ -447,11 +493,8 @@ class BackwardLoop {
     barrier.wait();
     // dh_{t-1} (this slice's columns) = dG_t @ w_hh (+ z*dh_t kept by the GRU kernel).
     const T beta = cell_ == CellType::kGRU ? T(1) : T(0);
-    for (int sl = thread; sl < slicing_.count; sl += threads) {
-      const int64_t p0 = slicing_.p0(sl);
-      step_gemm<T>(rows, slicing_.p1(sl) - p0, GH, dg, GH,
-                   f_.w.w_hh.template data_ptr<T>() + p0, P_, beta, dh + p0, P_);
-    }
+    for (int sl = thread; sl < slicing_.count; sl += threads)
+      w_hh_panels_.gemm(k, sl, rows, dg, GH, beta, dh + slicing_.p0(sl), P_);
     // Without projection each slice reads back only its own columns of dh in
     // the next step; with projection the next step starts with a barrier.
   }
@@ -531,6 +574,8 @@ class BackwardLoop {
   Tensor dc_;        // [B, H] LSTM: gradient of the current step's c
   Tensor dh_total_;  // [N, P] proj: dh_t = dy_t + recurrent part (input of dw_hr)
   Tensor dm_;        // [B, H] proj: gradient of m_t
+  SlicePanels<T> w_hh_panels_;  // per slice: [G*H, np] columns p0..p1 of w_hh
+  SlicePanels<T> w_hr_panels_;  // per slice: [P, nu] columns u0..u1 of w_hr
 };
 
 }  // namespace

@@ -43,17 +43,26 @@ void test_gemm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
     for (int64_t N : {1, 7, 16, 17, 33, 64, 65, 130}) {
       for (int64_t K : {1, 7, 64}) {
         for (T beta : {T(0), T(1), T(0.5)}) {
-          const int64_t lda = K + 3, ldb = N + 5, ldc = N + 2;
-          auto A = randn<T>(M * lda, rng), B = randn<T>(K * ldb, rng), C = randn<T>(M * ldc, rng);
+          const int64_t lda = K + 3, ldc = N + 2;
+          // B is column-gathered from a wider source: column n at offset n*3 + 1.
+          const int64_t src_ld = 3 * N + 2;
+          auto A = randn<T>(M * lda, rng), src = randn<T>(K * src_ld, rng), C = randn<T>(M * ldc, rng);
+          rnnfast::cpu::ColumnMap map;
+          map.base = 1;
+          map.block = N;
+          map.col_stride = 3;
+          std::vector<T> packed(k.packed_b_size(K, N), T(-7));
+          k.pack_b(K, N, src.data(), src_ld, map, packed.data());
           std::vector<T> want = C;
           for (int64_t i = 0; i < M; ++i)
             for (int64_t j = 0; j < N; ++j) {
               double acc = 0;
-              for (int64_t p = 0; p < K; ++p) acc += double(A[i * lda + p]) * double(B[p * ldb + j]);
+              for (int64_t p = 0; p < K; ++p)
+                acc += double(A[i * lda + p]) * double(src[p * src_ld + 1 + 3 * j]);
               want[i * ldc + j] = T(acc + double(beta) * double(C[i * ldc + j]));
             }
-          k.gemm(M, N, K, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
-          expect_close(C, want, tol, "gemm", k.isa);
+          k.gemm_packed(M, N, K, A.data(), lda, packed.data(), beta, C.data(), ldc);
+          expect_close(C, want, tol, "gemm_packed", k.isa);
         }
       }
     }

@@ -1,0 +1,268 @@
+"""Exception type and message parity with torch.nn for bad constructor arguments and bad inputs.
+
+Each case runs torch.nn and rnnfast.  The exception type must always match.  The message must
+match exactly when torch raises it from Python (torch/nn/modules/rnn.py, a ``raise`` statement
+there); when torch's error comes out of an ATen kernel the message is torch's implementation
+detail (oneDNN or GEMM wording) and only the type is compared.  Each case declares its origin and
+the test checks the declaration against torch's traceback, so a torch upgrade that moves a check
+shows up here.
+
+Cases whose torch message comes from ATen (torch 2.13, CPU):
+  * sequence length 0: "Expected sequence length to be larger than 0 in RNN"
+  * hx dtype differs from the weights: LSTM float32 "get_mkldnn_dtype: unsupported data type",
+    LSTM float64 and GRU "mat1 and mat2 must have the same dtype, but got ..."
+  * LSTM with a PackedSequence: torch does not validate hx (nor the input dtype) in Python, so a
+    wrong batch gives "The size of tensor a (3) must match ...", a wrong feature size "got an
+    incorrect number of RNN parameters", too few layers "Expected more hidden states in
+    stacked_rnn", a 2-D hx an IndexError "Dimension out of range", a double input "mat1 and mat2
+    must have the same dtype"
+  * unsorted PackedSequence whose hx has too few batch entries: index_select's "INDICES element is
+    out of DATA bounds" (LSTM and GRU: the permutation happens before GRU's check).  With too
+    *many* batch entries torch raises nothing: the permutation picks the first B of them.
+"""
+
+import dataclasses
+import linecache
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+from conftest import assert_outputs_close, capture, fast_module_class, torch_module_class
+from torch.nn.utils.rnn import pack_padded_sequence
+
+
+def origin(exc: BaseException) -> str:
+    """"python" if torch raised `exc` with a raise statement in torch/nn/modules/rnn.py, else "aten"."""
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    line = linecache.getline(filename, tb.tb_lineno).strip()
+    if filename.replace("\\", "/").endswith("torch/nn/modules/rnn.py") and line.startswith("raise"):
+        return "python"
+    return "aten"
+
+
+def assert_same_error(expected: tuple, actual: tuple, compare_message: bool) -> None:
+    assert expected[0] == "raised", f"torch.nn did not raise (returned {type(expected[1])}): the case is wrong"
+    assert actual[0] == "raised", f"rnnfast did not raise; torch raised {type(expected[1]).__name__}: {expected[1]}"
+    exp, act = expected[1], actual[1]
+    assert type(act) is type(exp), f"rnnfast raised {type(act).__name__}: {act}\ntorch raised {type(exp).__name__}: {exp}"
+    if compare_message:
+        assert str(act) == str(exp)
+
+
+# ---- constructor ------------------------------------------------------------------------------
+
+CONSTRUCTOR_CASES = {
+    "hidden_size_0": ((10, 0, 1), {}),
+    "num_layers_0": ((10, 10, 0), {}),
+    "input_size_0": ((0, 5), {}),
+    "input_size_negative": ((-1, 5), {}),
+    "input_size_float": ((3.0, 5), {}),
+    "input_size_str": (("10", 5), {}),
+    "hidden_size_float": ((3, 5.0), {}),
+    "hidden_size_negative": ((3, -2), {}),
+    "num_layers_float": ((3, 5, 1.5), {}),
+    "bias_int": ((3, 5), {"bias": 1}),
+    "bias_str": ((3, 5), {"bias": "True"}),
+    "batch_first_int": ((3, 5), {"batch_first": 0}),
+    "batch_first_str": ((3, 5), {"batch_first": "False"}),
+    "dropout_negative": ((3, 5, 2), {"dropout": -0.1}),
+    "dropout_above_one": ((3, 5, 2), {"dropout": 1.5}),
+    "dropout_bool": ((3, 5, 2), {"dropout": True}),
+    "dropout_str": ((3, 5, 2), {"dropout": "0.5"}),
+    "proj_size_negative": ((3, 5), {"proj_size": -1}),
+    "proj_size_equal_hidden": ((3, 5), {"proj_size": 5}),
+    "proj_size_above_hidden": ((3, 5), {"proj_size": 7}),
+    "unknown_keyword": ((3, 5), {"foo": 1}),
+    "missing_sizes": ((), {}),
+    "too_many_positional": ((3, 4, 1, True, False, 0.0, False, 0, None, None, 5), {}),
+}
+
+
+@pytest.mark.parametrize("case", CONSTRUCTOR_CASES)
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_constructor_error(mode, case):
+    args, kwargs = CONSTRUCTOR_CASES[case]
+    expected = capture(lambda: torch_module_class(mode)(*args, **kwargs))
+    actual = capture(lambda: fast_module_class(mode)(*args, **kwargs))
+    assert_same_error(expected, actual, compare_message=True)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_dropout_with_one_layer_warns_like_torch(mode):
+    def warnings_of(cls):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cls(3, 5, num_layers=1, dropout=0.5)
+        return [(w.category, str(w.message)) for w in caught]
+
+    expected = warnings_of(torch_module_class(mode))
+    assert expected, "torch.nn no longer warns: the test is out of date"
+    assert warnings_of(fast_module_class(mode)) == expected
+
+
+# ---- forward ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardCase:
+    """Call a 2-layer module (input_size 3, hidden_size 4) with bad arguments."""
+
+    mode: str
+    origin: str  # where torch raises: "python" (rnn.py) or "aten"
+    make_args: Callable[[], tuple]  # -> forward arguments
+    kwargs: tuple = ()  # extra constructor kwargs as (name, value) pairs
+
+
+def randn(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+def packed(batch_sizes=(5, 3), dtype=torch.float32, enforce_sorted=True):
+    """A PackedSequence of 3-feature sequences with the given lengths."""
+    lengths = torch.tensor(batch_sizes)
+    return pack_padded_sequence(randn(int(lengths.max()), len(lengths), 3, dtype=dtype), lengths,
+                                enforce_sorted=enforce_sorted)
+
+
+def lstm_hx(h_shape, c_shape, h_dtype=torch.float32, c_dtype=torch.float32):
+    return randn(*h_shape, dtype=h_dtype), randn(*c_shape, dtype=c_dtype)
+
+
+F64 = (("dtype", torch.float64),)
+BF = (("batch_first", True),)
+
+FORWARD_CASES = {
+    # input rank
+    "LSTM_input_1d": ForwardCase("LSTM", "python", lambda: (randn(3),)),
+    "LSTM_input_4d": ForwardCase("LSTM", "python", lambda: (randn(2, 2, 2, 3),)),
+    "GRU_input_1d": ForwardCase("GRU", "python", lambda: (randn(3),)),
+    "GRU_input_4d": ForwardCase("GRU", "python", lambda: (randn(2, 2, 2, 3),)),
+    # input_size
+    "LSTM_input_size": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 4),)),
+    "LSTM_input_size_unbatched": ForwardCase("LSTM", "python", lambda: (randn(5, 4),)),
+    "LSTM_input_size_packed_with_hx": ForwardCase("LSTM", "aten", lambda: (
+        pack_padded_sequence(randn(5, 2, 4), [5, 3]), lstm_hx((2, 2, 4), (2, 2, 4)))),
+    "GRU_input_size": ForwardCase("GRU", "python", lambda: (randn(5, 2, 4),)),
+    "GRU_input_size_batch_first": ForwardCase("GRU", "python", lambda: (randn(2, 5, 4),), BF),
+    "GRU_input_size_packed": ForwardCase("GRU", "python", lambda: (pack_padded_sequence(randn(5, 2, 4), [5, 3]),)),
+    # hx shape, batched
+    "LSTM_h_batch": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3), lstm_hx((2, 3, 4), (2, 2, 4)))),
+    "LSTM_h_hidden": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3), lstm_hx((2, 2, 5), (2, 2, 4)))),
+    "LSTM_h_layers": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3), lstm_hx((1, 2, 4), (2, 2, 4)))),
+    "LSTM_c_batch": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3), lstm_hx((2, 2, 4), (2, 3, 4)))),
+    "LSTM_c_hidden": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3), lstm_hx((2, 2, 4), (2, 2, 3)))),
+    "LSTM_proj_c_has_proj_size": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3), lstm_hx((2, 2, 2), (2, 2, 2))),
+                                             (("proj_size", 2),)),
+    "LSTM_proj_h_has_hidden_size": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3), lstm_hx((2, 2, 4), (2, 2, 4))),
+                                               (("proj_size", 2),)),
+    "LSTM_h_batch_first": ForwardCase("LSTM", "python", lambda: (randn(2, 5, 3), lstm_hx((2, 5, 4), (2, 5, 4))), BF),
+    "GRU_h_batch": ForwardCase("GRU", "python", lambda: (randn(5, 2, 3), randn(2, 3, 4))),
+    "GRU_h_hidden": ForwardCase("GRU", "python", lambda: (randn(5, 2, 3), randn(2, 2, 5))),
+    "GRU_h_bidirectional_layers": ForwardCase("GRU", "python", lambda: (randn(5, 2, 3), randn(2, 2, 4)),
+                                              (("bidirectional", True),)),
+    # hx rank
+    "LSTM_h_rank_batched": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3), lstm_hx((2, 4), (2, 2, 4)))),
+    "LSTM_c_rank_batched": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3), lstm_hx((2, 2, 4), (2, 4)))),
+    "LSTM_h_rank_unbatched": ForwardCase("LSTM", "python", lambda: (randn(5, 3), lstm_hx((2, 1, 4), (2, 4)))),
+    "LSTM_hx_not_a_tuple": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3), randn(2, 2, 4))),
+    "GRU_h_rank_batched": ForwardCase("GRU", "python", lambda: (randn(5, 2, 3), randn(2, 4))),
+    "GRU_h_rank_unbatched": ForwardCase("GRU", "python", lambda: (randn(5, 3), randn(2, 1, 4))),
+    # hx shape, unbatched
+    "LSTM_h_unbatched": ForwardCase("LSTM", "python", lambda: (randn(5, 3), lstm_hx((3, 4), (2, 4)))),
+    "LSTM_c_unbatched": ForwardCase("LSTM", "python", lambda: (randn(5, 3), lstm_hx((2, 4), (2, 5)))),
+    "GRU_h_unbatched": ForwardCase("GRU", "python", lambda: (randn(5, 3), randn(3, 4))),
+    # dtypes
+    "LSTM_double_input": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3, dtype=torch.float64),)),
+    "LSTM_float_input_double_module": ForwardCase("LSTM", "python", lambda: (randn(5, 2, 3),), F64),
+    "LSTM_double_input_unbatched": ForwardCase("LSTM", "python", lambda: (randn(5, 3, dtype=torch.float64),)),
+    "GRU_double_input": ForwardCase("GRU", "python", lambda: (randn(5, 2, 3, dtype=torch.float64),)),
+    "GRU_float_input_double_module": ForwardCase("GRU", "python", lambda: (randn(5, 2, 3),), F64),
+    "GRU_double_input_packed": ForwardCase("GRU", "python", lambda: (packed(dtype=torch.float64),)),
+    "LSTM_double_input_packed": ForwardCase("LSTM", "aten", lambda: (packed(dtype=torch.float64),)),
+    "LSTM_double_h": ForwardCase("LSTM", "aten", lambda: (randn(5, 2, 3), lstm_hx((2, 2, 4), (2, 2, 4), h_dtype=torch.float64))),
+    "LSTM_float_h_double_module": ForwardCase("LSTM", "aten", lambda: (
+        randn(5, 2, 3, dtype=torch.float64), lstm_hx((2, 2, 4), (2, 2, 4), c_dtype=torch.float64)), F64),
+    "GRU_double_h": ForwardCase("GRU", "aten", lambda: (randn(5, 2, 3), randn(2, 2, 4, dtype=torch.float64))),
+    "GRU_float_h_double_module": ForwardCase("GRU", "aten", lambda: (randn(5, 2, 3, dtype=torch.float64), randn(2, 2, 4)), F64),
+    # zero-length sequences
+    "LSTM_T0": ForwardCase("LSTM", "aten", lambda: (randn(0, 2, 3),)),
+    "LSTM_T0_unbatched": ForwardCase("LSTM", "aten", lambda: (randn(0, 3),)),
+    "LSTM_T0_batch_first": ForwardCase("LSTM", "aten", lambda: (randn(2, 0, 3),), BF),
+    "LSTM_T0_with_hx": ForwardCase("LSTM", "aten", lambda: (randn(0, 2, 3), lstm_hx((2, 2, 4), (2, 2, 4)))),
+    "GRU_T0": ForwardCase("GRU", "aten", lambda: (randn(0, 2, 3),)),
+    "GRU_T0_unbatched": ForwardCase("GRU", "aten", lambda: (randn(0, 3),)),
+    "GRU_T0_batch_first": ForwardCase("GRU", "aten", lambda: (randn(2, 0, 3),), BF),
+    # PackedSequence with a bad hx
+    "LSTM_packed_h_batch": ForwardCase("LSTM", "aten", lambda: (packed(), lstm_hx((2, 3, 4), (2, 3, 4)))),
+    "LSTM_packed_h_hidden": ForwardCase("LSTM", "aten", lambda: (packed(), lstm_hx((2, 2, 5), (2, 2, 4)))),
+    "LSTM_packed_c_hidden": ForwardCase("LSTM", "aten", lambda: (packed(), lstm_hx((2, 2, 4), (2, 2, 5)))),
+    "LSTM_packed_h_layers": ForwardCase("LSTM", "aten", lambda: (packed(), lstm_hx((1, 2, 4), (1, 2, 4)))),
+    "LSTM_packed_h_rank": ForwardCase("LSTM", "aten", lambda: (packed(), lstm_hx((2, 4), (2, 2, 4)))),
+    "LSTM_packed_unsorted_h_batch": ForwardCase("LSTM", "aten", lambda: (
+        packed((2, 5, 3), enforce_sorted=False), lstm_hx((2, 2, 4), (2, 2, 4)))),
+    "GRU_packed_h_batch": ForwardCase("GRU", "python", lambda: (packed(), randn(2, 3, 4))),
+    "GRU_packed_h_hidden": ForwardCase("GRU", "python", lambda: (packed(), randn(2, 2, 5))),
+    "GRU_packed_h_rank": ForwardCase("GRU", "python", lambda: (packed(), randn(2, 4))),
+    "GRU_packed_unsorted_h_batch_too_small": ForwardCase("GRU", "aten", lambda: (
+        packed((2, 5, 3), enforce_sorted=False), randn(2, 2, 4))),
+}
+
+
+@pytest.mark.parametrize("case_id", FORWARD_CASES)
+def test_forward_error(case_id):
+    case = FORWARD_CASES[case_id]
+    kwargs = dict(num_layers=2, **dict(case.kwargs))
+    reference = torch_module_class(case.mode)(3, 4, **kwargs)
+    fast = fast_module_class(case.mode)(3, 4, **kwargs)
+    fast.load_state_dict(reference.state_dict())
+    args = case.make_args()
+    expected = capture(lambda: reference(*args))
+    actual = capture(lambda: fast(*args))
+    assert expected[0] == "raised", "torch.nn did not raise: the case is wrong"
+    assert origin(expected[1]) == case.origin, (
+        f"torch raises this from {origin(expected[1])}, the case says {case.origin}: {expected[1]}"
+    )
+    assert_same_error(expected, actual, compare_message=case.origin == "python")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="device mismatch needs a CUDA device")
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_device_mismatch(mode):
+    reference = torch_module_class(mode)(3, 4).cuda()
+    fast = fast_module_class(mode)(3, 4).cuda()
+    x = randn(5, 2, 3)
+    assert_same_error(capture(lambda: reference(x)), capture(lambda: fast(x)), compare_message=False)
+
+
+# ---- inputs torch accepts although they look wrong -------------------------------------------
+
+LENIENT_CASES = {
+    # The c0 dtype is never checked: torch computes f * c0 with type promotion (float64 module).
+    "LSTM_float_c0_double_module": ("LSTM", F64, lambda: (
+        randn(5, 2, 3, dtype=torch.float64), lstm_hx((2, 2, 4), (2, 2, 4), h_dtype=torch.float64))),
+    # Unsorted PackedSequence: hx is permuted by sorted_indices before any check, so extra
+    # batch entries are dropped silently.
+    "LSTM_packed_unsorted_h_batch_too_large": ("LSTM", (), lambda: (
+        packed((2, 5, 3), enforce_sorted=False), lstm_hx((2, 4, 4), (2, 4, 4)))),
+    "GRU_packed_unsorted_h_batch_too_large": ("GRU", (), lambda: (
+        packed((2, 5, 3), enforce_sorted=False), randn(2, 4, 4))),
+}
+
+
+@pytest.mark.parametrize("case_id", LENIENT_CASES)
+def test_lenient_input_accepted_like_torch(case_id):
+    mode, extra, make_args = LENIENT_CASES[case_id]
+    kwargs = dict(num_layers=2, **dict(extra))
+    reference = torch_module_class(mode)(3, 4, **kwargs)
+    fast = fast_module_class(mode)(3, 4, **kwargs)
+    fast.load_state_dict(reference.state_dict())
+    args = make_args()
+    expected = capture(lambda: reference(*args))
+    assert expected[0] == "ok", f"torch.nn now raises {expected[1]!r}: move the case to FORWARD_CASES"
+    actual = capture(lambda: fast(*args))
+    assert actual[0] == "ok", f"rnnfast raised where torch.nn does not: {type(actual[1]).__name__}: {actual[1]}"
+    assert_outputs_close(expected[1], actual[1])

@@ -1,0 +1,426 @@
+"""rnnfast modules against torch.nn: outputs and every gradient over the option matrix.
+
+A grid over the axes most likely to break a kernel (cell, dtype, input form, direction, hx,
+layout), a seeded random sample over the rest (sizes, lengths, layers, bias, projection),
+hand-picked edge cases, and the behaviours around the numbers: train/eval, no_grad, dropout,
+empty batches, determinism and NaN/Inf propagation.
+"""
+
+import dataclasses
+import math
+import random
+
+import pytest
+import torch
+from conftest import (
+    FORMS,
+    MODES,
+    TOL,
+    Config,
+    Inputs,
+    assert_close,
+    assert_outputs_close,
+    build_pair,
+    capture,
+    check_parity,
+    flat_outputs,
+    gradients,
+    make_inputs,
+)
+
+DTYPES = (torch.float32, torch.float64)
+DTYPE_IDS = ("f32", "f64")
+
+# ---- grid over the important axes ---------------------------------------------------------------
+
+# (mode, proj_size): LSTM with and without projection, GRU.
+CELLS = [("LSTM", 0), ("LSTM", 3), ("GRU", 0)]
+
+
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+@pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c[0]}_proj{c[1]}")
+def test_parity_grid(cell, dtype, form, bidirectional, with_hx, batch_first):
+    mode, proj_size = cell
+    cfg = Config(
+        mode=mode, proj_size=proj_size, dtype=dtype, form=form, bidirectional=bidirectional,
+        with_hx=with_hx, batch_first=batch_first, num_layers=2,
+        input_size=3, hidden_size=17, batch=3, seq_len=7,
+    )
+    check_parity(*build_pair(cfg), make_inputs(cfg))
+
+
+# ---- seeded random sample over everything --------------------------------------------------------
+
+
+def random_config(rng: random.Random) -> Config:
+    mode = rng.choice(MODES)
+    hidden_size = rng.choice([1, 3, 17])
+    proj_size = 0
+    if mode == "LSTM" and hidden_size > 1 and rng.random() < 0.4:
+        proj_size = rng.randrange(1, hidden_size)
+    roll = rng.random()
+    if roll < 0.06:
+        seq_len = rng.randint(150, 300)
+    elif roll < 0.2:
+        seq_len = 1
+    else:
+        seq_len = rng.choice([2, 3, 5, 8, 13, 21, 34, 64])
+    return Config(
+        mode=mode,
+        dtype=rng.choice(DTYPES),
+        num_layers=rng.choice([1, 2, 3]),
+        bidirectional=rng.random() < 0.5,
+        batch_first=rng.random() < 0.5,
+        bias=rng.random() < 0.75,
+        proj_size=proj_size,
+        form=rng.choice(FORMS),
+        with_hx=rng.random() < 0.6,
+        input_requires_grad=rng.random() < 0.85,
+        input_size=rng.choice([1, 3, 17]),
+        hidden_size=hidden_size,
+        batch=rng.choice([1, 3, 17]),
+        seq_len=seq_len,
+    )
+
+
+_rng = random.Random(20250601)
+RANDOM_CONFIGS = [random_config(_rng) for _ in range(150)]
+
+
+@pytest.mark.parametrize("cfg", RANDOM_CONFIGS, ids=[c.id for c in RANDOM_CONFIGS])
+def test_parity_random(cfg):
+    check_parity(*build_pair(cfg), make_inputs(cfg))
+
+
+# ---- hand-picked edge cases ---------------------------------------------------------------------
+
+SPECIAL_CONFIGS = [
+    # long sequences (the recurrence error compounds; packed with ragged lengths)
+    Config(mode="LSTM", dtype=torch.float32, num_layers=2, bidirectional=True, form="packed_unsorted",
+           input_size=3, hidden_size=17, batch=17, seq_len=300),
+    Config(mode="GRU", dtype=torch.float32, num_layers=2, bidirectional=True, form="packed_unsorted",
+           input_size=3, hidden_size=17, batch=17, seq_len=300),
+    Config(mode="LSTM", dtype=torch.float64, proj_size=5, batch_first=True, input_size=17, hidden_size=17,
+           batch=3, seq_len=300),
+    Config(mode="GRU", dtype=torch.float64, batch_first=True, input_size=17, hidden_size=17, batch=3, seq_len=300),
+    # a single step
+    *(Config(mode=m, dtype=d, num_layers=3, bidirectional=True, form=f, seq_len=1)
+      for m in MODES for d in DTYPES for f in ("padded", "packed_unsorted")),
+    # batch of one, packed (sorted and not)
+    *(Config(mode=m, form=f, batch=1, seq_len=9, bidirectional=True) for m in MODES
+      for f in ("packed_sorted", "packed_unsorted")),
+    # every sequence of length 1 but one
+    *(Config(mode=m, form="packed_unsorted", batch=17, seq_len=2, bidirectional=True) for m in MODES),
+]
+
+# Larger GEMMs, run with two threads (the sizes where a kernel may split work across threads).
+LARGE_CONFIGS = [
+    *(Config(mode=m, dtype=torch.float32, num_layers=2, bidirectional=True, form=f,
+             input_size=64, hidden_size=128, batch=64, seq_len=20)
+      for m in MODES for f in ("padded", "packed_unsorted")),
+    Config(mode="LSTM", dtype=torch.float32, proj_size=64, input_size=64, hidden_size=128, batch=64, seq_len=20),
+]
+
+
+@pytest.mark.parametrize("cfg", SPECIAL_CONFIGS, ids=[c.id for c in SPECIAL_CONFIGS])
+def test_parity_special(cfg):
+    check_parity(*build_pair(cfg), make_inputs(cfg))
+
+
+@pytest.mark.parametrize("cfg", LARGE_CONFIGS, ids=[c.id for c in LARGE_CONFIGS])
+def test_parity_large(cfg, two_threads):
+    check_parity(*build_pair(cfg), make_inputs(cfg))
+
+
+# ---- memory layouts -----------------------------------------------------------------------------
+
+
+def strided(t: torch.Tensor) -> torch.Tensor:
+    """Same values, every other element of a twice-as-wide buffer along the last dim."""
+    buffer = torch.full((*t.shape[:-1], 2 * t.shape[-1]), float("nan"), dtype=t.dtype)
+    view = buffer[..., ::2]
+    view.copy_(t)
+    return view
+
+
+def transposed(t: torch.Tensor) -> torch.Tensor:
+    """Same values, first two dims swapped in memory."""
+    return t.transpose(0, 1).contiguous().transpose(0, 1)
+
+
+def offset(t: torch.Tensor) -> torch.Tensor:
+    """Same values, contiguous but at a nonzero storage offset."""
+    buffer = torch.full((t.numel() + 7,), float("nan"), dtype=t.dtype)
+    view = buffer[7:].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+@pytest.mark.parametrize("form", ["padded", "unbatched", "packed_unsorted"])
+@pytest.mark.parametrize("layout", [strided, transposed, offset], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c[0]}_proj{c[1]}")
+def test_parity_noncontiguous(cell, dtype, layout, form):
+    mode, proj_size = cell
+    cfg = Config(mode=mode, proj_size=proj_size, dtype=dtype, form=form, num_layers=2, bidirectional=True,
+                 batch_first=True, input_size=4, hidden_size=6, batch=3, seq_len=5)
+    inputs = make_inputs(cfg, layout=layout)
+    for name, leaf in zip(inputs.leaf_names, inputs.leaves):
+        if layout is offset:
+            assert leaf.is_contiguous() and leaf.storage_offset() > 0, name
+        else:
+            assert not leaf.is_contiguous(), f"{name} should be non-contiguous"
+    check_parity(*build_pair(cfg), inputs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c[0]}_proj{c[1]}")
+def test_parity_noncontiguous_weights(cell, dtype):
+    """Parameters replaced by non-contiguous ones (same values) in both modules."""
+    mode, proj_size = cell
+    cfg = Config(mode=mode, proj_size=proj_size, dtype=dtype, num_layers=2, bidirectional=True,
+                 form="packed_unsorted", input_size=4, hidden_size=6, batch=3, seq_len=5)
+    reference, fast = build_pair(cfg)
+    for module in (reference, fast):
+        for name, p in list(module.named_parameters()):
+            view = transposed(p.detach()) if p.dim() == 2 else strided(p.detach())
+            assert not view.is_contiguous(), name
+            setattr(module, name, torch.nn.Parameter(view))
+    check_parity(reference, fast, make_inputs(cfg))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_parity_expanded_inputs(mode):
+    """Stride-0 (broadcast) input and hx, as made by `.expand`: gradients flow to the bases."""
+    cfg = Config(mode=mode, num_layers=2, bidirectional=True, input_size=4, hidden_size=6, batch=5, seq_len=7)
+    x_base = torch.randn(cfg.seq_len, 1, cfg.input_size, dtype=cfg.dtype, requires_grad=True)
+    h_base = torch.randn(4, 1, cfg.out_size, dtype=cfg.dtype, requires_grad=True)
+    c_base = torch.randn(4, 1, cfg.hidden_size, dtype=cfg.dtype, requires_grad=True)
+    x = x_base.expand(-1, cfg.batch, -1)
+    h0, c0 = h_base.expand(-1, cfg.batch, -1), c_base.expand(-1, cfg.batch, -1)
+    hx, leaves = ((h0, c0), [x_base, h_base, c_base]) if mode == "LSTM" else (h0, [x_base, h_base])
+    inputs = Inputs(x, hx, leaves, ["x_base", "h_base", "c_base"][: len(leaves)])
+    check_parity(*build_pair(cfg), inputs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_parity_across_changing_shapes(mode):
+    """One module called with varying batch, length and form in turn (no stale per-shape state)."""
+    base = Config(mode=mode, num_layers=2, bidirectional=True, input_size=4, hidden_size=6)
+    reference, fast = build_pair(base)
+    for batch, seq_len, form in [(3, 5, "padded"), (7, 2, "packed_unsorted"), (1, 9, "padded"),
+                                 (3, 5, "unbatched"), (5, 1, "packed_sorted"), (3, 5, "padded")]:
+        cfg = dataclasses.replace(base, batch=batch, seq_len=seq_len, form=form)
+        check_parity(reference, fast, make_inputs(cfg))
+
+
+# ---- which tensors require grad -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params_grad", [False, True], ids=["frozen", "params"])
+@pytest.mark.parametrize("hx_grad", [False, True], ids=["hx_nograd", "hx_grad"])
+@pytest.mark.parametrize("input_grad", [False, True], ids=["x_nograd", "x_grad"])
+@pytest.mark.parametrize("mode", MODES)
+def test_requires_grad_combinations(mode, input_grad, hx_grad, params_grad):
+    cfg = Config(mode=mode, num_layers=2, bidirectional=True, form="packed_unsorted", input_requires_grad=input_grad)
+    reference, fast = build_pair(cfg)
+    for module in (reference, fast):
+        module.requires_grad_(params_grad)
+    inputs = make_inputs(cfg)
+    hx_leaves = [t for name, t in zip(inputs.leaf_names, inputs.leaves) if name in ("h0", "c0")]
+    for t in hx_leaves:
+        t.requires_grad_(hx_grad)
+    expected, actual = reference(inputs.input, inputs.hx), fast(inputs.input, inputs.hx)
+    assert_outputs_close(expected, actual)
+    for name, e, a in zip(("output", "h_n", "c_n"), flat_outputs(expected), flat_outputs(actual)):
+        assert a.requires_grad == e.requires_grad, f"{name}.requires_grad {a.requires_grad} != {e.requires_grad}"
+    wrt = {n: t for n, t in zip(inputs.leaf_names, inputs.leaves) if t.requires_grad}
+    if not (wrt or params_grad):
+        return
+    grad_outputs = [torch.randn_like(t) for t in flat_outputs(expected)]
+    for_grad = dataclasses.replace(inputs, leaves=list(wrt.values()), leaf_names=list(wrt))
+    exp_grads = gradients(reference, flat_outputs(expected), grad_outputs, for_grad, params=params_grad)
+    act_grads = gradients(fast, flat_outputs(actual), grad_outputs, for_grad, params=params_grad)
+    for name in exp_grads:
+        assert_close(act_grads[name], exp_grads[name], f"gradient of {name}")
+
+
+# ---- train / eval / no_grad ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["padded", "packed_unsorted"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c[0]}_proj{c[1]}")
+def test_eval_mode_matches_torch(cell, dtype, form):
+    mode, proj_size = cell
+    cfg = Config(mode=mode, proj_size=proj_size, dtype=dtype, form=form, num_layers=2, bidirectional=True)
+    check_parity(*build_pair(cfg, training=False), make_inputs(cfg))
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("form", ["padded", "unbatched", "packed_unsorted"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c[0]}_proj{c[1]}")
+def test_inference_path_matches_torch(cell, dtype, form, training, context):
+    mode, proj_size = cell
+    cfg = Config(mode=mode, proj_size=proj_size, dtype=dtype, form=form, num_layers=2, bidirectional=True,
+                 input_size=5, hidden_size=8, batch=4, seq_len=11)
+    reference, fast = build_pair(cfg, training=training)
+    inputs = make_inputs(cfg)
+    with getattr(torch, context)():
+        _, actual = check_parity(reference, fast, inputs, backward=False)
+    for name, t in zip(("output", "h_n", "c_n"), flat_outputs(actual)):
+        assert not t.requires_grad, f"{name} requires grad under {context}"
+
+
+# ---- inter-layer dropout ------------------------------------------------------------------------
+
+
+def _dropout_config(mode: str, dropout: float) -> Config:
+    return Config(mode=mode, num_layers=3, bidirectional=True, form="packed_unsorted", dropout=dropout,
+                  input_size=4, hidden_size=6, batch=5, seq_len=8)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dropout_is_inactive_in_eval_mode(mode):
+    """In eval mode a module with dropout > 0 computes exactly what dropout = 0 computes."""
+    reference, _ = build_pair(_dropout_config(mode, 0.0), training=False)
+    _, fast = build_pair(_dropout_config(mode, 0.6), training=False)
+    fast.load_state_dict(reference.state_dict())
+    check_parity(reference, fast, make_inputs(_dropout_config(mode, 0.6)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dropout_one_zeroes_upper_layer_inputs(mode):
+    """dropout = 1 is deterministic (layers above the first see zeros): equal to torch, gradients too."""
+    cfg = _dropout_config(mode, 1.0)
+    check_parity(*build_pair(cfg, training=True), make_inputs(cfg))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dropout_in_training(mode):
+    """With 0 < p < 1 in training: the first layer is untouched (its final states equal torch's),
+    the output differs from the dropout-free one, the masks come from torch's RNG (same seed,
+    bitwise same result; another seed, another result), and backward runs."""
+    cfg = _dropout_config(mode, 0.5)
+    reference, fast = build_pair(cfg, training=True)
+    inputs = make_inputs(cfg)
+    num_first_layer_states = cfg.num_directions
+
+    torch.manual_seed(1)
+    first = fast(inputs.input, inputs.hx)
+    torch.manual_seed(1)
+    again = fast(inputs.input, inputs.hx)
+    torch.manual_seed(2)
+    other = fast(inputs.input, inputs.hx)
+    without_dropout = reference.eval()(inputs.input, inputs.hx)
+
+    for name, a, b in zip(("output", "h_n", "c_n"), flat_outputs(first), flat_outputs(again)):
+        assert torch.equal(a, b), f"{name} differs between two runs with the same seed"
+    assert not torch.equal(flat_outputs(first)[0], flat_outputs(other)[0]), "dropout mask ignores the RNG"
+    assert not torch.allclose(flat_outputs(first)[0], flat_outputs(without_dropout)[0]), "no dropout applied"
+    for name, a, e in zip(("h_n", "c_n"), flat_outputs(first)[1:], flat_outputs(without_dropout)[1:]):
+        assert_close(a[:num_first_layer_states], e[:num_first_layer_states], f"first-layer {name}")
+    grad_outputs = [torch.randn_like(t) for t in flat_outputs(first)]
+    grads = gradients(fast, flat_outputs(first), grad_outputs, inputs)
+    for name, g in grads.items():
+        assert torch.isfinite(g).all(), f"gradient of {name} not finite"
+
+
+@pytest.mark.parametrize("p", [0.25, 0.6])
+@pytest.mark.parametrize("mode", MODES)
+def test_dropout_mask_rate_and_scale(mode, p):
+    """Reads the dropped-out input of layer 1 back from the output and checks it is
+    mask * y0 / (1 - p) with mask ~ Bernoulli(1 - p), where y0 is layer 0's output.
+
+    T = 1, zero initial state, no bias, and layer 1's input weights select one gate only
+    (LSTM: g = tanh(s*x1), i = o = 1/2, so h = tanh(tanh(s*x1)/2)/2; GRU: n = tanh(s*x1),
+    z = 1/2, so h = tanh(s*x1)/2), which is invertible elementwise.
+    """
+    hidden, batch, s = 64, 512, 0.5
+    cfg = Config(mode=mode, num_layers=2, bias=False, dropout=p, input_size=5, hidden_size=hidden,
+                 batch=batch, seq_len=1, with_hx=False)
+    reference, fast = build_pair(cfg, training=True)
+    with torch.no_grad():
+        weight = torch.zeros_like(fast.weight_ih_l1)
+        weight[2 * hidden : 3 * hidden] = s * torch.eye(hidden, dtype=weight.dtype)  # g (LSTM) / n (GRU) rows
+        fast.weight_ih_l1.copy_(weight)
+    x = torch.randn(1, batch, 5, dtype=cfg.dtype)
+    output, hidden_state = fast(x)
+    h_n = hidden_state[0] if mode == "LSTM" else hidden_state
+    y0 = h_n[0]  # layer 0 output at the single step
+    _, torch_hidden = reference(x)
+    assert_close(y0, (torch_hidden[0] if mode == "LSTM" else torch_hidden)[0], "layer-0 h_n")
+
+    y1 = output[0]
+    x1 = torch.atanh(2 * torch.atanh(2 * y1)) / s if mode == "LSTM" else torch.atanh(2 * y1) / s
+    dropped = x1.abs() < 1e-9
+    kept_ok = (x1 - y0 / (1 - p)).abs() <= 1e-8 * (1 + y0.abs())
+    assert (dropped | kept_ok).all(), "layer-1 input is neither 0 nor y0 / (1 - p)"
+    rate = dropped.double().mean().item()
+    sigma = math.sqrt(p * (1 - p) / dropped.numel())
+    assert abs(rate - p) < 5 * sigma, f"dropped fraction {rate:.4f}, expected {p} +- {5 * sigma:.4f}"
+
+
+# ---- empty batch, determinism, non-finite values ------------------------------------------------
+
+
+@pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_batch_like_torch(mode, batch_first, with_hx):
+    """torch 2.13 accepts batch size 0: empty outputs, empty states, zero parameter gradients."""
+    cfg = Config(mode=mode, batch=0, batch_first=batch_first, with_hx=with_hx, num_layers=2, bidirectional=True)
+    reference, fast = build_pair(cfg)
+    inputs = make_inputs(cfg)
+    expected = capture(lambda: reference(inputs.input, inputs.hx))
+    if expected[0] == "raised":
+        with pytest.raises(type(expected[1])):
+            fast(inputs.input, inputs.hx)
+    else:
+        check_parity(reference, fast, inputs)
+
+
+@pytest.mark.parametrize("form", ["padded", "packed_unsorted"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS, ids=lambda c: f"{c[0]}_proj{c[1]}")
+def test_deterministic(cell, dtype, form, two_threads):
+    """Two identical runs give bitwise identical outputs and gradients."""
+    mode, proj_size = cell
+    cfg = Config(mode=mode, proj_size=proj_size, dtype=dtype, form=form, num_layers=2, bidirectional=True,
+                 input_size=16, hidden_size=32, batch=24, seq_len=16)
+    _, fast = build_pair(cfg)
+    inputs = make_inputs(cfg)
+    runs = []
+    for _ in range(2):
+        outputs = flat_outputs(fast(inputs.input, inputs.hx))
+        grad_outputs = [torch.ones_like(t) for t in outputs]
+        runs.append((outputs, gradients(fast, outputs, grad_outputs, inputs)))
+    (out_a, grads_a), (out_b, grads_b) = runs
+    for name, a, b in zip(("output", "h_n", "c_n"), out_a, out_b):
+        assert torch.equal(a, b), f"{name} differs between two identical runs"
+    for name in grads_a:
+        assert torch.equal(grads_a[name], grads_b[name]), f"gradient of {name} differs between two identical runs"
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("mode", MODES)
+def test_non_finite_input_propagates_like_torch(mode, value, bidirectional):
+    """One non-finite input element: same NaN positions (and same finite values) as torch."""
+    cfg = Config(mode=mode, dtype=torch.float64, num_layers=2, bidirectional=bidirectional,
+                 input_size=4, hidden_size=5, batch=3, seq_len=6)
+    reference, fast = build_pair(cfg)
+    x = torch.randn(cfg.seq_len, cfg.batch, cfg.input_size, dtype=cfg.dtype)
+    x[2, 1, 0] = value
+    expected, actual = reference(x), fast(x)
+    for name, e, a in zip(("output", "h_n", "c_n"), flat_outputs(expected), flat_outputs(actual)):
+        torch.testing.assert_close(a, e, **TOL[cfg.dtype], equal_nan=True,
+                                   msg=lambda m, name=name: f"{name} differs from torch.nn:\n{m}")
+    if value != value:  # NaN must actually have reached the output, or the test proves nothing
+        assert torch.isnan(flat_outputs(expected)[0]).any()

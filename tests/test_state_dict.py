@@ -1,0 +1,179 @@
+"""The module contract around the numbers: parameters, state_dict, init, repr, pickling, dtype moves."""
+
+import copy
+import inspect
+import io
+
+import pytest
+import torch
+from conftest import assert_close, fast_module_class, torch_module_class
+
+# (mode, constructor kwargs): the options that change the parameter set.
+VARIANTS = [
+    ("LSTM", dict()),
+    ("LSTM", dict(num_layers=3, bidirectional=True)),
+    ("LSTM", dict(num_layers=2, proj_size=3, bias=False)),
+    ("LSTM", dict(num_layers=2, proj_size=2, bidirectional=True, batch_first=True, dropout=0.25)),
+    ("GRU", dict()),
+    ("GRU", dict(num_layers=3, bidirectional=True, bias=False)),
+    ("GRU", dict(num_layers=2, batch_first=True, dropout=0.5)),
+]
+VARIANT_IDS = [f"{m}-" + "-".join(f"{k}={v}" for k, v in kw.items()) for m, kw in VARIANTS]
+
+parametrize_variants = pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
+
+
+def construct(mode, kwargs, seed=0):
+    """torch.nn and rnnfast modules constructed from the same RNG state (sizes 5 -> 7)."""
+    torch.manual_seed(seed)
+    reference = torch_module_class(mode)(5, 7, **kwargs)
+    torch.manual_seed(seed)
+    fast = fast_module_class(mode)(5, 7, **kwargs)
+    return reference, fast
+
+
+def forward_matches(reference, fast, dtype=torch.float32):
+    x = torch.randn(4, 3, 5, dtype=dtype)
+    if reference.batch_first:
+        x = x.transpose(0, 1)
+    reference.eval()
+    fast.eval()
+    expected, actual = reference(x), fast(x)
+    assert_close(actual[0], expected[0], "output")
+
+
+@parametrize_variants
+def test_subclass_of_torch_module(mode, kwargs):
+    _, fast = construct(mode, kwargs)
+    assert isinstance(fast, torch_module_class(mode))
+    assert isinstance(fast, torch.nn.RNNBase)
+
+
+@parametrize_variants
+def test_same_parameters_and_init_from_same_seed(mode, kwargs):
+    """Same names, shapes, dtypes, order and values (same init distribution, same RNG draws)."""
+    reference, fast = construct(mode, kwargs)
+    ref_params, fast_params = dict(reference.named_parameters()), dict(fast.named_parameters())
+    assert list(fast_params) == list(ref_params)
+    for name, expected in ref_params.items():
+        actual = fast_params[name]
+        assert isinstance(actual, torch.nn.Parameter), name
+        assert actual.shape == expected.shape and actual.dtype == expected.dtype, name
+        assert torch.equal(actual, expected), f"{name} initialised differently"
+    assert fast._flat_weights_names == reference._flat_weights_names
+    assert [[p.shape for p in layer] for layer in fast.all_weights] == [[p.shape for p in layer] for layer in reference.all_weights]
+
+
+@parametrize_variants
+def test_reset_parameters_matches_torch(mode, kwargs):
+    reference, fast = construct(mode, kwargs)
+    torch.manual_seed(3)
+    reference.reset_parameters()
+    torch.manual_seed(3)
+    fast.reset_parameters()
+    for (name, a), (_, e) in zip(fast.named_parameters(), reference.named_parameters()):
+        assert torch.equal(a, e), name
+
+
+@parametrize_variants
+def test_state_dict_round_trip_strict(mode, kwargs):
+    reference, fast = construct(mode, kwargs, seed=1)
+    ref_state, fast_state = reference.state_dict(), fast.state_dict()
+    assert list(fast_state) == list(ref_state)
+    assert {k: v.shape for k, v in fast_state.items()} == {k: v.shape for k, v in ref_state.items()}
+
+    _, fresh_fast = construct(mode, kwargs, seed=2)
+    fresh_fast.load_state_dict(ref_state, strict=True)  # torch checkpoint -> rnnfast
+    forward_matches(reference, fresh_fast)
+
+    fresh_reference, _ = construct(mode, kwargs, seed=3)
+    fresh_reference.load_state_dict(fresh_fast.state_dict(), strict=True)  # rnnfast checkpoint -> torch
+    for name, value in fresh_reference.state_dict().items():
+        assert torch.equal(value, ref_state[name]), name
+
+
+@parametrize_variants
+def test_repr_matches_torch(mode, kwargs):
+    reference, fast = construct(mode, kwargs)
+    expected = repr(reference)
+    actual = repr(fast).replace(type(fast).__name__, type(reference).__name__, 1)
+    assert actual == expected
+    assert expected.startswith(type(reference).__name__ + "(")
+
+
+@parametrize_variants
+def test_save_and_load_whole_module(mode, kwargs):
+    _, fast = construct(mode, kwargs)
+    buffer = io.BytesIO()
+    torch.save(fast, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded) is type(fast)
+    for (name, a), (_, e) in zip(loaded.named_parameters(), fast.named_parameters()):
+        assert torch.equal(a, e), name
+    forward_matches(fast, loaded)
+
+
+@parametrize_variants
+def test_deepcopy(mode, kwargs):
+    _, fast = construct(mode, kwargs)
+    clone = copy.deepcopy(fast)
+    assert type(clone) is type(fast)
+    for (name, a), (_, e) in zip(clone.named_parameters(), fast.named_parameters()):
+        assert torch.equal(a, e) and a.data_ptr() != e.data_ptr(), name
+    forward_matches(fast, clone)
+    with torch.no_grad():
+        next(clone.parameters()).add_(1.0)  # the copy owns its weights: changing it leaves fast as is
+    reference, _ = construct(mode, kwargs)
+    forward_matches(reference, fast)
+
+
+@pytest.mark.parametrize("convert", ["to_float64", "double", "to_float64_then_float"])
+@parametrize_variants
+def test_dtype_conversion_then_forward(mode, kwargs, convert):
+    reference, fast = construct(mode, kwargs)
+    if convert == "to_float64":
+        modules, dtype = [m.to(torch.float64) for m in (reference, fast)], torch.float64
+    elif convert == "double":
+        modules, dtype = [m.double() for m in (reference, fast)], torch.float64
+    else:
+        modules, dtype = [m.to(torch.float64).float() for m in (reference, fast)], torch.float32
+    reference, fast = modules
+    for name, p in fast.named_parameters():
+        assert p.dtype == dtype, name
+    forward_matches(reference, fast, dtype)
+
+
+@parametrize_variants
+def test_parameters_are_read_at_call_time(mode, kwargs):
+    """Weights changed in place or replaced after construction are used by the next forward."""
+    reference, fast = construct(mode, kwargs)
+    with torch.no_grad():
+        for module in (reference, fast):
+            module.weight_hh_l0.mul_(2.0)
+    forward_matches(reference, fast)
+    replacement = torch.nn.Parameter(torch.randn_like(reference.weight_ih_l0))
+    reference.weight_ih_l0 = replacement
+    fast.weight_ih_l0 = torch.nn.Parameter(replacement.detach().clone())
+    forward_matches(reference, fast)
+
+
+@parametrize_variants
+def test_forward_signature_and_keywords(mode, kwargs):
+    reference, fast = construct(mode, kwargs)
+    assert list(inspect.signature(fast.forward).parameters) == list(inspect.signature(reference.forward).parameters)
+    x = torch.randn(3, 2, 5)
+    if reference.batch_first:
+        x = x.transpose(0, 1)
+    reference.eval()
+    fast.eval()
+    expected = reference(input=x, hx=None)
+    actual = fast(input=x, hx=None)
+    assert_close(actual[0], expected[0], "output")
+
+
+@parametrize_variants
+def test_flatten_parameters_is_harmless(mode, kwargs):
+    reference, fast = construct(mode, kwargs)
+    fast.flatten_parameters()
+    forward_matches(reference, fast)
