@@ -29,14 +29,18 @@ struct PrevRows {
   }
 };
 
+// Forward buffers come in two layouts. Per-step scratch of the time loop is
+// *slice-blocked*: a slice's columns are contiguous, gate g of its unit
+// u0 + j at column g*(u1-u0) + j (pointers point at the slice's first
+// column). Saved activations use torch's layout: gate g of unit u at g*H + u.
 template <typename T>
 struct LstmForwardRows {
   int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
-  T* gx = nullptr;        // [rows, 4H] x @ w_ih^T (no bias); training: overwritten by i,f,g,o
-  int64_t ld_gx = 0;
-  const T* gh = nullptr;  // [rows, 4*(u1-u0)] this slice's h_prev @ w_hh^T, column g*(u1-u0)+j
-  int64_t ld_gh = 0;
+  const T* pre = nullptr;   // [rows, 4*(u1-u0)] slice-blocked x@w_ih^T + h@w_hh^T (no bias)
+  int64_t ld_pre = 0;
   const T* bias = nullptr;  // [4H] b_ih + b_hh (zeros without bias)
+  T* gates = nullptr;       // training: [rows, 4H] out: activated i,f,g,o
+  int64_t ld_gates = 0;
   T* c = nullptr;           // [rows, H] cell state: in c_{t-1}, out c_t
   int64_t ld_c = 0;
   T* c_saved = nullptr;     // training: [rows, H] c_t for backward
@@ -66,13 +70,15 @@ struct LstmBackwardRows {
 template <typename T>
 struct GruForwardRows {
   int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
-  T* gx = nullptr;          // [rows, 3H] x @ w_ih^T (no bias); training: overwritten by r,z,n
+  const T* gx = nullptr;    // [rows, 3*(u1-u0)] slice-blocked x @ w_ih^T (no bias)
   int64_t ld_gx = 0;
-  const T* gh = nullptr;    // [rows, 3*(u1-u0)] this slice's h_prev @ w_hh^T
+  const T* gh = nullptr;    // [rows, 3*(u1-u0)] slice-blocked h_prev @ w_hh^T (no bias)
   int64_t ld_gh = 0;
   const T* bias_x = nullptr;   // [3H] b_ih + (b_hr, b_hz, 0)
   const T* bias_hn = nullptr;  // [H]  b_hn
   PrevRows<T> h_prev;
+  T* gates = nullptr;       // training: [rows, 3H] out: activated r,z,n
+  int64_t ld_gates = 0;
   T* hn_saved = nullptr;    // training: [rows, H] W_hn h + b_hn
   int64_t ld_hn_saved = 0;
   T* h = nullptr;           // [rows, H] out h_t

@@ -149,22 +149,29 @@ inline void panel_tile(int64_t K, const T* A, int64_t lda, const T* panel, T bet
   }
 }
 
+// Rows of A are taken in blocks of about 256 KB, so that a block stays in the
+// L2 cache while every panel of B passes over it.
 template <typename T>
 void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp, T beta,
                  T* Cm, int64_t ldc) {
   const int64_t NR = panel_width<T>();
-  for (int64_t j0 = 0; j0 < N; j0 += NR) {
-    const T* panel = Bp + j0 * K;
-    const int64_t ncols = std::min(NR, N - j0);
-    int64_t m = 0;
-    for (; m + kRows <= M; m += kRows)
-      panel_tile<T, kRows>(K, A + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
-    const int64_t left = M - m;
-    const T* a = A + m * lda;
-    T* c = Cm + m * ldc + j0;
-    if (left == 3) panel_tile<T, 3>(K, a, lda, panel, beta, c, ldc, ncols);
-    if (left == 2) panel_tile<T, 2>(K, a, lda, panel, beta, c, ldc, ncols);
-    if (left == 1) panel_tile<T, 1>(K, a, lda, panel, beta, c, ldc, ncols);
+  const int64_t block_rows =
+      std::max<int64_t>(kRows, (int64_t(256 * 1024) / (sizeof(T) * std::max<int64_t>(K, 1))) / kRows * kRows);
+  for (int64_t m0 = 0; m0 < M; m0 += block_rows) {
+    const int64_t m1 = std::min(M, m0 + block_rows);
+    for (int64_t j0 = 0; j0 < N; j0 += NR) {
+      const T* panel = Bp + j0 * K;
+      const int64_t ncols = std::min(NR, N - j0);
+      int64_t m = m0;
+      for (; m + kRows <= m1; m += kRows)
+        panel_tile<T, kRows>(K, A + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
+      const int64_t left = m1 - m;
+      const T* a = A + m * lda;
+      T* c = Cm + m * ldc + j0;
+      if (left == 3) panel_tile<T, 3>(K, a, lda, panel, beta, c, ldc, ncols);
+      if (left == 2) panel_tile<T, 2>(K, a, lda, panel, beta, c, ldc, ncols);
+      if (left == 1) panel_tile<T, 1>(K, a, lda, panel, beta, c, ldc, ncols);
+    }
   }
 }
 
@@ -177,26 +184,26 @@ void lstm_forward_rows(const LstmForwardRows<T>& a) {
   const int64_t H = a.H;
   const int64_t nu = a.u1 - a.u0;
   for (int64_t b = 0; b < a.rows; ++b) {
-    T* gx = a.gx + b * a.ld_gx;
-    const T* gh = a.gh + b * a.ld_gh;
+    const T* pre = a.pre + b * a.ld_pre;
     T* c = a.c + b * a.ld_c;
     T* m = a.m + b * a.ld_m;
     for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
       const int64_t j = u - a.u0;
-      const V ai = load(gx + u, n) + load(gh + j, n) + load(a.bias + u, n);
-      const V af = load(gx + H + u, n) + load(gh + nu + j, n) + load(a.bias + H + u, n);
-      const V ag = load(gx + 2 * H + u, n) + load(gh + 2 * nu + j, n) + load(a.bias + 2 * H + u, n);
-      const V ao = load(gx + 3 * H + u, n) + load(gh + 3 * nu + j, n) + load(a.bias + 3 * H + u, n);
+      const V ai = load(pre + j, n) + load(a.bias + u, n);
+      const V af = load(pre + nu + j, n) + load(a.bias + H + u, n);
+      const V ag = load(pre + 2 * nu + j, n) + load(a.bias + 2 * H + u, n);
+      const V ao = load(pre + 3 * nu + j, n) + load(a.bias + 3 * H + u, n);
       LstmGates<V> g;
       V c_new, m_new;
       lstm_forward<VecMath<T>>(ai, af, ag, ao, load(c + u, n), g, c_new, m_new);
       store(c + u, c_new, n);
       store(m + u, m_new, n);
       if constexpr (Training) {
-        store(gx + u, g.i, n);
-        store(gx + H + u, g.f, n);
-        store(gx + 2 * H + u, g.g, n);
-        store(gx + 3 * H + u, g.o, n);
+        T* gates = a.gates + b * a.ld_gates;
+        store(gates + u, g.i, n);
+        store(gates + H + u, g.f, n);
+        store(gates + 2 * H + u, g.g, n);
+        store(gates + 3 * H + u, g.o, n);
         store(a.c_saved + b * a.ld_c_saved + u, c_new, n);
       }
     });
@@ -241,24 +248,25 @@ void gru_forward_rows(const GruForwardRows<T>& a) {
   const int64_t H = a.H;
   const int64_t nu = a.u1 - a.u0;
   for (int64_t b = 0; b < a.rows; ++b) {
-    T* gx = a.gx + b * a.ld_gx;
+    const T* gx = a.gx + b * a.ld_gx;
     const T* gh = a.gh + b * a.ld_gh;
     const T* h_prev = a.h_prev.row(b);
     T* h = a.h + b * a.ld_h;
     for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
       const int64_t j = u - a.u0;
-      const V ar = load(gx + u, n) + load(gh + j, n) + load(a.bias_x + u, n);
-      const V az = load(gx + H + u, n) + load(gh + nu + j, n) + load(a.bias_x + H + u, n);
-      const V axn = load(gx + 2 * H + u, n) + load(a.bias_x + 2 * H + u, n);
+      const V ar = load(gx + j, n) + load(gh + j, n) + load(a.bias_x + u, n);
+      const V az = load(gx + nu + j, n) + load(gh + nu + j, n) + load(a.bias_x + H + u, n);
+      const V axn = load(gx + 2 * nu + j, n) + load(a.bias_x + 2 * H + u, n);
       const V hn = load(gh + 2 * nu + j, n) + load(a.bias_hn + u, n);
       GruGates<V> g;
       V h_new;
       gru_forward<VecMath<T>>(ar, az, axn, hn, load(h_prev + u, n), g, h_new);
       store(h + u, h_new, n);
       if constexpr (Training) {
-        store(gx + u, g.r, n);
-        store(gx + H + u, g.z, n);
-        store(gx + 2 * H + u, g.n, n);
+        T* gates = a.gates + b * a.ld_gates;
+        store(gates + u, g.r, n);
+        store(gates + H + u, g.z, n);
+        store(gates + 2 * H + u, g.n, n);
         store(a.hn_saved + b * a.ld_hn_saved + u, hn, n);
       }
     });

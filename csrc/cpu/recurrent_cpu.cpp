@@ -1,13 +1,12 @@
 // CPU sequence loops of one layer-direction (interface: csrc/layer.h).
 //
-// Forward
-//   1. Gx = x @ w_ih^T for all steps in one GEMM (ATen, all threads); in
-//      inference in chunks of steps, so memory stays bounded for long inputs.
-//   2. A parallel time loop. The hidden units are split into one column slice
-//      per thread; each thread keeps its slice of w_hh (packed once, resident
-//      in its cache) and per step computes its columns of h_{t-1} @ w_hh^T and
-//      the fused gate math of its units. One barrier per step publishes h_t
-//      (two with a projection: m_t, then h_t = m_t @ w_hr^T).
+// Forward: one parallel region. The hidden units are split into one column
+// slice per thread; each thread packs its slice of the weights once (then
+// streamed from its own cache every step) and
+//   1. per chunk of steps, computes its columns of x @ w_ih^T as one GEMM;
+//   2. per step, its columns of h_{t-1} @ w_hh^T and the fused gate math of
+//      its units. One barrier per step publishes h_t (two with a projection:
+//      m_t, then h_t = m_t @ w_hr^T).
 // Backward mirrors it: per step the fused gate backward of each slice's units,
 // a barrier, and each slice's columns of dh_{t-1} = dG_t @ w_hh. After the
 // loop the time-parallel products run as single GEMMs over all steps:
@@ -225,14 +224,14 @@ class ForwardLoop {
         plan_(a.batch_sizes, a.reverse),
         G_(gate_count(a.cell)),
         H_(a.w.w_ih.size(0) / G_),
+        I_(a.x.size(1)),
         P_(a.w.w_hh.size(1)),
         proj_(defined(a.w.w_hr)),
         slicing_(H_, P_, plan_.B, G_) {}
 
   std::vector<Tensor> run() {
-    const Tensor& x = a_.x;
     const int64_t N = plan_.N, B = plan_.B, GH = G_ * H_;
-    auto opts = x.options();
+    auto opts = a_.x.options();
     std::vector<Tensor> saved;
     if (a_.training) {
       gates_ = at::empty({N, GH}, opts);
@@ -251,48 +250,62 @@ class ForwardLoop {
     } else if (proj_) {
       m_ = at::empty({B, H_}, opts);  // scratch: m of the current step
     }
-    gh_ = at::empty({B, GH}, opts);
+    make_chunks();
+    gx_ = at::empty({chunk_rows_, GH}, opts);
+    if (cell_ == CellType::kGRU) gh_ = at::empty({B, GH}, opts);
     const KernelTable<T>& k = kernels<T>();
+    w_ih_panels_ = SlicePanels<T>(k, I_, slicing_.unit_widths(G_), opts);
     w_hh_panels_ = SlicePanels<T>(k, P_, slicing_.unit_widths(G_), opts);
     if (proj_) w_hr_panels_ = SlicePanels<T>(k, H_, slicing_.proj_widths(), opts);
-    bias_ = fold_bias(cell_, a_.w, H_, x);
+    bias_ = fold_bias(cell_, a_.w, H_, a_.x);
     if (cell_ == CellType::kLSTM) a_.c_n->copy_(*a_.c0);  // c_n is the running cell state
 
-    // Chunks of processed steps whose input projection is computed at once.
-    const int64_t rows_per_chunk = a_.training ? N : std::max<int64_t>(B, 8192);
-    Tensor gx_buffer = a_.training ? gates_ : at::empty({std::min(N, rows_per_chunk + B), GH}, opts);
-    bool packed = false;
-    for (int64_t s0 = 0; s0 < plan_.T;) {
-      int64_t s1 = s0, rows = 0;
-      while (s1 < plan_.T && (s1 == s0 || rows + plan_.bs[plan_.step(s1)] <= rows_per_chunk)) {
-        rows += plan_.bs[plan_.step(s1)];
-        ++s1;
+    run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
+      pack_weights(thread, threads, barrier);
+      for (const Chunk& c : chunks_) {
+        project_input(c, thread, threads);
+        for (int64_t s = c.s0; s < c.s1; ++s) step(s, c, thread, threads, barrier);
       }
-      // Rows of processed steps [s0, s1) are contiguous: [lo, lo + rows).
-      const int64_t lo = plan_.reverse ? plan_.offset[plan_.step(s1 - 1)] : plan_.offset[s0];
-      Tensor gx = gx_buffer.narrow(0, 0, rows);
-      at::mm_out(gx, x.narrow(0, lo, rows), a_.w.w_ih.t());
-      gx_chunk_ = gx.data_ptr<T>();
-      chunk_lo_ = lo;
-      run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
-        if (!packed) pack_weights(thread, threads, barrier);
-        for (int64_t s = s0; s < s1; ++s) step(s, thread, threads, barrier);
-      });
-      packed = true;
-      s0 = s1;
-    }
+    });
     gather_h_n();
     return saved;
   }
 
  private:
-  // Slice s multiplies by its columns of w_hh^T, gate-blocked: column
-  // g*nu + j is row g*H + u0 + j of w_hh, so one GEMM gives all gates of the
-  // slice's units. With projection it also owns columns p0..p1 of w_hr^T.
+  // Processed steps [s0, s1), whose rows are [lo, lo + rows) of x.
+  struct Chunk {
+    int64_t s0, s1, lo, rows;
+  };
+
+  // The input projection x @ w_ih^T is computed a chunk of steps at a time,
+  // ahead of the chunk's recurrence: one large GEMM per slice, and a scratch
+  // buffer bounded by the chunk size however long the sequence.
+  void make_chunks() {
+    const int64_t target = std::max<int64_t>(plan_.B, 1024);
+    chunk_rows_ = 0;
+    for (int64_t s0 = 0; s0 < plan_.T;) {
+      int64_t s1 = s0, rows = 0;
+      while (s1 < plan_.T && (s1 == s0 || rows + plan_.bs[plan_.step(s1)] <= target)) {
+        rows += plan_.bs[plan_.step(s1)];
+        ++s1;
+      }
+      const int64_t lo = plan_.reverse ? plan_.offset[plan_.step(s1 - 1)] : plan_.offset[s0];
+      chunks_.push_back({s0, s1, lo, rows});
+      chunk_rows_ = std::max(chunk_rows_, rows);
+      s0 = s1;
+    }
+  }
+
+  // Slice s multiplies by its columns of w_ih^T and w_hh^T, gate-blocked:
+  // column g*nu + j is row g*H + u0 + j of the weight, so one GEMM gives all
+  // gates of the slice's units. With projection it also owns columns
+  // p0..p1 of w_hr^T.
   void pack_weights(int thread, int threads, SpinBarrier& barrier) {
     const KernelTable<T>& k = kernels<T>();
     for (int s = thread; s < slicing_.count; s += threads) {
       const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
+      w_ih_panels_.pack(k, s, a_.w.w_ih.template data_ptr<T>(), 1,
+                        ColumnMap{u0 * I_, nu, H_ * I_, I_});
       w_hh_panels_.pack(k, s, a_.w.w_hh.template data_ptr<T>(), 1,
                         ColumnMap{u0 * P_, nu, H_ * P_, P_});
       if (proj_)
@@ -302,7 +315,16 @@ class ForwardLoop {
     barrier.wait();
   }
 
-  void step(int64_t s, int thread, int threads, SpinBarrier& barrier) {
+  // gx rows of the chunk, this thread's slices' columns. Only the owning
+  // slice reads them, so no barrier is needed before the chunk's steps.
+  void project_input(const Chunk& c, int thread, int threads) {
+    const KernelTable<T>& k = kernels<T>();
+    const T* x = a_.x.template data_ptr<T>() + c.lo * I_;
+    for (int s = thread; s < slicing_.count; s += threads)
+      w_ih_panels_.gemm(k, s, c.rows, x, I_, T(0), gx_.data_ptr<T>() + G_ * slicing_.u0(s), G_ * H_);
+  }
+
+  void step(int64_t s, const Chunk& chunk, int thread, int threads, SpinBarrier& barrier) {
     const int64_t t = plan_.step(s), rows = plan_.bs[t], off = plan_.offset[t];
     const int64_t GH = G_ * H_;
     T* y = a_.y.template data_ptr<T>();
@@ -310,26 +332,31 @@ class ForwardLoop {
     const T* h0 = a_.h0.template data_ptr<T>();
     const PrevRows<T> h_prev = plan_.prev<T>(s, y, ldy, h0, P_);
     const KernelTable<T>& k = kernels<T>();
-    T* gh = gh_.data_ptr<T>();
-    T* gx = gx_chunk_ + (off - chunk_lo_) * GH;
+    T* gx = gx_.data_ptr<T>() + (off - chunk.lo) * GH;  // this step's rows
 
     for (int sl = thread; sl < slicing_.count; sl += threads) {
       const int64_t u0 = slicing_.u0(sl), u1 = slicing_.u1(sl);
-      T* gh_slice = gh + G_ * u0;
+      T* gx_slice = gx + G_ * u0;
       // Recurrent GEMM: rows continuing from the previous step, then rows
       // starting from h0 (only in the reverse direction of a packed batch).
+      // LSTM adds it to the input part; GRU keeps it apart (r scales its n block).
+      const bool lstm = cell_ == CellType::kLSTM;
+      T* rec = lstm ? gx_slice : gh_.data_ptr<T>() + G_ * u0;
+      const T beta = lstm ? T(1) : T(0);
       const int64_t n1 = h_prev.n_first;
-      w_hh_panels_.gemm(k, sl, n1, h_prev.first, ldy, T(0), gh_slice, GH);
-      w_hh_panels_.gemm(k, sl, rows - n1, h0 + n1 * P_, P_, T(0), gh_slice + n1 * GH, GH);
+      w_hh_panels_.gemm(k, sl, n1, h_prev.first, ldy, beta, rec, GH);
+      w_hh_panels_.gemm(k, sl, rows - n1, h0 + n1 * P_, P_, beta, rec + n1 * GH, GH);
 
-      if (cell_ == CellType::kLSTM) {
+      if (lstm) {
         LstmForwardRows<T> r;
         r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H_;
-        r.gx = gx; r.ld_gx = GH;
-        r.gh = gh_slice; r.ld_gh = GH;
+        r.pre = gx_slice; r.ld_pre = GH;
         r.bias = bias_.bias.template data_ptr<T>();
         r.c = a_.c_n->template data_ptr<T>(); r.ld_c = H_;
-        if (a_.training) { r.c_saved = ptr<T>(cells_) + off * H_; r.ld_c_saved = H_; }
+        if (a_.training) {
+          r.gates = ptr<T>(gates_) + off * GH; r.ld_gates = GH;
+          r.c_saved = ptr<T>(cells_) + off * H_; r.ld_c_saved = H_;
+        }
         if (proj_) {
           r.m = ptr<T>(m_) + (a_.training ? off * H_ : 0); r.ld_m = H_;
         } else {
@@ -339,12 +366,15 @@ class ForwardLoop {
       } else {
         GruForwardRows<T> r;
         r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H_;
-        r.gx = gx; r.ld_gx = GH;
-        r.gh = gh_slice; r.ld_gh = GH;
+        r.gx = gx_slice; r.ld_gx = GH;
+        r.gh = rec; r.ld_gh = GH;
         r.bias_x = bias_.bias.template data_ptr<T>();
         r.bias_hn = bias_.bias_hn.template data_ptr<T>();
         r.h_prev = h_prev;
-        if (a_.training) { r.hn_saved = ptr<T>(hn_) + off * H_; r.ld_hn_saved = H_; }
+        if (a_.training) {
+          r.gates = ptr<T>(gates_) + off * GH; r.ld_gates = GH;
+          r.hn_saved = ptr<T>(hn_) + off * H_; r.ld_hn_saved = H_;
+        }
         r.h = y + off * ldy; r.ld_h = ldy;
         (a_.training ? k.gru_forward_train : k.gru_forward_infer)(r);
       }
@@ -372,16 +402,18 @@ class ForwardLoop {
   const LayerForwardArgs& a_;
   const CellType cell_;
   const StepPlan plan_;
-  const int64_t G_, H_, P_;
+  const int64_t G_, H_, I_, P_;
   const bool proj_;
   const Slicing slicing_;
   FoldedBias bias_;
+  std::vector<Chunk> chunks_;
+  int64_t chunk_rows_ = 0;
   Tensor gates_, cells_, m_, hn_;  // saved for backward (m_: scratch in inference)
-  Tensor gh_;                      // [B, G*H] recurrent GEMM output of the current step
+  Tensor gx_;                      // [chunk rows, G*H] slice-blocked pre-activations of a chunk
+  Tensor gh_;                      // GRU: [B, G*H] slice-blocked h_prev @ w_hh^T of the step
+  SlicePanels<T> w_ih_panels_;     // per slice: [I, G*nu] w_ih^T, gate-blocked
   SlicePanels<T> w_hh_panels_;     // per slice: [P, G*nu] w_hh^T, gate-blocked
   SlicePanels<T> w_hr_panels_;     // per slice: [H, np] w_hr^T
-  T* gx_chunk_ = nullptr;          // input projection of the current chunk
-  int64_t chunk_lo_ = 0;           // its first row
 };
 
 // ---------------------------------------------------------------------------

@@ -74,32 +74,32 @@ void test_lstm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
   using M = rnnfast::ScalarMath<T>;
   for (int64_t H : {1, 3, 17, 40}) {
     const int64_t rows = 3, u0 = H > 3 ? 2 : 0, u1 = H, nu = u1 - u0;
-    const int64_t ld_gx = 4 * H + 1, ld_gh = 4 * nu + 2, ld_c = H + 3, ld_m = H + 4;
-    auto gx = randn<T>(rows * ld_gx, rng), gh = randn<T>(rows * ld_gh, rng);
+    const int64_t ld_pre = 4 * nu + 2, ld_gates = 4 * H + 1, ld_c = H + 3, ld_m = H + 4;
+    auto pre = randn<T>(rows * ld_pre, rng), gates_out = randn<T>(rows * ld_gates, rng);
     auto bias = randn<T>(4 * H, rng), c = randn<T>(rows * ld_c, rng), m = randn<T>(rows * ld_m, rng);
     auto c_saved = randn<T>(rows * H, rng);
-    std::vector<T> gx_want = gx, c_want = c, m_want = m, cs_want = c_saved;
+    std::vector<T> gates_want = gates_out, c_want = c, m_want = m, cs_want = c_saved;
     for (int64_t b = 0; b < rows; ++b)
       for (int64_t u = u0; u < u1; ++u) {
         T a[4];
-        for (int g = 0; g < 4; ++g)
-          a[g] = gx[b * ld_gx + g * H + u] + gh[b * ld_gh + g * nu + (u - u0)] + bias[g * H + u];
+        for (int g = 0; g < 4; ++g) a[g] = pre[b * ld_pre + g * nu + (u - u0)] + bias[g * H + u];
         rnnfast::LstmGates<T> gates;
         T cn, mn;
         rnnfast::lstm_forward<M>(a[0], a[1], a[2], a[3], c[b * ld_c + u], gates, cn, mn);
         const T act[4] = {gates.i, gates.f, gates.g, gates.o};
-        for (int g = 0; g < 4; ++g) gx_want[b * ld_gx + g * H + u] = act[g];
+        for (int g = 0; g < 4; ++g) gates_want[b * ld_gates + g * H + u] = act[g];
         c_want[b * ld_c + u] = cn;
         m_want[b * ld_m + u] = mn;
         cs_want[b * H + u] = cn;
       }
     rnnfast::cpu::LstmForwardRows<T> r;
     r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H;
-    r.gx = gx.data(); r.ld_gx = ld_gx; r.gh = gh.data(); r.ld_gh = ld_gh; r.bias = bias.data();
+    r.pre = pre.data(); r.ld_pre = ld_pre; r.bias = bias.data();
+    r.gates = gates_out.data(); r.ld_gates = ld_gates;
     r.c = c.data(); r.ld_c = ld_c; r.c_saved = c_saved.data(); r.ld_c_saved = H;
     r.m = m.data(); r.ld_m = ld_m;
     k.lstm_forward_train(r);
-    expect_close(gx, gx_want, tol, "lstm forward gates", k.isa);
+    expect_close(gates_out, gates_want, tol, "lstm forward gates", k.isa);
     expect_close(c, c_want, tol, "lstm forward c", k.isa);
     expect_close(m, m_want, tol, "lstm forward m", k.isa);
     expect_close(c_saved, cs_want, tol, "lstm forward saved c", k.isa);
@@ -140,37 +140,39 @@ void test_gru(const KernelTable<T>& k, std::mt19937& rng, double tol) {
   using M = rnnfast::ScalarMath<T>;
   for (int64_t H : {1, 3, 17, 40}) {
     const int64_t rows = 3, u0 = H > 3 ? 1 : 0, u1 = H, nu = u1 - u0;
-    auto gx = randn<T>(rows * 3 * H, rng), gh = randn<T>(rows * 3 * nu, rng);
+    auto gx = randn<T>(rows * 3 * nu, rng), gh = randn<T>(rows * 3 * nu, rng);
     auto bx = randn<T>(3 * H, rng), bhn = randn<T>(H, rng);
     auto hp = randn<T>(rows * H, rng), h0 = randn<T>(rows * H, rng);
+    auto gates_out = randn<T>(rows * 3 * H, rng);
     auto hn_saved = randn<T>(rows * H, rng), h = randn<T>(rows * H, rng);
-    std::vector<T> gx_want = gx, hn_want = hn_saved, h_want = h;
+    std::vector<T> gates_want = gates_out, hn_want = hn_saved, h_want = h;
     for (int64_t b = 0; b < rows; ++b)
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t j = u - u0;
-        const T ar = gx[b * 3 * H + u] + gh[b * 3 * nu + j] + bx[u];
-        const T az = gx[b * 3 * H + H + u] + gh[b * 3 * nu + nu + j] + bx[H + u];
-        const T axn = gx[b * 3 * H + 2 * H + u] + bx[2 * H + u];
+        const T ar = gx[b * 3 * nu + j] + gh[b * 3 * nu + j] + bx[u];
+        const T az = gx[b * 3 * nu + nu + j] + gh[b * 3 * nu + nu + j] + bx[H + u];
+        const T axn = gx[b * 3 * nu + 2 * nu + j] + bx[2 * H + u];
         const T hn = gh[b * 3 * nu + 2 * nu + j] + bhn[u];
         const T prev = b < 2 ? hp[b * H + u] : h0[b * H + u];
         rnnfast::GruGates<T> g;
         T hnew;
         rnnfast::gru_forward<M>(ar, az, axn, hn, prev, g, hnew);
-        gx_want[b * 3 * H + u] = g.r;
-        gx_want[b * 3 * H + H + u] = g.z;
-        gx_want[b * 3 * H + 2 * H + u] = g.n;
+        gates_want[b * 3 * H + u] = g.r;
+        gates_want[b * 3 * H + H + u] = g.z;
+        gates_want[b * 3 * H + 2 * H + u] = g.n;
         hn_want[b * H + u] = hn;
         h_want[b * H + u] = hnew;
       }
     rnnfast::cpu::GruForwardRows<T> r;
     r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H;
-    r.gx = gx.data(); r.ld_gx = 3 * H; r.gh = gh.data(); r.ld_gh = 3 * nu;
+    r.gx = gx.data(); r.ld_gx = 3 * nu; r.gh = gh.data(); r.ld_gh = 3 * nu;
     r.bias_x = bx.data(); r.bias_hn = bhn.data();
     r.h_prev.first = hp.data(); r.h_prev.ld_first = H; r.h_prev.n_first = 2;
     r.h_prev.initial = h0.data(); r.h_prev.ld_initial = H;
+    r.gates = gates_out.data(); r.ld_gates = 3 * H;
     r.hn_saved = hn_saved.data(); r.ld_hn_saved = H; r.h = h.data(); r.ld_h = H;
     k.gru_forward_train(r);
-    expect_close(gx, gx_want, tol, "gru forward gates", k.isa);
+    expect_close(gates_out, gates_want, tol, "gru forward gates", k.isa);
     expect_close(hn_saved, hn_want, tol, "gru forward hn", k.isa);
     expect_close(h, h_want, tol, "gru forward h", k.isa);
 
