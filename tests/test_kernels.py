@@ -100,6 +100,19 @@ def test_long_inference_uses_several_input_chunks(mode, packed):
     assert_all_close(ref, fast, torch.float64)
 
 
+@pytest.mark.parametrize("proj_size", [0, 5])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_training_over_several_row_chunks(threads, mode, proj_size):
+    # The time-parallel products (input projection, weight gradients, dx) run
+    # per chunk of ~1024 rows: 150 steps x 16 rows span three chunks, with
+    # ragged packed lengths and both directions.
+    if mode == "GRU" and proj_size:
+        pytest.skip("projection is LSTM-only")
+    kwargs = dict(bidirectional=True, proj_size=proj_size) if proj_size else dict(bidirectional=True)
+    ref, fast = run_both(mode, 150, 16, 7, 33, torch.float64, packed=True, **kwargs)
+    assert_all_close(ref, fast, torch.float64)
+
+
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_threaded_loop_is_bitwise_deterministic(mode):
     previous = torch.get_num_threads()

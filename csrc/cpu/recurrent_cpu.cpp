@@ -25,6 +25,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "../layer.h"
 #include "barrier.h"
@@ -71,6 +74,27 @@ struct StepPlan {
     p.initial = initial;
     p.ld_initial = ld_initial;
     return p;
+  }
+  // Processed steps [s0, s1), whose rows are [lo, lo + rows).
+  struct Chunk {
+    int64_t s0, s1, lo, rows;
+  };
+  // Consecutive processed steps grouped into chunks of about target_rows rows
+  // (at least one step each): the unit of the time-parallel GEMMs.
+  std::vector<Chunk> chunks(int64_t target_rows) const {
+    std::vector<Chunk> out;
+    for (int64_t s0 = 0; s0 < T;) {
+      int64_t s1 = s0, rows = 0;
+      while (s1 < T && (s1 == s0 || rows + bs[step(s1)] <= target_rows)) rows += bs[step(s1++)];
+      out.push_back({s0, s1, reverse ? offset[step(s1 - 1)] : offset[s0], rows});
+      s0 = s1;
+    }
+    return out;
+  }
+  static int64_t max_rows(const std::vector<Chunk>& chunks) {
+    int64_t m = 0;
+    for (const Chunk& c : chunks) m = std::max(m, c.rows);
+    return m;
   }
   // Step at which row b was processed last (where its final state is).
   int64_t last_step_of_row(int64_t b) const {
@@ -124,6 +148,10 @@ struct Slicing {
   int64_t p1(int s) const { return proj[s + 1]; }
 };
 
+// Rows per chunk of the time-parallel GEMMs: large enough for an efficient
+// GEMM, small enough that a chunk's scratch stays in the L2/L3 caches.
+constexpr int64_t kChunkRows = 1024;
+
 // Runs body(thread, threads, barrier) on `slices` threads (a serial call when
 // there is one slice). The OpenMP team may be smaller than asked (nested
 // parallelism): each thread then handles slices thread, thread+threads, ...
@@ -149,38 +177,66 @@ void run_parallel(int slices, const Body& body) {
   body(0, 1, solo);
 }
 
-// A weight matrix of the time loop, packed for gemm_packed separately for
-// each column slice (slice s: K rows, widths[s] columns). Allocated before
-// the parallel region; each thread packs its own slices inside it, so the
-// panels are first touched by the core that streams them every step.
+// A matrix packed for gemm_packed separately for each column slice (slice s:
+// up to K_max rows, widths[s] columns): the weights of the time loop, or a
+// chunk of rows for the weight gradients. Allocated before the parallel
+// region; each thread packs its own slices inside it, so the panels are first
+// touched by the core that streams them.
 template <typename T>
 class SlicePanels {
  public:
   SlicePanels() = default;
-  SlicePanels(const KernelTable<T>& k, int64_t K, std::vector<int64_t> widths,
+  SlicePanels(const KernelTable<T>& k, int64_t K_max, std::vector<int64_t> widths,
               const at::TensorOptions& opts)
-      : K_(K), widths_(std::move(widths)), offsets_(widths_.size() + 1, 0) {
+      : K_(widths.size(), K_max), widths_(std::move(widths)), offsets_(widths_.size() + 1, 0) {
     for (size_t s = 0; s < widths_.size(); ++s)
-      offsets_[s + 1] = offsets_[s] + k.packed_b_size(K, widths_[s]);
+      offsets_[s + 1] = offsets_[s] + k.packed_b_size(K_max, widths_[s]);
     buffer_ = at::empty({std::max<int64_t>(offsets_.back(), 1)}, opts);
   }
   // Packs slice s from column map `columns` of src (rows k at k_stride).
-  void pack(const KernelTable<T>& k, int s, const T* src, int64_t k_stride,
-            ColumnMap columns) {
-    k.pack_b(K_, widths_[s], src, k_stride, columns, buffer_.data_ptr<T>() + offsets_[s]);
+  void pack(const KernelTable<T>& k, int s, const T* src, int64_t k_stride, ColumnMap columns) {
+    k.pack_b(K_[s], widths_[s], src, k_stride, columns, data(s));
+  }
+  // Packs slice s from K rows given by pointers (their columns col0 ...).
+  void pack_rows(const KernelTable<T>& k, int s, int64_t K, const T* const* rows, int64_t col0) {
+    K_[s] = K;
+    k.pack_b_rows(K, widths_[s], rows, col0, data(s));
   }
   // C[M, widths[s]] = A[M, K] @ (slice s) + beta * C.
   void gemm(const KernelTable<T>& k, int s, int64_t M, const T* A, int64_t lda, T beta, T* C,
             int64_t ldc) const {
-    if (M > 0) k.gemm_packed(M, widths_[s], K_, A, lda, buffer_.data_ptr<T>() + offsets_[s], beta, C, ldc);
+    if (M > 0) k.gemm_packed(M, widths_[s], K_[s], A, lda, data(s), beta, C, ldc);
+  }
+  // C[M, widths[s]] = A^T @ (slice s) + beta * C, A given as [K, M].
+  void gemm_tn(const KernelTable<T>& k, int s, int64_t M, const T* A, int64_t lda, T beta, T* C,
+               int64_t ldc) const {
+    if (M > 0) k.gemm_packed_tn(M, widths_[s], K_[s], A, lda, data(s), beta, C, ldc);
   }
 
  private:
-  int64_t K_ = 0;
+  T* data(int s) const { return buffer_.data_ptr<T>() + offsets_[s]; }
+  std::vector<int64_t> K_;
   std::vector<int64_t> widths_;
   std::vector<int64_t> offsets_;
   Tensor buffer_;
 };
+
+// A large buffer the time loop is about to fill: ask Linux for transparent
+// huge pages (where the system allows them on request), so that first touch
+// costs one page fault per 2 MB instead of one per 4 KB. Only a hint.
+Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  Tensor t = at::empty(sizes, opts);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const size_t bytes = t.nbytes();
+  constexpr size_t kHuge = size_t(2) << 20;
+  if (bytes >= 2 * kHuge) {
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data_ptr()) + kHuge - 1) & ~(kHuge - 1);
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data_ptr()) + bytes) & ~(kHuge - 1);
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  }
+#endif
+  return t;
+}
 
 template <typename T>
 T* ptr(const Tensor& t) {
@@ -234,24 +290,27 @@ class ForwardLoop {
     auto opts = a_.x.options();
     std::vector<Tensor> saved;
     if (a_.training) {
-      gates_ = at::empty({N, GH}, opts);
+      gates_ = empty_large({N, GH}, opts);
       saved.push_back(gates_);
       if (cell_ == CellType::kLSTM) {
-        cells_ = at::empty({N, H_}, opts);
+        cells_ = empty_large({N, H_}, opts);
         saved.push_back(cells_);
         if (proj_) {
-          m_ = at::empty({N, H_}, opts);
+          m_ = empty_large({N, H_}, opts);
           saved.push_back(m_);
         }
       } else {
-        hn_ = at::empty({N, H_}, opts);
+        hn_ = empty_large({N, H_}, opts);
         saved.push_back(hn_);
       }
     } else if (proj_) {
       m_ = at::empty({B, H_}, opts);  // scratch: m of the current step
     }
-    make_chunks();
-    gx_ = at::empty({chunk_rows_, GH}, opts);
+    // The input projection x @ w_ih^T is computed a chunk of steps at a time,
+    // ahead of the chunk's recurrence: one large GEMM per slice, and scratch
+    // bounded by the chunk size however long the sequence.
+    chunks_ = plan_.chunks(std::max<int64_t>(B, kChunkRows));
+    gx_ = at::empty({StepPlan::max_rows(chunks_), GH}, opts);
     if (cell_ == CellType::kGRU) gh_ = at::empty({B, GH}, opts);
     const KernelTable<T>& k = kernels<T>();
     w_ih_panels_ = SlicePanels<T>(k, I_, slicing_.unit_widths(G_), opts);
@@ -272,29 +331,7 @@ class ForwardLoop {
   }
 
  private:
-  // Processed steps [s0, s1), whose rows are [lo, lo + rows) of x.
-  struct Chunk {
-    int64_t s0, s1, lo, rows;
-  };
-
-  // The input projection x @ w_ih^T is computed a chunk of steps at a time,
-  // ahead of the chunk's recurrence: one large GEMM per slice, and a scratch
-  // buffer bounded by the chunk size however long the sequence.
-  void make_chunks() {
-    const int64_t target = std::max<int64_t>(plan_.B, 1024);
-    chunk_rows_ = 0;
-    for (int64_t s0 = 0; s0 < plan_.T;) {
-      int64_t s1 = s0, rows = 0;
-      while (s1 < plan_.T && (s1 == s0 || rows + plan_.bs[plan_.step(s1)] <= target)) {
-        rows += plan_.bs[plan_.step(s1)];
-        ++s1;
-      }
-      const int64_t lo = plan_.reverse ? plan_.offset[plan_.step(s1 - 1)] : plan_.offset[s0];
-      chunks_.push_back({s0, s1, lo, rows});
-      chunk_rows_ = std::max(chunk_rows_, rows);
-      s0 = s1;
-    }
-  }
+  using Chunk = StepPlan::Chunk;
 
   // Slice s multiplies by its columns of w_ih^T and w_hh^T, gate-blocked:
   // column g*nu + j is row g*H + u0 + j of the weight, so one GEMM gives all
@@ -407,7 +444,6 @@ class ForwardLoop {
   const Slicing slicing_;
   FoldedBias bias_;
   std::vector<Chunk> chunks_;
-  int64_t chunk_rows_ = 0;
   Tensor gates_, cells_, m_, hn_;  // saved for backward (m_: scratch in inference)
   Tensor gx_;                      // [chunk rows, G*H] slice-blocked pre-activations of a chunk
   Tensor gh_;                      // GRU: [B, G*H] slice-blocked h_prev @ w_hh^T of the step
@@ -429,34 +465,64 @@ class BackwardLoop {
         plan_(a.fwd.batch_sizes, a.fwd.reverse),
         G_(gate_count(cell_)),
         H_(f_.w.w_ih.size(0) / G_),
+        I_(f_.x.size(1)),
         P_(f_.w.w_hh.size(1)),
         proj_(defined(f_.w.w_hr)),
-        slicing_(H_, P_, plan_.B, G_) {}
+        gru_(cell_ == CellType::kGRU),
+        slicing_(H_, P_, plan_.B, G_),
+        input_cut_(Slicing::split(I_, slicing_.count, 16)) {}
 
   LayerGrads run() {
-    const int64_t N = plan_.N, B = plan_.B;
+    const int64_t B = plan_.B, GH = G_ * H_;
     auto opts = f_.x.options();
-    dg_ = at::empty({N, G_ * H_}, opts);
-    if (cell_ == CellType::kGRU) dgxn_ = at::empty({N, H_}, opts);
+    const KernelTable<T>& k = kernels<T>();
+    chunks_ = plan_.chunks(std::max<int64_t>(B, kChunkRows));
+    const int64_t rows_max = StepPlan::max_rows(chunks_);
+    dg_ = at::empty({rows_max, GH}, opts);
+    if (gru_) dgxn_ = at::empty({rows_max, H_}, opts);
     dh_ = a_.dh_n.clone();  // running dh: recurrent gradient of the current step's h
     if (cell_ == CellType::kLSTM) dc_ = a_.dc_n->clone();
     if (proj_) {
-      dh_total_ = at::empty({N, P_}, opts);
+      dh_total_ = at::empty({rows_max, P_}, opts);
       dm_ = at::empty({B, H_}, opts);
     }
-    const KernelTable<T>& k = kernels<T>();
-    w_hh_panels_ = SlicePanels<T>(k, G_ * H_, slicing_.proj_widths(), opts);
+    w_hh_panels_ = SlicePanels<T>(k, GH, slicing_.proj_widths(), opts);
     if (proj_) w_hr_panels_ = SlicePanels<T>(k, P_, slicing_.unit_widths(1), opts);
+    if (a_.need_weight_grads) {
+      g_.dw_ih = at::zeros_like(f_.w.w_ih);
+      g_.dw_hh = at::zeros_like(f_.w.w_hh);
+      db_h_ = at::zeros({GH}, opts);
+      if (gru_) db_xn_ = at::zeros({H_}, opts);
+      if (proj_) g_.dw_hr = at::zeros_like(*f_.w.w_hr);
+      x_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, I_), opts);
+      hp_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, P_), opts);
+      if (proj_) m_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, H_), opts);
+      make_row_pointers();
+    }
+    if (defined(a_.dx)) {
+      std::vector<int64_t> widths(slicing_.count);
+      for (int s = 0; s < slicing_.count; ++s) widths[s] = input_cut_[s + 1] - input_cut_[s];
+      const int64_t shared = gru_ ? 2 * H_ : GH;
+      w_ih_panels_ = SlicePanels<T>(k, shared, widths, opts);
+      if (gru_) w_in_panels_ = SlicePanels<T>(k, H_, widths, opts);
+    }
+
     run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
-      for (int64_t s = plan_.T - 1; s >= 0; --s) step(s, thread, threads, barrier);
+      for (auto c = chunks_.rbegin(); c != chunks_.rend(); ++c) {
+        for (int64_t s = c->s1 - 1; s >= c->s0; --s) step(s, *c, thread, threads, barrier);
+        chunk_products(*c, thread, threads);
+        barrier.wait();  // the next chunk reuses the chunk buffers
+      }
     });
     return finish();
   }
 
  private:
-  // Slice s owns columns p0..p1 of dh_{t-1} = dG_t @ w_hh and, with
-  // projection, units u0..u1 of dm_t = dh_t @ w_hr.
+  using Chunk = StepPlan::Chunk;
+
+  // Slice s owns columns p0..p1 of dh_{t-1} = dG_t @ w_hh, with projection
+  // units u0..u1 of dm_t = dh_t @ w_hr, and columns i0..i1 of dx = dG @ w_ih.
   void pack_weights(int thread, int threads, SpinBarrier& barrier) {
     const KernelTable<T>& k = kernels<T>();
     for (int s = thread; s < slicing_.count; s += threads) {
@@ -465,22 +531,29 @@ class BackwardLoop {
       if (proj_)
         w_hr_panels_.pack(k, s, f_.w.w_hr->template data_ptr<T>(), H_,
                           ColumnMap{slicing_.u0(s), H_, 0, 1});
+      if (defined(a_.dx)) {
+        const T* w_ih = f_.w.w_ih.template data_ptr<T>();
+        const ColumnMap cols{input_cut_[s], I_, 0, 1};
+        w_ih_panels_.pack(k, s, w_ih, I_, cols);
+        if (gru_) w_in_panels_.pack(k, s, w_ih + 2 * H_ * I_, I_, cols);
+      }
     }
     barrier.wait();
   }
 
-  void step(int64_t s, int thread, int threads, SpinBarrier& barrier) {
+  void step(int64_t s, const Chunk& chunk, int thread, int threads, SpinBarrier& barrier) {
     const int64_t t = plan_.step(s), rows = plan_.bs[t], off = plan_.offset[t];
     const int64_t GH = G_ * H_;
     const T* dy = a_.dy.template data_ptr<T>() + off * a_.dy.stride(0);
     const int64_t lddy = a_.dy.stride(0);
     T* dh = dh_.data_ptr<T>();
     const KernelTable<T>& k = kernels<T>();
-    T* dg = dg_.data_ptr<T>() + off * GH;
+    const int64_t r0 = off - chunk.lo;  // first row of the step in the chunk buffers
+    T* dg = dg_.data_ptr<T>() + r0 * GH;
 
     if (proj_) {
       // dh_t = dy_t + recurrent part, then dm_t = dh_t @ w_hr.
-      T* dht = dh_total_.data_ptr<T>() + off * P_;
+      T* dht = dh_total_.data_ptr<T>() + r0 * P_;
       for (int sl = thread; sl < slicing_.count; sl += threads)
         for (int64_t b = 0; b < rows; ++b)
           for (int64_t p = slicing_.p0(sl); p < slicing_.p1(sl); ++p)
@@ -518,96 +591,123 @@ class BackwardLoop {
         r.dy = dy; r.ld_dy = lddy;
         r.dh = dh; r.ld_dh = P_;
         r.dgh = dg; r.ld_dgh = GH;
-        r.dgxn = dgxn_.data_ptr<T>() + off * H_; r.ld_dgxn = H_;
+        r.dgxn = dgxn_.data_ptr<T>() + r0 * H_; r.ld_dgxn = H_;
         k.gru_backward(r);
       }
     }
     barrier.wait();
     // dh_{t-1} (this slice's columns) = dG_t @ w_hh (+ z*dh_t kept by the GRU kernel).
-    const T beta = cell_ == CellType::kGRU ? T(1) : T(0);
+    const T beta = gru_ ? T(1) : T(0);
     for (int sl = thread; sl < slicing_.count; sl += threads)
       w_hh_panels_.gemm(k, sl, rows, dg, GH, beta, dh + slicing_.p0(sl), P_);
     // Without projection each slice reads back only its own columns of dh in
     // the next step; with projection the next step starts with a barrier.
   }
 
-  // h_{t-1} of every row in dG's row order: the previous step's output or h0.
-  // Forward direction over an unpacked batch: it is [h0; y[:N-B]], no copy.
-  void add_dw_hh(Tensor& dw_hh) {
-    const Tensor& y = f_.y;
-    const int64_t B = plan_.B, N = plan_.N;
-    const bool uniform = plan_.bs.front() == plan_.bs.back();
-    if (!plan_.reverse && uniform) {
-      at::mm_out(dw_hh, dg_.narrow(0, 0, B).t(), f_.h0);
-      if (N > B) dw_hh.addmm_(dg_.narrow(0, B, N - B).t(), y.narrow(0, 0, N - B));
-      return;
-    }
-    Tensor h_prev = at::empty({N, P_}, y.options());
-    const T* ys = y.template data_ptr<T>();
+  // Rows of x, of h_{t-1} (the previous step's output or h0) and of m, in
+  // the packed row order: the B operands of the weight gradients.
+  void make_row_pointers() {
+    const T* x = f_.x.template data_ptr<T>();
+    const T* y = f_.y.template data_ptr<T>();
     const T* h0 = f_.h0.template data_ptr<T>();
-    T* hp = h_prev.data_ptr<T>();
+    const T* m = proj_ ? a_.saved[2].template data_ptr<T>() : nullptr;
+    x_rows_.resize(plan_.N);
+    hp_rows_.resize(plan_.N);
+    if (proj_) m_rows_.resize(plan_.N);
     for (int64_t s = 0; s < plan_.T; ++s) {
       const int64_t t = plan_.step(s);
-      const PrevRows<T> prev = plan_.prev<T>(s, ys, y.stride(0), h0, P_);
-      for (int64_t b = 0; b < plan_.bs[t]; ++b)
-        std::copy_n(prev.row(b), P_, hp + (plan_.offset[t] + b) * P_);
+      const PrevRows<T> prev = plan_.prev<T>(s, y, f_.y.stride(0), h0, P_);
+      for (int64_t b = 0; b < plan_.bs[t]; ++b) {
+        const int64_t row = plan_.offset[t] + b;
+        x_rows_[row] = x + row * I_;
+        hp_rows_[row] = prev.row(b);
+        if (proj_) m_rows_[row] = m + row * H_;
+      }
     }
-    at::mm_out(dw_hh, dg_.t(), h_prev);
+  }
+
+  // The time-parallel products of a finished chunk. Every slice reads only
+  // its own columns of dG for the weight gradients; dx reads all columns,
+  // complete since the barrier inside the chunk's last step.
+  void chunk_products(const Chunk& c, int thread, int threads) {
+    const KernelTable<T>& k = kernels<T>();
+    const int64_t GH = G_ * H_;
+    const T* dg = dg_.data_ptr<T>();
+    for (int s = thread; s < slicing_.count; s += threads) {
+      if (a_.need_weight_grads) {
+        const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
+        x_panels_.pack_rows(k, s, c.rows, x_rows_.data() + c.lo, 0);
+        hp_panels_.pack_rows(k, s, c.rows, hp_rows_.data() + c.lo, 0);
+        T* dw_ih = g_.dw_ih.template data_ptr<T>();
+        T* dw_hh = g_.dw_hh.template data_ptr<T>();
+        for (int64_t g = 0; g < G_; ++g) {
+          const int64_t col = g * H_ + u0;  // gate g of the slice's units
+          // Input side: GRU's n gate has its own gradient dgxn.
+          const bool xn = gru_ && g == 2;
+          const T* a_in = xn ? dgxn_.data_ptr<T>() + u0 : dg + col;
+          x_panels_.gemm_tn(k, s, nu, a_in, xn ? H_ : GH, T(1), dw_ih + col * I_, I_);
+          hp_panels_.gemm_tn(k, s, nu, dg + col, GH, T(1), dw_hh + col * P_, P_);
+          k.add_column_sums(c.rows, nu, dg + col, GH, db_h_.data_ptr<T>() + col);
+        }
+        if (gru_) k.add_column_sums(c.rows, nu, dgxn_.data_ptr<T>() + u0, H_, db_xn_.data_ptr<T>() + u0);
+        if (proj_) {
+          const int64_t p0 = slicing_.p0(s);
+          m_panels_.pack_rows(k, s, c.rows, m_rows_.data() + c.lo, 0);
+          m_panels_.gemm_tn(k, s, slicing_.p1(s) - p0, dh_total_.data_ptr<T>() + p0, P_, T(1),
+                            g_.dw_hr.template data_ptr<T>() + p0 * H_, H_);
+        }
+      }
+      if (defined(a_.dx)) {
+        T* dx = a_.dx->template data_ptr<T>() + c.lo * I_ + input_cut_[s];
+        const T beta = a_.accumulate_dx ? T(1) : T(0);
+        w_ih_panels_.gemm(k, s, c.rows, dg, GH, beta, dx, I_);
+        if (gru_) w_in_panels_.gemm(k, s, c.rows, dgxn_.data_ptr<T>(), H_, T(1), dx, I_);
+      }
+    }
   }
 
   LayerGrads finish() {
-    LayerGrads g;
-    g.dh0 = dh_;
-    if (cell_ == CellType::kLSTM) g.dc0 = dc_;
-    const Tensor& x = f_.x;
-    const Tensor& w_ih = f_.w.w_ih;
-    // The input side of the gate gradients: dG itself (LSTM), or dG with the n
-    // block replaced by its input-side version (GRU): [dr, dz | dgxn].
-    const bool gru = cell_ == CellType::kGRU;
-    const int64_t shared = gru ? 2 * H_ : G_ * H_;  // columns where input and hidden side agree
-    if (defined(a_.dx)) {
-      Tensor dx = *a_.dx;
-      const double beta = a_.accumulate_dx ? 1.0 : 0.0;
-      dx.addmm_(dg_.narrow(1, 0, shared), w_ih.narrow(0, 0, shared), beta, 1.0);
-      if (gru) dx.addmm_(dgxn_, w_ih.narrow(0, 2 * H_, H_));
-    }
-    if (!a_.need_weight_grads) return g;
-    g.dw_ih = at::empty_like(w_ih);
-    Tensor dw_shared = g.dw_ih.narrow(0, 0, shared);
-    at::mm_out(dw_shared, dg_.narrow(1, 0, shared).t(), x);
-    if (gru) {
-      Tensor dw_n = g.dw_ih.narrow(0, 2 * H_, H_);
-      at::mm_out(dw_n, dgxn_.t(), x);
-    }
-    g.dw_hh = at::empty_like(f_.w.w_hh);
-    add_dw_hh(g.dw_hh);
-    if (defined(f_.w.b_ih)) {
-      g.db_hh = dg_.sum(0);
-      if (gru) {
-        g.db_ih = at::cat({g.db_hh.narrow(0, 0, 2 * H_), dgxn_.sum(0)});
+    g_.dh0 = dh_;
+    if (cell_ == CellType::kLSTM) g_.dc0 = dc_;
+    if (a_.need_weight_grads && defined(f_.w.b_ih)) {
+      g_.db_hh = db_h_;
+      if (gru_) {
+        g_.db_ih = at::cat({db_h_.narrow(0, 0, 2 * H_), db_xn_});
       } else {
-        g.db_ih = g.db_hh.clone();  // same values, separate storage for two .grad fields
+        g_.db_ih = db_h_.clone();  // same values, separate storage for two .grad fields
       }
     }
-    if (proj_) g.dw_hr = at::mm(dh_total_.t(), a_.saved[2]);
-    return g;
+    return g_;
   }
 
   const LayerBackwardArgs& a_;
   const LayerForwardArgs& f_;
   const CellType cell_;
   const StepPlan plan_;
-  const int64_t G_, H_, P_;
-  const bool proj_;
+  const int64_t G_, H_, I_, P_;
+  const bool proj_, gru_;
   const Slicing slicing_;
-  Tensor dg_;        // [N, G*H] pre-activation gradients (GRU: hidden side dr, dz, dhn)
-  Tensor dgxn_;      // [N, H] GRU: input side of dn
+  const std::vector<int64_t> input_cut_;  // [count+1] column slices of x for dx
+  std::vector<Chunk> chunks_;
+  LayerGrads g_;
+  // Chunk buffers (rows of the current chunk):
+  Tensor dg_;        // [rows, G*H] pre-activation gradients (GRU: hidden side dr, dz, dhn)
+  Tensor dgxn_;      // [rows, H] GRU: input side of dn
+  Tensor dh_total_;  // [rows, P] proj: dh_t = dy_t + recurrent part (input of dw_hr)
+  // Step state:
   Tensor dh_;        // [B, P] recurrent gradient of the current step's h
   Tensor dc_;        // [B, H] LSTM: gradient of the current step's c
-  Tensor dh_total_;  // [N, P] proj: dh_t = dy_t + recurrent part (input of dw_hr)
   Tensor dm_;        // [B, H] proj: gradient of m_t
+  // Gradient accumulators:
+  Tensor db_h_;      // [G*H] column sums of dg_
+  Tensor db_xn_;     // [H] GRU: column sums of dgxn_
+  // Packed operands:
   SlicePanels<T> w_hh_panels_;  // per slice: [G*H, np] columns p0..p1 of w_hh
   SlicePanels<T> w_hr_panels_;  // per slice: [P, nu] columns u0..u1 of w_hr
+  SlicePanels<T> w_ih_panels_;  // per slice: [G*H (GRU: 2H), ni] columns i0..i1 of w_ih
+  SlicePanels<T> w_in_panels_;  // GRU per slice: [H, ni] rows 2H.. of w_ih, columns i0..i1
+  SlicePanels<T> x_panels_, hp_panels_, m_panels_;  // per slice: a chunk of x, h_prev, m rows
+  std::vector<const T*> x_rows_, hp_rows_, m_rows_;   // [N] row pointers
 };
 
 }  // namespace
