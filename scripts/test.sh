@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The test command of the README: set-up, the Python suite, then the CMake
+# build of the same sources with its C++ unit tests (ctest), a smoke test of
+# the CMake-built module, and (where nvcc exists) a device compile of the
+# shared gate-math header.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+cd "$ROOT"
+
+echo "== python test suite"
+start=$(date +%s)
+"$VENV/bin/python" -m pytest tests -q -p no:cacheprovider
+echo "== python tests took $(( $(date +%s) - start )) s"
+
+echo "== CMake build + ctest"
+start=$(date +%s)
+BUILD="$ROOT/build-cmake"
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
+  -DPython3_EXECUTABLE="$VENV/bin/python" \
+  -DCMAKE_PREFIX_PATH="$("$VENV/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+  > "$BUILD.log" 2>&1 || { cat "$BUILD.log"; exit 1; }
+cmake --build "$BUILD" -j "${MAX_JOBS:-2}" >> "$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
+ctest --test-dir "$BUILD" --output-on-failure
+# The CMake-built extension, imported from the build tree, against torch.nn.
+(cd "$BUILD" && PYTHONPATH="$BUILD" "$VENV/bin/python" -m pytest "$ROOT/tests/test_backend.py" \
+  "$ROOT/tests/test_kernels.py" -q -p no:cacheprovider -k "backend or every_instruction_set" \
+  --rootdir "$ROOT" -o pythonpath="$ROOT/tests")
+echo "== CMake build and tests took $(( $(date +%s) - start )) s"
+
+NVCC="${CUDA_HOME:-/usr/local/cuda}/bin/nvcc"
+if [ -x "$NVCC" ]; then
+  echo "== nvcc: device compile of csrc/cell_math.h"
+  "$NVCC" -std=c++17 -arch=sm_80 -I"$ROOT/csrc" -c "$ROOT/tests/cuda/cell_math_device.cu" \
+    -o "$BUILD/cell_math_device.o"
+else
+  echo "== nvcc not found: skipping the device compile of csrc/cell_math.h"
+fi
+echo "== all tests passed"
