@@ -2,6 +2,7 @@
 // every build this CPU can run is compared with a plain scalar evaluation of
 // csrc/cell_math.h and with a naive GEMM, on odd sizes that exercise the
 // partial-vector tails and the row-stride handling.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -207,6 +208,54 @@ void test_gru(const KernelTable<T>& k, std::mt19937& rng, double tol) {
   }
 }
 
+// Accuracy of the vectorised sigmoid and tanh against double precision, in
+// ulp of the float result, over a sweep of pre-activations (tiny to
+// saturating). Read through the LSTM kernel: i = sigmoid(a), g = tanh(a).
+void test_activation_accuracy(const KernelTable<float>& k) {
+  const int64_t H = 4001;
+  std::vector<float> pre(4 * H), bias(4 * H, 0.f), gates(4 * H), c(H, 0.f), m(H), cs(H);
+  for (int64_t u = 0; u < H; ++u) {
+    const double t = double(u) / (H - 1);  // 0..1
+    // Half the points log-spaced from 1e-6 to 30, half linear in [-10, 10], both signs.
+    const double v = u % 2 ? std::pow(10.0, -6.0 + 7.5 * t) * (u % 4 == 1 ? 1 : -1) : -10 + 20 * t;
+    pre[u] = pre[2 * H + u] = float(v);
+    pre[H + u] = pre[3 * H + u] = 0.f;
+  }
+  rnnfast::cpu::LstmForwardRows<float> r;
+  r.rows = 1; r.u0 = 0; r.u1 = H; r.H = H;
+  r.pre = pre.data(); r.ld_pre = 4 * H; r.bias = bias.data();
+  r.gates = gates.data(); r.ld_gates = 4 * H; r.c = c.data(); r.ld_c = H;
+  r.c_saved = cs.data(); r.ld_c_saved = H; r.m = m.data(); r.ld_m = H;
+  k.lstm_forward_train(r);
+  auto ulp_error = [](float got, double want) {
+    const double ulp = std::nextafter(std::fabs(float(want)), INFINITY) - std::fabs(float(want));
+    return std::fabs(double(got) - want) / ulp;
+  };
+  double worst_sigmoid = 0, worst_tanh = 0;
+  for (int64_t u = 0; u < H; ++u) {
+    const double a = pre[u];
+    worst_sigmoid = std::max(worst_sigmoid, ulp_error(gates[u], 1.0 / (1.0 + std::exp(-a))));
+    worst_tanh = std::max(worst_tanh, ulp_error(gates[2 * H + u], std::tanh(a)));
+  }
+  std::printf("  [%s] float activations: sigmoid max %.2f ulp, tanh max %.2f ulp\n", k.isa,
+              worst_sigmoid, worst_tanh);
+  if (!(worst_sigmoid <= 4.0 && worst_tanh <= 4.0)) {
+    std::printf("FAIL [%s] activation accuracy above 4 ulp\n", k.isa);
+    ++g_failures;
+  }
+  // NaN propagates; infinities saturate.
+  const float special[3] = {NAN, INFINITY, -INFINITY};
+  for (int q = 0; q < 3; ++q) pre[q] = pre[2 * H + q] = special[q];
+  k.lstm_forward_train(r);
+  const bool ok = std::isnan(gates[0]) && std::isnan(gates[2 * H]) && gates[1] == 1.f &&
+                  gates[2] < 1e-30f && gates[2] >= 0.f && gates[2 * H + 1] == 1.f &&
+                  gates[2 * H + 2] == -1.f;
+  if (!ok) {
+    std::printf("FAIL [%s] NaN/Inf handling of the activations\n", k.isa);
+    ++g_failures;
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -223,6 +272,7 @@ int main() {
     test_lstm(rnnfast::cpu::kernels_f64(), rng, 1e-12);
     test_gru(rnnfast::cpu::kernels_f32(), rng, 1e-5);
     test_gru(rnnfast::cpu::kernels_f64(), rng, 1e-12);
+    test_activation_accuracy(rnnfast::cpu::kernels_f32());
     std::printf("cpu kernels [%s]: checked\n", isa);
   }
   if (g_failures) {
