@@ -158,7 +158,26 @@ void pack_b(int64_t K, int64_t N, const T* src, int64_t k_stride, ColumnMap colu
   const int64_t NR = panel_width<T>();
   for (int64_t j0 = 0; j0 < N; j0 += NR) {
     T* panel = Bp + j0 * K;
-    for (int64_t c = 0; c < NR; ++c) {
+    int64_t c = 0;
+#ifdef RNNFAST_INLINE_FLOAT_MATH
+    // Weights stored transposed (k contiguous, w_ih^T and w_hh^T): 16x16 blocks
+    // through a register transpose instead of one scalar store per element.
+    if constexpr (std::is_same_v<T, float>) {
+      if (k_stride == 1) {
+        for (; c + 16 <= NR && j0 + c + 16 <= N; c += 16) {
+          const int64_t first = columns.offset(j0 + c);
+          const int64_t stride = columns.col_stride;
+          if (columns.offset(j0 + c + 15) - first != 15 * stride) break;  // crosses a block
+          int64_t k = 0;
+          for (; k + 16 <= K; k += 16)
+            at::vec::transpose_mxn<float, 16, 16>(src + first + k, stride, panel + k * NR + c, NR);
+          for (; k < K; ++k)
+            for (int64_t q = 0; q < 16; ++q) panel[k * NR + c + q] = src[first + q * stride + k];
+        }
+      }
+    }
+#endif
+    for (; c < NR; ++c) {
       if (j0 + c >= N) {  // zero padding of the last panel
         for (int64_t k = 0; k < K; ++k) panel[k * NR + c] = T(0);
         continue;
@@ -169,9 +188,6 @@ void pack_b(int64_t K, int64_t N, const T* src, int64_t k_stride, ColumnMap colu
   }
 }
 
-// A is [M, K] row-major (element (m, k) at A[m*lda + k]), or with TransA
-// [K, M] row-major (at A[k*lda + m]): the weight-gradient products sum over
-// rows of two [rows, *] matrices.
 template <typename T, bool TransA>
 inline T a_at(const T* A, int64_t lda, int64_t m, int64_t k) {
   return TransA ? A[k * lda + m] : A[m * lda + k];

@@ -40,32 +40,70 @@ std::vector<T> randn(size_t n, std::mt19937& rng) {
 
 template <typename T>
 void test_gemm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
-  for (int64_t M : {1, 2, 3, 4, 5, 9}) {
-    for (int64_t N : {1, 7, 16, 17, 33, 64, 65, 130}) {
-      for (int64_t K : {1, 7, 64}) {
-        for (T beta : {T(0), T(1), T(0.5)}) {
+  // Two ways the loop packs B: from a row-major source (column n at n*3 + 1,
+  // rows k at k*src_ld) and from a transposed, gate-blocked one (w^T: column n
+  // is row base + (n / block)*block_stride + (n % block) of a [*, K] matrix).
+  for (bool transposed : {false, true}) {
+    for (int64_t M : {1, 2, 3, 4, 5, 9}) {
+      for (int64_t N : {1, 7, 16, 17, 33, 64, 65, 130}) {
+        for (int64_t K : {1, 7, 64, 70}) {
           const int64_t lda = K + 3, ldc = N + 2;
-          // B is column-gathered from a wider source: column n at offset n*3 + 1.
-          const int64_t src_ld = 3 * N + 2;
-          auto A = randn<T>(M * lda, rng), src = randn<T>(K * src_ld, rng), C = randn<T>(M * ldc, rng);
           rnnfast::cpu::ColumnMap map;
-          map.base = 1;
-          map.block = N;
-          map.col_stride = 3;
+          int64_t k_stride, src_size;
+          if (!transposed) {
+            k_stride = 3 * N + 2;
+            map.base = 1;
+            map.block = N;
+            map.col_stride = 3;
+            src_size = K * k_stride;
+          } else {
+            k_stride = 1;
+            const int64_t ld = K + 5, block = std::max<int64_t>(1, (N + 1) / 2);
+            map.base = 2 * ld;
+            map.block = block;
+            map.block_stride = (block + 3) * ld;
+            map.col_stride = ld;
+            src_size = map.offset(N - 1) + K + 1;
+          }
+          auto src = randn<T>(src_size, rng);
           std::vector<T> packed(k.packed_b_size(K, N), T(-7));
-          k.pack_b(K, N, src.data(), src_ld, map, packed.data());
-          std::vector<T> want = C;
-          for (int64_t i = 0; i < M; ++i)
-            for (int64_t j = 0; j < N; ++j) {
-              double acc = 0;
-              for (int64_t p = 0; p < K; ++p)
-                acc += double(A[i * lda + p]) * double(src[p * src_ld + 1 + 3 * j]);
-              want[i * ldc + j] = T(acc + double(beta) * double(C[i * ldc + j]));
-            }
-          k.gemm_packed(M, N, K, A.data(), lda, packed.data(), beta, C.data(), ldc);
-          expect_close(C, want, tol, "gemm_packed", k.isa);
+          k.pack_b(K, N, src.data(), k_stride, map, packed.data());
+          for (T beta : {T(0), T(1), T(0.5)}) {
+            auto A = randn<T>(M * lda, rng), C = randn<T>(M * ldc, rng);
+            std::vector<T> want = C;
+            for (int64_t i = 0; i < M; ++i)
+              for (int64_t j = 0; j < N; ++j) {
+                double acc = 0;
+                for (int64_t p = 0; p < K; ++p)
+                  acc += double(A[i * lda + p]) * double(src[map.offset(j) + p * k_stride]);
+                want[i * ldc + j] = T(acc + double(beta) * double(C[i * ldc + j]));
+              }
+            k.gemm_packed(M, N, K, A.data(), lda, packed.data(), beta, C.data(), ldc);
+            expect_close(C, want, tol, transposed ? "gemm_packed (transposed source)" : "gemm_packed",
+                         k.isa);
+          }
         }
       }
+    }
+  }
+  // The transposed-A variant (A given as [K, M]) and row-pointer packing.
+  for (int64_t M : {1, 3, 4, 6}) {
+    for (int64_t N : {5, 64, 70}) {
+      const int64_t K = 37, lda = M + 2, ldb = N + 1, ldc = N + 3;
+      auto A = randn<T>(K * lda, rng), B = randn<T>(K * ldb, rng), C = randn<T>(M * ldc, rng);
+      std::vector<const T*> rows(K);
+      for (int64_t p = 0; p < K; ++p) rows[p] = B.data() + (K - 1 - p) * ldb;  // reversed order
+      std::vector<T> packed(k.packed_b_size(K, N));
+      k.pack_b_rows(K, N, rows.data(), 1, packed.data());
+      std::vector<T> want = C;
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N - 1; ++j) {
+          double acc = 0;
+          for (int64_t p = 0; p < K; ++p) acc += double(A[p * lda + i]) * double(rows[p][1 + j]);
+          want[i * ldc + j] = T(acc + double(C[i * ldc + j]));
+        }
+      k.gemm_packed_tn(M, N - 1, K, A.data(), lda, packed.data(), T(1), C.data(), ldc);
+      expect_close(C, want, tol, "gemm_packed_tn + pack_b_rows", k.isa);
     }
   }
 }
