@@ -127,10 +127,9 @@ struct KernelTable {
                  T* packed);
   void (*gemm_packed)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* packed,
                       T beta, T* C, int64_t ldc);
-  // The same with A given transposed, as [K, M] row-major: C = A^T @ B + beta*C
-  // (weight gradients: sums over the rows of two [rows, *] matrices).
-  void (*gemm_packed_tn)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-                         const T* packed, T beta, T* C, int64_t ldc);
+  // dst[c, r] = src[r, c] for a [rows, cols] block (A operands of the weight
+  // gradients, which sum over rows).
+  void (*transpose)(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd);
   // Packs B[K, N] whose row k is row_ptrs[k] + col0 (rows gathered from anywhere).
   void (*pack_b_rows)(int64_t K, int64_t N, const T* const* row_ptrs, int64_t col0, T* packed);
   // out[0, cols) += column sums of A[rows, cols] (rows added in order: deterministic).

@@ -188,12 +188,7 @@ void pack_b(int64_t K, int64_t N, const T* src, int64_t k_stride, ColumnMap colu
   }
 }
 
-template <typename T, bool TransA>
-inline T a_at(const T* A, int64_t lda, int64_t m, int64_t k) {
-  return TransA ? A[k * lda + m] : A[m * lda + k];
-}
-
-template <typename T, int R, bool TransA>
+template <typename T, int R>
 inline void panel_tile(int64_t K, const T* A, int64_t lda, const T* panel, T beta, T* Cm,
                        int64_t ldc, int64_t ncols) {
   using V = Vectorized<T>;
@@ -212,7 +207,7 @@ inline void panel_tile(int64_t K, const T* A, int64_t lda, const T* panel, T bet
       V bv[C];
       for (int c = 0; c < C; ++c) bv[c] = V::loadu(brow + c * W);
       for (int r = 0; r < R; ++r) {
-        const V av(a_at<T, TransA>(A, lda, r, k + q));
+        const V av(A[r * lda + k + q]);
         for (int c = 0; c < C; ++c) acc[q][r][c] = at::vec::fmadd(av, bv[c], acc[q][r][c]);
       }
     }
@@ -220,7 +215,7 @@ inline void panel_tile(int64_t K, const T* A, int64_t lda, const T* panel, T bet
   for (; k < K; ++k) {
     const T* brow = panel + k * NR;
     for (int r = 0; r < R; ++r) {
-      const V av(a_at<T, TransA>(A, lda, r, k));
+      const V av(A[r * lda + k]);
       for (int c = 0; c < C; ++c)
         acc[0][r][c] = at::vec::fmadd(av, V::loadu(brow + c * W), acc[0][r][c]);
     }
@@ -240,14 +235,12 @@ inline void panel_tile(int64_t K, const T* A, int64_t lda, const T* panel, T bet
 
 // Rows of A are taken in blocks of about 256 KB, so that a block stays in the
 // L2 cache while every panel of B passes over it.
-template <typename T, bool TransA>
-void gemm_packed_impl(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp,
-                      T beta, T* Cm, int64_t ldc) {
+template <typename T>
+void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp, T beta,
+                 T* Cm, int64_t ldc) {
   const int64_t NR = panel_width<T>();
   const int64_t block_rows = std::max<int64_t>(
       kRows, (int64_t(256 * 1024) / (sizeof(T) * std::max<int64_t>(K, 1))) / kRows * kRows);
-  // Offset of row m of A.
-  auto a_row = [&](int64_t m) { return TransA ? A + m : A + m * lda; };
   for (int64_t m0 = 0; m0 < M; m0 += block_rows) {
     const int64_t m1 = std::min(M, m0 + block_rows);
     for (int64_t j0 = 0; j0 < N; j0 += NR) {
@@ -255,26 +248,35 @@ void gemm_packed_impl(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, 
       const int64_t ncols = std::min(NR, N - j0);
       int64_t m = m0;
       for (; m + kRows <= m1; m += kRows)
-        panel_tile<T, kRows, TransA>(K, a_row(m), lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
+        panel_tile<T, kRows>(K, A + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
       const int64_t left = m1 - m;
+      const T* a = A + m * lda;
       T* c = Cm + m * ldc + j0;
-      if (left == 3) panel_tile<T, 3, TransA>(K, a_row(m), lda, panel, beta, c, ldc, ncols);
-      if (left == 2) panel_tile<T, 2, TransA>(K, a_row(m), lda, panel, beta, c, ldc, ncols);
-      if (left == 1) panel_tile<T, 1, TransA>(K, a_row(m), lda, panel, beta, c, ldc, ncols);
+      if (left == 3) panel_tile<T, 3>(K, a, lda, panel, beta, c, ldc, ncols);
+      if (left == 2) panel_tile<T, 2>(K, a, lda, panel, beta, c, ldc, ncols);
+      if (left == 1) panel_tile<T, 1>(K, a, lda, panel, beta, c, ldc, ncols);
     }
   }
 }
 
+// dst[c, r] = src[r, c] for a [rows, cols] block: the weight gradients sum
+// over rows, and the GEMM wants that sum along contiguous memory.
 template <typename T>
-void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp, T beta,
-                 T* Cm, int64_t ldc) {
-  gemm_packed_impl<T, false>(M, N, K, A, lda, Bp, beta, Cm, ldc);
-}
-
-template <typename T>
-void gemm_packed_tn(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bp, T beta,
-                    T* Cm, int64_t ldc) {
-  gemm_packed_impl<T, true>(M, N, K, A, lda, Bp, beta, Cm, ldc);
+void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
+  int64_t r0 = 0;
+#ifdef RNNFAST_INLINE_FLOAT_MATH
+  if constexpr (std::is_same_v<T, float>) {
+    for (; r0 + 16 <= rows; r0 += 16) {
+      int64_t c0 = 0;
+      for (; c0 + 16 <= cols; c0 += 16)
+        at::vec::transpose_mxn<float, 16, 16>(src + r0 * lds + c0, lds, dst + c0 * ldd + r0, ldd);
+      for (; c0 < cols; ++c0)
+        for (int64_t r = r0; r < r0 + 16; ++r) dst[c0 * ldd + r] = src[r * lds + c0];
+    }
+  }
+#endif
+  for (int64_t r = r0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
 // Packs rows row_ptrs[0..K) (columns col0 .. col0+N of each) as B[K, N].
@@ -297,11 +299,10 @@ void pack_b_rows(int64_t K, int64_t N, const T* const* row_ptrs, int64_t col0, T
 template <typename T>
 void add_column_sums(int64_t rows, int64_t cols, const T* A, int64_t lda, T* out) {
   using V = Vectorized<T>;
-  for_each_vector<T>(0, cols, [&](int64_t c, int64_t n) {
-    V acc = load(out + c, n);
-    for (int64_t r = 0; r < rows; ++r) acc = acc + load(A + r * lda + c, n);
-    store(out + c, acc, n);
-  });
+  for (int64_t r = 0; r < rows; ++r)
+    for_each_vector<T>(0, cols, [&](int64_t c, int64_t n) {
+      store(out + c, load(out + c, n) + load(A + r * lda + c, n), n);
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -437,7 +438,7 @@ const KernelTable<T>* make_table(const char* isa) {
       &packed_b_size<T>,
       &pack_b<T>,
       &gemm_packed<T>,
-      &gemm_packed_tn<T>,
+      &transpose<T>,
       &pack_b_rows<T>,
       &add_column_sums<T>,
       &lstm_forward_rows<T, true>,

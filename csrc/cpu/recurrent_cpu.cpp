@@ -149,8 +149,10 @@ struct Slicing {
 };
 
 // Rows per chunk of the time-parallel GEMMs: large enough for an efficient
-// GEMM, small enough that a chunk's scratch stays in the L2/L3 caches.
-constexpr int64_t kChunkRows = 1024;
+// GEMM, small enough that a chunk's scratch stays in the caches. The backward
+// chunk holds dG ([rows, G*H]), read again by three GEMMs: smaller pays.
+constexpr int64_t kForwardChunkRows = 2048;
+constexpr int64_t kBackwardChunkRows = 512;
 
 // Runs body(thread, threads, barrier) on `slices` threads (a serial call when
 // there is one slice). The OpenMP team may be smaller than asked (nested
@@ -206,11 +208,6 @@ class SlicePanels {
   void gemm(const KernelTable<T>& k, int s, int64_t M, const T* A, int64_t lda, T beta, T* C,
             int64_t ldc) const {
     if (M > 0) k.gemm_packed(M, widths_[s], K_[s], A, lda, data(s), beta, C, ldc);
-  }
-  // C[M, widths[s]] = A^T @ (slice s) + beta * C, A given as [K, M].
-  void gemm_tn(const KernelTable<T>& k, int s, int64_t M, const T* A, int64_t lda, T beta, T* C,
-               int64_t ldc) const {
-    if (M > 0) k.gemm_packed_tn(M, widths_[s], K_[s], A, lda, data(s), beta, C, ldc);
   }
 
  private:
@@ -309,7 +306,7 @@ class ForwardLoop {
     // The input projection x @ w_ih^T is computed a chunk of steps at a time,
     // ahead of the chunk's recurrence: one large GEMM per slice, and scratch
     // bounded by the chunk size however long the sequence.
-    chunks_ = plan_.chunks(std::max<int64_t>(B, kChunkRows));
+    chunks_ = plan_.chunks(std::max<int64_t>(B, kForwardChunkRows));
     gx_ = at::empty({StepPlan::max_rows(chunks_), GH}, opts);
     if (cell_ == CellType::kGRU) gh_ = at::empty({B, GH}, opts);
     const KernelTable<T>& k = kernels<T>();
@@ -476,7 +473,7 @@ class BackwardLoop {
     const int64_t B = plan_.B, GH = G_ * H_;
     auto opts = f_.x.options();
     const KernelTable<T>& k = kernels<T>();
-    chunks_ = plan_.chunks(std::max<int64_t>(B, kChunkRows));
+    chunks_ = plan_.chunks(std::max<int64_t>(B, kBackwardChunkRows));
     const int64_t rows_max = StepPlan::max_rows(chunks_);
     dg_ = at::empty({rows_max, GH}, opts);
     if (gru_) dgxn_ = at::empty({rows_max, H_}, opts);
@@ -497,6 +494,10 @@ class BackwardLoop {
       x_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, I_), opts);
       hp_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, P_), opts);
       if (proj_) m_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, H_), opts);
+      int64_t widest = 0;
+      for (int s = 0; s < slicing_.count; ++s)
+        widest = std::max({widest, slicing_.u1(s) - slicing_.u0(s), slicing_.p1(s) - slicing_.p0(s)});
+      dg_t_ = at::empty({slicing_.count, widest * rows_max}, opts);
       make_row_pointers();
     }
     if (defined(a_.dx)) {
@@ -626,8 +627,10 @@ class BackwardLoop {
     }
   }
 
-  // The time-parallel products of a finished chunk. Every slice reads only
-  // its own columns of dG for the weight gradients; dx reads all columns,
+  // The time-parallel products of a finished chunk. The weight gradients sum
+  // over the chunk's rows: each slice transposes its columns of dG (one gate
+  // block at a time, [nu, rows]) and multiplies by the chunk's rows of x and
+  // h_prev; it reads only its own columns. dx reads all columns of dG,
   // complete since the barrier inside the chunk's last step.
   void chunk_products(const Chunk& c, int thread, int threads) {
     const KernelTable<T>& k = kernels<T>();
@@ -636,25 +639,26 @@ class BackwardLoop {
     for (int s = thread; s < slicing_.count; s += threads) {
       if (a_.need_weight_grads) {
         const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
+        T* at = dg_t_.data_ptr<T>() + s * dg_t_.stride(0);  // [nu or np, rows] scratch
         x_panels_.pack_rows(k, s, c.rows, x_rows_.data() + c.lo, 0);
         hp_panels_.pack_rows(k, s, c.rows, hp_rows_.data() + c.lo, 0);
         T* dw_ih = g_.dw_ih.template data_ptr<T>();
         T* dw_hh = g_.dw_hh.template data_ptr<T>();
         for (int64_t g = 0; g < G_; ++g) {
           const int64_t col = g * H_ + u0;  // gate g of the slice's units
-          // Input side: GRU's n gate has its own gradient dgxn.
-          const bool xn = gru_ && g == 2;
-          const T* a_in = xn ? dgxn_.data_ptr<T>() + u0 : dg + col;
-          x_panels_.gemm_tn(k, s, nu, a_in, xn ? H_ : GH, T(1), dw_ih + col * I_, I_);
-          hp_panels_.gemm_tn(k, s, nu, dg + col, GH, T(1), dw_hh + col * P_, P_);
+          k.transpose(c.rows, nu, dg + col, GH, at, c.rows);
+          hp_panels_.gemm(k, s, nu, at, c.rows, T(1), dw_hh + col * P_, P_);
+          if (gru_ && g == 2)  // the input side of GRU's n gate has its own gradient
+            k.transpose(c.rows, nu, dgxn_.data_ptr<T>() + u0, H_, at, c.rows);
+          x_panels_.gemm(k, s, nu, at, c.rows, T(1), dw_ih + col * I_, I_);
           k.add_column_sums(c.rows, nu, dg + col, GH, db_h_.data_ptr<T>() + col);
         }
         if (gru_) k.add_column_sums(c.rows, nu, dgxn_.data_ptr<T>() + u0, H_, db_xn_.data_ptr<T>() + u0);
         if (proj_) {
-          const int64_t p0 = slicing_.p0(s);
+          const int64_t p0 = slicing_.p0(s), np = slicing_.p1(s) - p0;
           m_panels_.pack_rows(k, s, c.rows, m_rows_.data() + c.lo, 0);
-          m_panels_.gemm_tn(k, s, slicing_.p1(s) - p0, dh_total_.data_ptr<T>() + p0, P_, T(1),
-                            g_.dw_hr.template data_ptr<T>() + p0 * H_, H_);
+          k.transpose(c.rows, np, dh_total_.data_ptr<T>() + p0, P_, at, c.rows);
+          m_panels_.gemm(k, s, np, at, c.rows, T(1), g_.dw_hr.template data_ptr<T>() + p0 * H_, H_);
         }
       }
       if (defined(a_.dx)) {
@@ -694,6 +698,7 @@ class BackwardLoop {
   Tensor dg_;        // [rows, G*H] pre-activation gradients (GRU: hidden side dr, dz, dhn)
   Tensor dgxn_;      // [rows, H] GRU: input side of dn
   Tensor dh_total_;  // [rows, P] proj: dh_t = dy_t + recurrent part (input of dw_hr)
+  Tensor dg_t_;      // per slice: [nu or np, rows] a transposed column block of dG (or dh_total)
   // Step state:
   Tensor dh_;        // [B, P] recurrent gradient of the current step's h
   Tensor dc_;        // [B, H] LSTM: gradient of the current step's c

@@ -86,24 +86,29 @@ void test_gemm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
       }
     }
   }
-  // The transposed-A variant (A given as [K, M]) and row-pointer packing.
-  for (int64_t M : {1, 3, 4, 6}) {
+  // The weight-gradient path: A transposed from a [K, M] block, B packed from
+  // row pointers (sizes around the 16x16 transpose blocks).
+  for (int64_t M : {1, 3, 16, 17, 35}) {
     for (int64_t N : {5, 64, 70}) {
-      const int64_t K = 37, lda = M + 2, ldb = N + 1, ldc = N + 3;
-      auto A = randn<T>(K * lda, rng), B = randn<T>(K * ldb, rng), C = randn<T>(M * ldc, rng);
-      std::vector<const T*> rows(K);
-      for (int64_t p = 0; p < K; ++p) rows[p] = B.data() + (K - 1 - p) * ldb;  // reversed order
-      std::vector<T> packed(k.packed_b_size(K, N));
-      k.pack_b_rows(K, N, rows.data(), 1, packed.data());
-      std::vector<T> want = C;
-      for (int64_t i = 0; i < M; ++i)
-        for (int64_t j = 0; j < N - 1; ++j) {
-          double acc = 0;
-          for (int64_t p = 0; p < K; ++p) acc += double(A[p * lda + i]) * double(rows[p][1 + j]);
-          want[i * ldc + j] = T(acc + double(C[i * ldc + j]));
-        }
-      k.gemm_packed_tn(M, N - 1, K, A.data(), lda, packed.data(), T(1), C.data(), ldc);
-      expect_close(C, want, tol, "gemm_packed_tn + pack_b_rows", k.isa);
+      for (int64_t K : {7, 16, 37}) {
+        const int64_t lda_src = M + 2, ldb = N + 1, ldc = N + 3;
+        auto A_src = randn<T>(K * lda_src, rng), B = randn<T>(K * ldb, rng), C = randn<T>(M * ldc, rng);
+        std::vector<T> At(M * K, T(-7));
+        k.transpose(K, M, A_src.data(), lda_src, At.data(), K);
+        std::vector<const T*> rows(K);
+        for (int64_t p = 0; p < K; ++p) rows[p] = B.data() + (K - 1 - p) * ldb;  // reversed order
+        std::vector<T> packed(k.packed_b_size(K, N - 1));
+        k.pack_b_rows(K, N - 1, rows.data(), 1, packed.data());
+        std::vector<T> want = C;
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t j = 0; j < N - 1; ++j) {
+            double acc = 0;
+            for (int64_t p = 0; p < K; ++p) acc += double(A_src[p * lda_src + i]) * double(rows[p][1 + j]);
+            want[i * ldc + j] = T(acc + double(C[i * ldc + j]));
+          }
+        k.gemm_packed(M, N - 1, K, At.data(), K, packed.data(), T(1), C.data(), ldc);
+        expect_close(C, want, tol, "transpose + pack_b_rows + gemm_packed", k.isa);
+      }
     }
   }
 }
