@@ -12,7 +12,10 @@ namespace {
 
 namespace py = pybind11;
 
+// The kernels' own ATen calls (allocations, bias sums) record no autograd
+// history: rnnfast.functional owns the autograd node of each layer.
 std::vector<Tensor> layer_forward(const LayerForwardArgs& a) {
+  at::AutoDispatchBelowADInplaceOrView no_autograd;
   TORCH_CHECK(a.x.defined(), "rnnfast: x is undefined");
   if (a.x.device().is_cpu()) return layer_forward_cpu(a);
   TORCH_CHECK(false, "rnnfast: no ", a.x.device().type(),
@@ -20,6 +23,7 @@ std::vector<Tensor> layer_forward(const LayerForwardArgs& a) {
 }
 
 LayerGrads layer_backward(const LayerBackwardArgs& a) {
+  at::AutoDispatchBelowADInplaceOrView no_autograd;
   TORCH_CHECK(a.fwd.x.defined(), "rnnfast: x is undefined");
   if (a.fwd.x.device().is_cpu()) return layer_backward_cpu(a);
   TORCH_CHECK(false, "rnnfast: no ", a.fwd.x.device().type(),

@@ -11,7 +11,6 @@ inter-layer dropout and the stacking of final states are orchestrated here.
 When no gradient is needed the kernels are called directly and save nothing.
 """
 
-from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -25,28 +24,32 @@ from ._extension import require_extension
 _GRAD_NAMES = ("dh0", "dc0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
 
 
-@dataclass(frozen=True)
 class LayerSpec:
-    """Static description of one layer (both directions)."""
+    """Static description of one layer (both directions). A plain class: it is
+    built on every call, and a frozen dataclass costs microseconds."""
 
-    mode: str  # "LSTM" or "GRU"
-    batch_sizes: Tensor  # [T] int64 CPU
-    num_directions: int
-    has_bias: bool
-    has_proj: bool
+    __slots__ = ("mode", "batch_sizes", "num_directions", "has_bias", "has_proj",
+                 "weights_per_direction", "forward_fn", "backward_fn")
 
-    @property
-    def weights_per_direction(self) -> int:
-        return 2 + 2 * self.has_bias + self.has_proj
+    def __init__(self, mode: str, batch_sizes: Tensor, num_directions: int, has_bias: bool,
+                 has_proj: bool):
+        C = require_extension()
+        self.mode = mode  # "LSTM" or "GRU"
+        self.batch_sizes = batch_sizes  # [T] int64 CPU
+        self.num_directions = num_directions
+        self.has_bias = has_bias
+        self.has_proj = has_proj
+        self.weights_per_direction = 2 + 2 * has_bias + has_proj
+        lstm = mode == "LSTM"
+        self.forward_fn = C.lstm_forward if lstm else C.gru_forward
+        self.backward_fn = C.lstm_backward if lstm else C.gru_backward
 
     def direction_weights(self, weights: Sequence[Tensor], d: int) -> Tuple[Optional[Tensor], ...]:
         """(w_ih, w_hh, b_ih, b_hh, w_hr) of direction d, None where absent."""
         k = self.weights_per_direction
-        w = list(weights[d * k:(d + 1) * k])
-        w_ih, w_hh = w[0], w[1]
+        w = weights[d * k:(d + 1) * k]
         b_ih, b_hh = (w[2], w[3]) if self.has_bias else (None, None)
-        w_hr = w[-1] if self.has_proj else None
-        return w_ih, w_hh, b_ih, b_hh, w_hr
+        return w[0], w[1], b_ih, b_hh, (w[-1] if self.has_proj else None)
 
     def grad_slots(self) -> List[str]:
         """Names of the weight gradients of one direction, in parameter order."""
@@ -57,15 +60,17 @@ class LayerSpec:
 def _forward_direction(spec: LayerSpec, d: int, x, h0, c0, weights, training: bool,
                        y, h_n, c_n) -> List[Tensor]:
     """Run direction d of a layer, writing its outputs into the given views."""
-    C = require_extension()
     w_ih, w_hh, b_ih, b_hh, w_hr = spec.direction_weights(weights, d)
-    P = h0.size(-1)
-    y_d = y[:, d * P:(d + 1) * P]
+    if spec.num_directions == 1:
+        y_d = y
+    else:
+        P = h0.size(-1)
+        y_d = y[:, d * P:(d + 1) * P]
     if spec.mode == "LSTM":
-        return C.lstm_forward(x, spec.batch_sizes, h0[d], c0[d], w_ih, w_hh, b_ih, b_hh, w_hr,
-                              d == 1, training, y_d, h_n[d], c_n[d])
-    return C.gru_forward(x, spec.batch_sizes, h0[d], w_ih, w_hh, b_ih, b_hh, d == 1, training,
-                         y_d, h_n[d])
+        return spec.forward_fn(x, spec.batch_sizes, h0[d], c0[d], w_ih, w_hh, b_ih, b_hh, w_hr,
+                               d == 1, training, y_d, h_n[d], c_n[d])
+    return spec.forward_fn(x, spec.batch_sizes, h0[d], w_ih, w_hh, b_ih, b_hh, d == 1, training,
+                           y_d, h_n[d])
 
 
 def _layer_outputs(spec: LayerSpec, x: Tensor, h0: Tensor, c0: Optional[Tensor]):
@@ -93,7 +98,6 @@ class _FusedLayer(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n=None):
-        C = require_extension()
         spec: LayerSpec = ctx.spec
         x, h0, c0, y, *rest = ctx.saved_tensors
         nw = spec.weights_per_direction * spec.num_directions
@@ -115,12 +119,12 @@ class _FusedLayer(torch.autograd.Function):
             w_ih, w_hh, b_ih, b_hh, w_hr = spec.direction_weights(weights, d)
             y_d, dy_d = y[:, d * P:(d + 1) * P], dy[:, d * P:(d + 1) * P]
             if spec.mode == "LSTM":
-                grads = C.lstm_backward(x, spec.batch_sizes, h0[d], c0[d], w_ih, w_hh, b_ih, b_hh,
-                                        w_hr, d == 1, y_d, saved, dy_d, dh_n[d], dc_n[d], dx,
-                                        d > 0, need_w)
+                grads = spec.backward_fn(x, spec.batch_sizes, h0[d], c0[d], w_ih, w_hh, b_ih, b_hh,
+                                         w_hr, d == 1, y_d, saved, dy_d, dh_n[d], dc_n[d], dx,
+                                         d > 0, need_w)
             else:
-                grads = C.gru_backward(x, spec.batch_sizes, h0[d], w_ih, w_hh, b_ih, b_hh, d == 1,
-                                       y_d, saved, dy_d, dh_n[d], dx, d > 0, need_w)
+                grads = spec.backward_fn(x, spec.batch_sizes, h0[d], w_ih, w_hh, b_ih, b_hh, d == 1,
+                                         y_d, saved, dy_d, dh_n[d], dx, d > 0, need_w)
             named = dict(zip(_GRAD_NAMES, grads))
             dh0.append(named["dh0"])
             dc0.append(named["dc0"])
@@ -138,11 +142,11 @@ def _run_layer(spec: LayerSpec, x, h0, c0, weights):
     if _layer_needs_grad(x, h0, c0, *weights):
         out = _FusedLayer.apply(spec, x, h0, c0, *weights)
         return out if spec.mode == "LSTM" else (out[0], out[1], None)
-    # Inference: nothing is saved for backward.
+    # Inference: nothing is saved for backward (and the extension records no
+    # autograd history of its own).
     y, h_n, c_n = _layer_outputs(spec, x, h0, c0)
-    with torch.no_grad():
-        for d in range(spec.num_directions):
-            _forward_direction(spec, d, x, h0, c0, weights, False, y, h_n, c_n)
+    for d in range(spec.num_directions):
+        _forward_direction(spec, d, x, h0, c0, weights, False, y, h_n, c_n)
     return y, h_n, c_n
 
 
@@ -164,7 +168,8 @@ def rnn_packed(mode: str, x: Tensor, batch_sizes: Tensor, h0: Tensor, c0: Option
     D = 2 if bidirectional else 1
     spec = LayerSpec(mode, batch_sizes, D, has_bias, proj_size > 0)
     per_layer = spec.weights_per_direction * D
-    flat_weights = [w.contiguous() for w in flat_weights]
+    if not all(w.is_contiguous() for w in flat_weights):
+        flat_weights = [w.contiguous() for w in flat_weights]
     h0 = h0.contiguous()
     c0 = c0.contiguous() if c0 is not None else None
     layer_input = x.contiguous()

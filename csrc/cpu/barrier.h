@@ -1,15 +1,19 @@
-// A reusable spinning barrier for the threads of one parallel time loop.
+// A reusable barrier for the threads of one parallel time loop.
 //
 // The time loop needs one rendezvous per step (every thread must see the whole
-// h_t before the next recurrent GEMM), a few microseconds apart: an OS-level
-// wait would cost more than a step at small batch. Threads spin briefly with
-// a pause instruction, then sleep on the generation counter (a futex through
-// std::atomic::wait), so an oversubscribed machine does not burn the core the
-// late thread needs.
+// h_t before the next recurrent GEMM), microseconds apart: an OS-level wait
+// would cost more than a step at small batch. Each thread owns a cache line
+// holding the number of barriers it has reached; arriving is one store to its
+// own line, waiting is reading the others' lines. No read-modify-write on a
+// shared line, so a step costs about one cache-line transfer per thread.
+// Waiters spin briefly with a pause instruction, then sleep on the flag they
+// wait for (a futex through std::atomic::wait), so an oversubscribed machine
+// does not burn the core the late thread needs.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <thread>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -23,32 +27,42 @@ namespace rnnfast::cpu {
 
 class SpinBarrier {
  public:
-  explicit SpinBarrier(int participants) : participants_(participants) {}
+  explicit SpinBarrier(int participants)
+      : participants_(participants), flags_(new Flag[participants > 0 ? participants : 1]) {}
   SpinBarrier(const SpinBarrier&) = delete;
   SpinBarrier& operator=(const SpinBarrier&) = delete;
 
-  void wait() {
+  // Called by thread `self` (0 <= self < participants), the same number of
+  // times by every participant.
+  void wait(int self) {
     if (participants_ <= 1) return;
-    const uint32_t gen = generation_.load(std::memory_order_acquire);
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == participants_) {
-      arrived_.store(0, std::memory_order_relaxed);
-      generation_.store(gen + 1, std::memory_order_release);
-      generation_.notify_all();
-      return;
+    std::atomic<uint32_t>& mine = flags_[self].reached;
+    const uint32_t epoch = mine.load(std::memory_order_relaxed) + 1;
+    mine.store(epoch, std::memory_order_release);
+    mine.notify_all();
+    for (int other = 0; other < participants_; ++other) {
+      if (other == self) continue;
+      std::atomic<uint32_t>& theirs = flags_[other].reached;
+      int spins = 0;
+      for (uint32_t seen; (seen = theirs.load(std::memory_order_acquire)) != epoch &&
+                          int32_t(seen - epoch) < 0;) {
+        if (++spins < kSpins) {
+          RNNFAST_CPU_RELAX();
+        } else {
+          theirs.wait(seen, std::memory_order_acquire);
+        }
+      }
     }
-    for (int spins = 0; spins < kSpins; ++spins) {
-      if (generation_.load(std::memory_order_acquire) != gen) return;
-      RNNFAST_CPU_RELAX();
-    }
-    while (generation_.load(std::memory_order_acquire) == gen) generation_.wait(gen);
   }
 
  private:
   // ~20-50 us of spinning: longer than a step's imbalance, shorter than a time slice.
   static constexpr int kSpins = 1 << 11;
+  struct alignas(64) Flag {
+    std::atomic<uint32_t> reached{0};
+  };
   const int participants_;
-  alignas(64) std::atomic<int> arrived_{0};
-  alignas(64) std::atomic<uint32_t> generation_{0};
+  std::unique_ptr<Flag[]> flags_;
 };
 
 }  // namespace rnnfast::cpu

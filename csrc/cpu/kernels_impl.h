@@ -259,6 +259,34 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
   }
 }
 
+// C[M,N] = A[M,K] @ W[N,K]^T + beta*C with W's rows used as they are stored
+// (k contiguous): a dot product per output. For calls too small to repay
+// packing (a single time step of a small batch), where rows of the weights
+// are read once.
+template <typename T>
+void gemm_direct(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Wt,
+                 int64_t ldw, T beta, T* Cm, int64_t ldc) {
+  using V = Vectorized<T>;
+  constexpr int J = 4;  // outputs at a time (independent accumulators)
+  for (int64_t m = 0; m < M; ++m) {
+    const T* a = A + m * lda;
+    for (int64_t n0 = 0; n0 < N; n0 += J) {
+      const int64_t nj = std::min<int64_t>(J, N - n0);
+      V acc[J];
+      for (int j = 0; j < J; ++j) acc[j] = V(T(0));
+      for_each_vector<T>(0, K, [&](int64_t k, int64_t n) {
+        const V av = load(a + k, n);
+        for (int j = 0; j < nj; ++j) acc[j] = at::vec::fmadd(av, load(Wt + (n0 + j) * ldw + k, n), acc[j]);
+      });
+      for (int j = 0; j < nj; ++j) {
+        T dot = at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, acc[j]);
+        T* c = Cm + m * ldc + n0 + j;
+        *c = beta == T(0) ? dot : dot + beta * *c;
+      }
+    }
+  }
+}
+
 // dst[c, r] = src[r, c] for a [rows, cols] block: the weight gradients sum
 // over rows, and the GEMM wants that sum along contiguous memory.
 template <typename T>
@@ -438,6 +466,7 @@ const KernelTable<T>* make_table(const char* isa) {
       &packed_b_size<T>,
       &pack_b<T>,
       &gemm_packed<T>,
+      &gemm_direct<T>,
       &transpose<T>,
       &pack_b_rows<T>,
       &add_column_sums<T>,

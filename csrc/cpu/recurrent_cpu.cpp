@@ -122,11 +122,14 @@ struct Slicing {
     return cut;
   }
 
-  Slicing(int64_t H, int64_t P, int64_t B, int64_t G) {
+  // total_macs: multiply-adds of the whole call, which must pay for starting
+  // the threads (~10 us); a step must carry enough work to pay for a barrier.
+  Slicing(int64_t H, int64_t P, int64_t B, int64_t G, int64_t total_macs) {
     const int threads = at::get_num_threads();
-    // A step must carry enough work to pay for a barrier (~0.1-0.5 us).
     const int64_t macs_per_step = B * G * H * P;
-    count = (threads > 1 && H >= 32 && macs_per_step >= 16384) ? threads : 1;
+    count = (threads > 1 && H >= 32 && macs_per_step >= 16384 && total_macs >= (int64_t(1) << 20))
+                ? threads
+                : 1;
     count = static_cast<int>(std::min<int64_t>(count, H / 16 > 0 ? H / 16 : 1));
     unit = split(H, count, 16);
     proj = split(P, count, 16);
@@ -152,6 +155,9 @@ struct Slicing {
 // GEMM, small enough that a chunk's scratch stays in the caches. The backward
 // chunk holds dG ([rows, G*H]), read again by three GEMMs: smaller pays.
 constexpr int64_t kForwardChunkRows = 2048;
+// Rows of A below which one GEMM pass over unpacked weights beats packing them
+// (calibrated at H=128: packing ~ 2.5 passes of a one-row GEMV).
+constexpr int64_t kRowsPerPackedPass = 1;
 constexpr int64_t kBackwardChunkRows = 512;
 
 // Runs body(thread, threads, barrier) on `slices` threads (a serial call when
@@ -195,8 +201,23 @@ class SlicePanels {
       offsets_[s + 1] = offsets_[s] + k.packed_b_size(K_max, widths_[s]);
     buffer_ = at::empty({std::max<int64_t>(offsets_.back(), 1)}, opts);
   }
-  // Packs slice s from column map `columns` of src (rows k at k_stride).
+  // Unpacked: gemm() reads the weights where they are (gemm_direct), for calls
+  // too small to repay packing. Only for transposed weights (k_stride 1).
+  static SlicePanels direct(int64_t K, std::vector<int64_t> widths) {
+    SlicePanels p;
+    p.K_.assign(widths.size(), K);
+    p.widths_ = std::move(widths);
+    p.direct_.resize(p.widths_.size());
+    return p;
+  }
+  // Packs slice s from column map `columns` of src (rows k at k_stride); in
+  // direct mode only remembers where the columns are.
   void pack(const KernelTable<T>& k, int s, const T* src, int64_t k_stride, ColumnMap columns) {
+    if (!direct_.empty()) {
+      TORCH_INTERNAL_ASSERT(k_stride == 1);
+      direct_[s] = {src, columns};
+      return;
+    }
     k.pack_b(K_[s], widths_[s], src, k_stride, columns, data(s));
   }
   // Packs slice s from K rows given by pointers (their columns col0 ...).
@@ -207,11 +228,22 @@ class SlicePanels {
   // C[M, widths[s]] = A[M, K] @ (slice s) + beta * C.
   void gemm(const KernelTable<T>& k, int s, int64_t M, const T* A, int64_t lda, T beta, T* C,
             int64_t ldc) const {
-    if (M > 0) k.gemm_packed(M, widths_[s], K_[s], A, lda, data(s), beta, C, ldc);
+    if (M <= 0) return;
+    if (direct_.empty()) {
+      k.gemm_packed(M, widths_[s], K_[s], A, lda, data(s), beta, C, ldc);
+      return;
+    }
+    // Columns come in blocks of contiguous weight rows (gate blocks).
+    const auto& [src, cols] = direct_[s];
+    for (int64_t n0 = 0; n0 < widths_[s]; n0 += cols.block) {
+      const int64_t n = std::min(cols.block, widths_[s] - n0);
+      k.gemm_direct(M, n, K_[s], A, lda, src + cols.offset(n0), cols.col_stride, beta, C + n0, ldc);
+    }
   }
 
  private:
   T* data(int s) const { return buffer_.data_ptr<T>() + offsets_[s]; }
+  std::vector<std::pair<const T*, ColumnMap>> direct_;  // direct mode: where each slice's columns are
   std::vector<int64_t> K_;
   std::vector<int64_t> widths_;
   std::vector<int64_t> offsets_;
@@ -280,7 +312,7 @@ class ForwardLoop {
         I_(a.x.size(1)),
         P_(a.w.w_hh.size(1)),
         proj_(defined(a.w.w_hr)),
-        slicing_(H_, P_, plan_.B, G_) {}
+        slicing_(H_, P_, plan_.B, G_, plan_.N * G_ * H_ * (I_ + P_)) {}
 
   std::vector<Tensor> run() {
     const int64_t N = plan_.N, B = plan_.B, GH = G_ * H_;
@@ -310,9 +342,18 @@ class ForwardLoop {
     gx_ = at::empty({StepPlan::max_rows(chunks_), GH}, opts);
     if (cell_ == CellType::kGRU) gh_ = at::empty({B, GH}, opts);
     const KernelTable<T>& k = kernels<T>();
-    w_ih_panels_ = SlicePanels<T>(k, I_, slicing_.unit_widths(G_), opts);
-    w_hh_panels_ = SlicePanels<T>(k, P_, slicing_.unit_widths(G_), opts);
-    if (proj_) w_hr_panels_ = SlicePanels<T>(k, H_, slicing_.proj_widths(), opts);
+    // Packing costs about as much as one pass of GEMMs over the weights: not
+    // repaid by a step or two of a small batch (e.g. one step at a time while
+    // decoding). Such calls read the weights where they are.
+    if (plan_.N <= 4 * kRowsPerPackedPass) {
+      w_ih_panels_ = SlicePanels<T>::direct(I_, slicing_.unit_widths(G_));
+      w_hh_panels_ = SlicePanels<T>::direct(P_, slicing_.unit_widths(G_));
+      if (proj_) w_hr_panels_ = SlicePanels<T>::direct(H_, slicing_.proj_widths());
+    } else {
+      w_ih_panels_ = SlicePanels<T>(k, I_, slicing_.unit_widths(G_), opts);
+      w_hh_panels_ = SlicePanels<T>(k, P_, slicing_.unit_widths(G_), opts);
+      if (proj_) w_hr_panels_ = SlicePanels<T>(k, H_, slicing_.proj_widths(), opts);
+    }
     bias_ = fold_bias(cell_, a_.w, H_, a_.x);
     if (cell_ == CellType::kLSTM) a_.c_n->copy_(*a_.c0);  // c_n is the running cell state
 
@@ -346,7 +387,7 @@ class ForwardLoop {
         w_hr_panels_.pack(k, s, a_.w.w_hr->template data_ptr<T>(), 1,
                           ColumnMap{slicing_.p0(s) * H_, P_, 0, H_});
     }
-    barrier.wait();
+    barrier.wait(thread);
   }
 
   // gx rows of the chunk, this thread's slices' columns. Only the owning
@@ -413,13 +454,13 @@ class ForwardLoop {
         (a_.training ? k.gru_forward_train : k.gru_forward_infer)(r);
       }
     }
-    barrier.wait();
+    barrier.wait(thread);
     if (!proj_) return;
     // h_t = m_t @ w_hr^T, each slice its columns of the projection.
     const T* m = ptr<T>(m_) + (a_.training ? off * H_ : 0);
     for (int sl = thread; sl < slicing_.count; sl += threads)
       w_hr_panels_.gemm(k, sl, rows, m, H_, T(0), y + off * ldy + slicing_.p0(sl), ldy);
-    barrier.wait();
+    barrier.wait(thread);
   }
 
   // Each sequence's final hidden state is its output at its last step.
@@ -466,7 +507,7 @@ class BackwardLoop {
         P_(f_.w.w_hh.size(1)),
         proj_(defined(f_.w.w_hr)),
         gru_(cell_ == CellType::kGRU),
-        slicing_(H_, P_, plan_.B, G_),
+        slicing_(H_, P_, plan_.B, G_, plan_.N * G_ * H_ * (2 * I_ + 3 * P_)),
         input_cut_(Slicing::split(I_, slicing_.count, 16)) {}
 
   LayerGrads run() {
@@ -513,7 +554,7 @@ class BackwardLoop {
       for (auto c = chunks_.rbegin(); c != chunks_.rend(); ++c) {
         for (int64_t s = c->s1 - 1; s >= c->s0; --s) step(s, *c, thread, threads, barrier);
         chunk_products(*c, thread, threads);
-        barrier.wait();  // the next chunk reuses the chunk buffers
+        barrier.wait(thread);  // the next chunk reuses the chunk buffers
       }
     });
     return finish();
@@ -539,7 +580,7 @@ class BackwardLoop {
         if (gru_) w_in_panels_.pack(k, s, w_ih + 2 * H_ * I_, I_, cols);
       }
     }
-    barrier.wait();
+    barrier.wait(thread);
   }
 
   void step(int64_t s, const Chunk& chunk, int thread, int threads, SpinBarrier& barrier) {
@@ -559,7 +600,7 @@ class BackwardLoop {
         for (int64_t b = 0; b < rows; ++b)
           for (int64_t p = slicing_.p0(sl); p < slicing_.p1(sl); ++p)
             dht[b * P_ + p] = dy[b * lddy + p] + dh[b * P_ + p];
-      barrier.wait();
+      barrier.wait(thread);
       for (int sl = thread; sl < slicing_.count; sl += threads)
         w_hr_panels_.gemm(k, sl, rows, dht, P_, T(0), dm_.data_ptr<T>() + slicing_.u0(sl), H_);
     }
@@ -596,7 +637,7 @@ class BackwardLoop {
         k.gru_backward(r);
       }
     }
-    barrier.wait();
+    barrier.wait(thread);
     // dh_{t-1} (this slice's columns) = dG_t @ w_hh (+ z*dh_t kept by the GRU kernel).
     const T beta = gru_ ? T(1) : T(0);
     for (int sl = thread; sl < slicing_.count; sl += threads)
