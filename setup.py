@@ -32,6 +32,7 @@ COMMON_SOURCES = [
     "csrc/layer_checks.cpp",
     "csrc/cpu/recurrent_cpu.cpp",
     "csrc/cpu/dispatch.cpp",
+    "csrc/cpu/buffer_pool.cpp",
 ]
 
 # Instruction-set builds of csrc/cpu/kernels_<isa>.cpp: extra flags for each.

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 #include <torch/version.h>
 
+#include "cpu/buffer_pool.h"
 #include "cpu/kernels.h"
 #include "layer.h"
 
@@ -132,6 +133,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Gradients of one GRU layer-direction: [dh0, None, dw_ih, dw_hh, db_ih, db_hh, None].");
 
   m.def("build_info", &build_info, "What this build of the extension contains.");
+  m.def("empty_cache", &cpu::pool_empty_cache,
+        "Free the cached buffers of saved activations (see csrc/cpu/buffer_pool.h).");
+  m.def("cached_bytes", &cpu::pool_cached_bytes, "Bytes of unused buffers the pool keeps.");
   m.def("cpu_capability", &cpu::cpu_capability, "Instruction set of the CPU kernels in use.");
   m.def("set_cpu_capability", [](const std::string& name) { cpu::set_cpu_capability(name.c_str()); },
         "Use the CPU kernels of another instruction set (avx512, avx2, default).");

@@ -9,8 +9,8 @@ compare against.
 """
 
 from . import reference
-from ._extension import backend
+from ._extension import backend, cached_bytes, empty_cache
 from ._version import __version__
 from .modules import GRU, LSTM
 
-__all__ = ["LSTM", "GRU", "backend", "reference", "__version__"]
+__all__ = ["LSTM", "GRU", "backend", "cached_bytes", "empty_cache", "reference", "__version__"]

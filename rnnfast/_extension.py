@@ -41,6 +41,22 @@ def require_extension():
     return _C
 
 
+def empty_cache():
+    """Free the buffers rnnfast keeps for the activations of training forwards.
+
+    A training step saves activations for its backward (the largest allocations of
+    the step) and frees them after it; rnnfast keeps up to ``RNNFAST_POOL_BYTES``
+    (default 1 GiB) of such buffers for the next step instead of paying page faults
+    and page zeroing again. ``cached_bytes()`` tells how much is kept.
+    """
+    require_extension().empty_cache()
+
+
+def cached_bytes() -> int:
+    """Bytes of unused activation buffers rnnfast currently keeps (see ``empty_cache``)."""
+    return require_extension().cached_bytes()
+
+
 def backend():
     """What this installation of rnnfast runs on.
 

@@ -1,5 +1,6 @@
 """rnnfast.backend() and the behaviour without a compiled extension."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -55,3 +56,40 @@ def test_missing_extension_is_loud():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("OK")
+
+
+def test_activation_buffer_pool():
+    # Saved activations of a training step come from a pool that keeps freed
+    # buffers for the next step; results stay right when buffers are reused for
+    # other shapes, and empty_cache() releases everything.
+    rnnfast.empty_cache()
+    assert rnnfast.cached_bytes() == 0
+    torch.manual_seed(0)
+    for T, H in [(600, 128), (300, 96), (600, 128)]:  # gates of 600x16x512 floats: 19.7 MB
+        ref = torch.nn.LSTM(8, H)
+        fast = rnnfast.LSTM(8, H)
+        fast.load_state_dict(ref.state_dict())
+        x = torch.randn(T, 16, 8, requires_grad=True)
+        for module in (ref, fast):
+            out, _ = module(x)
+            out.pow(2).sum().backward()
+        torch.testing.assert_close(fast.weight_hh_l0.grad, ref.weight_hh_l0.grad, rtol=1e-4, atol=1e-4)
+    assert rnnfast.cached_bytes() > 0
+    rnnfast.empty_cache()
+    assert rnnfast.cached_bytes() == 0
+
+
+def test_pool_can_be_disabled():
+    script = textwrap.dedent(
+        """
+        import torch, rnnfast
+        m = rnnfast.LSTM(8, 128)
+        out, _ = m(torch.randn(600, 16, 8, requires_grad=True))
+        out.sum().backward()
+        print(rnnfast.cached_bytes())
+        """
+    )
+    env = dict(os.environ, RNNFAST_POOL_BYTES="0")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"

@@ -25,12 +25,10 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "../layer.h"
 #include "barrier.h"
+#include "buffer_pool.h"
 #include "kernels.h"
 
 namespace rnnfast {
@@ -250,23 +248,6 @@ class SlicePanels {
   Tensor buffer_;
 };
 
-// A large buffer the time loop is about to fill: ask Linux for transparent
-// huge pages (where the system allows them on request), so that first touch
-// costs one page fault per 2 MB instead of one per 4 KB. Only a hint.
-Tensor empty_large(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  Tensor t = at::empty(sizes, opts);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const size_t bytes = t.nbytes();
-  constexpr size_t kHuge = size_t(2) << 20;
-  if (bytes >= 2 * kHuge) {
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data_ptr()) + kHuge - 1) & ~(kHuge - 1);
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(t.data_ptr()) + bytes) & ~(kHuge - 1);
-    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-  }
-#endif
-  return t;
-}
-
 template <typename T>
 T* ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
@@ -319,17 +300,17 @@ class ForwardLoop {
     auto opts = a_.x.options();
     std::vector<Tensor> saved;
     if (a_.training) {
-      gates_ = empty_large({N, GH}, opts);
+      gates_ = pooled_empty({N, GH}, opts);
       saved.push_back(gates_);
       if (cell_ == CellType::kLSTM) {
-        cells_ = empty_large({N, H_}, opts);
+        cells_ = pooled_empty({N, H_}, opts);
         saved.push_back(cells_);
         if (proj_) {
-          m_ = empty_large({N, H_}, opts);
+          m_ = pooled_empty({N, H_}, opts);
           saved.push_back(m_);
         }
       } else {
-        hn_ = empty_large({N, H_}, opts);
+        hn_ = pooled_empty({N, H_}, opts);
         saved.push_back(hn_);
       }
     } else if (proj_) {

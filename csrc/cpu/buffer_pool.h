@@ -1,0 +1,33 @@
+// A cache of large host buffers for the activations a training forward saves
+// for its backward.
+//
+// Those buffers are the largest allocations of a training step (e.g. 160 MB for
+// an LSTM layer at T=1024, B=32, H=256) and are freed after every backward.
+// glibc returns blocks that size to the kernel, so the next step pays a page
+// fault and the zeroing of every page again: measured at ~7 % of an LSTM
+// training step. The pool keeps freed blocks (up to a cap) and hands them out
+// again, like the caching allocators of GPU frameworks.
+//
+//   RNNFAST_POOL_BYTES   cap on the bytes kept while unused (default 1 GiB; 0: off)
+//   rnnfast.empty_cache() / pool_cached_bytes() through the bindings
+//
+// Blocks handed out are reported to torch's profiler like allocations of the
+// CPU allocator (profile_memory=True sees them), and returned ones as frees.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstddef>
+
+namespace rnnfast::cpu {
+
+// An uninitialised CPU tensor; from 16 MB up backed by a pooled block (a fresh
+// one if none fits), below by the regular allocator.
+at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// Bytes held by the pool while not in use.
+size_t pool_cached_bytes();
+// Frees every cached block.
+void pool_empty_cache();
+
+}  // namespace rnnfast::cpu
