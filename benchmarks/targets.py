@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""The speed-target table: rnnfast vs torch.nn on the project's target configurations, PASS/FAIL.
+
+Usage:
+    python benchmarks/targets.py [--repeats 9] [--threads 2] [--only SUBSTR] [--json OUT.json]
+
+Each row: fp32, torch.set_num_threads(--threads), torch.nn.<cell> and rnnfast.<cell> with identical
+weights and input (see bench_utils.build_case), one warm-up each, then --repeats interleaved rounds
+(ABBA order), median time per implementation. ratio = median torch ms / median rnnfast ms; the row
+passes when ratio >= the required minimum. `ratio range` is the min..max of the per-round ratios
+(each round times both implementations back to back), a direct view of the noise; rounds during
+which other processes used > 0.25 cores are discarded and redone after waiting for quiet, and
+`bg load` is the worst other-process load among the kept rounds; `min/min` is the
+ratio of the fastest samples (noise only ever adds time, so it is a second, less noisy estimate;
+PASS/FAIL uses the medians).
+Training = forward + backward of output and final states; inference = eval() + no_grad forward.
+The same rows exist as pytest-benchmark tests in test_speed.py (pytest benchmarks/ --benchmark-only).
+Fails if rnnfast or its compiled extension cannot be imported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_utils as bu  # noqa: E402
+
+# name, cell, mode, T, B, I=H, extra, required minimum ratio torch/rnnfast
+TARGETS = [
+    ("LSTM train T100 B64 H512", "LSTM", "train", 100, 64, 512, {}, 1.15),
+    ("LSTM train T1024 B32 H256", "LSTM", "train", 1024, 32, 256, {}, 1.25),
+    ("LSTM infer T100 B64 H512", "LSTM", "infer", 100, 64, 512, {}, 1.0),
+    ("LSTM infer T256 B1 H128", "LSTM", "infer", 256, 1, 128, {}, 2.0),
+    ("GRU infer T256 B1 H128", "GRU", "infer", 256, 1, 128, {}, 2.0),
+    ("GRU train T100 B64 H512", "GRU", "train", 100, 64, 512, {}, 1.6),
+    ("GRU train T1024 B32 H256", "GRU", "train", 1024, 32, 256, {}, 1.6),
+    ("GRU infer T100 B64 H512", "GRU", "infer", 100, 64, 512, {}, 1.4),
+    ("LSTM train packed T256 B32 H256", "LSTM", "train", 256, 32, 256, {"packed": True}, 2.5),
+    ("LSTM train proj128 T256 B32 H256", "LSTM", "train", 256, 32, 256, {"proj_size": 128}, 1.4),
+]
+
+
+def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | None = None,
+                progress: bool = True, max_discards: int | None = None,
+                wait_quiet: float = 120.0) -> list:
+    rows = [t for t in TARGETS if not only or only.lower() in t[0].lower()]
+    it = rows
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(rows, desc="targets", unit="case", file=sys.stderr, dynamic_ncols=True)
+    results = []
+    for name, cell, mode, T, B, H, extra, need in it:
+        if progress:
+            it.set_postfix_str(name)
+        case = bu.build_case(cell, mode, T, B, H, H, rnnfast, device, **extra)
+        tm = bu.time_interleaved(case, repeats, warmup=1, min_sample_s=min_sample, device=device,
+                                 max_discards=max_discards, wait_quiet_s=wait_quiet)
+        other = tm["other_load_max"]
+        t_ms, f_ms = tm["torch"]["ms_median"], tm["rnnfast"]["ms_median"]
+        ratio = t_ms / f_ms
+        results.append({
+            "case": name, "cell": cell, "mode": mode, "T": T, "B": B, "I": H, "H": H,
+            "packed": bool(extra.get("packed")), "proj_size": extra.get("proj_size", 0),
+            "torch_ms": t_ms, "rnnfast_ms": f_ms, "ratio": ratio, "required": need,
+            "pass": ratio >= need,
+            "ratio_of_mins": min(tm["torch"]["ms_all"]) / min(tm["rnnfast"]["ms_all"]),
+            "round_ratio_min": min(tm["round_ratios"]), "round_ratio_max": max(tm["round_ratios"]),
+            "torch_ms_all": tm["torch"]["ms_all"], "rnnfast_ms_all": tm["rnnfast"]["ms_all"],
+            "inner": tm["inner"], "repeats": repeats,
+            "torch_gflops": case.flops / t_ms / 1e6, "rnnfast_gflops": case.flops / f_ms / 1e6,
+            "max_abs_diff_vs_torch": tm["max_abs_diff"], "other_load_cores": other,
+            "other_load_mean": tm["other_load_cores"], "discarded_rounds": tm["discarded_rounds"],
+        })
+        del case
+    return results
+
+
+def table(results) -> str:
+    hdr = (f"{'case':34} | {'torch ms':>9} {'rnnfast ms':>10} | {'ratio':>6} {'range':>11} "
+           f"{'need':>5} | {'':4} | {'min/min':>7} {'maxdiff':>8} {'bg load':>7}")
+    lines = [hdr, "-" * len(hdr)]
+    for r in results:
+        load = "-" if r["other_load_cores"] is None else f"{r['other_load_cores']:.2f}"
+        diff = "-" if r["max_abs_diff_vs_torch"] is None else f"{r['max_abs_diff_vs_torch']:.1e}"
+        lines.append(
+            f"{r['case']:34} | {r['torch_ms']:>9.3f} {r['rnnfast_ms']:>10.3f} | {r['ratio']:>5.2f}x "
+            f"{r['round_ratio_min']:>5.2f}-{r['round_ratio_max']:<5.2f} {r['required']:>5.2f} | "
+            f"{'PASS' if r['pass'] else 'FAIL':4} | {r['ratio_of_mins']:>6.2f}x {diff:>8} {load:>7}")
+    n_pass = sum(r["pass"] for r in results)
+    lines.append(f"{n_pass}/{len(results)} targets met")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--min-sample", type=float, default=0.1, help="min seconds per timing sample")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--only", default=None, help="run only cases whose name contains this")
+    p.add_argument("--json", default=None, help="write results + machine info here")
+    p.add_argument("--max-discards", type=int, default=None,
+                   help="timing rounds during which other processes used CPU are discarded and redone, "
+                        "at most this many per case (default: --repeats)")
+    p.add_argument("--wait-quiet", type=float, default=120.0,
+                   help="before redoing a busy round, wait up to this many seconds for quiet")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any target fails")
+    a = p.parse_args(argv)
+    device = bu.setup_device(a.device, a.threads)
+    rnnfast = bu.load_rnnfast()
+    print(f"torch {torch.__version__}, threads pinned: torch.get_num_threads() = {torch.get_num_threads()}, "
+          f"rnnfast backend: {bu.rnnfast_backend(rnnfast)}, cpu: {bu.cpu_model()}", flush=True)
+    meta = bu.machine_info(rnnfast, a.threads, device)
+    meta["peak_sgemm_gflops"] = bu.measure_quiet(lambda: bu.peak_sgemm_gflops(device))[0]
+    t0 = time.perf_counter()
+    results = run_targets(rnnfast, device, a.repeats, a.min_sample, a.only,
+                          max_discards=a.max_discards, wait_quiet=a.wait_quiet)
+    meta["wall_seconds"] = time.perf_counter() - t0
+    print()
+    print(table(results))
+    busy = [r["case"] for r in results if (r["other_load_cores"] or 0) > bu.BUSY_CORES]
+    if busy:
+        print(f"WARNING: other processes used CPU while timing {busy}: rerun on a quiet machine.",
+              file=sys.stderr)
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+        print(f"wrote {a.json}")
+    return 1 if a.strict and not all(r["pass"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
