@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set-up shared by scripts/test.sh and scripts/benchmark.sh, for a fresh
 # machine: a virtual environment in .venv with the pinned requirements, then
-# rnnfast built against that torch (no build isolation: an isolated build
-# would fetch another, multi-GB torch). Idempotent; sourced, not run.
+# rnnfast._C built in place against that torch (never in an isolated build
+# environment, which would fetch another, multi-GB torch). Idempotent;
+# sourced, not run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -13,10 +14,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "== installing pinned requirements"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/requirements.txt"
-echo "== building rnnfast (pip install --no-build-isolation -e .)"
+echo "== building rnnfast._C in place (setup.py build_ext --inplace)"
 start=$(date +%s)
-MAX_JOBS="${MAX_JOBS:-2}" "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-  --no-build-isolation --no-deps -e "$ROOT"
+(cd "$ROOT" && MAX_JOBS="${MAX_JOBS:-2}" "$VENV/bin/python" setup.py --quiet build_ext --inplace \
+  > "$ROOT/build.log" 2>&1) || { tail -40 "$ROOT/build.log"; exit 1; }
 echo "== build took $(( $(date +%s) - start )) s"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 "$VENV/bin/python" -c "import rnnfast, json; print(json.dumps(rnnfast.backend()))"
 export VENV ROOT
