@@ -22,8 +22,8 @@ cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
 cmake --build "$BUILD" -j "${MAX_JOBS:-2}" >> "$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
 ctest --test-dir "$BUILD" --output-on-failure
 # The CMake-built extension, imported from the build tree, against torch.nn.
-PYTHONPATH="$BUILD" "$VENV/bin/python" -c \
-  "import rnnfast._C as c, sys; assert c.__file__.startswith('$BUILD'), c.__file__; print('CMake-built module:', c.__file__)"
+(cd "$BUILD" && PYTHONPATH="$BUILD" "$VENV/bin/python" -c \
+  "import rnnfast._C as c; assert c.__file__.startswith('$BUILD'), c.__file__; print('CMake-built module:', c.__file__)")
 (cd "$BUILD" && PYTHONPATH="$BUILD" "$VENV/bin/python" -m pytest "$ROOT/tests/test_backend.py" \
   "$ROOT/tests/test_kernels.py" -q -p no:cacheprovider -k "backend or every_instruction_set" \
   --rootdir "$ROOT" -o pythonpath="$ROOT/tests")
