@@ -31,6 +31,14 @@ LayerGrads layer_backward(const LayerBackwardArgs& a) {
               " implementation in this build (built for: cpu)");
 }
 
+// An uninitialised tensor like `like` (dtype, device) for a layer's output or
+// input gradient: CPU tensors from the buffer pool, which spares the page
+// faults of a fresh large allocation on every call.
+Tensor empty_like_sized(std::vector<int64_t> sizes, const Tensor& like) {
+  if (like.device().is_cpu()) return cpu::pooled_empty(sizes, like.options());
+  return at::empty(sizes, like.options());
+}
+
 // Undefined tensors become None in Python.
 std::vector<OptTensor> grads_list(const LayerGrads& g) {
   auto opt = [](const Tensor& t) -> OptTensor {
@@ -132,9 +140,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("dx"), py::arg("accumulate_dx"), py::arg("need_weight_grads"),
         "Gradients of one GRU layer-direction: [dh0, None, dw_ih, dw_hh, db_ih, db_hh, None].");
 
+  m.def("empty", &empty_like_sized, py::arg("sizes"), py::arg("like"),
+        "Uninitialised tensor of the given sizes with like's dtype and device (CPU: pooled).");
   m.def("build_info", &build_info, "What this build of the extension contains.");
   m.def("empty_cache", &cpu::pool_empty_cache,
-        "Free the cached buffers of saved activations (see csrc/cpu/buffer_pool.h).");
+        "Free the cached buffers of the pool (see csrc/cpu/buffer_pool.h).");
   m.def("cached_bytes", &cpu::pool_cached_bytes, "Bytes of unused buffers the pool keeps.");
   m.def("cpu_capability", &cpu::cpu_capability, "Instruction set of the CPU kernels in use.");
   m.def("set_cpu_capability", [](const std::string& name) { cpu::set_cpu_capability(name.c_str()); },

@@ -29,7 +29,7 @@ class LayerSpec:
     built on every call, and a frozen dataclass costs microseconds."""
 
     __slots__ = ("mode", "batch_sizes", "num_directions", "has_bias", "has_proj",
-                 "weights_per_direction", "forward_fn", "backward_fn")
+                 "weights_per_direction", "forward_fn", "backward_fn", "empty")
 
     def __init__(self, mode: str, batch_sizes: Tensor, num_directions: int, has_bias: bool,
                  has_proj: bool):
@@ -43,6 +43,9 @@ class LayerSpec:
         lstm = mode == "LSTM"
         self.forward_fn = C.lstm_forward if lstm else C.gru_forward
         self.backward_fn = C.lstm_backward if lstm else C.gru_backward
+        # Large outputs and input gradients come from the extension's buffer
+        # pool (freed and reallocated every step otherwise: page faults).
+        self.empty = C.empty
 
     def direction_weights(self, weights: Sequence[Tensor], d: int) -> Tuple[Optional[Tensor], ...]:
         """(w_ih, w_hh, b_ih, b_hh, w_hr) of direction d, None where absent."""
@@ -76,7 +79,7 @@ def _forward_direction(spec: LayerSpec, d: int, x, h0, c0, weights, training: bo
 def _layer_outputs(spec: LayerSpec, x: Tensor, h0: Tensor, c0: Optional[Tensor]):
     """Allocate y [N, D*P], h_n [D, B, P] and c_n [D, B, H] (LSTM) for one layer."""
     D = spec.num_directions
-    y = x.new_empty(x.size(0), D * h0.size(-1))
+    y = spec.empty([x.size(0), D * h0.size(-1)], x)
     h_n = torch.empty_like(h0)
     c_n = torch.empty_like(c0) if c0 is not None else None
     return y, h_n, c_n
@@ -109,7 +112,7 @@ class _FusedLayer(torch.autograd.Function):
         dy = dy.contiguous()
         dh_n = dh_n.contiguous()
         dc_n = dc_n.contiguous() if dc_n is not None else None
-        dx = torch.empty_like(x) if need_x else None
+        dx = spec.empty(list(x.shape), x) if need_x else None
         P = h0.size(-1)
         dh0, dc0, dweights = [], [], []
         start = 0

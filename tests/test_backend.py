@@ -1,5 +1,6 @@
 """rnnfast.backend() and the behaviour without a compiled extension."""
 
+import io
 import os
 import subprocess
 import sys
@@ -77,6 +78,35 @@ def test_activation_buffer_pool():
     assert rnnfast.cached_bytes() > 0
     rnnfast.empty_cache()
     assert rnnfast.cached_bytes() == 0
+
+
+def test_pooled_outputs_behave_like_torch_tensors():
+    # Layer outputs and input gradients come from the pool too (> 1 MB here):
+    # they must stay ordinary tensors for the user: resizable, savable,
+    # shareable, and handed back to the pool only when the user drops them.
+    torch.manual_seed(0)
+    fast = rnnfast.LSTM(64, 256)
+    x = torch.randn(50, 40, 64, requires_grad=True)
+    y, _ = fast(x)  # 50*40*256 floats: 2 MB
+    y.sum().backward()
+    assert y.untyped_storage().nbytes() >= 2**20
+    kept = y.detach().clone()
+    rnnfast.empty_cache()
+    y2, _ = fast(torch.randn(50, 40, 64))  # must not reuse y's block: y is alive
+    assert torch.equal(y.detach(), kept)
+    buf = io.BytesIO()
+    torch.save(y.detach(), buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf), kept)
+    grown = y.detach()
+    grown.resize_(100, 40, 256)  # storage must be resizable like at::empty's
+    assert torch.equal(grown[:50], kept)
+    shared = kept.clone()
+    shared.share_memory_()
+    assert torch.equal(shared, kept)
+    del y, y2, grown
+    assert rnnfast.cached_bytes() > 0
+    rnnfast.empty_cache()
 
 
 def test_pool_can_be_disabled():

@@ -1,7 +1,9 @@
 #include "buffer_pool.h"
 
 #include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/Storage.h>
+#include <c10/util/strides.h>
 #include <c10/core/Allocator.h>
 #include <c10/util/Exception.h>
 
@@ -17,8 +19,20 @@
 namespace rnnfast::cpu {
 namespace {
 
-constexpr size_t kAlign = size_t(2) << 20;            // whole huge pages
-constexpr size_t kMinPooledBytes = size_t(16) << 20;  // glibc's mmap threshold grows to 32 MB
+// Blocks from kHugeBytes up are whole, aligned huge pages; smaller ones are
+// rounded to kGranule (so that a block fits requests of nearby sizes).
+constexpr size_t kHugeBytes = size_t(16) << 20;
+constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kGranule = size_t(64) << 10;
+constexpr size_t kPageAlign = 4096;
+// Below this, glibc's heap reuses freed memory in place (not trimmed back to
+// the kernel, so no faults); above it, freeing often returns the pages.
+constexpr size_t kMinPooledBytes = size_t(1) << 20;
+
+size_t block_bytes(size_t exact) {
+  const size_t unit = exact >= kHugeBytes ? kHugePage : kGranule;
+  return (exact + unit - 1) / unit * unit;
+}
 
 size_t cap_from_env() {
   const char* env = std::getenv("RNNFAST_POOL_BYTES");
@@ -49,10 +63,11 @@ class Pool {
         return p;
       }
     }
-    void* p = std::aligned_alloc(kAlign, bytes);
+    const bool huge = bytes >= kHugeBytes;
+    void* p = std::aligned_alloc(huge ? kHugePage : kPageAlign, bytes);
     TORCH_CHECK(p, "rnnfast: out of memory allocating ", bytes, " bytes");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    madvise(p, bytes, MADV_HUGEPAGE);  // a hint; ignored where huge pages are off
+    if (huge) madvise(p, bytes, MADV_HUGEPAGE);  // a hint; ignored where huge pages are off
 #endif
     return p;
   }
@@ -105,16 +120,21 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
   const size_t exact = static_cast<size_t>(numel) * options.dtype().itemsize();
   // Below this size glibc's heap already reuses freed memory without faults.
   if (exact < kMinPooledBytes) return at::empty(sizes, options);
-  const size_t bytes = (exact + kAlign - 1) / kAlign * kAlign;
+  const size_t bytes = block_bytes(exact);
   void* p = Pool::instance().take(bytes);
   report_to_profiler(p, static_cast<int64_t>(bytes));
-  return at::from_blob(
-      p, sizes,
+  c10::DataPtr data = c10::InefficientStdFunctionContext::makeDataPtr(
+      p,
       [bytes](void* q) {
         report_to_profiler(q, -static_cast<int64_t>(bytes));
         Pool::instance().give_back(q, bytes);
       },
-      options);
+      c10::Device(c10::DeviceType::CPU));
+  // Resizable like the storage of at::empty: growing it (resize_) moves the
+  // data to a block of the regular CPU allocator and returns this one.
+  c10::Storage storage(c10::Storage::use_byte_size_t(), exact, std::move(data),
+                       c10::GetCPUAllocator(), /*resizable=*/true);
+  return at::empty({0}, options).set_(std::move(storage), 0, sizes, c10::contiguous_strides(sizes));
 }
 
 size_t pool_cached_bytes() { return Pool::instance().cached(); }

@@ -1,11 +1,13 @@
-// A cache of large host buffers for the activations a training forward saves
-// for its backward.
+// A cache of large host buffers: the activations a training forward saves for
+// its backward, the layer outputs and gradients, and the scratch of the time
+// loops (packed weights, pre-activation chunks).
 //
-// Those buffers are the largest allocations of a training step (e.g. 160 MB for
-// an LSTM layer at T=1024, B=32, H=256) and are freed after every backward.
-// glibc returns blocks that size to the kernel, so the next step pays a page
-// fault and the zeroing of every page again: measured at ~7 % of an LSTM
-// training step. The pool keeps freed blocks (up to a cap) and hands them out
+// Those buffers are the largest allocations of a call (e.g. 160 MB of saved
+// activations for an LSTM layer at T=1024, B=32, H=256) and are freed after
+// every call. glibc returns blocks that size to the kernel, so the next call
+// pays a page fault and the zeroing of every page again: measured at ~7 % of
+// an LSTM training step, and 11k faults (~5 %) of an inference call at T=100,
+// B=64, H=512. The pool keeps freed blocks (up to a cap) and hands them out
 // again, like the caching allocators of GPU frameworks.
 //
 //   RNNFAST_POOL_BYTES   cap on the bytes kept while unused (default 1 GiB; 0: off)
@@ -21,7 +23,7 @@
 
 namespace rnnfast::cpu {
 
-// An uninitialised CPU tensor; from 16 MB up backed by a pooled block (a fresh
+// An uninitialised CPU tensor; from 1 MB up backed by a pooled block (a fresh
 // one if none fits), below by the regular allocator.
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
 

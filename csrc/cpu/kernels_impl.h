@@ -197,6 +197,15 @@ inline void panel_tile(int64_t K, const T* A, int64_t lda, const T* panel, T bet
   constexpr int64_t NR = C * W;
   constexpr int S = R <= 2 ? 2 : 1;  // accumulator sets
   V acc[S][R][C];
+  if (beta != T(0)) {
+    // C is read and written after the k loop: fetch its lines (for writing)
+    // now. In the time loop it is the step's pre-activations, written by the
+    // chunk's projection many steps ago and out of the core's caches by now:
+    // measured -3 % time of a T=100, B=64, H=512 LSTM inference.
+    for (int r = 0; r < R; ++r)
+      for (int64_t c = 0; c < NR * int64_t(sizeof(T)); c += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(Cm + r * ldc) + c, 1, 3);
+  }
   for (int q = 0; q < S; ++q)
     for (int r = 0; r < R; ++r)
       for (int c = 0; c < C; ++c) acc[q][r][c] = V(T(0));

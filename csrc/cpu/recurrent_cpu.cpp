@@ -197,7 +197,7 @@ class SlicePanels {
       : K_(widths.size(), K_max), widths_(std::move(widths)), offsets_(widths_.size() + 1, 0) {
     for (size_t s = 0; s < widths_.size(); ++s)
       offsets_[s + 1] = offsets_[s] + k.packed_b_size(K_max, widths_[s]);
-    buffer_ = at::empty({std::max<int64_t>(offsets_.back(), 1)}, opts);
+    buffer_ = pooled_empty({std::max<int64_t>(offsets_.back(), 1)}, opts);
   }
   // Unpacked: gemm() reads the weights where they are (gemm_direct), for calls
   // too small to repay packing. Only for transposed weights (k_stride 1).
@@ -247,6 +247,10 @@ class SlicePanels {
   std::vector<int64_t> offsets_;
   Tensor buffer_;
 };
+
+Tensor pooled_zeros_like(const Tensor& t) {
+  return pooled_empty(t.sizes(), t.options()).zero_();
+}
 
 template <typename T>
 T* ptr(const Tensor& t) {
@@ -320,7 +324,7 @@ class ForwardLoop {
     // ahead of the chunk's recurrence: one large GEMM per slice, and scratch
     // bounded by the chunk size however long the sequence.
     chunks_ = plan_.chunks(std::max<int64_t>(B, kForwardChunkRows));
-    gx_ = at::empty({StepPlan::max_rows(chunks_), GH}, opts);
+    gx_ = pooled_empty({StepPlan::max_rows(chunks_), GH}, opts);
     if (cell_ == CellType::kGRU) gh_ = at::empty({B, GH}, opts);
     const KernelTable<T>& k = kernels<T>();
     // Packing costs about as much as one pass of GEMMs over the weights: not
@@ -497,29 +501,29 @@ class BackwardLoop {
     const KernelTable<T>& k = kernels<T>();
     chunks_ = plan_.chunks(std::max<int64_t>(B, kBackwardChunkRows));
     const int64_t rows_max = StepPlan::max_rows(chunks_);
-    dg_ = at::empty({rows_max, GH}, opts);
-    if (gru_) dgxn_ = at::empty({rows_max, H_}, opts);
+    dg_ = pooled_empty({rows_max, GH}, opts);
+    if (gru_) dgxn_ = pooled_empty({rows_max, H_}, opts);
     dh_ = a_.dh_n.clone();  // running dh: recurrent gradient of the current step's h
     if (cell_ == CellType::kLSTM) dc_ = a_.dc_n->clone();
     if (proj_) {
-      dh_total_ = at::empty({rows_max, P_}, opts);
+      dh_total_ = pooled_empty({rows_max, P_}, opts);
       dm_ = at::empty({B, H_}, opts);
     }
     w_hh_panels_ = SlicePanels<T>(k, GH, slicing_.proj_widths(), opts);
     if (proj_) w_hr_panels_ = SlicePanels<T>(k, P_, slicing_.unit_widths(1), opts);
     if (a_.need_weight_grads) {
-      g_.dw_ih = at::zeros_like(f_.w.w_ih);
-      g_.dw_hh = at::zeros_like(f_.w.w_hh);
+      g_.dw_ih = pooled_zeros_like(f_.w.w_ih);
+      g_.dw_hh = pooled_zeros_like(f_.w.w_hh);
       db_h_ = at::zeros({GH}, opts);
       if (gru_) db_xn_ = at::zeros({H_}, opts);
-      if (proj_) g_.dw_hr = at::zeros_like(*f_.w.w_hr);
+      if (proj_) g_.dw_hr = pooled_zeros_like(*f_.w.w_hr);
       x_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, I_), opts);
       hp_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, P_), opts);
       if (proj_) m_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, H_), opts);
       int64_t widest = 0;
       for (int s = 0; s < slicing_.count; ++s)
         widest = std::max({widest, slicing_.u1(s) - slicing_.u0(s), slicing_.p1(s) - slicing_.p0(s)});
-      dg_t_ = at::empty({slicing_.count, widest * rows_max}, opts);
+      dg_t_ = pooled_empty({slicing_.count, widest * rows_max}, opts);
       make_row_pointers();
     }
     if (defined(a_.dx)) {
