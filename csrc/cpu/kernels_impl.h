@@ -177,6 +177,23 @@ void pack_b(int64_t K, int64_t N, const T* src, int64_t k_stride, ColumnMap colu
       }
     }
 #endif
+    // Row-major weights (n contiguous, e.g. w_hh as B of dh = dG @ w_hh): the
+    // panel's columns are one contiguous run of each row, copied row by row.
+    const int64_t run = std::min(NR, N - j0);
+    if (c == 0 && columns.col_stride == 1 && k_stride != 1 &&
+        columns.offset(j0 + run - 1) - columns.offset(j0) == run - 1) {
+      using V = Vectorized<T>;
+      const T* first = src + columns.offset(j0);
+      for (int64_t k = 0; k < K; ++k) {
+        const T* row = first + k * k_stride;
+        T* dst = panel + k * NR;
+        for_each_vector<T>(0, NR, [&](int64_t q, int64_t n) {
+          const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(n, run - q));
+          store(dst + q, valid == 0 ? V(T(0)) : load(row + q, valid), n);
+        });
+      }
+      continue;
+    }
     for (; c < NR; ++c) {
       if (j0 + c >= N) {  // zero padding of the last panel
         for (int64_t k = 0; k < K; ++k) panel[k * NR + c] = T(0);

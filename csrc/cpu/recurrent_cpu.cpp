@@ -150,9 +150,12 @@ struct Slicing {
 };
 
 // Rows per chunk of the time-parallel GEMMs: large enough for an efficient
-// GEMM, small enough that a chunk's scratch stays in the caches. The backward
-// chunk holds dG ([rows, G*H]), read again by three GEMMs: smaller pays.
-constexpr int64_t kForwardChunkRows = 2048;
+// GEMM, small enough that a chunk's scratch stays in the caches. Forward:
+// 512 rows measured ~3 % faster than 2048 for an LSTM inference at T=64,
+// B=32, H=256 (its pre-activations then stay in L2 until their step), same
+// time at B=64, H=512 and in training. The backward chunk holds dG
+// ([rows, G*H]), read again by three GEMMs.
+constexpr int64_t kForwardChunkRows = 512;
 // Rows of A below which one GEMM pass over unpacked weights beats packing them
 // (calibrated at H=128: packing ~ 2.5 passes of a one-row GEMV).
 constexpr int64_t kRowsPerPackedPass = 1;
@@ -247,10 +250,6 @@ class SlicePanels {
   std::vector<int64_t> offsets_;
   Tensor buffer_;
 };
-
-Tensor pooled_zeros_like(const Tensor& t) {
-  return pooled_empty(t.sizes(), t.options()).zero_();
-}
 
 template <typename T>
 T* ptr(const Tensor& t) {
@@ -512,11 +511,12 @@ class BackwardLoop {
     w_hh_panels_ = SlicePanels<T>(k, GH, slicing_.proj_widths(), opts);
     if (proj_) w_hr_panels_ = SlicePanels<T>(k, P_, slicing_.unit_widths(1), opts);
     if (a_.need_weight_grads) {
-      g_.dw_ih = pooled_zeros_like(f_.w.w_ih);
-      g_.dw_hh = pooled_zeros_like(f_.w.w_hh);
+      // Written (not accumulated) by the first chunk's products: no zeroing.
+      g_.dw_ih = pooled_empty(f_.w.w_ih.sizes(), opts);
+      g_.dw_hh = pooled_empty(f_.w.w_hh.sizes(), opts);
       db_h_ = at::zeros({GH}, opts);
       if (gru_) db_xn_ = at::zeros({H_}, opts);
-      if (proj_) g_.dw_hr = pooled_zeros_like(*f_.w.w_hr);
+      if (proj_) g_.dw_hr = pooled_empty(f_.w.w_hr->sizes(), opts);
       x_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, I_), opts);
       hp_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, P_), opts);
       if (proj_) m_panels_ = SlicePanels<T>(k, rows_max, std::vector<int64_t>(slicing_.count, H_), opts);
@@ -538,7 +538,7 @@ class BackwardLoop {
       pack_weights(thread, threads, barrier);
       for (auto c = chunks_.rbegin(); c != chunks_.rend(); ++c) {
         for (int64_t s = c->s1 - 1; s >= c->s0; --s) step(s, *c, thread, threads, barrier);
-        chunk_products(*c, thread, threads);
+        chunk_products(*c, c == chunks_.rbegin(), thread, threads);
         barrier.wait(thread);  // the next chunk reuses the chunk buffers
       }
     });
@@ -657,11 +657,13 @@ class BackwardLoop {
   // over the chunk's rows: each slice transposes its columns of dG (one gate
   // block at a time, [nu, rows]) and multiplies by the chunk's rows of x and
   // h_prev; it reads only its own columns. dx reads all columns of dG,
-  // complete since the barrier inside the chunk's last step.
-  void chunk_products(const Chunk& c, int thread, int threads) {
+  // complete since the barrier inside the chunk's last step. The first chunk
+  // processed writes every block of the weight gradients, later ones add.
+  void chunk_products(const Chunk& c, bool first, int thread, int threads) {
     const KernelTable<T>& k = kernels<T>();
     const int64_t GH = G_ * H_;
     const T* dg = dg_.data_ptr<T>();
+    const T beta_w = first ? T(0) : T(1);
     for (int s = thread; s < slicing_.count; s += threads) {
       if (a_.need_weight_grads) {
         const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
@@ -673,10 +675,10 @@ class BackwardLoop {
         for (int64_t g = 0; g < G_; ++g) {
           const int64_t col = g * H_ + u0;  // gate g of the slice's units
           k.transpose(c.rows, nu, dg + col, GH, at, c.rows);
-          hp_panels_.gemm(k, s, nu, at, c.rows, T(1), dw_hh + col * P_, P_);
+          hp_panels_.gemm(k, s, nu, at, c.rows, beta_w, dw_hh + col * P_, P_);
           if (gru_ && g == 2)  // the input side of GRU's n gate has its own gradient
             k.transpose(c.rows, nu, dgxn_.data_ptr<T>() + u0, H_, at, c.rows);
-          x_panels_.gemm(k, s, nu, at, c.rows, T(1), dw_ih + col * I_, I_);
+          x_panels_.gemm(k, s, nu, at, c.rows, beta_w, dw_ih + col * I_, I_);
           k.add_column_sums(c.rows, nu, dg + col, GH, db_h_.data_ptr<T>() + col);
         }
         if (gru_) k.add_column_sums(c.rows, nu, dgxn_.data_ptr<T>() + u0, H_, db_xn_.data_ptr<T>() + u0);
@@ -684,7 +686,7 @@ class BackwardLoop {
           const int64_t p0 = slicing_.p0(s), np = slicing_.p1(s) - p0;
           m_panels_.pack_rows(k, s, c.rows, m_rows_.data() + c.lo, 0);
           k.transpose(c.rows, np, dh_total_.data_ptr<T>() + p0, P_, at, c.rows);
-          m_panels_.gemm(k, s, np, at, c.rows, T(1), g_.dw_hr.template data_ptr<T>() + p0 * H_, H_);
+          m_panels_.gemm(k, s, np, at, c.rows, beta_w, g_.dw_hr.template data_ptr<T>() + p0 * H_, H_);
         }
       }
       if (defined(a_.dx)) {
