@@ -178,9 +178,12 @@ def rnn_packed(mode: str, x: Tensor, batch_sizes: Tensor, h0: Tensor, c0: Option
     layer_input = x.contiguous()
     h_n, c_n = [], []
     for layer in range(num_layers):
-        weights = flat_weights[layer * per_layer:(layer + 1) * per_layer]
-        h0_l = h0[layer * D:(layer + 1) * D]
-        c0_l = c0[layer * D:(layer + 1) * D] if c0 is not None else None
+        if num_layers == 1:
+            weights, h0_l, c0_l = flat_weights, h0, c0
+        else:
+            weights = flat_weights[layer * per_layer:(layer + 1) * per_layer]
+            h0_l = h0[layer * D:(layer + 1) * D]
+            c0_l = c0[layer * D:(layer + 1) * D] if c0 is not None else None
         y, hn_l, cn_l = _run_layer(spec, layer_input, h0_l, c0_l, weights)
         h_n.append(hn_l)
         c_n.append(cn_l)

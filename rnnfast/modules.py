@@ -16,6 +16,21 @@ from ._extension import require_extension
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
+# batch_sizes of padded input ([T] int64, all B), kept per (T, B): building it
+# is a measurable part of a one-step call. Only read, never handed to users.
+_STEPS_CACHE = {}
+
+
+def _padded_batch_sizes(T: int, B: int):
+    if torch.compiler.is_compiling():  # no side effects while being traced
+        return torch.full((T,), B, dtype=torch.int64)
+    steps = _STEPS_CACHE.get((T, B))
+    if steps is None:
+        if len(_STEPS_CACHE) > 256:
+            _STEPS_CACHE.clear()
+        steps = _STEPS_CACHE[(T, B)] = torch.full((T,), B, dtype=torch.int64)
+    return steps
+
 
 class _FusedForward:
     """The ``forward`` shared by the fused LSTM and GRU (mixed into torch's classes)."""
@@ -25,6 +40,21 @@ class _FusedForward:
         super().__init__(*args, **kwargs)
 
     # -- torch.nn's argument handling -------------------------------------------------
+    def _refresh_flat_weights(self):
+        """torch.nn's ``_update_flat_weights`` (re-read the weights if they were replaced,
+        e.g. by ``torch.func.functional_call``), reading plain parameters straight from
+        ``_parameters`` instead of a ``hasattr`` and a ``getattr`` per weight, a visible
+        cost of a one-step call. Anything else (parametrized weights, ...) takes torch's path."""
+        params = self._parameters
+        for ref, name in zip(self._flat_weight_refs, self._flat_weights_names):
+            weight = params.get(name)
+            if weight is None:
+                self._update_flat_weights()
+                return
+            if ref is not None and ref() is not weight:
+                self._init_flat_weights()
+                return
+
     def _zeros_hidden(self, input, max_batch_size):
         num_directions = 2 if self.bidirectional else 1
         real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -74,14 +104,14 @@ class _FusedForward:
             raise NotImplementedError(
                 f"rnnfast.{type(self).__name__} supports float32 and float64 inputs, got {input.dtype}"
             )
-        if input.device.type != "cpu" or weight.device.type != "cpu":
+        if not (input.is_cpu and weight.is_cpu):
             raise NotImplementedError(
                 f"rnnfast.{type(self).__name__}: this build runs on the CPU only "
                 f"(input on {input.device}, weights on {weight.device}); see rnnfast.backend()"
             )
         hiddens = list(hx) if self.mode == "LSTM" else [hx]
         for i, (name, h) in enumerate(zip(("hx", "cx"), hiddens)):
-            if h.device != input.device:
+            if not h.is_cpu:
                 raise RuntimeError(
                     f"Input and hidden tensors are not at the same device, found input tensor at "
                     f"{input.device} and hidden tensor at {h.device}"
@@ -97,7 +127,7 @@ class _FusedForward:
     # -- forward -------------------------------------------------------------------------
     def forward(self, input, hx=None):
         require_extension()
-        self._update_flat_weights()
+        self._refresh_flat_weights()
         is_lstm = self.mode == "LSTM"
         orig_input = input
         if isinstance(orig_input, PackedSequence):
@@ -134,7 +164,7 @@ class _FusedForward:
             if T == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             rows = x.reshape(T * B, x.size(2))
-            steps = torch.full((T,), B, dtype=torch.int64)
+            steps = _padded_batch_sizes(T, B)
         else:
             rows, steps = input, batch_sizes
             B = int(batch_sizes[0])

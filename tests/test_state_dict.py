@@ -177,3 +177,33 @@ def test_flatten_parameters_is_harmless(mode, kwargs):
     reference, fast = construct(mode, kwargs)
     fast.flatten_parameters()
     forward_matches(reference, fast)
+
+
+@parametrize_variants
+def test_parametrized_weights_are_used(mode, kwargs):
+    """A parametrization turns a weight into a computed property (not in _parameters):
+    every forward must read its current value, as torch.nn does."""
+    reference, fast = construct(mode, kwargs)
+    for module in (reference, fast):
+        torch.nn.utils.parametrizations.weight_norm(module, "weight_hh_l0")
+    forward_matches(reference, fast)
+    with torch.no_grad():
+        for module in (reference, fast):
+            module.parametrizations.weight_hh_l0.original0.mul_(1.5)
+    forward_matches(reference, fast)
+
+
+@parametrize_variants
+def test_functional_call_with_other_weights(mode, kwargs):
+    """torch.func.functional_call swaps the parameters for one call only."""
+    reference, fast = construct(mode, kwargs)
+    reference.eval()
+    fast.eval()
+    other = {name: torch.randn_like(p) for name, p in reference.named_parameters()}
+    x = torch.randn(4, 3, 5)
+    if reference.batch_first:
+        x = x.transpose(0, 1)
+    expected = torch.func.functional_call(reference, other, (x,))
+    actual = torch.func.functional_call(fast, other, (x,))
+    assert_close(actual[0], expected[0], "output with swapped weights")
+    assert_close(fast(x)[0], reference(x)[0], "output with the module's own weights again")

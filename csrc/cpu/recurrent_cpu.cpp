@@ -256,30 +256,26 @@ T* ptr(const Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-// Bias vectors folded for the fused kernels (zeros without bias).
+// Bias vectors folded for the fused kernels (zeros without bias), in plain
+// vectors: tensor ops would cost microseconds of dispatch in a one-step call.
 //   LSTM: bias = b_ih + b_hh [4H]
 //   GRU:  bias = b_ih + (b_hr, b_hz, 0) [3H], bias_hn = b_hn [H]
+template <typename T>
 struct FoldedBias {
-  Tensor bias, bias_hn;
-};
+  std::vector<T> bias, bias_hn;
 
-FoldedBias fold_bias(CellType cell, const LayerWeights& w, int64_t H, const Tensor& like) {
-  const int64_t G = gate_count(cell);
-  FoldedBias f;
-  if (!defined(w.b_ih)) {
-    f.bias = at::zeros({G * H}, like.options());
-    f.bias_hn = at::zeros({H}, like.options());
-    return f;
+  FoldedBias() = default;
+  FoldedBias(CellType cell, const LayerWeights& w, int64_t H)
+      : bias(gate_count(cell) * H, T(0)), bias_hn(H, T(0)) {
+    if (!defined(w.b_ih)) return;
+    const T* b_ih = w.b_ih->template data_ptr<T>();  // contiguous (checked)
+    const T* b_hh = w.b_hh->template data_ptr<T>();
+    const int64_t hidden_part = cell == CellType::kGRU ? 2 * H : int64_t(bias.size());
+    for (size_t j = 0; j < bias.size(); ++j)
+      bias[j] = int64_t(j) < hidden_part ? b_ih[j] + b_hh[j] : b_ih[j];
+    if (cell == CellType::kGRU) std::copy_n(b_hh + 2 * H, H, bias_hn.begin());
   }
-  if (cell == CellType::kGRU) {
-    f.bias = w.b_ih->clone();
-    f.bias.narrow(0, 0, 2 * H).add_(w.b_hh->narrow(0, 0, 2 * H));
-    f.bias_hn = w.b_hh->narrow(0, 2 * H, H).contiguous();
-  } else {
-    f.bias = *w.b_ih + *w.b_hh;
-  }
-  return f;
-}
+};
 
 // ---------------------------------------------------------------------------
 // Forward
@@ -338,7 +334,7 @@ class ForwardLoop {
       w_hh_panels_ = SlicePanels<T>(k, P_, slicing_.unit_widths(G_), opts);
       if (proj_) w_hr_panels_ = SlicePanels<T>(k, H_, slicing_.proj_widths(), opts);
     }
-    bias_ = fold_bias(cell_, a_.w, H_, a_.x);
+    bias_ = FoldedBias<T>(cell_, a_.w, H_);
     if (cell_ == CellType::kLSTM) a_.c_n->copy_(*a_.c0);  // c_n is the running cell state
 
     run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
@@ -410,7 +406,7 @@ class ForwardLoop {
         LstmForwardRows<T> r;
         r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H_;
         r.pre = gx_slice; r.ld_pre = GH;
-        r.bias = bias_.bias.template data_ptr<T>();
+        r.bias = bias_.bias.data();
         r.c = a_.c_n->template data_ptr<T>(); r.ld_c = H_;
         if (a_.training) {
           r.gates = ptr<T>(gates_) + off * GH; r.ld_gates = GH;
@@ -427,8 +423,8 @@ class ForwardLoop {
         r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H_;
         r.gx = gx_slice; r.ld_gx = GH;
         r.gh = rec; r.ld_gh = GH;
-        r.bias_x = bias_.bias.template data_ptr<T>();
-        r.bias_hn = bias_.bias_hn.template data_ptr<T>();
+        r.bias_x = bias_.bias.data();
+        r.bias_hn = bias_.bias_hn.data();
         r.h_prev = h_prev;
         if (a_.training) {
           r.gates = ptr<T>(gates_) + off * GH; r.ld_gates = GH;
@@ -464,7 +460,7 @@ class ForwardLoop {
   const int64_t G_, H_, I_, P_;
   const bool proj_;
   const Slicing slicing_;
-  FoldedBias bias_;
+  FoldedBias<T> bias_;
   std::vector<Chunk> chunks_;
   Tensor gates_, cells_, m_, hn_;  // saved for backward (m_: scratch in inference)
   Tensor gx_;                      // [chunk rows, G*H] slice-blocked pre-activations of a chunk
