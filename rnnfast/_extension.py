@@ -42,18 +42,18 @@ def require_extension():
 
 
 def empty_cache():
-    """Free the buffers rnnfast keeps for the activations of training forwards.
+    """Free the unused buffers of rnnfast's pool of large CPU buffers.
 
-    A training step saves activations for its backward (the largest allocations of
-    the step) and frees them after it; rnnfast keeps up to ``RNNFAST_POOL_BYTES``
-    (default 1 GiB) of such buffers for the next step instead of paying page faults
-    and page zeroing again. ``cached_bytes()`` tells how much is kept.
+    Saved activations, layer outputs, gradients and the kernels' scratch (from
+    128 KB up) come from a pool: freed blocks are kept for the next call, up to
+    ``RNNFAST_POOL_BYTES`` (default 1 GiB, 0 disables the pool), instead of paying
+    page faults and page zeroing again. ``cached_bytes()`` tells how much is kept.
     """
     require_extension().empty_cache()
 
 
 def cached_bytes() -> int:
-    """Bytes of unused activation buffers rnnfast currently keeps (see ``empty_cache``)."""
+    """Bytes of unused buffers rnnfast's pool currently keeps (see ``empty_cache``)."""
     return require_extension().cached_bytes()
 
 

@@ -25,9 +25,11 @@ constexpr size_t kHugeBytes = size_t(16) << 20;
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kGranule = size_t(64) << 10;
 constexpr size_t kPageAlign = 4096;
-// Below this, glibc's heap reuses freed memory in place (not trimmed back to
-// the kernel, so no faults); above it, freeing often returns the pages.
-constexpr size_t kMinPooledBytes = size_t(1) << 20;
+// glibc's initial mmap threshold: allocations from here up are often given
+// back to the kernel when freed (mmap, or a trimmed heap top) and fault again
+// on reuse (measured: 75 faults per GRU training step at T=1, B=32, H=256
+// with the weight gradients unpooled). Below it, the heap reuses memory.
+constexpr size_t kMinPooledBytes = size_t(128) << 10;
 
 size_t block_bytes(size_t exact) {
   const size_t unit = exact >= kHugeBytes ? kHugePage : kGranule;

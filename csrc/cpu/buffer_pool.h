@@ -23,8 +23,8 @@
 
 namespace rnnfast::cpu {
 
-// An uninitialised CPU tensor; from 1 MB up backed by a pooled block (a fresh
-// one if none fits), below by the regular allocator.
+// An uninitialised CPU tensor; from 128 KB up backed by a pooled block (a
+// fresh one if none fits), below by the regular allocator.
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 // Bytes held by the pool while not in use.
