@@ -23,12 +23,16 @@ _STEPS_CACHE = {}
 
 def _padded_batch_sizes(T: int, B: int):
     if torch.compiler.is_compiling():  # no side effects while being traced
-        return torch.full((T,), B, dtype=torch.int64)
+        return torch.full((T,), B, dtype=torch.int64, device="cpu")
     steps = _STEPS_CACHE.get((T, B))
     if steps is None:
-        if len(_STEPS_CACHE) > 256:
-            _STEPS_CACHE.clear()
-        steps = _STEPS_CACHE[(T, B)] = torch.full((T,), B, dtype=torch.int64)
+        steps = torch.full((T,), B, dtype=torch.int64, device="cpu")
+        # Only a plain CPU tensor is kept: not a fake or functional tensor made
+        # under a tracing mode, which would break every later call.
+        if type(steps) is torch.Tensor and steps.is_cpu:
+            if len(_STEPS_CACHE) > 256:
+                _STEPS_CACHE.clear()
+            _STEPS_CACHE[(T, B)] = steps
     return steps
 
 

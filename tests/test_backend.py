@@ -101,9 +101,10 @@ def test_pooled_outputs_behave_like_torch_tensors():
     grown = y.detach()
     grown.resize_(100, 40, 256)  # storage must be resizable like at::empty's
     assert torch.equal(grown[:50], kept)
-    shared = kept.clone()
+    shared = y2.detach()  # a pooled output itself
+    values = shared.clone()
     shared.share_memory_()
-    assert torch.equal(shared, kept)
+    assert torch.equal(shared, values)
     del y, y2, grown
     assert rnnfast.cached_bytes() > 0
     rnnfast.empty_cache()
@@ -123,3 +124,25 @@ def test_pool_can_be_disabled():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
+
+
+def test_tracing_and_device_modes_do_not_poison_later_calls():
+    # rnnfast caches the batch_sizes of padded input per (T, B); a call made
+    # under a default-device context or a FakeTensorMode must neither fail
+    # later calls of the same shape nor use anything but a CPU tensor.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(8, 16)
+    fast = rnnfast.GRU(8, 16)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 8)
+    with torch.device("meta"):  # torch.nn runs CPU input on the CPU here; so does rnnfast
+        torch.testing.assert_close(fast(x)[0], ref(x)[0])
+    x5 = torch.randn(5, 6, 8)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        try:
+            fast(x5)
+        except Exception:
+            pass  # the extension cannot run on fake tensors; only the aftermath matters
+    torch.testing.assert_close(fast(x5)[0], ref(x5)[0])

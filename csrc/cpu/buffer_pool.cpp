@@ -56,9 +56,11 @@ class Pool {
   void* take(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      // The smallest cached block that fits, if it wastes at most half of itself.
+      // The smallest cached block that fits, if at most a fifth of it is
+      // unused: a block handed out can live long (a parameter's .grad kept
+      // across steps), so it must not be much larger than asked for.
       auto it = free_.lower_bound(bytes);
-      if (it != free_.end() && it->first <= 2 * bytes) {
+      if (it != free_.end() && it->first <= bytes + bytes / 4) {
         void* p = it->second;
         cached_ -= it->first;
         free_.erase(it);
