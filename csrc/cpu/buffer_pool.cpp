@@ -122,7 +122,6 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const size_t exact = static_cast<size_t>(numel) * options.dtype().itemsize();
-  // Below this size glibc's heap already reuses freed memory without faults.
   if (exact < kMinPooledBytes) return at::empty(sizes, options);
   const size_t bytes = block_bytes(exact);
   void* p = Pool::instance().take(bytes);

@@ -266,7 +266,8 @@ T* ptr(const Tensor& t) {
 // Small buffers therefore start at a fixed offset off the 4 KB grid.
 constexpr uintptr_t kSmallBufferOffset = 2048 + 256;
 
-// Elements to skip from p to reach the fixed offset (p at least 64-byte aligned).
+// Elements to skip from p to reach the fixed offset (p 16-byte aligned, as
+// malloc and at::empty give, so the skip is a whole number of elements).
 template <typename T>
 int64_t skew(const void* p) {
   const uintptr_t at = reinterpret_cast<uintptr_t>(p) % 4096;
