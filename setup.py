@@ -29,8 +29,13 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 COMMON_SOURCES = [
     "csrc/bindings.cpp",
+    "csrc/ops.cpp",
+    "csrc/autograd.cpp",
     "csrc/layer_checks.cpp",
-    "csrc/cpu/recurrent_cpu.cpp",
+    "csrc/layer_reference.cpp",
+    "csrc/cpu/ops_cpu.cpp",
+    "csrc/cpu/forward_loop.cpp",
+    "csrc/cpu/backward_loop.cpp",
     "csrc/cpu/dispatch.cpp",
     "csrc/cpu/buffer_pool.cpp",
 ]
@@ -83,7 +88,7 @@ class BuildWithIsaKernels(BuildExtension):
 def extension():
     builds = isa_builds()
     macros = [(f"RNNFAST_HAVE_{isa.upper()}", "1") for isa in builds if isa != "default"]
-    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
     return CppExtension(
         name="rnnfast._C",
         sources=COMMON_SOURCES,

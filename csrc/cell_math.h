@@ -48,8 +48,10 @@ struct ScalarMath {
   static RNNFAST_HD V sigmoid(V x) { return T(1) / (T(1) + scalar_exp(-x)); }
   static RNNFAST_HD V tanh(V x) { return scalar_tanh(x); }
   static RNNFAST_HD V relu(V x) { return x > T(0) ? x : T(0); }
-  // 1 where the relu output y is positive, else 0 (relu'(a) from its output).
-  static RNNFAST_HD V relu_grad_mask(V y) { return y > T(0) ? T(1) : T(0); }
+  // Gradient through relu from its output y: dh where y > 0, else 0. A select,
+  // not dh * mask, as torch's threshold_backward does (an infinite dh stays
+  // out of the inactive units instead of becoming inf * 0 = NaN).
+  static RNNFAST_HD V relu_backward(V y, V dh) { return y <= T(0) ? T(0) : dh; }
 };
 
 // ---------------------------------------------------------------------------
@@ -163,7 +165,7 @@ RNNFAST_HD V rnn_backward(V h, V dh) {
   if constexpr (Act == RnnActivation::kTanh) {
     return dh * (Math::one() - h * h);
   } else {
-    return dh * Math::relu_grad_mask(h);
+    return Math::relu_backward(h, dh);
   }
 }
 

@@ -1,39 +1,44 @@
-// Argument validation for the layer entry points. The Python modules validate
-// user input first (with torch.nn's messages); these checks guard the C++ API
-// itself, so that no call can read or write out of bounds.
-#include "layer.h"
-
+// Argument validation of the layer ops, shared by every device. The Python
+// modules validate user input first (with torch.nn's messages); these checks
+// guard the ops themselves, so that no call can read or write out of bounds.
+//
+// Integers enter messages through std::to_string: on one GPU machine's
+// toolchain, streaming an integer into a TORCH_CHECK message crashed.
 #include <c10/util/Exception.h>
 
 #include <string>
 
+#include "layer.h"
+
 namespace rnnfast {
 namespace {
 
+std::string num(int64_t v) { return std::to_string(v); }
+
 std::string shape_str(const Tensor& t) {
   std::string s = "[";
-  for (int64_t d = 0; d < t.dim(); ++d) {
-    if (d) s += ", ";
-    s += std::to_string(t.size(d));
-  }
+  for (int64_t d = 0; d < t.dim(); ++d) s += (d ? ", " : "") + num(t.size(d));
   return s + "]";
 }
 
-void check_matrix(const Tensor& t, const char* name, int64_t rows, int64_t cols,
-                  const Tensor& like) {
-  TORCH_CHECK(t.defined(), "rnnfast: ", name, " is undefined");
-  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, "rnnfast: ", name,
-              " must have shape [", rows, ", ", cols, "], got ", shape_str(t));
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "rnnfast: ", name, " has dtype ",
-              t.scalar_type(), " but the input has dtype ", like.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), "rnnfast: ", name, " is on ", t.device(),
-              " but the input is on ", like.device());
+void check_same_device_dtype(const Tensor& t, const char* name, const Tensor& x) {
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), "rnnfast: ", name, " has dtype ",
+              c10::toString(t.scalar_type()), " but the input has dtype ",
+              c10::toString(x.scalar_type()));
+  TORCH_CHECK(t.device() == x.device(), "rnnfast: ", name, " is on ", t.device().str(),
+              " but the input is on ", x.device().str());
 }
 
-// Row-major storage. Where allowed (outputs and output gradients), a view into
-// a wider buffer: unit column stride and row stride >= width, which is how the
-// two directions of a bidirectional layer share one [N, 2P] tensor.
-void check_row_major(const Tensor& t, const char* name, bool allow_row_stride) {
+void check_matrix(const Tensor& t, const char* name, int64_t rows, int64_t cols, const Tensor& x) {
+  TORCH_CHECK(t.defined(), "rnnfast: ", name, " is undefined");
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, "rnnfast: ", name,
+              " must have shape [", num(rows), ", ", num(cols), "], got ", shape_str(t));
+  check_same_device_dtype(t, name, x);
+}
+
+// Row-major with unit column stride; rows may be further apart than their
+// width where allowed (a column slice of a wider buffer).
+void check_rows(const Tensor& t, const char* name, bool allow_row_stride) {
   if (!allow_row_stride) {
     TORCH_CHECK(t.is_contiguous(), "rnnfast: ", name, " must be contiguous");
     return;
@@ -44,118 +49,149 @@ void check_row_major(const Tensor& t, const char* name, bool allow_row_stride) {
               " must have unit column stride and a row stride >= its width");
 }
 
-void check_vector(const OptTensor& t, const char* name, int64_t n, const Tensor& like) {
-  if (!t.has_value() || !t->defined()) return;
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == n, "rnnfast: ", name, " must have shape [", n,
+void check_vector(const OptTensor& t, const char* name, int64_t n, const Tensor& x) {
+  if (!has(t)) return;
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == n, "rnnfast: ", name, " must have shape [", num(n),
               "], got ", shape_str(*t));
-  TORCH_CHECK(t->scalar_type() == like.scalar_type() && t->device() == like.device(),
-              "rnnfast: ", name, " must match the input's dtype and device");
+  check_same_device_dtype(*t, name, x);
   TORCH_CHECK(t->is_contiguous(), "rnnfast: ", name, " must be contiguous");
 }
 
-bool has(const OptTensor& t) { return t.has_value() && t->defined(); }
-
-}  // namespace
-
-void check_forward_args(const LayerForwardArgs& a, bool check_final_states) {
-  const Tensor& x = a.x;
-  TORCH_CHECK(x.defined() && x.dim() == 2, "rnnfast: x must be a 2-D [N, I] tensor");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "rnnfast: only float32 and float64 are supported, got ", x.scalar_type());
-  check_row_major(x, "x", /*allow_row_stride=*/false);
-
-  const Tensor& bs = a.batch_sizes;
-  TORCH_CHECK(bs.defined() && bs.dim() == 1 && bs.scalar_type() == at::kLong &&
-                  bs.device().is_cpu() && bs.is_contiguous(),
+// Sum of validated batch sizes.
+int64_t check_batch_sizes(const Tensor& bs) {
+  TORCH_CHECK(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu() &&
+                  bs.is_contiguous(),
               "rnnfast: batch_sizes must be a contiguous 1-D int64 CPU tensor");
   const int64_t T = bs.size(0);
   TORCH_CHECK(T >= 1, "rnnfast: the sequence must have at least one time step");
   const int64_t* b = bs.data_ptr<int64_t>();
   int64_t total = 0;
   for (int64_t t = 0; t < T; ++t) {
-    TORCH_CHECK(b[t] >= 1, "rnnfast: batch_sizes must be positive, got ", b[t], " at step ", t);
-    TORCH_CHECK(t == 0 || b[t] <= b[t - 1],
-                "rnnfast: batch_sizes must be non-increasing, got ", b[t > 0 ? t - 1 : 0], " then ",
-                b[t], " at step ", t);
+    TORCH_CHECK(b[t] >= 1, "rnnfast: batch_sizes must be positive, got ", num(b[t]), " at step ",
+                num(t));
+    TORCH_CHECK(t == 0 || b[t] <= b[t - 1], "rnnfast: batch_sizes must be non-increasing, got ",
+                num(b[t > 0 ? t - 1 : 0]), " then ", num(b[t]), " at step ", num(t));
     total += b[t];
   }
-  TORCH_CHECK(total == x.size(0), "rnnfast: batch_sizes sum to ", total, " but x has ",
-              x.size(0), " rows");
-  const int64_t B = b[0];
-
-  const int64_t G = gate_count(a.cell);
-  const Tensor& w_ih = a.w.w_ih;
-  TORCH_CHECK(w_ih.defined() && w_ih.dim() == 2 && w_ih.size(0) % G == 0 && w_ih.size(0) > 0,
-              "rnnfast: w_ih must be [", G, "*H, I]");
-  const int64_t H = w_ih.size(0) / G;
-  const int64_t I = x.size(1);
-  const bool proj = has(a.w.w_hr);
-  TORCH_CHECK(!proj || a.cell == CellType::kLSTM, "rnnfast: w_hr is only valid for LSTM");
-  const int64_t P = proj ? a.w.w_hr->size(0) : H;
-  check_matrix(w_ih, "w_ih", G * H, I, x);
-  check_matrix(a.w.w_hh, "w_hh", G * H, P, x);
-  check_row_major(w_ih, "w_ih", false);
-  check_row_major(a.w.w_hh, "w_hh", false);
-  if (proj) {
-    check_matrix(*a.w.w_hr, "w_hr", P, H, x);
-    check_row_major(*a.w.w_hr, "w_hr", false);
-  }
-  TORCH_CHECK(has(a.w.b_ih) == has(a.w.b_hh), "rnnfast: give both biases or neither");
-  check_vector(a.w.b_ih, "b_ih", G * H, x);
-  check_vector(a.w.b_hh, "b_hh", G * H, x);
-
-  check_matrix(a.h0, "h0", B, P, x);
-  check_row_major(a.h0, "h0", false);
-  check_matrix(a.y, "y", x.size(0), P, x);
-  check_row_major(a.y, "y", /*allow_row_stride=*/true);
-  const bool lstm = a.cell == CellType::kLSTM;
-  TORCH_CHECK(lstm == has(a.c0), "rnnfast: c0 is required for LSTM and invalid otherwise");
-  if (lstm) {
-    check_matrix(*a.c0, "c0", B, H, x);
-    check_row_major(*a.c0, "c0", false);
-  }
-  if (check_final_states) {
-    check_matrix(a.h_n, "h_n", B, P, x);
-    check_row_major(a.h_n, "h_n", false);
-    TORCH_CHECK(lstm == has(a.c_n), "rnnfast: c_n is required for LSTM and invalid otherwise");
-    if (lstm) {
-      check_matrix(*a.c_n, "c_n", B, H, x);
-      check_row_major(*a.c_n, "c_n", false);
-    }
-  }
-  TORCH_CHECK(x.size(0) < (int64_t(1) << 31) && G * H < (int64_t(1) << 31) &&
-                  I < (int64_t(1) << 31),
-              "rnnfast: sizes beyond 2^31 rows or columns are not supported");
+  return total;
 }
 
-void check_backward_args(const LayerBackwardArgs& a) {
-  check_forward_args(a.fwd, /*check_final_states=*/false);
-  const LayerForwardArgs& f = a.fwd;
-  const int64_t N = f.x.size(0);
-  const int64_t G = gate_count(f.cell);
-  const int64_t H = f.w.w_ih.size(0) / G;
-  const int64_t P = f.w.w_hh.size(1);
-  const int64_t B = f.h0.size(0);
-  const bool proj = has(f.w.w_hr);
-  const size_t n_saved = f.cell == CellType::kLSTM ? (proj ? 3 : 2) : 2;
-  TORCH_CHECK(a.saved.size() == n_saved, "rnnfast: expected ", n_saved,
-              " saved tensors from a training forward, got ", a.saved.size());
-  check_matrix(a.saved[0], "saved gates", N, G * H, f.x);
-  for (size_t k = 1; k < a.saved.size(); ++k) check_matrix(a.saved[k], "saved state", N, H, f.x);
-  for (const Tensor& s : a.saved) check_row_major(s, "saved tensor", false);
-  check_matrix(a.dy, "dy", N, P, f.x);
-  check_row_major(a.dy, "dy", /*allow_row_stride=*/true);
-  check_matrix(a.dh_n, "dh_n", B, P, f.x);
-  check_row_major(a.dh_n, "dh_n", false);
-  TORCH_CHECK((f.cell == CellType::kLSTM) == has(a.dc_n), "rnnfast: dc_n is required for LSTM only");
-  if (has(a.dc_n)) {
-    check_matrix(*a.dc_n, "dc_n", B, H, f.x);
-    check_row_major(*a.dc_n, "dc_n", false);
+}  // namespace
+
+LayerDims check_layer_inputs(const LayerInputs& in) {
+  const CellInfo& cell = cell_info(in.cell);
+  const Tensor& x = in.x;
+  TORCH_CHECK(x.defined() && x.dim() == 2, "rnnfast: x must be a 2-D [N, I] tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "rnnfast: only float32 and float64 are supported, got ",
+              c10::toString(x.scalar_type()));
+  check_rows(x, "x", /*allow_row_stride=*/false);
+
+  LayerDims d{};
+  d.N = x.size(0);
+  d.I = x.size(1);
+  d.G = cell.gates;
+  TORCH_CHECK(in.h0.defined() && in.h0.dim() == 2, "rnnfast: h0 must be a 2-D [B, P] tensor");
+  d.B = in.h0.size(0);
+  TORCH_CHECK(d.B >= 1, "rnnfast: the batch must not be empty");
+  if (has(in.batch_sizes)) {
+    const int64_t total = check_batch_sizes(*in.batch_sizes);
+    d.T = in.batch_sizes->size(0);
+    TORCH_CHECK(total == d.N, "rnnfast: batch_sizes sum to ", num(total), " but x has ", num(d.N),
+                " rows");
+    TORCH_CHECK(in.batch_sizes->data_ptr<int64_t>()[0] == d.B, "rnnfast: h0 has ", num(d.B),
+                " rows but the first step has ", num(in.batch_sizes->data_ptr<int64_t>()[0]));
+  } else {
+    TORCH_CHECK(d.N >= d.B && d.N % d.B == 0, "rnnfast: x has ", num(d.N),
+                " rows, not a positive multiple of the batch size ", num(d.B),
+                " (padded input without batch_sizes)");
+    d.T = d.N / d.B;
   }
-  if (has(a.dx)) {
-    check_matrix(*a.dx, "dx", N, f.x.size(1), f.x);
-    check_row_major(*a.dx, "dx", false);
+
+  const Tensor& w_ih = in.w.w_ih;
+  TORCH_CHECK(w_ih.defined() && w_ih.dim() == 2 && w_ih.size(0) % d.G == 0 && w_ih.size(0) > 0,
+              "rnnfast: w_ih must be [", num(d.G), "*H, I] for ", cell.name);
+  d.H = w_ih.size(0) / d.G;
+  d.proj = has(in.w.w_hr);
+  TORCH_CHECK(!d.proj || cell.projection, "rnnfast: w_hr is only valid for LSTM");
+  d.P = d.proj ? in.w.w_hr->size(0) : d.H;
+  check_matrix(w_ih, "w_ih", d.G * d.H, d.I, x);
+  check_matrix(in.w.w_hh, "w_hh", d.G * d.H, d.P, x);
+  check_rows(w_ih, "w_ih", false);
+  check_rows(in.w.w_hh, "w_hh", false);
+  if (d.proj) {
+    check_matrix(*in.w.w_hr, "w_hr", d.P, d.H, x);
+    check_rows(*in.w.w_hr, "w_hr", false);
   }
+  TORCH_CHECK(has(in.w.b_ih) == has(in.w.b_hh), "rnnfast: give both biases or neither");
+  check_vector(in.w.b_ih, "b_ih", d.G * d.H, x);
+  check_vector(in.w.b_hh, "b_hh", d.G * d.H, x);
+
+  check_matrix(in.h0, "h0", d.B, d.P, x);
+  check_rows(in.h0, "h0", false);
+  TORCH_CHECK(cell.cell_state == has(in.c0), "rnnfast: c0 is required for ", cell.name,
+              cell.cell_state ? "" : " and invalid otherwise");
+  if (cell.cell_state) {
+    check_matrix(*in.c0, "c0", d.B, d.H, x);
+    check_rows(*in.c0, "c0", false);
+  }
+  TORCH_CHECK(d.N < (int64_t(1) << 31) && d.G * d.H < (int64_t(1) << 31) &&
+                  d.I < (int64_t(1) << 31),
+              "rnnfast: sizes beyond 2^31 rows or columns are not supported");
+  return d;
+}
+
+LayerDims check_backward_inputs(const LayerBackwardInputs& b) {
+  const LayerDims d = check_layer_inputs(b.in);
+  const CellInfo& cell = cell_info(b.in.cell);
+  const Tensor& x = b.in.x;
+  check_matrix(b.y, "y", d.N, d.P, x);
+  check_rows(b.y, "y", /*allow_row_stride=*/true);
+  const Tensor& ws = b.workspace;
+  TORCH_CHECK(ws.defined() && ws.dim() == 1 && ws.numel() == d.N * saved_width(cell, d.H, d.proj),
+              "rnnfast: the workspace must be the one a training forward of this layer returned (",
+              num(d.N * saved_width(cell, d.H, d.proj)), " elements), got ", shape_str(ws));
+  check_same_device_dtype(ws, "workspace", x);
+  TORCH_CHECK(ws.is_contiguous(), "rnnfast: the workspace must be contiguous");
+  check_matrix(b.dy, "dy", d.N, d.P, x);
+  check_rows(b.dy, "dy", /*allow_row_stride=*/true);
+  check_matrix(b.dh_n, "dh_n", d.B, d.P, x);
+  check_rows(b.dh_n, "dh_n", false);
+  TORCH_CHECK(cell.cell_state == has(b.dc_n), "rnnfast: dc_n is required for ", cell.name,
+              cell.cell_state ? "" : " and invalid otherwise");
+  if (cell.cell_state) {
+    check_matrix(*b.dc_n, "dc_n", d.B, d.H, x);
+    check_rows(*b.dc_n, "dc_n", false);
+  }
+  return d;
+}
+
+StepPlan make_step_plan(const LayerInputs& in, const LayerDims& d) {
+  if (has(in.batch_sizes)) return StepPlan(in.batch_sizes->data_ptr<int64_t>(), d.T, in.reverse);
+  return StepPlan(d.T, d.B, in.reverse);
+}
+
+SavedActivations SavedActivations::view(const Tensor& workspace, CellType cell, const LayerDims& d) {
+  const CellInfo& info = cell_info(cell);
+  SavedActivations s;
+  int64_t offset = 0;
+  auto take = [&](int64_t width) {
+    Tensor v = workspace.narrow(0, offset, d.N * width).view({d.N, width});
+    offset += d.N * width;
+    return v;
+  };
+  for (int k = 0; k < info.num_saved; ++k) {
+    const SavedBlock block = info.saved[k];
+    Tensor v = take(saved_block_width(info, block, d.H));
+    switch (block) {
+      case SavedBlock::kGates: s.gates = v; break;
+      case SavedBlock::kCell: s.cell = v; break;
+      case SavedBlock::kHiddenN: s.hidden_n = v; break;
+      case SavedBlock::kProjIn: s.proj_in = v; break;
+    }
+  }
+  if (d.proj) s.proj_in = take(d.H);
+  return s;
 }
 
 }  // namespace rnnfast

@@ -1,10 +1,22 @@
-"""Drop-in replacements for ``torch.nn.LSTM`` and ``torch.nn.GRU``.
+"""Drop-in replacements for ``torch.nn.LSTM / GRU / RNN`` and ``LSTMCell / GRUCell / RNNCell``.
 
-Each class subclasses its torch.nn counterpart, so constructor arguments and
-their validation, parameter names, shapes, initialisation, ``state_dict`` keys,
-``repr`` and pickling are torch's own. Only ``forward`` is replaced: it walks
-through torch.nn's argument handling step by step (same checks, same messages,
-same order) and then runs the fused kernels instead of ``torch._VF``.
+The recurrent networks subclass ``torch.nn.RNNBase`` and the cells subclass torch's cell classes,
+so constructor arguments and their validation, parameter names, shapes, initialisation,
+``state_dict`` keys, ``repr`` and pickling are torch's own. Only ``forward`` is replaced: it walks
+through torch.nn's argument handling step by step (same checks, same messages, same order) and
+then calls rnnfast's operators instead of ``torch._VF``.
+
+Why ``RNNBase`` and not ``torch.nn.LSTM``: TorchDynamo refuses to trace any instance of
+``torch.nn.RNN``, ``GRU`` or ``LSTM`` ("Dynamo does not support RNN, GRU, or LSTM"), so a subclass
+of those could never run inside ``torch.compile(fullgraph=True)``. ``isinstance(m,
+torch.nn.LSTM)`` is therefore False for ``rnnfast.LSTM``; ``isinstance(m, torch.nn.RNNBase)`` is
+True, and ``m.mode`` says which network it is. The cells are not refused by Dynamo and subclass
+torch's cells, so ``isinstance(m, torch.nn.LSTMCell)`` holds.
+
+ONNX export: the graph an exporter records is the specification of the model, not the kernels
+that run it, and ONNX has its own LSTM/GRU/RNN operators. While ``torch.onnx.export`` runs (either
+exporter), ``forward`` runs torch.nn's own ``forward`` on the same parameters, so the exported
+graph has exactly the nodes torch.nn exports.
 """
 
 import torch
@@ -12,65 +24,80 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
+from ._cells import CELLS
 from ._extension import require_extension
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
-# batch_sizes of padded input ([T] int64, all B), kept per (T, B): building it
-# is a measurable part of a one-step call. Only read, never handed to users.
-_STEPS_CACHE = {}
+
+def _check_dtype_and_device(module, input, weight, states):
+    """What torch.nn leaves to its kernels: dtype and device agreement, and what rnnfast runs on.
+
+    ``states``: (name, tensor) of the hidden states in torch's order. Returns the states, with an
+    LSTM cell state of a lower floating precision promoted to the input's dtype (torch's kernels
+    promote it too)."""
+    name = type(module).__name__
+    if input.dtype not in _SUPPORTED_DTYPES:
+        raise NotImplementedError(f"rnnfast.{name} supports float32 and float64 inputs, got {input.dtype}")
+    if not (input.is_cpu and weight.is_cpu):
+        raise NotImplementedError(
+            f"rnnfast.{name}: this build runs on the CPU only "
+            f"(input on {input.device}, weights on {weight.device}); see rnnfast.backend()"
+        )
+    out = []
+    for state_name, h in states:
+        if not h.is_cpu:
+            raise RuntimeError(
+                f"Input and hidden tensors are not at the same device, found input tensor at "
+                f"{input.device} and hidden tensor at {h.device}"
+            )
+        if h.dtype != input.dtype:
+            if state_name == "cx" and h.is_floating_point() and torch.promote_types(h.dtype, input.dtype) == input.dtype:
+                h = h.to(input.dtype)
+            else:
+                raise RuntimeError(f"{state_name} dtype ({h.dtype}) does not match input dtype ({input.dtype})")
+        out.append(h)
+    return out
 
 
-def _padded_batch_sizes(T: int, B: int):
-    if torch.compiler.is_compiling():  # no side effects while being traced
-        return torch.full((T,), B, dtype=torch.int64, device="cpu")
-    steps = _STEPS_CACHE.get((T, B))
-    if steps is None:
-        steps = torch.full((T,), B, dtype=torch.int64, device="cpu")
-        # Only a plain CPU tensor is kept: not a fake or functional tensor made
-        # under a tracing mode, which would break every later call.
-        if type(steps) is torch.Tensor and steps.is_cpu:
-            if len(_STEPS_CACHE) > 256:
-                _STEPS_CACHE.clear()
-            _STEPS_CACHE[(T, B)] = steps
-    return steps
+# ---- LSTM, GRU, RNN -----------------------------------------------------------------------------
 
 
-class _FusedForward:
-    """The ``forward`` shared by the fused LSTM and GRU (mixed into torch's classes)."""
+class _RecurrentBase(nn.RNNBase):
+    """The ``forward`` shared by rnnfast.LSTM, GRU and RNN."""
 
-    def __init__(self, *args, **kwargs):
-        require_extension()
-        super().__init__(*args, **kwargs)
+    # torch.nn's own forward of the class (run while an ONNX exporter traces the module).
+    _torch_forward = None
 
-    # -- torch.nn's argument handling -------------------------------------------------
-    def _refresh_flat_weights(self):
-        """torch.nn's ``_update_flat_weights`` (re-read the weights if they were replaced,
-        e.g. by ``torch.func.functional_call``), reading plain parameters straight from
-        ``_parameters`` instead of a ``hasattr`` and a ``getattr`` per weight, a visible
-        cost of a one-step call. Anything else (parametrized weights, ...) takes torch's path."""
+    def _current_weights(self):
+        """The weights in torch.nn's flat order, re-read if they were replaced (e.g. by
+        ``torch.func.functional_call`` or a parametrization). In eager mode plain parameters are
+        read straight from ``_parameters``: a ``getattr`` per weight is a visible cost of a
+        one-step call."""
+        if torch.compiler.is_compiling():
+            return [getattr(self, name) for name in self._flat_weights_names]
         params = self._parameters
         for ref, name in zip(self._flat_weight_refs, self._flat_weights_names):
             weight = params.get(name)
             if weight is None:
                 self._update_flat_weights()
-                return
+                break
             if ref is not None and ref() is not weight:
                 self._init_flat_weights()
-                return
+                break
+        return self._flat_weights
 
-    def _zeros_hidden(self, input, max_batch_size):
+    def _zeros_hidden(self, input, batch):
         num_directions = 2 if self.bidirectional else 1
-        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        shape = (self.num_layers * num_directions, max_batch_size)
-        h = torch.zeros(*shape, real_hidden_size, dtype=input.dtype, device=input.device)
+        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        shape = (self.num_layers * num_directions, batch)
+        h = torch.zeros(*shape, out_size, dtype=input.dtype, device=input.device)
         if self.mode != "LSTM":
             return h
-        c = torch.zeros(*shape, self.hidden_size, dtype=input.dtype, device=input.device)
-        return h, c
+        return h, torch.zeros(*shape, self.hidden_size, dtype=input.dtype, device=input.device)
 
     def _unbatched_hidden(self, hx, is_batched):
-        """torch.nn's rank checks of a user-given hx for unpacked input (unsqueezed if unbatched)."""
+        """torch.nn's rank checks of a given hx for unpacked input (unsqueezed if unbatched)."""
         want = 3 if is_batched else 2
         kind = "batched 3-D" if is_batched else "unbatched 2-D"
         if self.mode == "LSTM":
@@ -86,81 +113,54 @@ class _FusedForward:
 
     def _check_packed_lstm_args(self, input, hx, batch_sizes):
         """torch.nn.LSTM leaves PackedSequence input to its C++ kernels, which fail with
-        RuntimeError (IndexError for a hidden state of the wrong rank); rnnfast raises the
-        same types, with torch.nn's readable messages."""
+        RuntimeError (IndexError for a hidden state of the wrong rank); rnnfast raises the same
+        types, with torch.nn's readable messages."""
         for name, h in zip(("hx", "cx"), hx):
             if h.dim() != 3:
-                raise IndexError(
-                    f"For PackedSequence input, {name} should be 3-D but got {h.dim()}-D tensor"
-                )
+                raise IndexError(f"For PackedSequence input, {name} should be 3-D but got {h.dim()}-D tensor")
         try:
             self.check_forward_args(input, hx, batch_sizes)
         except ValueError as exc:
             raise RuntimeError(str(exc)) from None
 
-    def _prepare_kernel_args(self, input, hx):
-        """What torch.nn leaves to its C++ kernels: dtype, device and length checks.
+    def _input_dim_error(self, input):
+        tail = "D tensor instead" if self.mode.startswith("RNN") else "D instead"
+        name = "RNN" if self.mode.startswith("RNN") else self.mode
+        return ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}{tail}")
 
-        Returns hx, with an LSTM cell state of a lower floating precision promoted to
-        the input's dtype, as torch's kernels promote it."""
-        weight = self._flat_weights[0]
-        if input.dtype not in _SUPPORTED_DTYPES:
-            raise NotImplementedError(
-                f"rnnfast.{type(self).__name__} supports float32 and float64 inputs, got {input.dtype}"
-            )
-        if not (input.is_cpu and weight.is_cpu):
-            raise NotImplementedError(
-                f"rnnfast.{type(self).__name__}: this build runs on the CPU only "
-                f"(input on {input.device}, weights on {weight.device}); see rnnfast.backend()"
-            )
-        hiddens = list(hx) if self.mode == "LSTM" else [hx]
-        for i, (name, h) in enumerate(zip(("hx", "cx"), hiddens)):
-            if not h.is_cpu:
-                raise RuntimeError(
-                    f"Input and hidden tensors are not at the same device, found input tensor at "
-                    f"{input.device} and hidden tensor at {h.device}"
-                )
-            if h.dtype == input.dtype:
-                continue
-            if name == "cx" and h.is_floating_point() and torch.promote_types(h.dtype, input.dtype) == input.dtype:
-                hiddens[i] = h.to(input.dtype)
-                continue
-            raise RuntimeError(f"{name} dtype ({h.dtype}) does not match input dtype ({input.dtype})")
-        return tuple(hiddens) if self.mode == "LSTM" else hiddens[0]
-
-    # -- forward -------------------------------------------------------------------------
     def forward(self, input, hx=None):
+        if torch.onnx.is_in_onnx_export():
+            return type(self)._torch_forward(self, input, hx)
         require_extension()
-        self._refresh_flat_weights()
+        weights = self._current_weights()
         is_lstm = self.mode == "LSTM"
         orig_input = input
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched = True
             if hx is None:
-                hx = self._zeros_hidden(input, int(batch_sizes[0]))
+                batch = sorted_indices.numel() if sorted_indices is not None else int(batch_sizes[0])
+                hx = self._zeros_hidden(input, batch)
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
         else:
             batch_sizes = sorted_indices = unsorted_indices = None
             if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"{self.mode}: Expected input to be 2D or 3D, got {input.dim()}D instead"
-                )
+                raise self._input_dim_error(input)
             is_batched = input.dim() == 3
             batch_dim = 0 if self.batch_first else 1
             if not is_batched:
                 input = input.unsqueeze(batch_dim)
             if hx is None:
-                max_batch_size = input.size(0) if self.batch_first else input.size(1)
-                hx = self._zeros_hidden(input, max_batch_size)
+                hx = self._zeros_hidden(input, input.size(0) if self.batch_first else input.size(1))
             else:
                 hx = self._unbatched_hidden(hx, is_batched)
         if is_lstm and batch_sizes is not None:
             self._check_packed_lstm_args(input, hx, batch_sizes)
         else:
             self.check_forward_args(input, hx, batch_sizes)
-        hx = self._prepare_kernel_args(input, hx)
+        states = _check_dtype_and_device(self, input, weights[0], zip(("hx", "cx"), hx if is_lstm else (hx,)))
+        h0, c0 = (states[0], states[1]) if is_lstm else (states[0], None)
 
         if batch_sizes is None:
             x = input.transpose(0, 1) if self.batch_first else input
@@ -168,17 +168,14 @@ class _FusedForward:
             if T == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             rows = x.reshape(T * B, x.size(2))
-            steps = _padded_batch_sizes(T, B)
         else:
-            rows, steps = input, batch_sizes
-            B = int(batch_sizes[0])
+            rows, B = input, h0.size(1)
 
-        h0, c0 = (hx[0], hx[1]) if is_lstm else (hx, None)
         if B == 0:
-            y, h_n, c_n = self._empty_batch_result(rows, h0, c0)
+            y, h_n, c_n = self._empty_batch_result(rows, h0, c0, weights)
         else:
-            y, h_n, c_n = functional.rnn_packed(
-                self.mode, rows, steps, h0, c0, self._flat_weights, self.bias, self.num_layers,
+            y, h_n, c_n = functional.rnn(
+                self.mode, rows, batch_sizes, h0, c0, weights, self.bias, self.num_layers,
                 self.dropout, self.training, self.bidirectional, self.proj_size,
             )
         hidden = (h_n, c_n) if is_lstm else h_n
@@ -194,30 +191,166 @@ class _FusedForward:
             hidden = (h_n.squeeze(1), c_n.squeeze(1)) if is_lstm else h_n.squeeze(1)
         return output, hidden
 
-    def _empty_batch_result(self, rows, h0, c0):
+    def _empty_batch_result(self, rows, h0, c0, weights):
         """Batch size 0: empty outputs, still connected to the graph like torch's."""
         D = 2 if self.bidirectional else 1
-        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         anchor = rows.sum() * 0
-        for w in self._flat_weights:
+        for w in weights:
             anchor = anchor + w.sum() * 0
-        y = rows.new_zeros(rows.size(0), D * real_hidden_size) + anchor
-        h_n = h0 + anchor
-        c_n = c0 + anchor if c0 is not None else None
-        return y, h_n, c_n
+        y = rows.new_zeros(rows.size(0), D * out_size) + anchor
+        return y, h0 + anchor, (c0 + anchor if c0 is not None else None)
 
 
-class LSTM(_FusedForward, nn.LSTM):
-    __doc__ = (
-        "Drop-in replacement for :class:`torch.nn.LSTM` running rnnfast's fused kernels.\n\n"
-        "Same arguments, parameters, state_dict and outputs as torch.nn.LSTM.\n\n"
-        + (nn.LSTM.__doc__ or "")
+def _docstring(torch_class, note=""):
+    return (
+        f"Drop-in replacement for :class:`torch.nn.{torch_class.__name__}` running rnnfast's fused "
+        f"kernels.\n\nSame arguments, parameters, state_dict and outputs as "
+        f"torch.nn.{torch_class.__name__}.{note}\n\n" + (torch_class.__doc__ or "")
     )
 
 
-class GRU(_FusedForward, nn.GRU):
-    __doc__ = (
-        "Drop-in replacement for :class:`torch.nn.GRU` running rnnfast's fused kernels.\n\n"
-        "Same arguments, parameters, state_dict and outputs as torch.nn.GRU.\n\n"
-        + (nn.GRU.__doc__ or "")
-    )
+_NOT_AN_INSTANCE = (
+    " A torch.nn.RNNBase, not a torch.nn.{0} (Dynamo refuses every torch.nn.{0} instance); "
+    "``isinstance(m, torch.nn.{0})`` is False."
+)
+
+
+class LSTM(_RecurrentBase):
+    __doc__ = _docstring(nn.LSTM, _NOT_AN_INSTANCE.format("LSTM"))
+    _torch_forward = nn.LSTM.forward
+    # torch.nn.LSTM's own checks of the (h, c) pair (they use only methods of RNNBase).
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+
+    def __init__(self, *args, **kwargs):
+        require_extension()
+        super().__init__("LSTM", *args, **kwargs)
+
+
+class GRU(_RecurrentBase):
+    __doc__ = _docstring(nn.GRU, _NOT_AN_INSTANCE.format("GRU"))
+    _torch_forward = nn.GRU.forward
+
+    def __init__(self, *args, **kwargs):
+        require_extension()
+        if "proj_size" in kwargs:  # torch.nn.GRU's check, same message
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+
+class RNN(_RecurrentBase):
+    __doc__ = _docstring(nn.RNN, _NOT_AN_INSTANCE.format("RNN"))
+    _torch_forward = nn.RNN.forward
+
+    def __init__(self, *args, **kwargs):
+        require_extension()
+        # torch.nn.RNN's handling of `nonlinearity` (4th positional argument or keyword).
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif self.nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(mode, *args, **kwargs)
+
+
+# ---- cells --------------------------------------------------------------------------------------
+
+
+def _check_cell_sizes(input, states, input_size, hidden_size):
+    """ATen's checks of a cell call (torch's messages): input features, then each state's batch
+    and width."""
+    if input.size(1) != input_size:
+        raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected {input_size}")
+    for k, h in enumerate(states):
+        if input.size(0) != h.size(0):
+            raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{k} batch size {h.size(0)}")
+        if h.size(1) != hidden_size:
+            raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got {h.size(1)}, expected {hidden_size}")
+
+
+class _CellForward:
+    """The ``forward`` shared by rnnfast.LSTMCell, GRUCell and RNNCell (mixed into torch's cells)."""
+
+    _torch_forward = None
+
+    def __init__(self, *args, **kwargs):
+        require_extension()
+        super().__init__(*args, **kwargs)
+
+    def _mode(self) -> str:
+        return self._cell_mode
+
+    def forward(self, input, hx=None):
+        if torch.onnx.is_in_onnx_export():
+            return type(self)._torch_forward(self, input, hx)
+        require_extension()
+        name = type(self).__name__
+        mode = self._mode()
+        is_lstm = CELLS[mode].cell_state
+        # torch.nn's checks and input forms, in its order.
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            if is_lstm:
+                for idx, value in enumerate(hx):
+                    if value.dim() not in (1, 2):
+                        raise ValueError(f"{name}: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+            elif hx.dim() not in (1, 2):
+                raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            states = (zeros, zeros) if is_lstm else (zeros,)
+        elif is_lstm:
+            if len(hx) != 2:
+                raise RuntimeError("lstm_cell expects two hidden states")
+            states = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else tuple(hx)
+        else:
+            states = (hx.unsqueeze(0) if not is_batched else hx,)
+        _check_cell_sizes(input, states, self.input_size, self.hidden_size)
+        if input.dtype != self.weight_ih.dtype:
+            raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({self.weight_ih.dtype})")
+        names = ("hx", "cx") if is_lstm else ("hx",)
+        states = _check_dtype_and_device(self, input, self.weight_ih, zip(names, states))
+        h, c = functional.cell_step(mode, input, states[0], states[1] if is_lstm else None,
+                                    self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if not is_batched:
+            h = h.squeeze(0)
+            c = c.squeeze(0) if c is not None else None
+        return (h, c) if is_lstm else h
+
+
+class LSTMCell(_CellForward, nn.LSTMCell):
+    __doc__ = _docstring(nn.LSTMCell)
+    _torch_forward = nn.LSTMCell.forward
+    _cell_mode = "LSTM"
+
+
+class GRUCell(_CellForward, nn.GRUCell):
+    __doc__ = _docstring(nn.GRUCell)
+    _torch_forward = nn.GRUCell.forward
+    _cell_mode = "GRU"
+
+
+class RNNCell(_CellForward, nn.RNNCell):
+    __doc__ = _docstring(nn.RNNCell)
+    _torch_forward = nn.RNNCell.forward
+
+    def _mode(self) -> str:
+        if self.nonlinearity == "tanh":
+            return "RNN_TANH"
+        if self.nonlinearity == "relu":
+            return "RNN_RELU"
+        raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")

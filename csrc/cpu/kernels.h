@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "../cells.h"
+
 namespace rnnfast::cpu {
 
 // The previous state of each row of a step: rows [0, n_first) continue a
@@ -33,74 +35,60 @@ struct PrevRows {
 // *slice-blocked*: a slice's columns are contiguous, gate g of its unit
 // u0 + j at column g*(u1-u0) + j (pointers point at the slice's first
 // column). Saved activations use torch's layout: gate g of unit u at g*H + u.
+//
+// One row-argument struct serves every cell; each cell's kernel reads the
+// fields its CellInfo (cells.h) says it has and ignores the rest.
 template <typename T>
-struct LstmForwardRows {
+struct CellForwardRows {
   int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
-  const T* pre = nullptr;   // [rows, 4*(u1-u0)] slice-blocked x@w_ih^T + h@w_hh^T (no bias)
-  int64_t ld_pre = 0;
-  const T* bias = nullptr;  // [4H] b_ih + b_hh (zeros without bias)
-  T* gates = nullptr;       // training: [rows, 4H] out: activated i,f,g,o
-  int64_t ld_gates = 0;
-  T* c = nullptr;           // [rows, H] cell state: in c_{t-1}, out c_t
-  int64_t ld_c = 0;
-  T* c_saved = nullptr;     // training: [rows, H] c_t for backward
-  int64_t ld_c_saved = 0;
-  T* m = nullptr;           // [rows, H] out o*tanh(c_t): the output h_t, or W_hr's input
-  int64_t ld_m = 0;
-};
-
-template <typename T>
-struct LstmBackwardRows {
-  int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
-  const T* gates = nullptr;  // [rows, 4H] saved i,f,g,o
-  int64_t ld_gates = 0;
-  const T* c = nullptr;      // [rows, H] saved c_t
-  int64_t ld_c = 0;
-  PrevRows<T> c_prev;        // c_{t-1} of each row
-  const T* dm_a = nullptr;   // dm = dm_a + dm_b: gradient w.r.t. o*tanh(c_t)
-  int64_t ld_dm_a = 0;       //   (no proj: dy_t + recurrent dh; proj: dm, dm_b null)
-  const T* dm_b = nullptr;
-  int64_t ld_dm_b = 0;
-  T* dc = nullptr;           // [rows, H] in: dc from step t+1 (or dc_n), out: dc_{t-1}
-  int64_t ld_dc = 0;
-  T* dgates = nullptr;       // [rows, 4H] out: pre-activation gradients
-  int64_t ld_dgates = 0;
-};
-
-template <typename T>
-struct GruForwardRows {
-  int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
-  const T* gx = nullptr;    // [rows, 3*(u1-u0)] slice-blocked x @ w_ih^T (no bias)
-  int64_t ld_gx = 0;
-  const T* gh = nullptr;    // [rows, 3*(u1-u0)] slice-blocked h_prev @ w_hh^T (no bias)
+  const T* gx = nullptr;       // [rows, G*nu] slice-blocked x @ w_ih^T, plus h_{t-1} @ w_hh^T
+  int64_t ld_gx = 0;           //   unless the cell keeps that apart (no bias)
+  const T* gh = nullptr;       // separate_hidden: [rows, G*nu] slice-blocked h_{t-1} @ w_hh^T
   int64_t ld_gh = 0;
-  const T* bias_x = nullptr;   // [3H] b_ih + (b_hr, b_hz, 0)
-  const T* bias_hn = nullptr;  // [H]  b_hn
-  PrevRows<T> h_prev;
-  T* gates = nullptr;       // training: [rows, 3H] out: activated r,z,n
+  const T* bias = nullptr;     // [G*H] b_ih + b_hh (separate_hidden: + b_hh only outside the
+                               //   last block), zeros without bias
+  const T* bias_hn = nullptr;  // separate_hidden: [H] b_hh of the last block
+  PrevRows<T> h_prev;          // separate_hidden: h_{t-1} of each row
+  T* c = nullptr;              // cell_state: [rows, H] in c_{t-1}, out c_t
+  int64_t ld_c = 0;
+  T* h = nullptr;              // [rows, H] out: h_t (LSTM: m_t = o*tanh(c_t), w_hr's input with
+  int64_t ld_h = 0;            //   a projection)
+  T* gates = nullptr;          // training: [rows, G*H] out: activated gates
   int64_t ld_gates = 0;
-  T* hn_saved = nullptr;    // training: [rows, H] W_hn h + b_hn
-  int64_t ld_hn_saved = 0;
-  T* h = nullptr;           // [rows, H] out h_t
-  int64_t ld_h = 0;
+  T* saved = nullptr;          // training: [rows, H] out: LSTM c_t, GRU W_hn h + b_hn
+  int64_t ld_saved = 0;
 };
 
 template <typename T>
-struct GruBackwardRows {
+struct CellBackwardRows {
   int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
-  const T* gates = nullptr;  // [rows, 3H] saved r,z,n
+  const T* gates = nullptr;  // [rows, G*H] saved activated gates
   int64_t ld_gates = 0;
-  const T* hn = nullptr;     // [rows, H] saved W_hn h + b_hn
-  int64_t ld_hn = 0;
-  PrevRows<T> h_prev;
-  const T* dy = nullptr;     // [rows, H] gradient of the output h_t
-  int64_t ld_dy = 0;
-  T* dh = nullptr;           // [rows, H] in: recurrent gradient of h_t, out: z*dh_t
-  int64_t ld_dh = 0;
-  T* dgh = nullptr;          // [rows, 3H] out: (dr, dz, dhn): the hidden-side GEMM gradient
-  int64_t ld_dgh = 0;
-  T* dgxn = nullptr;         // [rows, H] out: input-side gradient of n
+  const T* saved = nullptr;  // [rows, H] saved LSTM c_t, GRU W_hn h + b_hn
+  int64_t ld_saved = 0;
+  const T* h = nullptr;      // [rows, H] the step's output h_t (RNN: its activation)
+  int64_t ld_h = 0;
+  PrevRows<T> prev;          // backward_prev: LSTM c_{t-1}, GRU h_{t-1} of each row
+  const T* dh_a = nullptr;   // dh = dh_a + dh_b: gradient w.r.t. h_t (LSTM: m_t);
+  int64_t ld_dh_a = 0;       //   dh_b may be null
+  const T* dh_b = nullptr;
+  int64_t ld_dh_b = 0;
+  T* dc = nullptr;           // cell_state: [rows, H] in dc_t, out dc_{t-1}
+  int64_t ld_dc = 0;
+  T* dh_direct = nullptr;    // separate_hidden: [rows, H] out: the direct path z*dh to h_{t-1}
+  int64_t ld_dh_direct = 0;  //   (may alias dh_b: each element is read before it is written)
+  T* dg = nullptr;           // [rows, G*H] out: pre-activation gradients (separate_hidden: the
+  int64_t ld_dg = 0;         //   hidden side)
+  T* dgxn = nullptr;         // separate_hidden: [rows, H] out: the input side of the last block
   int64_t ld_dgxn = 0;
+};
+
+// The fused pointwise kernels of one cell.
+template <typename T>
+struct CellKernels {
+  void (*forward_train)(const CellForwardRows<T>&);
+  void (*forward_infer)(const CellForwardRows<T>&);
+  void (*backward)(const CellBackwardRows<T>&);
 };
 
 // Column n of a matrix to pack lives at src + offset(n) (rows k at + k*k_stride):
@@ -138,12 +126,7 @@ struct KernelTable {
   void (*pack_b_rows)(int64_t K, int64_t N, const T* const* row_ptrs, int64_t col0, T* packed);
   // out[0, cols) += column sums of A[rows, cols] (rows added in order: deterministic).
   void (*add_column_sums)(int64_t rows, int64_t cols, const T* A, int64_t lda, T* out);
-  void (*lstm_forward_train)(const LstmForwardRows<T>&);
-  void (*lstm_forward_infer)(const LstmForwardRows<T>&);
-  void (*lstm_backward)(const LstmBackwardRows<T>&);
-  void (*gru_forward_train)(const GruForwardRows<T>&);
-  void (*gru_forward_infer)(const GruForwardRows<T>&);
-  void (*gru_backward)(const GruBackwardRows<T>&);
+  CellKernels<T> cells[kNumCellTypes];  // indexed by CellType
 };
 
 // The table for the instruction set chosen at run time (cpu/dispatch.cpp).

@@ -99,7 +99,7 @@ struct VecMath {
     return x.tanh();
   }
   static V relu(V x) { return at::vec::maximum(x, zero()); }
-  static V relu_grad_mask(V y) { return V::blendv(zero(), one(), y > zero()); }
+  static V relu_backward(V y, V dh) { return V::blendv(dh, zero(), y <= zero()); }
 };
 
 template <typename T>
@@ -352,7 +352,6 @@ void pack_b_rows(int64_t K, int64_t N, const T* const* row_ptrs, int64_t col0, T
 // out[0..cols) += sum over rows of A[r, 0..cols), rows in order (deterministic).
 template <typename T>
 void add_column_sums(int64_t rows, int64_t cols, const T* A, int64_t lda, T* out) {
-  using V = Vectorized<T>;
   for (int64_t r = 0; r < rows; ++r)
     for_each_vector<T>(0, cols, [&](int64_t c, int64_t n) {
       store(out + c, load(out + c, n) + load(A + r * lda + c, n), n);
@@ -360,17 +359,21 @@ void add_column_sums(int64_t rows, int64_t cols, const T* A, int64_t lda, T* out
 }
 
 // ---------------------------------------------------------------------------
-// LSTM
+// Fused pointwise row kernels, one set per cell (see CellForwardRows and
+// CellBackwardRows in kernels.h for the buffers): vector loops over the
+// slice's units around the per-element math of cell_math.h.
 // ---------------------------------------------------------------------------
+
+// LSTM
 template <typename T, bool Training>
-void lstm_forward_rows(const LstmForwardRows<T>& a) {
+void lstm_forward_rows(const CellForwardRows<T>& a) {
   using V = Vectorized<T>;
   const int64_t H = a.H;
   const int64_t nu = a.u1 - a.u0;
   for (int64_t b = 0; b < a.rows; ++b) {
-    const T* pre = a.pre + b * a.ld_pre;
+    const T* pre = a.gx + b * a.ld_gx;
     T* c = a.c + b * a.ld_c;
-    T* m = a.m + b * a.ld_m;
+    T* m = a.h + b * a.ld_h;
     for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
       const int64_t j = u - a.u0;
       const V ai = load(pre + j, n) + load(a.bias + u, n);
@@ -388,24 +391,24 @@ void lstm_forward_rows(const LstmForwardRows<T>& a) {
         store(gates + H + u, g.f, n);
         store(gates + 2 * H + u, g.g, n);
         store(gates + 3 * H + u, g.o, n);
-        store(a.c_saved + b * a.ld_c_saved + u, c_new, n);
+        store(a.saved + b * a.ld_saved + u, c_new, n);
       }
     });
   }
 }
 
 template <typename T>
-void lstm_backward_rows(const LstmBackwardRows<T>& a) {
+void lstm_backward_rows(const CellBackwardRows<T>& a) {
   using V = Vectorized<T>;
   const int64_t H = a.H;
   for (int64_t b = 0; b < a.rows; ++b) {
     const T* gates = a.gates + b * a.ld_gates;
-    const T* c = a.c + b * a.ld_c;
-    const T* c_prev = a.c_prev.row(b);
-    const T* dm_a = a.dm_a + b * a.ld_dm_a;
-    const T* dm_b = a.dm_b ? a.dm_b + b * a.ld_dm_b : nullptr;
+    const T* c = a.saved + b * a.ld_saved;
+    const T* c_prev = a.prev.row(b);
+    const T* dm_a = a.dh_a + b * a.ld_dh_a;
+    const T* dm_b = a.dh_b ? a.dh_b + b * a.ld_dh_b : nullptr;
     T* dc = a.dc + b * a.ld_dc;
-    T* dg = a.dgates + b * a.ld_dgates;
+    T* dg = a.dg + b * a.ld_dg;
     for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
       const LstmGates<V> g{load(gates + u, n), load(gates + H + u, n), load(gates + 2 * H + u, n),
                            load(gates + 3 * H + u, n)};
@@ -423,11 +426,9 @@ void lstm_backward_rows(const LstmBackwardRows<T>& a) {
   }
 }
 
-// ---------------------------------------------------------------------------
 // GRU
-// ---------------------------------------------------------------------------
 template <typename T, bool Training>
-void gru_forward_rows(const GruForwardRows<T>& a) {
+void gru_forward_rows(const CellForwardRows<T>& a) {
   using V = Vectorized<T>;
   const int64_t H = a.H;
   const int64_t nu = a.u1 - a.u0;
@@ -438,9 +439,9 @@ void gru_forward_rows(const GruForwardRows<T>& a) {
     T* h = a.h + b * a.ld_h;
     for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
       const int64_t j = u - a.u0;
-      const V ar = load(gx + j, n) + load(gh + j, n) + load(a.bias_x + u, n);
-      const V az = load(gx + nu + j, n) + load(gh + nu + j, n) + load(a.bias_x + H + u, n);
-      const V axn = load(gx + 2 * nu + j, n) + load(a.bias_x + 2 * H + u, n);
+      const V ar = load(gx + j, n) + load(gh + j, n) + load(a.bias + u, n);
+      const V az = load(gx + nu + j, n) + load(gh + nu + j, n) + load(a.bias + H + u, n);
+      const V axn = load(gx + 2 * nu + j, n) + load(a.bias + 2 * H + u, n);
       const V hn = load(gh + 2 * nu + j, n) + load(a.bias_hn + u, n);
       GruGates<V> g;
       V h_new;
@@ -451,35 +452,64 @@ void gru_forward_rows(const GruForwardRows<T>& a) {
         store(gates + u, g.r, n);
         store(gates + H + u, g.z, n);
         store(gates + 2 * H + u, g.n, n);
-        store(a.hn_saved + b * a.ld_hn_saved + u, hn, n);
+        store(a.saved + b * a.ld_saved + u, hn, n);
       }
     });
   }
 }
 
 template <typename T>
-void gru_backward_rows(const GruBackwardRows<T>& a) {
+void gru_backward_rows(const CellBackwardRows<T>& a) {
   using V = Vectorized<T>;
   const int64_t H = a.H;
   for (int64_t b = 0; b < a.rows; ++b) {
     const T* gates = a.gates + b * a.ld_gates;
-    const T* hn = a.hn + b * a.ld_hn;
-    const T* h_prev = a.h_prev.row(b);
-    const T* dy = a.dy + b * a.ld_dy;
-    T* dh = a.dh + b * a.ld_dh;
-    T* dgh = a.dgh + b * a.ld_dgh;
+    const T* hn = a.saved + b * a.ld_saved;
+    const T* h_prev = a.prev.row(b);
+    const T* dy = a.dh_a + b * a.ld_dh_a;
+    const T* dh = a.dh_b + b * a.ld_dh_b;
+    T* dh_direct = a.dh_direct + b * a.ld_dh_direct;
+    T* dgh = a.dg + b * a.ld_dg;
     T* dgxn = a.dgxn + b * a.ld_dgxn;
     for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
       const GruGates<V> g{load(gates + u, n), load(gates + H + u, n), load(gates + 2 * H + u, n)};
       const V dh_total = load(dy + u, n) + load(dh + u, n);
-      V dar, daz, daxn, dhn, dh_direct;
+      V dar, daz, daxn, dhn, dh_prev_direct;
       gru_backward<VecMath<T>>(g, load(hn + u, n), load(h_prev + u, n), dh_total, dar, daz, daxn,
-                               dhn, dh_direct);
+                               dhn, dh_prev_direct);
       store(dgh + u, dar, n);
       store(dgh + H + u, daz, n);
       store(dgh + 2 * H + u, dhn, n);
       store(dgxn + u, daxn, n);
-      store(dh + u, dh_direct, n);
+      store(dh_direct + u, dh_prev_direct, n);
+    });
+  }
+}
+
+// Plain RNN (tanh or relu): one gate, nothing saved but the output itself.
+template <typename T, RnnActivation Act>
+void rnn_forward_rows(const CellForwardRows<T>& a) {
+  for (int64_t b = 0; b < a.rows; ++b) {
+    const T* pre = a.gx + b * a.ld_gx;
+    T* h = a.h + b * a.ld_h;
+    for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
+      const auto v = load(pre + (u - a.u0), n) + load(a.bias + u, n);
+      store(h + u, rnn_forward<VecMath<T>, Act>(v), n);
+    });
+  }
+}
+
+template <typename T, RnnActivation Act>
+void rnn_backward_rows(const CellBackwardRows<T>& a) {
+  for (int64_t b = 0; b < a.rows; ++b) {
+    const T* h = a.h + b * a.ld_h;
+    const T* dh_a = a.dh_a + b * a.ld_dh_a;
+    const T* dh_b = a.dh_b ? a.dh_b + b * a.ld_dh_b : nullptr;
+    T* dg = a.dg + b * a.ld_dg;
+    for_each_vector<T>(a.u0, a.u1, [&](int64_t u, int64_t n) {
+      auto dh = load(dh_a + u, n);
+      if (dh_b) dh = dh + load(dh_b + u, n);
+      store(dg + u, rnn_backward<VecMath<T>, Act>(load(h + u, n), dh), n);
     });
   }
 }
@@ -496,13 +526,17 @@ const KernelTable<T>* make_table(const char* isa) {
       &transpose<T>,
       &pack_b_rows<T>,
       &add_column_sums<T>,
-      &lstm_forward_rows<T, true>,
-      &lstm_forward_rows<T, false>,
-      &lstm_backward_rows<T>,
-      &gru_forward_rows<T, true>,
-      &gru_forward_rows<T, false>,
-      &gru_backward_rows<T>,
+      {
+          // Indexed by CellType: LSTM, GRU, RNN_TANH, RNN_RELU.
+          {&lstm_forward_rows<T, true>, &lstm_forward_rows<T, false>, &lstm_backward_rows<T>},
+          {&gru_forward_rows<T, true>, &gru_forward_rows<T, false>, &gru_backward_rows<T>},
+          {&rnn_forward_rows<T, RnnActivation::kTanh>, &rnn_forward_rows<T, RnnActivation::kTanh>,
+           &rnn_backward_rows<T, RnnActivation::kTanh>},
+          {&rnn_forward_rows<T, RnnActivation::kRelu>, &rnn_forward_rows<T, RnnActivation::kRelu>,
+           &rnn_backward_rows<T, RnnActivation::kRelu>},
+      },
   };
+  static_assert(kNumCellTypes == 4, "a new cell needs its kernels in this table");
   return &table;
 }
 

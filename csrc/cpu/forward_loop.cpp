@@ -1,0 +1,218 @@
+// CPU forward of one layer-direction (interface: csrc/layer.h).
+//
+// One parallel region. The hidden units are split into one column slice per
+// thread; each thread packs its slice of the weights once (then streamed from
+// its own cache every step) and
+//   1. per chunk of steps, computes its columns of x @ w_ih^T as one GEMM;
+//   2. per step, its columns of h_{t-1} @ w_hh^T and the fused gate math of
+//      its units. One barrier per step publishes h_t (two with a projection:
+//      m_t, then h_t = m_t @ w_hr^T).
+#include <ATen/Dispatch.h>
+
+#include "loop_common.h"
+
+namespace rnnfast {
+namespace cpu {
+namespace {
+
+template <typename T>
+class ForwardLoop {
+ public:
+  ForwardLoop(const LayerInputs& in, const LayerDims& d, bool training)
+      : in_(in),
+        cell_(cell_info(in.cell)),
+        k_(kernels<T>()),
+        plan_(make_step_plan(in, d)),
+        G_(d.G),
+        H_(d.H),
+        I_(d.I),
+        P_(d.P),
+        proj_(d.proj),
+        training_(training),
+        slicing_(H_, P_, plan_.B, G_, plan_.N * G_ * H_ * (I_ + P_)) {}
+
+  LayerOutputs run() {
+    const int64_t N = plan_.N, B = plan_.B, GH = G_ * H_;
+    auto opts = in_.x.options();
+    LayerOutputs out;
+    out.y = pooled_empty({N, P_}, opts);
+    out.h_n = at::empty({B, P_}, opts);
+    out.c_n = cell_.cell_state ? at::empty({B, H_}, opts) : at::empty({0}, opts);
+    if (training_) {
+      LayerDims d{N, plan_.T, B, I_, H_, P_, G_, proj_};
+      out.workspace = pooled_empty({N * saved_width(cell_, H_, proj_)}, opts);
+      saved_ = SavedActivations::view(out.workspace, in_.cell, d);
+    } else {
+      out.workspace = at::empty({0}, opts);
+      if (proj_) m_scratch_ = empty_small<T>({B, H_}, opts);  // m of the current step
+    }
+    y_ = out.y.template data_ptr<T>();
+    // The input projection x @ w_ih^T is computed a chunk of steps at a time,
+    // ahead of the chunk's recurrence: one large GEMM per slice, and scratch
+    // bounded by the chunk size however long the sequence.
+    chunks_ = plan_.chunks(std::max<int64_t>(B, kForwardChunkRows));
+    gx_ = pooled_empty({StepPlan::max_rows(chunks_), GH}, opts);
+    if (cell_.separate_hidden) gh_ = empty_small<T>({B, GH}, opts);
+    // Packing costs about as much as one pass of GEMMs over the weights: not
+    // repaid by a step or two of a small batch (e.g. one step at a time while
+    // decoding). Such calls read the weights where they are.
+    if (plan_.N <= 4 * kRowsPerPackedPass) {
+      w_ih_panels_ = SlicePanels<T>::direct(I_, slicing_.unit_widths(G_));
+      w_hh_panels_ = SlicePanels<T>::direct(P_, slicing_.unit_widths(G_));
+      if (proj_) w_hr_panels_ = SlicePanels<T>::direct(H_, slicing_.proj_widths());
+    } else {
+      w_ih_panels_ = SlicePanels<T>(k_, I_, slicing_.unit_widths(G_), opts);
+      w_hh_panels_ = SlicePanels<T>(k_, P_, slicing_.unit_widths(G_), opts);
+      if (proj_) w_hr_panels_ = SlicePanels<T>(k_, H_, slicing_.proj_widths(), opts);
+    }
+    bias_ = FoldedBias<T>(cell_, in_.w, H_);
+    if (cell_.cell_state) c_ = empty_small<T>({B, H_}, opts).copy_(*in_.c0);
+
+    run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
+      pack_weights(thread, threads, barrier);
+      for (const Chunk& c : chunks_) {
+        project_input(c, thread, threads);
+        for (int64_t s = c.s0; s < c.s1; ++s) step(s, c, thread, threads, barrier);
+      }
+    });
+    gather_h_n(out.h_n);
+    if (cell_.cell_state) out.c_n.copy_(c_);  // rows keep c from their last step
+    return out;
+  }
+
+ private:
+  using Chunk = StepPlan::Chunk;
+
+  // Slice s multiplies by its columns of w_ih^T and w_hh^T, gate-blocked:
+  // column g*nu + j is row g*H + u0 + j of the weight, so one GEMM gives all
+  // gates of the slice's units. With projection it also owns columns
+  // p0..p1 of w_hr^T.
+  void pack_weights(int thread, int threads, SpinBarrier& barrier) {
+    for (int s = thread; s < slicing_.count; s += threads) {
+      const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
+      w_ih_panels_.pack(k_, s, in_.w.w_ih.template data_ptr<T>(), 1,
+                        ColumnMap{u0 * I_, nu, H_ * I_, I_});
+      w_hh_panels_.pack(k_, s, in_.w.w_hh.template data_ptr<T>(), 1,
+                        ColumnMap{u0 * P_, nu, H_ * P_, P_});
+      if (proj_)
+        w_hr_panels_.pack(k_, s, in_.w.w_hr->template data_ptr<T>(), 1,
+                          ColumnMap{slicing_.p0(s) * H_, P_, 0, H_});
+    }
+    barrier.wait(thread);
+  }
+
+  // gx rows of the chunk, this thread's slices' columns. Only the owning
+  // slice reads them, so no barrier is needed before the chunk's steps.
+  void project_input(const Chunk& c, int thread, int threads) {
+    const T* x = in_.x.template data_ptr<T>() + c.lo * I_;
+    for (int s = thread; s < slicing_.count; s += threads)
+      w_ih_panels_.gemm(k_, s, c.rows, x, I_, T(0), gx_.data_ptr<T>() + G_ * slicing_.u0(s),
+                        G_ * H_);
+  }
+
+  // Previous hidden state of each row of the s-th processed step: the
+  // previous step's output rows, or h0 for rows that start here.
+  PrevRows<T> h_prev(int64_t s) const {
+    PrevRows<T> p;
+    p.n_first = plan_.continuing_rows(s);
+    p.first = s == 0 ? nullptr : y_ + plan_.previous_offset(s) * P_;
+    p.ld_first = P_;
+    p.initial = in_.h0.template data_ptr<T>();
+    p.ld_initial = P_;
+    return p;
+  }
+
+  void step(int64_t s, const Chunk& chunk, int thread, int threads, SpinBarrier& barrier) {
+    const int64_t t = plan_.step(s), rows = plan_.bs[t], off = plan_.offset[t];
+    const int64_t GH = G_ * H_;
+    const PrevRows<T> prev = h_prev(s);
+    T* gx = gx_.data_ptr<T>() + (off - chunk.lo) * GH;  // this step's rows
+    // Output of the gate math: h_t itself, or m_t (the input of w_hr).
+    T* m = !proj_ ? y_ + off * P_
+                  : (training_ ? saved_.proj_in.template data_ptr<T>() + off * H_
+                               : m_scratch_.template data_ptr<T>());
+    const int64_t ld_m = proj_ ? H_ : P_;
+
+    for (int sl = thread; sl < slicing_.count; sl += threads) {
+      const int64_t u0 = slicing_.u0(sl);
+      T* gx_slice = gx + G_ * u0;
+      // Recurrent GEMM: rows continuing from the previous step, then rows
+      // starting from h0 (only in the reverse direction of a packed batch),
+      // accumulated into the input part or kept apart (separate_hidden).
+      T* rec = cell_.separate_hidden ? gh_.data_ptr<T>() + G_ * u0 : gx_slice;
+      const T beta = cell_.separate_hidden ? T(0) : T(1);
+      const int64_t n1 = prev.n_first;
+      w_hh_panels_.gemm(k_, sl, n1, prev.first, P_, beta, rec, GH);
+      w_hh_panels_.gemm(k_, sl, rows - n1, prev.initial + n1 * P_, P_, beta, rec + n1 * GH, GH);
+
+      CellForwardRows<T> r;
+      r.rows = rows; r.u0 = u0; r.u1 = slicing_.u1(sl); r.H = H_;
+      r.gx = gx_slice; r.ld_gx = GH;
+      r.gh = rec; r.ld_gh = GH;
+      r.bias = bias_.bias();
+      r.bias_hn = bias_.bias_hn();
+      r.h_prev = prev;
+      if (cell_.cell_state) {
+        r.c = c_.template data_ptr<T>(); r.ld_c = H_;
+      }
+      r.h = m; r.ld_h = ld_m;
+      if (training_) {
+        r.gates = ptr<T>(saved_.gates) + off * GH; r.ld_gates = GH;
+        const Tensor& step_state = cell_.cell_state ? saved_.cell : saved_.hidden_n;
+        r.saved = ptr<T>(step_state) + off * H_; r.ld_saved = H_;
+        k_.cells[int(in_.cell)].forward_train(r);
+      } else {
+        k_.cells[int(in_.cell)].forward_infer(r);
+      }
+    }
+    barrier.wait(thread);
+    if (!proj_) return;
+    // h_t = m_t @ w_hr^T, each slice its columns of the projection.
+    for (int sl = thread; sl < slicing_.count; sl += threads)
+      w_hr_panels_.gemm(k_, sl, rows, m, H_, T(0), y_ + off * P_ + slicing_.p0(sl), P_);
+    barrier.wait(thread);
+  }
+
+  // Each sequence's final hidden state is its output at its last step.
+  void gather_h_n(const Tensor& h_n) {
+    T* hn = h_n.template data_ptr<T>();
+    for (int64_t b = 0; b < plan_.B; ++b) {
+      const int64_t t = plan_.last_step_of_row(b);
+      std::copy_n(y_ + (plan_.offset[t] + b) * P_, P_, hn + b * P_);
+    }
+  }
+
+  const LayerInputs& in_;
+  const CellInfo& cell_;
+  const KernelTable<T>& k_;  // read once per call: set_cpu_capability may swap the table
+  const StepPlan plan_;
+  const int64_t G_, H_, I_, P_;
+  const bool proj_, training_;
+  const Slicing slicing_;
+  FoldedBias<T> bias_;
+  std::vector<Chunk> chunks_;
+  T* y_ = nullptr;             // [N, P] output
+  SavedActivations saved_;     // training: views of the workspace
+  Tensor m_scratch_;           // inference with projection: [B, H] m of the current step
+  Tensor gx_;                  // [chunk rows, G*H] slice-blocked pre-activations of a chunk
+  Tensor gh_;                  // separate_hidden: [B, G*H] slice-blocked h_prev @ w_hh^T
+  Tensor c_;                   // cell_state: [B, H] running cell state (c0 in, c_n out)
+  SlicePanels<T> w_ih_panels_;  // per slice: [I, G*nu] w_ih^T, gate-blocked
+  SlicePanels<T> w_hh_panels_;  // per slice: [P, G*nu] w_hh^T, gate-blocked
+  SlicePanels<T> w_hr_panels_;  // per slice: [H, np] w_hr^T
+};
+
+}  // namespace
+}  // namespace cpu
+
+LayerOutputs layer_forward_cpu(const LayerInputs& in, bool training) {
+  const LayerDims d = check_layer_inputs(in);
+  TORCH_CHECK(in.x.device().is_cpu(), "rnnfast: layer_forward_cpu got a ", in.x.device().str(),
+              " tensor");
+  LayerOutputs out;
+  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "rnnfast_layer_forward_cpu",
+                             [&] { out = cpu::ForwardLoop<scalar_t>(in, d, training).run(); });
+  return out;
+}
+
+}  // namespace rnnfast

@@ -1,0 +1,239 @@
+// Pieces shared by the CPU forward and backward loops (forward_loop.cpp,
+// backward_loop.cpp): how the hidden units are split across threads, the
+// parallel region, packed weight panels per slice, and the small buffers of
+// the step loops.
+//
+// No allocation and no exception inside a parallel region: every buffer is
+// allocated before it, and the kernels only see raw pointers.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/strides.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../layer.h"
+#include "barrier.h"
+#include "buffer_pool.h"
+#include "kernels.h"
+
+namespace rnnfast::cpu {
+
+// Column slices of the hidden units (and of the projection outputs), one per
+// thread, boundaries on multiples of the vector width where the size allows.
+struct Slicing {
+  int count = 1;
+  std::vector<int64_t> unit;  // [count+1] boundaries over H
+  std::vector<int64_t> proj;  // [count+1] boundaries over P
+
+  static std::vector<int64_t> split(int64_t n, int parts, int64_t align) {
+    std::vector<int64_t> cut(parts + 1);
+    for (int s = 0; s <= parts; ++s) {
+      int64_t c = n * s / parts;
+      if (s != 0 && s != parts && n >= parts * align) c = (c + align / 2) / align * align;
+      cut[s] = std::min(std::max(c, cut[s ? s - 1 : 0]), n);
+    }
+    return cut;
+  }
+
+  // total_macs: multiply-adds of the whole call, which must pay for starting
+  // the threads (~10 us); a step must carry enough work to pay for a barrier.
+  Slicing(int64_t H, int64_t P, int64_t B, int64_t G, int64_t total_macs) {
+    const int threads = at::get_num_threads();
+    const int64_t macs_per_step = B * G * H * P;
+    count = (threads > 1 && H >= 32 && macs_per_step >= 16384 && total_macs >= (int64_t(1) << 20))
+                ? threads
+                : 1;
+    count = static_cast<int>(std::min<int64_t>(count, H / 16 > 0 ? H / 16 : 1));
+    unit = split(H, count, 16);
+    proj = split(P, count, 16);
+  }
+  // Per-slice widths: G gate blocks of the slice's units, or its projection columns.
+  std::vector<int64_t> unit_widths(int64_t G) const {
+    std::vector<int64_t> w(count);
+    for (int s = 0; s < count; ++s) w[s] = G * (unit[s + 1] - unit[s]);
+    return w;
+  }
+  std::vector<int64_t> proj_widths() const {
+    std::vector<int64_t> w(count);
+    for (int s = 0; s < count; ++s) w[s] = proj[s + 1] - proj[s];
+    return w;
+  }
+  int64_t u0(int s) const { return unit[s]; }
+  int64_t u1(int s) const { return unit[s + 1]; }
+  int64_t p0(int s) const { return proj[s]; }
+  int64_t p1(int s) const { return proj[s + 1]; }
+};
+
+// Rows per chunk of the time-parallel GEMMs: large enough for an efficient
+// GEMM, small enough that a chunk's scratch stays in the caches. Forward:
+// 512 rows measured ~3 % faster than 2048 for an LSTM inference at T=64,
+// B=32, H=256 (its pre-activations then stay in L2 until their step), same
+// time at B=64, H=512 and in training. The backward chunk holds dG
+// ([rows, G*H]), read again by three GEMMs.
+constexpr int64_t kForwardChunkRows = 512;
+// Rows of A below which one GEMM pass over unpacked weights beats packing them
+// (calibrated at H=128: packing ~ 2.5 passes of a one-row GEMV).
+constexpr int64_t kRowsPerPackedPass = 1;
+constexpr int64_t kBackwardChunkRows = 512;
+
+// Runs body(thread, threads, barrier) on `slices` threads (a serial call when
+// there is one slice). The OpenMP team may be smaller than asked (nested
+// parallelism): each thread then handles slices thread, thread+threads, ...
+template <typename Body>
+void run_parallel(int slices, const Body& body) {
+#ifdef _OPENMP
+  if (slices > 1 && !omp_in_parallel()) {
+    const int team = std::min(slices, at::get_num_threads());
+    SpinBarrier* barrier_ptr = nullptr;
+    alignas(64) unsigned char storage[sizeof(SpinBarrier)];
+#pragma omp parallel num_threads(team)
+    {
+      const int threads = omp_get_num_threads();
+#pragma omp single
+      barrier_ptr = new (storage) SpinBarrier(threads);
+      // (implicit barrier after single)
+      body(omp_get_thread_num(), threads, *barrier_ptr);
+    }
+    barrier_ptr->~SpinBarrier();  // placement-new'd: frees its flags
+    return;
+  }
+#endif
+  SpinBarrier solo(1);
+  body(0, 1, solo);
+}
+
+// A matrix packed for gemm_packed separately for each column slice (slice s:
+// up to K_max rows, widths[s] columns): the weights of the time loop, or a
+// chunk of rows for the weight gradients. Allocated before the parallel
+// region; each thread packs its own slices inside it, so the panels are first
+// touched by the core that streams them.
+template <typename T>
+class SlicePanels {
+ public:
+  SlicePanels() = default;
+  SlicePanels(const KernelTable<T>& k, int64_t K_max, std::vector<int64_t> widths,
+              const at::TensorOptions& opts)
+      : K_(widths.size(), K_max), widths_(std::move(widths)), offsets_(widths_.size() + 1, 0) {
+    for (size_t s = 0; s < widths_.size(); ++s)
+      offsets_[s + 1] = offsets_[s] + k.packed_b_size(K_max, widths_[s]);
+    buffer_ = pooled_empty({std::max<int64_t>(offsets_.back(), 1)}, opts);
+  }
+  // Unpacked: gemm() reads the weights where they are (gemm_direct), for calls
+  // too small to repay packing. Only for transposed weights (k_stride 1).
+  static SlicePanels direct(int64_t K, std::vector<int64_t> widths) {
+    SlicePanels p;
+    p.K_.assign(widths.size(), K);
+    p.widths_ = std::move(widths);
+    p.direct_.resize(p.widths_.size());
+    return p;
+  }
+  // Packs slice s from column map `columns` of src (rows k at k_stride); in
+  // direct mode only remembers where the columns are.
+  void pack(const KernelTable<T>& k, int s, const T* src, int64_t k_stride, ColumnMap columns) {
+    if (!direct_.empty()) {
+      TORCH_INTERNAL_ASSERT(k_stride == 1);
+      direct_[s] = {src, columns};
+      return;
+    }
+    k.pack_b(K_[s], widths_[s], src, k_stride, columns, data(s));
+  }
+  // Packs slice s from K rows given by pointers (their columns col0 ...).
+  void pack_rows(const KernelTable<T>& k, int s, int64_t K, const T* const* rows, int64_t col0) {
+    K_[s] = K;
+    k.pack_b_rows(K, widths_[s], rows, col0, data(s));
+  }
+  // C[M, widths[s]] = A[M, K] @ (slice s) + beta * C.
+  void gemm(const KernelTable<T>& k, int s, int64_t M, const T* A, int64_t lda, T beta, T* C,
+            int64_t ldc) const {
+    if (M <= 0) return;
+    if (direct_.empty()) {
+      k.gemm_packed(M, widths_[s], K_[s], A, lda, data(s), beta, C, ldc);
+      return;
+    }
+    // Columns come in blocks of contiguous weight rows (gate blocks).
+    const auto& [src, cols] = direct_[s];
+    for (int64_t n0 = 0; n0 < widths_[s]; n0 += cols.block) {
+      const int64_t n = std::min(cols.block, widths_[s] - n0);
+      k.gemm_direct(M, n, K_[s], A, lda, src + cols.offset(n0), cols.col_stride, beta, C + n0, ldc);
+    }
+  }
+
+ private:
+  T* data(int s) const { return buffer_.data_ptr<T>() + offsets_[s]; }
+  std::vector<std::pair<const T*, ColumnMap>> direct_;  // direct mode: where each slice's columns are
+  std::vector<int64_t> K_;
+  std::vector<int64_t> widths_;
+  std::vector<int64_t> offsets_;
+  Tensor buffer_;
+};
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// Small buffers of the step loops (running cell state, recurrent gradients,
+// folded biases) are read and written next to the large pooled buffers, whose
+// rows all start at the same offsets modulo 4 KB. Where malloc puts a small
+// buffer modulo 4 KB is a lottery, and at some offsets its loads alias recent
+// stores to a large buffer (4K aliasing: a load waits for an unrelated store):
+// measured as 30 % slower LSTM training at B=8 in about a quarter of processes.
+// Small buffers therefore start at a fixed offset off the 4 KB grid.
+constexpr uintptr_t kSmallBufferOffset = 2048 + 256;
+
+// Elements to skip from p to reach the fixed offset (p 16-byte aligned, as
+// malloc and at::empty give, so the skip is a whole number of elements).
+template <typename T>
+int64_t skew(const void* p) {
+  const uintptr_t at = reinterpret_cast<uintptr_t>(p) % 4096;
+  return int64_t((kSmallBufferOffset + 4096 - at) % 4096 / sizeof(T));
+}
+
+// An uninitialised contiguous tensor starting at the fixed offset.
+template <typename T>
+Tensor empty_small(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  Tensor raw = at::empty({numel + int64_t(4096 / sizeof(T))}, opts);
+  return raw.as_strided(sizes, c10::contiguous_strides(sizes), skew<T>(raw.data_ptr()));
+}
+
+// Bias vectors folded for the fused kernels (zeros without bias), in a plain
+// vector: tensor ops would cost microseconds of dispatch in a one-step call.
+//   bias    = b_ih + b_hh [G*H]; a separate_hidden cell (GRU) adds b_hh only
+//             outside its last block, whose b_hh goes to
+//   bias_hn = b_hh of the last block [H] (r multiplies W_hn h + b_hn).
+template <typename T>
+class FoldedBias {
+ public:
+  FoldedBias() = default;
+  FoldedBias(const CellInfo& cell, const LayerWeights& w, int64_t H) {
+    const int64_t GH = cell.gates * H;
+    storage_.assign(GH + H + 4096 / sizeof(T), T(0));
+    bias_ = storage_.data() + skew<T>(storage_.data());
+    bias_hn_ = bias_ + GH;
+    if (!has(w.b_ih)) return;
+    const T* b_ih = w.b_ih->template data_ptr<T>();  // contiguous (checked)
+    const T* b_hh = w.b_hh->template data_ptr<T>();
+    const int64_t hidden_part = cell.separate_hidden ? GH - H : GH;
+    for (int64_t j = 0; j < GH; ++j) bias_[j] = j < hidden_part ? b_ih[j] + b_hh[j] : b_ih[j];
+    if (cell.separate_hidden) std::copy_n(b_hh + hidden_part, H, bias_hn_);
+  }
+  const T* bias() const { return bias_; }
+  const T* bias_hn() const { return bias_hn_; }
+
+ private:
+  std::vector<T> storage_;
+  T* bias_ = nullptr;     // [G*H]
+  T* bias_hn_ = nullptr;  // [H]
+};
+
+}  // namespace rnnfast::cpu

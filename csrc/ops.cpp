@@ -1,0 +1,63 @@
+// The schemas of the rnnfast operators, and the device-neutral argument glue
+// (ops.h). Devices register their kernels under TORCH_LIBRARY_IMPL(rnnfast,
+// <key>, m) (cpu/ops_cpu.cpp); autograd.cpp registers the Autograd kernels;
+// rnnfast/_ops.py registers the fake kernels used for tracing.
+#include "ops.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <string>
+
+namespace rnnfast {
+
+CellType parse_cell_or_throw(c10::string_view cell) {
+  CellType type;
+  const std::string name(cell.data(), cell.size());
+  TORCH_CHECK(parse_cell(name.c_str(), &type), "rnnfast: unknown cell '", name,
+              "' (expected LSTM, GRU, RNN_TANH or RNN_RELU)");
+  return type;
+}
+
+namespace {
+OptTensor contiguous(const OptTensor& t) {
+  return has(t) ? OptTensor(t->contiguous()) : OptTensor();
+}
+}  // namespace
+
+LayerInputs make_layer_inputs(c10::string_view cell, const Tensor& x, const OptTensor& batch_sizes,
+                              const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
+                              const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                              const OptTensor& w_hr, bool reverse) {
+  TORCH_CHECK(x.defined() && h0.defined() && w_ih.defined() && w_hh.defined(),
+              "rnnfast: x, h0, w_ih and w_hh are required");
+  return LayerInputs{parse_cell_or_throw(cell),
+                     x.contiguous(),
+                     contiguous(batch_sizes),
+                     h0.contiguous(),
+                     contiguous(c0),
+                     LayerWeights{w_ih.contiguous(), w_hh.contiguous(), contiguous(b_ih),
+                                  contiguous(b_hh), contiguous(w_hr)},
+                     reverse};
+}
+
+Tensor or_empty(const Tensor& t, const Tensor& like) {
+  return t.defined() ? t : at::empty({0}, like.options());
+}
+
+}  // namespace rnnfast
+
+// One schema argument list for the layer inputs of every op.
+#define RNNFAST_LAYER_ARGS                                                                     \
+  "str cell, Tensor x, Tensor? batch_sizes, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, " \
+  "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse"
+
+TORCH_LIBRARY(rnnfast, m) {
+  m.def("layer_forward(" RNNFAST_LAYER_ARGS ") -> (Tensor y, Tensor h_n, Tensor c_n)");
+  m.def("layer_forward_train(" RNNFAST_LAYER_ARGS
+        ") -> (Tensor y, Tensor h_n, Tensor c_n, Tensor workspace)");
+  m.def("layer_backward(" RNNFAST_LAYER_ARGS
+        ", Tensor y, Tensor workspace, Tensor dy, Tensor dh_n, Tensor? dc_n, bool[3] output_mask)"
+        " -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih,"
+        " Tensor db_hh, Tensor dw_hr)");
+}

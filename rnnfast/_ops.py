@@ -1,0 +1,80 @@
+"""The rnnfast dispatcher operators: handles, and their fake kernels for tracing.
+
+The operators are defined in C++ (``csrc/ops.cpp``; CPU kernels in ``csrc/cpu/ops_cpu.cpp``,
+autograd in ``csrc/autograd.cpp``) and registered when ``rnnfast._C`` is imported:
+
+``rnnfast::layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+-> (y, h_n, c_n)``
+    One layer-direction on the time-major packed layout: ``x: [N, I]`` rows of all steps,
+    ``batch_sizes: [T]`` int64 CPU (or None for a padded input: T = N / B steps of B rows),
+    ``h0: [B, P]``, ``c0: [B, H]`` (LSTM) or None; weights in torch.nn's layout. Returns
+    ``y: [N, P]``, ``h_n: [B, P]``, ``c_n: [B, H]`` (``[0]`` for cells without a cell state).
+    Differentiable (fused backward), twice (double backward through the reference equations).
+``rnnfast::layer_forward_train(...) -> (y, h_n, c_n, workspace)``
+    The same, also returning the saved activations (``[N * saved_width]``, see ``_cells.py``).
+``rnnfast::layer_backward(..., y, workspace, dy, dh_n, dc_n, output_mask)
+-> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)``
+    The fused gradients; ``output_mask`` = (input, initial states, weights). Gradients not asked
+    for or not existing are ``[0]`` tensors.
+
+The fake kernels below give every output's shape from the input shapes alone (never from the
+values of ``batch_sizes``), so they work with symbolic shapes under torch.compile and export.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._cells import CELLS
+from ._extension import _C
+
+layer_forward = layer_forward_train = layer_backward = None
+
+if _C is not None:
+    layer_forward = torch.ops.rnnfast.layer_forward.default
+    layer_forward_train = torch.ops.rnnfast.layer_forward_train.default
+    layer_backward = torch.ops.rnnfast.layer_backward.default
+
+    def _cell(name: str):
+        cell = CELLS.get(name)
+        torch._check(cell is not None, lambda: f"rnnfast: unknown cell '{name}'")
+        return cell
+
+    def _fake_forward_outputs(cell, x, h0, w_ih):
+        hidden_size = w_ih.shape[0] // cell.gates
+        y = x.new_empty(x.shape[0], h0.shape[1])
+        h_n = x.new_empty(h0.shape)
+        c_n = x.new_empty(h0.shape[0], hidden_size) if cell.cell_state else x.new_empty(0)
+        return y, h_n, c_n, hidden_size
+
+    @torch.library.register_fake("rnnfast::layer_forward")
+    def _layer_forward_fake(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+        y, h_n, c_n, _ = _fake_forward_outputs(_cell(cell), x, h0, w_ih)
+        return y, h_n, c_n
+
+    @torch.library.register_fake("rnnfast::layer_forward_train")
+    def _layer_forward_train_fake(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+        spec = _cell(cell)
+        y, h_n, c_n, hidden_size = _fake_forward_outputs(spec, x, h0, w_ih)
+        workspace = x.new_empty(x.shape[0] * spec.saved_width(hidden_size, w_hr is not None))
+        return y, h_n, c_n, workspace
+
+    @torch.library.register_fake("rnnfast::layer_backward")
+    def _layer_backward_fake(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                             y, workspace, dy, dh_n, dc_n, output_mask):
+        spec = _cell(cell)
+        need_dx, need_dstate, need_dweights = output_mask
+
+        def like(t, wanted):
+            return x.new_empty(t.shape) if wanted and t is not None else x.new_empty(0)
+
+        return (
+            like(x, need_dx),
+            like(h0, need_dstate),
+            like(c0, need_dstate and spec.cell_state),
+            like(w_ih, need_dweights),
+            like(w_hh, need_dweights),
+            like(b_ih, need_dweights),
+            like(b_hh, need_dweights),
+            like(w_hr, need_dweights),
+        )
