@@ -32,8 +32,8 @@ from typing import Callable
 import torch
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CELLS = ("LSTM", "GRU")
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+CELLS = ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell")
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "LSTMCell": 4, "GRUCell": 3, "RNNCell": 1}
 IMPLS = ("torch", "rnnfast")
 
 
@@ -252,18 +252,33 @@ def _flat_out(result) -> list:
     return [out] + states
 
 
+def _cell_loop(mod, x):
+    """A decoder-style Python loop of a cell over x [T, B, I]: the hidden state of step t feeds
+    step t+1; returns the list of every step's outputs (h, plus c for an LSTMCell)."""
+    state = None
+    outs = []
+    for t in range(x.size(0)):
+        state = mod(x[t], state)
+        outs.extend(state if isinstance(state, tuple) else (state,))
+    return outs
+
+
 def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, device: torch.device,
                proj_size: int = 0, packed: bool = False, seed: int = 0,
-               dtype: torch.dtype = torch.float32) -> Case:
+               dtype: torch.dtype = torch.float32, nonlinearity: str | None = None) -> Case:
     """Build torch.nn.<cell> and rnnfast.<cell> with identical weights (load_state_dict, strict) and one input.
 
     train: forward, then backward of the output and final states with fixed random upstream
            gradients; parameter and input .grad are set to None before every run.
     infer: eval() and torch.no_grad() forward.
     packed: PackedSequence input, enforce_sorted=False, lengths uniform in [T/2, T] (the max is T).
+    A cell (LSTMCell, GRUCell, RNNCell) runs T steps in a Python loop (see _cell_loop); training
+    back-propagates from every step's outputs.
     """
     torch.manual_seed(seed)
     kw = {"proj_size": proj_size} if proj_size else {}
+    if nonlinearity is not None:
+        kw["nonlinearity"] = nonlinearity
     ref = getattr(torch.nn, cell)(I, H, **kw).to(device=device, dtype=dtype)
     fast = getattr(rnnfast, cell)(I, H, **kw).to(device=device, dtype=dtype)
     fast.load_state_dict(ref.state_dict(), strict=True)
@@ -284,9 +299,11 @@ def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, de
         leaf = x
     case = Case(cell, mode, T, B, I, H, proj_size, packed, rows, leaf)
 
+    is_cell = cell.endswith("Cell")
+    flat = (lambda mod: _cell_loop(mod, inp)) if is_cell else (lambda mod: _flat_out(mod(inp)))
     # fixed upstream gradients, shaped like torch's result
     with torch.no_grad():
-        shapes = [t.shape for t in _flat_out(ref(inp))]
+        shapes = [t.shape for t in flat(ref)]
     grads = [torch.randn(s, generator=g, dtype=dtype).to(device) for s in shapes]
 
     for impl, mod in (("torch", ref), ("rnnfast", fast)):
@@ -298,7 +315,7 @@ def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, de
                 for p in params:
                     p.grad = None
                 leaf.grad = None
-                outs = _flat_out(mod(inp))
+                outs = flat(mod)
                 torch.autograd.backward(outs, grads)
                 return outs[0]
         else:
@@ -306,7 +323,7 @@ def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, de
 
             def run(mod=mod):
                 with torch.no_grad():
-                    return _flat_out(mod(inp))[0]
+                    return flat(mod)[-1 if is_cell else 0]
         case.modules[impl] = mod
         case.runs[impl] = run
     return case

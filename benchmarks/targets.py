@@ -42,6 +42,21 @@ TARGETS = [
     ("GRU infer T100 B64 H512", "GRU", "infer", 100, 64, 512, {}, 1.4),
     ("LSTM train packed T256 B32 H256", "LSTM", "train", 256, 32, 256, {"packed": True}, 2.5),
     ("LSTM train proj128 T256 B32 H256", "LSTM", "train", 256, 32, 256, {"proj_size": 128}, 1.4),
+    ("RNN train T100 B64 H512", "RNN", "train", 100, 64, 512, {}, 1.5),
+    ("RNN relu train T100 B64 H512", "RNN", "train", 100, 64, 512, {"nonlinearity": "relu"}, 1.5),
+    # Cells: a decoder-style Python loop of T steps (bench_utils._cell_loop).
+    ("LSTMCell infer T32 B1 H128", "LSTMCell", "infer", 32, 1, 128, {}, 2.0),
+    ("LSTMCell train T32 B1 H128", "LSTMCell", "train", 32, 1, 128, {}, 2.0),
+    ("LSTMCell infer T8 B64 H512", "LSTMCell", "infer", 8, 64, 512, {}, 1.3),
+    ("LSTMCell train T8 B64 H512", "LSTMCell", "train", 8, 64, 512, {}, 1.3),
+    ("GRUCell infer T32 B1 H128", "GRUCell", "infer", 32, 1, 128, {}, 2.0),
+    ("GRUCell train T32 B1 H128", "GRUCell", "train", 32, 1, 128, {}, 2.0),
+    ("GRUCell infer T8 B64 H512", "GRUCell", "infer", 8, 64, 512, {}, 1.3),
+    ("GRUCell train T8 B64 H512", "GRUCell", "train", 8, 64, 512, {}, 1.3),
+    ("RNNCell infer T32 B1 H128", "RNNCell", "infer", 32, 1, 128, {}, 2.0),
+    ("RNNCell train T32 B1 H128", "RNNCell", "train", 32, 1, 128, {}, 2.0),
+    ("RNNCell infer T8 B64 H512", "RNNCell", "infer", 8, 64, 512, {}, 1.3),
+    ("RNNCell train T8 B64 H512", "RNNCell", "train", 8, 64, 512, {}, 1.3),
 ]
 
 
@@ -66,6 +81,7 @@ def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | No
         results.append({
             "case": name, "cell": cell, "mode": mode, "T": T, "B": B, "I": H, "H": H,
             "packed": bool(extra.get("packed")), "proj_size": extra.get("proj_size", 0),
+            "nonlinearity": extra.get("nonlinearity"),
             "torch_ms": t_ms, "rnnfast_ms": f_ms, "ratio": ratio, "required": need,
             "pass": ratio >= need,
             "ratio_of_mins": min(tm["torch"]["ms_all"]) / min(tm["rnnfast"]["ms_all"]),

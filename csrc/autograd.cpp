@@ -164,6 +164,16 @@ struct LayerBackwardBackward : public Node {
     at::AutoGradMode enable(true);
     std::array<Tensor, kNumLayerInputs> t = in.unpack();
     std::array<Tensor, 3> v{dy.unpack(), dh_n.unpack(), dc_n.unpack()};
+    // Differentiate with respect to fresh aliases of the saved tensors, not the
+    // tensors themselves: a saved tensor may have a history (the layer below, a
+    // dy computed from the output), and the inner grads must stop at this
+    // node's inputs instead of running (and freeing) that history, which the
+    // outer backward still has to run. Higher orders reach the originals
+    // through the alias's view node.
+    for (Tensor& s : t)
+      if (s.defined() && s.requires_grad()) s = s.view_as(s);
+    for (Tensor& s : v)
+      if (s.defined() && s.requires_grad()) s = s.view_as(s);
     // A first-order gradient is a function of the inputs it differentiates:
     // an input that does not require grad itself gets a stand-in leaf.
     for (int k = 0; k < kNumLayerInputs; ++k)
@@ -211,12 +221,28 @@ struct LayerBackwardBackward : public Node {
     }
     if (targets.empty() || sources.empty()) return out;
     const variable_list second =
-        torch::autograd::grad(targets, sources, target_grads, /*retain_graph=*/false,
+        torch::autograd::grad(targets, sources, target_grads,
+                              /*retain_graph=*/outer_create_graph,  // a third order reads it again
                               /*create_graph=*/outer_create_graph, /*allow_unused=*/true);
     for (size_t j = 0; j < second.size(); ++j) out[source_index[j]] = second[j];
     return out;
   }
 };
+
+// Forward-mode AD (torch.func.jvp, forward_ad): the fused kernels carry no
+// tangents. layer_forward then runs layer_reference, whose ATen ops do; the
+// other ops refuse, loudly, instead of returning a zero tangent.
+bool any_forward_grad(std::initializer_list<Tensor> tensors) {
+  for (const Tensor& t : tensors)
+    if (t.defined() && t._fw_grad(/*level=*/0).defined()) return true;
+  return false;
+}
+
+void refuse_forward_ad(const char* op, std::initializer_list<Tensor> tensors) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!any_forward_grad(tensors), "rnnfast::", op,
+                              " does not support forward-mode AD; rnnfast::layer_forward does "
+                              "(through the reference equations)");
+}
 
 std::array<Tensor, kNumLayerInputs> layer_tensors(const Tensor& x, const Tensor& h0,
                                                   const OptTensor& c0, const Tensor& w_ih,
@@ -273,8 +299,13 @@ ForwardResult layer_forward_autograd(c10::DispatchKeySet ks, c10::string_view ce
                                      const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                                      const Tensor& w_hh, const OptTensor& b_ih,
                                      const OptTensor& b_hh, const OptTensor& w_hr, bool reverse) {
-  auto node = make_forward_node(cell, batch_sizes, reverse,
-                                layer_tensors(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr));
+  const auto t = layer_tensors(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+  if (any_forward_grad({t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]})) {
+    auto [y, h_n, c_n] = layer_reference(make_layer_inputs(cell, x, batch_sizes, h0, c0, w_ih,
+                                                           w_hh, b_ih, b_hh, w_hr, reverse));
+    return {y, h_n, c_n.defined() ? c_n : at::empty({0}, x.options())};
+  }
+  auto node = make_forward_node(cell, batch_sizes, reverse, t);
   if (!node) {  // inference: nothing saved
     at::AutoDispatchBelowADInplaceOrView below;
     return forward_op().redispatch(ks & c10::after_autograd_keyset, cell, x, batch_sizes, h0, c0,
@@ -291,8 +322,9 @@ ForwardTrainResult layer_forward_train_autograd(c10::DispatchKeySet ks, c10::str
                                                 const Tensor& w_ih, const Tensor& w_hh,
                                                 const OptTensor& b_ih, const OptTensor& b_hh,
                                                 const OptTensor& w_hr, bool reverse) {
-  auto node = make_forward_node(cell, batch_sizes, reverse,
-                                layer_tensors(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr));
+  const auto t = layer_tensors(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
+  refuse_forward_ad("layer_forward_train", {t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]});
+  auto node = make_forward_node(cell, batch_sizes, reverse, t);
   if (!node) {
     at::AutoDispatchBelowADInplaceOrView below;
     return forward_train_op().redispatch(ks & c10::after_autograd_keyset, cell, x, batch_sizes,
@@ -312,6 +344,8 @@ BackwardResult layer_backward_autograd(c10::DispatchKeySet ks, c10::string_view 
                                        std::array<bool, 3> output_mask) {
   const auto t = layer_tensors(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   const Tensor dc = value(dc_n);
+  refuse_forward_ad("layer_backward",
+                    {t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], y, dy, dh_n, dc});
   // y and the workspace are functions of the other inputs, which the
   // recomputation differentiates through: they get no edge of their own.
   c10::intrusive_ptr<LayerBackwardBackward> node;

@@ -129,8 +129,9 @@ LayerDims check_layer_inputs(const LayerInputs& in) {
 
   check_matrix(in.h0, "h0", d.B, d.P, x);
   check_rows(in.h0, "h0", false);
-  TORCH_CHECK(cell.cell_state == has(in.c0), "rnnfast: c0 is required for ", cell.name,
-              cell.cell_state ? "" : " and invalid otherwise");
+  TORCH_CHECK(!cell.cell_state || has(in.c0), "rnnfast: c0 is required for ", cell.name);
+  TORCH_CHECK(cell.cell_state || !has(in.c0), "rnnfast: ", cell.name,
+              " has no cell state: c0 must be None");
   if (cell.cell_state) {
     check_matrix(*in.c0, "c0", d.B, d.H, x);
     check_rows(*in.c0, "c0", false);
@@ -157,8 +158,9 @@ LayerDims check_backward_inputs(const LayerBackwardInputs& b) {
   check_rows(b.dy, "dy", /*allow_row_stride=*/true);
   check_matrix(b.dh_n, "dh_n", d.B, d.P, x);
   check_rows(b.dh_n, "dh_n", false);
-  TORCH_CHECK(cell.cell_state == has(b.dc_n), "rnnfast: dc_n is required for ", cell.name,
-              cell.cell_state ? "" : " and invalid otherwise");
+  TORCH_CHECK(!cell.cell_state || has(b.dc_n), "rnnfast: dc_n is required for ", cell.name);
+  TORCH_CHECK(cell.cell_state || !has(b.dc_n), "rnnfast: ", cell.name,
+              " has no cell state: dc_n must be None");
   if (cell.cell_state) {
     check_matrix(*b.dc_n, "dc_n", d.B, d.H, x);
     check_rows(*b.dc_n, "dc_n", false);

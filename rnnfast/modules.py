@@ -29,34 +29,56 @@ from ._extension import require_extension
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
+try:  # torch.onnx.is_in_onnx_export() without its two imports per call
+    from torch.onnx._internal.exporter import _flags as _onnx_flags
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS as _onnx_globals
 
-def _check_dtype_and_device(module, input, weight, states):
+    def _exporting_to_onnx() -> bool:
+        return _onnx_globals.in_onnx_export or _onnx_flags._is_onnx_exporting
+except ImportError:  # another torch layout
+    _exporting_to_onnx = torch.onnx.is_in_onnx_export
+
+_MISSING = object()
+
+
+def _parameters(module, names):
+    """The current values of the named parameters (None for an absent bias). Eager calls read
+    ``_parameters`` directly (a ``getattr`` per weight is a visible cost of a one-step call);
+    torch.compile, parametrizations and anything else that moved a weight take ``getattr``."""
+    if not torch.compiler.is_compiling():
+        params = module._parameters
+        values = [params.get(name, _MISSING) for name in names]
+        if _MISSING not in values:
+            return values
+    return [getattr(module, name) for name in names]
+
+
+def _check_dtype_and_device(module, input, weight, states, names=("hx", "cx")):
     """What torch.nn leaves to its kernels: dtype and device agreement, and what rnnfast runs on.
 
-    ``states``: (name, tensor) of the hidden states in torch's order. Returns the states, with an
-    LSTM cell state of a lower floating precision promoted to the input's dtype (torch's kernels
+    ``states``: the hidden states in torch's order, named ``names``. Returns them, with an LSTM
+    cell state of a lower floating precision promoted to the input's dtype (torch's kernels
     promote it too)."""
-    name = type(module).__name__
-    if input.dtype not in _SUPPORTED_DTYPES:
-        raise NotImplementedError(f"rnnfast.{name} supports float32 and float64 inputs, got {input.dtype}")
+    dtype = input.dtype
+    if dtype not in _SUPPORTED_DTYPES:
+        raise NotImplementedError(f"rnnfast.{type(module).__name__} supports float32 and float64 inputs, got {dtype}")
     if not (input.is_cpu and weight.is_cpu):
         raise NotImplementedError(
-            f"rnnfast.{name}: this build runs on the CPU only "
+            f"rnnfast.{type(module).__name__}: this build runs on the CPU only "
             f"(input on {input.device}, weights on {weight.device}); see rnnfast.backend()"
         )
-    out = []
-    for state_name, h in states:
+    out = list(states)
+    for k, h in enumerate(out):
         if not h.is_cpu:
             raise RuntimeError(
                 f"Input and hidden tensors are not at the same device, found input tensor at "
                 f"{input.device} and hidden tensor at {h.device}"
             )
-        if h.dtype != input.dtype:
-            if state_name == "cx" and h.is_floating_point() and torch.promote_types(h.dtype, input.dtype) == input.dtype:
-                h = h.to(input.dtype)
+        if h.dtype != dtype:
+            if names[k] == "cx" and torch.promote_types(h.dtype, dtype) == dtype:
+                out[k] = h.to(dtype)
             else:
-                raise RuntimeError(f"{state_name} dtype ({h.dtype}) does not match input dtype ({input.dtype})")
-        out.append(h)
+                raise RuntimeError(f"{names[k]} dtype ({h.dtype}) does not match input dtype ({dtype})")
     return out
 
 
@@ -129,7 +151,7 @@ class _RecurrentBase(nn.RNNBase):
         return ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}{tail}")
 
     def forward(self, input, hx=None):
-        if torch.onnx.is_in_onnx_export():
+        if _exporting_to_onnx():
             return type(self)._torch_forward(self, input, hx)
         require_extension()
         weights = self._current_weights()
@@ -159,7 +181,7 @@ class _RecurrentBase(nn.RNNBase):
             self._check_packed_lstm_args(input, hx, batch_sizes)
         else:
             self.check_forward_args(input, hx, batch_sizes)
-        states = _check_dtype_and_device(self, input, weights[0], zip(("hx", "cx"), hx if is_lstm else (hx,)))
+        states = _check_dtype_and_device(self, input, weights[0], hx if is_lstm else (hx,))
         h0, c0 = (states[0], states[1]) if is_lstm else (states[0], None)
 
         if batch_sizes is None:
@@ -278,10 +300,22 @@ def _check_cell_sizes(input, states, input_size, hidden_size):
             raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got {h.size(1)}, expected {hidden_size}")
 
 
+def _empty_cell_result(input, states, weights):
+    """Batch size 0 or hidden_size 0: h' (and c') of shape [B, hidden_size], zero where not empty,
+    connected to the graph like torch's result (zero gradients for every input)."""
+    anchor = input.sum() * 0
+    for t in (*states, *weights):
+        if t is not None:
+            anchor = anchor + t.sum() * 0
+    h = states[0] * 0 + anchor
+    return h, (states[1] * 0 + anchor if len(states) == 2 else None)
+
+
 class _CellForward:
     """The ``forward`` shared by rnnfast.LSTMCell, GRUCell and RNNCell (mixed into torch's cells)."""
 
     _torch_forward = None
+    _PARAMETER_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
     def __init__(self, *args, **kwargs):
         require_extension()
@@ -291,22 +325,21 @@ class _CellForward:
         return self._cell_mode
 
     def forward(self, input, hx=None):
-        if torch.onnx.is_in_onnx_export():
+        if _exporting_to_onnx():
             return type(self)._torch_forward(self, input, hx)
         require_extension()
-        name = type(self).__name__
-        mode = self._mode()
-        is_lstm = CELLS[mode].cell_state
+        is_lstm = isinstance(self, nn.LSTMCell)
         # torch.nn's checks and input forms, in its order.
         if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+            raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
             if is_lstm:
                 for idx, value in enumerate(hx):
                     if value.dim() not in (1, 2):
-                        raise ValueError(f"{name}: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
+                        raise ValueError(
+                            f"{type(self).__name__}: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead")
             elif hx.dim() not in (1, 2):
-                raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+                raise ValueError(f"{type(self).__name__}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
@@ -314,18 +347,36 @@ class _CellForward:
             zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
             states = (zeros, zeros) if is_lstm else (zeros,)
         elif is_lstm:
-            if len(hx) != 2:
-                raise RuntimeError("lstm_cell expects two hidden states")
-            states = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if not is_batched else tuple(hx)
+            if not is_batched:  # torch.nn.LSTMCell indexes hx[0], hx[1]: IndexError, extra states ignored
+                states = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+            else:  # torch passes hx as is to _VF.lstm_cell, whose parser wants a sequence of tensors
+                if not isinstance(hx, (tuple, list)):
+                    raise TypeError(
+                        f"lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, not {type(hx).__name__}"
+                    )
+                if len(hx) != 2:
+                    raise RuntimeError("lstm_cell expects two hidden states")
+                states = (hx[0], hx[1])
         else:
-            states = (hx.unsqueeze(0) if not is_batched else hx,)
+            states = (hx if is_batched else hx.unsqueeze(0),)
+        mode = self._mode()  # RNNCell: an unknown nonlinearity fails after the rank checks, as in torch
         _check_cell_sizes(input, states, self.input_size, self.hidden_size)
-        if input.dtype != self.weight_ih.dtype:
-            raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({self.weight_ih.dtype})")
-        names = ("hx", "cx") if is_lstm else ("hx",)
-        states = _check_dtype_and_device(self, input, self.weight_ih, zip(names, states))
-        h, c = functional.cell_step(mode, input, states[0], states[1] if is_lstm else None,
-                                    self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        w_ih, w_hh, b_ih, b_hh = _parameters(self, self._PARAMETER_NAMES)
+        if input.dtype != w_ih.dtype:
+            raise RuntimeError(f"input dtype ({input.dtype}) does not match weight dtype ({w_ih.dtype})")
+        if is_lstm and input.dtype in _SUPPORTED_DTYPES and states[0].dtype == input.dtype:
+            wide = torch.promote_types(input.dtype, states[1].dtype)
+            if wide != input.dtype and wide in _SUPPORTED_DTYPES:
+                # torch's lstm_cell computes c' = f * cx + i * g with type promotion: a float64 cx
+                # with a float32 module gives float64 h' and c'. Run the step in that dtype.
+                input, states = input.to(wide), (states[0].to(wide), states[1])
+                w_ih, w_hh, b_ih, b_hh = (None if w is None else w.to(wide) for w in (w_ih, w_hh, b_ih, b_hh))
+        states = _check_dtype_and_device(self, input, w_ih, states)
+        if input.size(0) == 0 or self.hidden_size == 0:  # torch's cells accept both
+            h, c = _empty_cell_result(input, states, (w_ih, w_hh, b_ih, b_hh))
+        else:
+            h, c = functional.cell_step(mode, input, states[0], states[1] if is_lstm else None,
+                                        w_ih, w_hh, b_ih, b_hh)
         if not is_batched:
             h = h.squeeze(0)
             c = c.squeeze(0) if c is not None else None

@@ -9,6 +9,7 @@ gradients (input, h0, c0, every parameter) with a per-dtype tolerance.
 from __future__ import annotations
 
 import dataclasses
+import linecache
 import os
 import zlib
 
@@ -28,7 +29,17 @@ TOL = {
     torch.float32: dict(rtol=1e-4, atol=1e-5),
 }
 
-MODES = ("LSTM", "GRU")
+MODES = ("LSTM", "GRU", "RNN")
+# Every recurrence as (mode, nonlinearity): RNN with each of its nonlinearities.
+KINDS = (("LSTM", "tanh"), ("GRU", "tanh"), ("RNN", "tanh"), ("RNN", "relu"))
+
+
+def kind_id(kind) -> str:
+    """"LSTM", "GRU", "RNN_tanh", "RNN_relu" for a (mode, nonlinearity) pair of KINDS."""
+    mode, nonlinearity = kind
+    return f"{mode}_{nonlinearity}" if mode == "RNN" else mode
+
+
 FORMS = ("padded", "unbatched", "packed_sorted", "packed_unsorted")
 
 # Tiny recurrent GEMMs run far slower with OpenMP threads when the cores are shared (pytest-xdist
@@ -290,3 +301,27 @@ def capture(fn):
         return "ok", fn()
     except Exception as exc:  # noqa: BLE001 - the caller compares the exception itself
         return "raised", exc
+
+
+def origin(exc: BaseException) -> str:
+    """"python" if torch raised `exc` with a raise statement in torch/nn/modules/rnn.py, else "aten"
+    (an ATen kernel, an argument parser, or a Python error such as an out-of-range index)."""
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    filename = tb.tb_frame.f_code.co_filename
+    line = linecache.getline(filename, tb.tb_lineno).strip()
+    if filename.replace("\\", "/").endswith("torch/nn/modules/rnn.py") and line.startswith("raise"):
+        return "python"
+    return "aten"
+
+
+def assert_same_error(expected: tuple, actual: tuple, compare_message: bool) -> None:
+    """`expected`, `actual`: capture() results of torch.nn and rnnfast. Both must have raised the
+    same exception type, and with `compare_message` the same message."""
+    assert expected[0] == "raised", f"torch.nn did not raise (returned {type(expected[1])}): the case is wrong"
+    assert actual[0] == "raised", f"rnnfast did not raise; torch raised {type(expected[1]).__name__}: {expected[1]}"
+    exp, act = expected[1], actual[1]
+    assert type(act) is type(exp), f"rnnfast raised {type(act).__name__}: {act}\ntorch raised {type(exp).__name__}: {exp}"
+    if compare_message:
+        assert str(act) == str(exp)

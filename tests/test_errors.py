@@ -10,47 +10,35 @@ shows up here.
 Cases whose torch message comes from ATen (torch 2.13, CPU):
   * sequence length 0: "Expected sequence length to be larger than 0 in RNN"
   * hx dtype differs from the weights: LSTM float32 "get_mkldnn_dtype: unsupported data type",
-    LSTM float64 and GRU "mat1 and mat2 must have the same dtype, but got ..."
+    LSTM float64, GRU and RNN "mat1 and mat2 must have the same dtype, but got ..."
   * LSTM with a PackedSequence: torch does not validate hx (nor the input dtype) in Python, so a
     wrong batch gives "The size of tensor a (3) must match ...", a wrong feature size "got an
     incorrect number of RNN parameters", too few layers "Expected more hidden states in
     stacked_rnn", a 2-D hx an IndexError "Dimension out of range", a double input "mat1 and mat2
     must have the same dtype"
   * unsorted PackedSequence whose hx has too few batch entries: index_select's "INDICES element is
-    out of DATA bounds" (LSTM and GRU: the permutation happens before GRU's check).  With too
-    *many* batch entries torch raises nothing: the permutation picks the first B of them.
+    out of DATA bounds" (LSTM, GRU and RNN: the permutation happens before GRU's and RNN's check).
+    With too *many* batch entries torch raises nothing: the permutation picks the first B of them.
+  * RNN (or GRU) given an (h, c) tuple: AttributeError "'tuple' object has no attribute 'dim'"
+    (a failing attribute access in rnn.py, not a raise statement)
 """
 
 import dataclasses
-import linecache
 import warnings
 from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import assert_outputs_close, capture, fast_module_class, torch_module_class
+from conftest import (
+    MODES,
+    assert_outputs_close,
+    assert_same_error,
+    capture,
+    fast_module_class,
+    origin,
+    torch_module_class,
+)
 from torch.nn.utils.rnn import pack_padded_sequence
-
-
-def origin(exc: BaseException) -> str:
-    """"python" if torch raised `exc` with a raise statement in torch/nn/modules/rnn.py, else "aten"."""
-    tb = exc.__traceback__
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    filename = tb.tb_frame.f_code.co_filename
-    line = linecache.getline(filename, tb.tb_lineno).strip()
-    if filename.replace("\\", "/").endswith("torch/nn/modules/rnn.py") and line.startswith("raise"):
-        return "python"
-    return "aten"
-
-
-def assert_same_error(expected: tuple, actual: tuple, compare_message: bool) -> None:
-    assert expected[0] == "raised", f"torch.nn did not raise (returned {type(expected[1])}): the case is wrong"
-    assert actual[0] == "raised", f"rnnfast did not raise; torch raised {type(expected[1]).__name__}: {expected[1]}"
-    exp, act = expected[1], actual[1]
-    assert type(act) is type(exp), f"rnnfast raised {type(act).__name__}: {act}\ntorch raised {type(exp).__name__}: {exp}"
-    if compare_message:
-        assert str(act) == str(exp)
 
 
 # ---- constructor ------------------------------------------------------------------------------
@@ -82,8 +70,35 @@ CONSTRUCTOR_CASES = {
 }
 
 
+# Cases of some modes only: RNN's nonlinearity (4th positional argument or keyword), and what
+# torch.nn.GRU / RNN do with arguments of LSTM and LSTM / GRU with RNN's.
+MODE_CONSTRUCTOR_CASES = {
+    "RNN": {
+        "nonlinearity_unknown": ((3, 5), {"nonlinearity": "sigmoid"}),
+        "nonlinearity_capitalised": ((3, 5), {"nonlinearity": "Tanh"}),
+        "nonlinearity_none": ((3, 5), {"nonlinearity": None}),
+        "nonlinearity_positional_unknown": ((3, 5, 1, "gelu"), {}),
+        "nonlinearity_positional_and_keyword": ((3, 5, 1, "relu"), {"nonlinearity": "tanh"}),
+        "nonlinearity_positional_bad_after_it": ((3, 5, 1, "relu", 1), {}),
+        "too_many_positional_with_nonlinearity": ((3, 5, 1, "tanh", True, False, 0.0, False, None, None, 5), {}),
+        "proj_size_zero": ((3, 5), {"proj_size": 0}),
+        "proj_size_valid_for_lstm": ((3, 5), {"proj_size": 2}),
+        "proj_size_and_bad_nonlinearity": ((3, 5), {"proj_size": 2, "nonlinearity": "gelu"}),
+    },
+    "GRU": {
+        "proj_size_zero": ((3, 5), {"proj_size": 0}),
+        "proj_size_valid_for_lstm": ((3, 5), {"proj_size": 2}),
+        "nonlinearity": ((3, 5), {"nonlinearity": "tanh"}),
+    },
+    "LSTM": {
+        "nonlinearity": ((3, 5), {"nonlinearity": "tanh"}),
+    },
+}
+MODE_CONSTRUCTOR_IDS = [(mode, case) for mode, cases in MODE_CONSTRUCTOR_CASES.items() for case in cases]
+
+
 @pytest.mark.parametrize("case", CONSTRUCTOR_CASES)
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", MODES)
 def test_constructor_error(mode, case):
     args, kwargs = CONSTRUCTOR_CASES[case]
     expected = capture(lambda: torch_module_class(mode)(*args, **kwargs))
@@ -91,7 +106,30 @@ def test_constructor_error(mode, case):
     assert_same_error(expected, actual, compare_message=True)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode, case", MODE_CONSTRUCTOR_IDS, ids=[f"{m}-{c}" for m, c in MODE_CONSTRUCTOR_IDS])
+def test_mode_specific_constructor_error(mode, case):
+    args, kwargs = MODE_CONSTRUCTOR_CASES[mode][case]
+    expected = capture(lambda: torch_module_class(mode)(*args, **kwargs))
+    actual = capture(lambda: fast_module_class(mode)(*args, **kwargs))
+    assert_same_error(expected, actual, compare_message=True)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [((3, 5, 2, "relu"), {}), ((3, 5, 2, "relu", False, True), {}), ((3, 5), {"nonlinearity": "relu"}),
+     ((3, 5, 1, "tanh", True, True, 0.0, True), {}), ((3, 5), {})],
+    ids=["positional_relu", "positional_relu_bias_batch_first", "keyword_relu", "all_positional", "default"],
+)
+def test_rnn_arguments_read_like_torch(args, kwargs):
+    """RNN's 4th positional argument is `nonlinearity`: the arguments after it land where torch puts them."""
+    reference = torch.nn.RNN(*args, **kwargs)
+    fast = fast_module_class("RNN")(*args, **kwargs)
+    for attribute in ("mode", "nonlinearity", "num_layers", "bias", "batch_first", "dropout", "bidirectional"):
+        assert getattr(fast, attribute) == getattr(reference, attribute), attribute
+    assert [n for n, _ in fast.named_parameters()] == [n for n, _ in reference.named_parameters()]
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_dropout_with_one_layer_warns_like_torch(mode):
     def warnings_of(cls):
         with warnings.catch_warnings(record=True) as caught:
@@ -134,6 +172,7 @@ def lstm_hx(h_shape, c_shape, h_dtype=torch.float32, c_dtype=torch.float32):
 
 F64 = (("dtype", torch.float64),)
 BF = (("batch_first", True),)
+RELU = (("nonlinearity", "relu"),)
 
 FORWARD_CASES = {
     # input rank
@@ -209,6 +248,43 @@ FORWARD_CASES = {
     "GRU_packed_h_rank": ForwardCase("GRU", "python", lambda: (packed(), randn(2, 4))),
     "GRU_packed_unsorted_h_batch_too_small": ForwardCase("GRU", "aten", lambda: (
         packed((2, 5, 3), enforce_sorted=False), randn(2, 2, 4))),
+    # RNN (tanh unless the case says relu): torch.nn.RNN checks like GRU, with its own wording
+    # of the input-rank message.
+    "RNN_input_1d": ForwardCase("RNN", "python", lambda: (randn(3),)),
+    "RNN_input_4d": ForwardCase("RNN", "python", lambda: (randn(2, 2, 2, 3),)),
+    "RNN_relu_input_0d": ForwardCase("RNN", "python", lambda: (randn(()),), RELU),
+    "RNN_input_size": ForwardCase("RNN", "python", lambda: (randn(5, 2, 4),)),
+    "RNN_relu_input_size_unbatched": ForwardCase("RNN", "python", lambda: (randn(5, 4),), RELU),
+    "RNN_input_size_batch_first": ForwardCase("RNN", "python", lambda: (randn(2, 5, 4),), BF),
+    "RNN_input_size_packed": ForwardCase("RNN", "python", lambda: (pack_padded_sequence(randn(5, 2, 4), [5, 3]),)),
+    "RNN_h_batch": ForwardCase("RNN", "python", lambda: (randn(5, 2, 3), randn(2, 3, 4))),
+    "RNN_relu_h_hidden": ForwardCase("RNN", "python", lambda: (randn(5, 2, 3), randn(2, 2, 5)), RELU),
+    "RNN_h_layers": ForwardCase("RNN", "python", lambda: (randn(5, 2, 3), randn(1, 2, 4))),
+    "RNN_h_bidirectional_layers": ForwardCase("RNN", "python", lambda: (randn(5, 2, 3), randn(2, 2, 4)),
+                                              (("bidirectional", True),)),
+    "RNN_h_batch_first": ForwardCase("RNN", "python", lambda: (randn(2, 5, 3), randn(2, 5, 4)), BF),
+    "RNN_h_rank_batched": ForwardCase("RNN", "python", lambda: (randn(5, 2, 3), randn(2, 4))),
+    "RNN_h_rank_unbatched": ForwardCase("RNN", "python", lambda: (randn(5, 3), randn(2, 1, 4))),
+    "RNN_relu_h_rank_unbatched": ForwardCase("RNN", "python", lambda: (randn(5, 3), randn(4)), RELU),
+    "RNN_h_unbatched": ForwardCase("RNN", "python", lambda: (randn(5, 3), randn(3, 4))),
+    "RNN_h_tuple": ForwardCase("RNN", "aten", lambda: (randn(5, 2, 3), lstm_hx((2, 2, 4), (2, 2, 4)))),
+    "RNN_double_input": ForwardCase("RNN", "python", lambda: (randn(5, 2, 3, dtype=torch.float64),)),
+    "RNN_relu_double_input_unbatched": ForwardCase("RNN", "python", lambda: (randn(5, 3, dtype=torch.float64),), RELU),
+    "RNN_float_input_double_module": ForwardCase("RNN", "python", lambda: (randn(5, 2, 3),), F64),
+    "RNN_double_input_packed": ForwardCase("RNN", "python", lambda: (packed(dtype=torch.float64),)),
+    "RNN_double_h": ForwardCase("RNN", "aten", lambda: (randn(5, 2, 3), randn(2, 2, 4, dtype=torch.float64))),
+    "RNN_relu_float_h_double_module": ForwardCase("RNN", "aten", lambda: (
+        randn(5, 2, 3, dtype=torch.float64), randn(2, 2, 4)), F64 + RELU),
+    "RNN_T0": ForwardCase("RNN", "aten", lambda: (randn(0, 2, 3),)),
+    "RNN_relu_T0_unbatched": ForwardCase("RNN", "aten", lambda: (randn(0, 3),), RELU),
+    "RNN_T0_batch_first": ForwardCase("RNN", "aten", lambda: (randn(2, 0, 3),), BF),
+    "RNN_T0_with_hx": ForwardCase("RNN", "aten", lambda: (randn(0, 2, 3), randn(2, 2, 4))),
+    "RNN_packed_h_batch": ForwardCase("RNN", "python", lambda: (packed(), randn(2, 3, 4))),
+    "RNN_relu_packed_h_hidden": ForwardCase("RNN", "python", lambda: (packed(), randn(2, 2, 5)), RELU),
+    "RNN_packed_h_layers": ForwardCase("RNN", "python", lambda: (packed(), randn(1, 2, 4))),
+    "RNN_packed_h_rank": ForwardCase("RNN", "python", lambda: (packed(), randn(2, 4))),
+    "RNN_packed_unsorted_h_batch_too_small": ForwardCase("RNN", "aten", lambda: (
+        packed((2, 5, 3), enforce_sorted=False), randn(2, 2, 4))),
 }
 
 
@@ -230,7 +306,7 @@ def test_forward_error(case_id):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="device mismatch needs a CUDA device")
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", MODES)
 def test_device_mismatch(mode):
     reference = torch_module_class(mode)(3, 4).cuda()
     fast = fast_module_class(mode)(3, 4).cuda()
@@ -244,16 +320,25 @@ LENIENT_CASES = {
     # The c0 dtype is never checked: torch computes f * c0 with type promotion (float64 module).
     "LSTM_float_c0_double_module": ("LSTM", F64, lambda: (
         randn(5, 2, 3, dtype=torch.float64), lstm_hx((2, 2, 4), (2, 2, 4), h_dtype=torch.float64))),
+    # ... an integer c0 too (float64 module, any input form; float32 module with a PackedSequence,
+    # whose path in torch does not go through oneDNN).
+    "LSTM_int_c0_double_module": ("LSTM", F64, lambda: (
+        randn(5, 2, 3, dtype=torch.float64), (randn(2, 2, 4, dtype=torch.float64), torch.randint(-3, 4, (2, 2, 4))))),
+    "LSTM_int_c0_packed": ("LSTM", (), lambda: (packed(), (randn(2, 2, 4), torch.randint(-3, 4, (2, 2, 4))))),
     # Unsorted PackedSequence: hx is permuted by sorted_indices before any check, so extra
     # batch entries are dropped silently.
     "LSTM_packed_unsorted_h_batch_too_large": ("LSTM", (), lambda: (
         packed((2, 5, 3), enforce_sorted=False), lstm_hx((2, 4, 4), (2, 4, 4)))),
     "GRU_packed_unsorted_h_batch_too_large": ("GRU", (), lambda: (
         packed((2, 5, 3), enforce_sorted=False), randn(2, 4, 4))),
+    "RNN_packed_unsorted_h_batch_too_large": ("RNN", (), lambda: (
+        packed((2, 5, 3), enforce_sorted=False), randn(2, 4, 4))),
+    "RNN_relu_packed_unsorted_h_batch_too_large": ("RNN", RELU, lambda: (
+        packed((2, 5, 3), enforce_sorted=False), randn(2, 4, 4))),
 }
 
 
-@pytest.mark.parametrize("case_id", LENIENT_CASES)
+@pytest.mark.parametrize("case_id", list(LENIENT_CASES))
 def test_lenient_input_accepted_like_torch(case_id):
     mode, extra, make_args = LENIENT_CASES[case_id]
     kwargs = dict(num_layers=2, **dict(extra))

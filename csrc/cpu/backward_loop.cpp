@@ -41,14 +41,22 @@ class BackwardLoop {
     const int64_t rows_max = StepPlan::max_rows(chunks_);
     dg_ = pooled_empty({rows_max, GH}, opts);
     if (separate_) dgxn_ = pooled_empty({rows_max, H_}, opts);
-    dh_ = empty_small<T>(a_.dh_n.sizes(), opts).copy_(a_.dh_n);  // running dh of the current step's h
-    if (cell_.cell_state) dc_ = empty_small<T>(a_.dc_n->sizes(), opts).copy_(*a_.dc_n);
-    if (proj_) {
-      dh_total_ = pooled_empty({rows_max, P_}, opts);
-      dm_ = empty_small<T>({B, H_}, opts);
-    }
-    w_hh_panels_ = SlicePanels<T>(k_, GH, slicing_.proj_widths(), opts);
-    if (proj_) w_hr_panels_ = SlicePanels<T>(k_, P_, slicing_.unit_widths(1), opts);
+    small_ = SmallBuffers<T>({B * P_, cell_.cell_state ? B * H_ : 0, proj_ ? B * H_ : 0}, opts);
+    dh_ = small_[0];  // running dh of the current step's h
+    dc_ = small_[1];
+    dm_ = small_[2];
+    std::copy_n(a_.dh_n.template data_ptr<T>(), B * P_, dh_);
+    if (cell_.cell_state) std::copy_n(a_.dc_n->template data_ptr<T>(), B * H_, dc_);
+    if (proj_) dh_total_ = pooled_empty({rows_max, P_}, opts);
+    // As in the forward, a call of a few rows reads the weights where they are
+    // instead of packing them.
+    const bool direct = plan_.N <= 4 * kRowsPerPackedPass;
+    auto panels = [&](int64_t K, std::vector<int64_t> widths) {
+      return direct ? SlicePanels<T>::direct(K, std::move(widths))
+                    : SlicePanels<T>(k_, K, std::move(widths), opts);
+    };
+    w_hh_panels_ = panels(GH, slicing_.proj_widths());
+    if (proj_) w_hr_panels_ = panels(P_, slicing_.unit_widths(1));
     if (a_.need_dweights) {
       // Written (not accumulated) by the first chunk's products: no zeroing.
       g_.dw_ih = pooled_empty(in_.w.w_ih.sizes(), opts);
@@ -71,8 +79,8 @@ class BackwardLoop {
       std::vector<int64_t> widths(slicing_.count);
       for (int s = 0; s < slicing_.count; ++s) widths[s] = input_cut_[s + 1] - input_cut_[s];
       const int64_t shared = separate_ ? GH - H_ : GH;
-      w_ih_panels_ = SlicePanels<T>(k_, shared, widths, opts);
-      if (separate_) w_in_panels_ = SlicePanels<T>(k_, H_, widths, opts);
+      w_ih_panels_ = panels(shared, widths);
+      if (separate_) w_in_panels_ = panels(H_, widths);
     }
 
     run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
@@ -130,7 +138,7 @@ class BackwardLoop {
     const int64_t GH = G_ * H_;
     const T* dy = a_.dy.template data_ptr<T>() + off * a_.dy.stride(0);
     const int64_t lddy = a_.dy.stride(0);
-    T* dh = dh_.data_ptr<T>();
+    T* dh = dh_;
     const int64_t r0 = off - chunk.lo;  // first row of the step in the chunk buffers
     T* dg = dg_.data_ptr<T>() + r0 * GH;
 
@@ -143,7 +151,7 @@ class BackwardLoop {
             dht[b * P_ + p] = dy[b * lddy + p] + dh[b * P_ + p];
       barrier.wait(thread);
       for (int sl = thread; sl < slicing_.count; sl += threads)
-        w_hr_panels_.gemm(k_, sl, rows, dht, P_, T(0), dm_.data_ptr<T>() + slicing_.u0(sl), H_);
+        w_hr_panels_.gemm(k_, sl, rows, dht, P_, T(0), dm_ + slicing_.u0(sl), H_);
     }
 
     CellBackwardRows<T> r;
@@ -162,13 +170,13 @@ class BackwardLoop {
       r.prev = h_prev(s);
     }
     if (proj_) {
-      r.dh_a = dm_.data_ptr<T>(); r.ld_dh_a = H_;
+      r.dh_a = dm_; r.ld_dh_a = H_;
     } else {
       r.dh_a = dy; r.ld_dh_a = lddy;
       r.dh_b = dh; r.ld_dh_b = P_;
     }
     if (cell_.cell_state) {
-      r.dc = dc_.data_ptr<T>(); r.ld_dc = H_;
+      r.dc = dc_; r.ld_dc = H_;
     }
     if (separate_) {
       r.dh_direct = dh; r.ld_dh_direct = P_;
@@ -255,9 +263,14 @@ class BackwardLoop {
   }
 
   LayerGrads finish() {
-    if (a_.need_dstate) {  // fresh tensors: dh_ and dc_ start at a skewed offset
-      g_.dh0 = at::empty_like(a_.dh_n, at::MemoryFormat::Contiguous).copy_(dh_);
-      if (cell_.cell_state) g_.dc0 = at::empty_like(*a_.dc_n, at::MemoryFormat::Contiguous).copy_(dc_);
+    if (a_.need_dstate) {
+      const auto opts = in_.x.options();
+      g_.dh0 = at::empty({plan_.B, P_}, opts);
+      std::copy_n(dh_, plan_.B * P_, g_.dh0.template data_ptr<T>());
+      if (cell_.cell_state) {
+        g_.dc0 = at::empty({plan_.B, H_}, opts);
+        std::copy_n(dc_, plan_.B * H_, g_.dc0.template data_ptr<T>());
+      }
     }
     if (a_.need_dweights && has(in_.w.b_ih)) {
       g_.db_hh = db_h_;
@@ -288,9 +301,10 @@ class BackwardLoop {
   Tensor dh_total_;  // [rows, P] proj: dh_t = dy_t + recurrent part (input of dw_hr)
   Tensor dg_t_;      // per slice: [nu or np, rows] a transposed column block of dG (or dh_total)
   // Step state:
-  Tensor dh_;        // [B, P] recurrent gradient of the current step's h
-  Tensor dc_;        // [B, H] cell_state: gradient of the current step's c
-  Tensor dm_;        // [B, H] proj: gradient of m_t
+  SmallBuffers<T> small_;
+  T* dh_ = nullptr;  // [B, P] recurrent gradient of the current step's h
+  T* dc_ = nullptr;  // [B, H] cell_state: gradient of the current step's c
+  T* dm_ = nullptr;  // [B, H] proj: gradient of m_t
   // Gradient accumulators:
   Tensor db_h_;      // [G*H] column sums of dg_
   Tensor db_xn_;     // [H] separate_hidden: column sums of dgxn_

@@ -15,6 +15,10 @@ namespace rnnfast {
 namespace cpu {
 namespace {
 
+// Pre-activation chunks up to this size share the call's one small-buffer
+// allocation (a one-step call then allocates its scratch once).
+constexpr int64_t kSmallGxBytes = 16 * 1024;
+
 template <typename T>
 class ForwardLoop {
  public:
@@ -44,15 +48,27 @@ class ForwardLoop {
       saved_ = SavedActivations::view(out.workspace, in_.cell, d);
     } else {
       out.workspace = at::empty({0}, opts);
-      if (proj_) m_scratch_ = empty_small<T>({B, H_}, opts);  // m of the current step
     }
     y_ = out.y.template data_ptr<T>();
     // The input projection x @ w_ih^T is computed a chunk of steps at a time,
     // ahead of the chunk's recurrence: one large GEMM per slice, and scratch
     // bounded by the chunk size however long the sequence.
     chunks_ = plan_.chunks(std::max<int64_t>(B, kForwardChunkRows));
-    gx_ = pooled_empty({StepPlan::max_rows(chunks_), GH}, opts);
-    if (cell_.separate_hidden) gh_ = empty_small<T>({B, GH}, opts);
+    const int64_t gx_size = StepPlan::max_rows(chunks_) * GH;
+    const bool small_gx = gx_size * int64_t(sizeof(T)) <= kSmallGxBytes;
+    if (!small_gx) gx_large_ = pooled_empty({gx_size}, opts);
+    small_ = SmallBuffers<T>({small_gx ? gx_size : 0,
+                              cell_.separate_hidden ? B * GH : 0,  // gh
+                              proj_ && !training_ ? B * H_ : 0,    // m of the current step
+                              cell_.cell_state ? B * H_ : 0,       // running c
+                              FoldedBias<T>::size(cell_, H_)},
+                             opts);
+    gx_ = small_gx ? small_[0] : gx_large_.data_ptr<T>();
+    gh_ = small_[1];
+    m_scratch_ = small_[2];
+    c_ = small_[3];
+    bias_ = FoldedBias<T>(cell_, in_.w, H_, small_[4]);
+    if (cell_.cell_state) std::copy_n(in_.c0->template data_ptr<T>(), B * H_, c_);
     // Packing costs about as much as one pass of GEMMs over the weights: not
     // repaid by a step or two of a small batch (e.g. one step at a time while
     // decoding). Such calls read the weights where they are.
@@ -65,8 +81,6 @@ class ForwardLoop {
       w_hh_panels_ = SlicePanels<T>(k_, P_, slicing_.unit_widths(G_), opts);
       if (proj_) w_hr_panels_ = SlicePanels<T>(k_, H_, slicing_.proj_widths(), opts);
     }
-    bias_ = FoldedBias<T>(cell_, in_.w, H_);
-    if (cell_.cell_state) c_ = empty_small<T>({B, H_}, opts).copy_(*in_.c0);
 
     run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
@@ -76,7 +90,8 @@ class ForwardLoop {
       }
     });
     gather_h_n(out.h_n);
-    if (cell_.cell_state) out.c_n.copy_(c_);  // rows keep c from their last step
+    // Rows keep c from their last step.
+    if (cell_.cell_state) std::copy_n(c_, B * H_, out.c_n.template data_ptr<T>());
     return out;
   }
 
@@ -106,8 +121,7 @@ class ForwardLoop {
   void project_input(const Chunk& c, int thread, int threads) {
     const T* x = in_.x.template data_ptr<T>() + c.lo * I_;
     for (int s = thread; s < slicing_.count; s += threads)
-      w_ih_panels_.gemm(k_, s, c.rows, x, I_, T(0), gx_.data_ptr<T>() + G_ * slicing_.u0(s),
-                        G_ * H_);
+      w_ih_panels_.gemm(k_, s, c.rows, x, I_, T(0), gx_ + G_ * slicing_.u0(s), G_ * H_);
   }
 
   // Previous hidden state of each row of the s-th processed step: the
@@ -126,11 +140,10 @@ class ForwardLoop {
     const int64_t t = plan_.step(s), rows = plan_.bs[t], off = plan_.offset[t];
     const int64_t GH = G_ * H_;
     const PrevRows<T> prev = h_prev(s);
-    T* gx = gx_.data_ptr<T>() + (off - chunk.lo) * GH;  // this step's rows
+    T* gx = gx_ + (off - chunk.lo) * GH;  // this step's rows
     // Output of the gate math: h_t itself, or m_t (the input of w_hr).
     T* m = !proj_ ? y_ + off * P_
-                  : (training_ ? saved_.proj_in.template data_ptr<T>() + off * H_
-                               : m_scratch_.template data_ptr<T>());
+                  : (training_ ? saved_.proj_in.template data_ptr<T>() + off * H_ : m_scratch_);
     const int64_t ld_m = proj_ ? H_ : P_;
 
     for (int sl = thread; sl < slicing_.count; sl += threads) {
@@ -139,7 +152,7 @@ class ForwardLoop {
       // Recurrent GEMM: rows continuing from the previous step, then rows
       // starting from h0 (only in the reverse direction of a packed batch),
       // accumulated into the input part or kept apart (separate_hidden).
-      T* rec = cell_.separate_hidden ? gh_.data_ptr<T>() + G_ * u0 : gx_slice;
+      T* rec = cell_.separate_hidden ? gh_ + G_ * u0 : gx_slice;
       const T beta = cell_.separate_hidden ? T(0) : T(1);
       const int64_t n1 = prev.n_first;
       w_hh_panels_.gemm(k_, sl, n1, prev.first, P_, beta, rec, GH);
@@ -153,7 +166,7 @@ class ForwardLoop {
       r.bias_hn = bias_.bias_hn();
       r.h_prev = prev;
       if (cell_.cell_state) {
-        r.c = c_.template data_ptr<T>(); r.ld_c = H_;
+        r.c = c_; r.ld_c = H_;
       }
       r.h = m; r.ld_h = ld_m;
       if (training_) {
@@ -193,10 +206,12 @@ class ForwardLoop {
   std::vector<Chunk> chunks_;
   T* y_ = nullptr;             // [N, P] output
   SavedActivations saved_;     // training: views of the workspace
-  Tensor m_scratch_;           // inference with projection: [B, H] m of the current step
-  Tensor gx_;                  // [chunk rows, G*H] slice-blocked pre-activations of a chunk
-  Tensor gh_;                  // separate_hidden: [B, G*H] slice-blocked h_prev @ w_hh^T
-  Tensor c_;                   // cell_state: [B, H] running cell state (c0 in, c_n out)
+  Tensor gx_large_;            // gx_ when it is too large for small_
+  SmallBuffers<T> small_;
+  T* gx_ = nullptr;            // [chunk rows, G*H] slice-blocked pre-activations of a chunk
+  T* gh_ = nullptr;            // separate_hidden: [B, G*H] slice-blocked h_prev @ w_hh^T
+  T* m_scratch_ = nullptr;     // inference with projection: [B, H] m of the current step
+  T* c_ = nullptr;             // cell_state: [B, H] running cell state (c0 in, c_n out)
   SlicePanels<T> w_ih_panels_;  // per slice: [I, G*nu] w_ih^T, gate-blocked
   SlicePanels<T> w_hh_panels_;  // per slice: [P, G*nu] w_hh^T, gate-blocked
   SlicePanels<T> w_hr_panels_;  // per slice: [H, np] w_hr^T

@@ -119,6 +119,10 @@ struct KernelTable {
   // for calls too small to repay packing.
   void (*gemm_direct)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W,
                       int64_t ldw, T beta, T* C, int64_t ldc);
+  // C[M,N] = A[M,K] @ B[K,N] + beta*C with B row-major as stored (rows ldb
+  // apart, no packing): for calls too small to repay packing.
+  void (*gemm_rows)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+                    int64_t ldb, T beta, T* C, int64_t ldc);
   // dst[c, r] = src[r, c] for a [rows, cols] block (A operands of the weight
   // gradients, which sum over rows).
   void (*transpose)(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd);

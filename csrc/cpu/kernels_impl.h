@@ -35,11 +35,14 @@ using at::vec::Vectorized;
 
 // exp(x): x = n*ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r)
 // by its degree-7 Taylor polynomial (truncation < 5e-9), times 2^n. Inputs are
-// clamped to where 2^n is a normal float; beyond, exp saturates (0 or 2.2e38),
-// which is all sigmoid and tanh need.
+// clamped: below to where 2^n is a normal float (exp saturates at ~1e-38),
+// above to 89, where 2^n (n = 128) overflows to +inf. That overflow matters:
+// sigmoid(x) = 1/(1 + exp(-x)) must be exactly 0 for x = -inf, as torch's is,
+// or its derivative s(1-s) is a denormal and an infinite input times it gives
+// inf instead of torch's NaN (0 * inf) in the weight gradients.
 inline Vectorized<float> exp_inline(Vectorized<float> x) {
   using V = Vectorized<float>;
-  x = at::vec::minimum(at::vec::maximum(x, V(-87.3f)), V(88.3f));
+  x = at::vec::minimum(at::vec::maximum(x, V(-87.3f)), V(89.0f));
   const V n = (x * V(1.44269504088896341f)).round();
   V r = at::vec::fmadd(n, V(-0.693359375f), x);
   r = at::vec::fmadd(n, V(2.12194440e-4f), r);
@@ -313,6 +316,49 @@ void gemm_direct(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const
   }
 }
 
+// C[M,N] = A[M,K] @ B[K,N] + beta*C reading B's rows where they are (ldb
+// apart): an axpy of each B row per row of A, vectorized along N. For calls
+// too small to repay packing (a single step of a small batch).
+template <typename T>
+void gemm_rows(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* Bm,
+               int64_t ldb, T beta, T* Cm, int64_t ldc) {
+  using V = Vectorized<T>;
+  constexpr int64_t W = V::size();
+  constexpr int C = kPanelVectors;
+  for (int64_t m = 0; m < M; ++m) {
+    const T* a = A + m * lda;
+    T* c = Cm + m * ldc;
+    for (int64_t n0 = 0; n0 < N; n0 += C * W) {
+      V acc[C];
+      for (int q = 0; q < C; ++q) acc[q] = V(T(0));
+      if (n0 + C * W <= N) {
+        for (int64_t k = 0; k < K; ++k) {
+          const V av(a[k]);
+          const T* b = Bm + k * ldb + n0;
+          for (int q = 0; q < C; ++q) acc[q] = at::vec::fmadd(av, V::loadu(b + q * W), acc[q]);
+        }
+      } else {
+        for (int64_t k = 0; k < K; ++k) {
+          const V av(a[k]);
+          const T* b = Bm + k * ldb + n0;
+          for (int q = 0; q < C; ++q) {
+            const int64_t n = std::min<int64_t>(W, N - n0 - q * W);
+            if (n <= 0) break;
+            acc[q] = at::vec::fmadd(av, load(b + q * W, n), acc[q]);
+          }
+        }
+      }
+      for (int q = 0; q < C; ++q) {
+        const int64_t n = std::min<int64_t>(W, N - n0 - q * W);
+        if (n <= 0) break;
+        V out = acc[q];
+        if (beta != T(0)) out = at::vec::fmadd(V(beta), load(c + n0 + q * W, n), out);
+        store(c + n0 + q * W, out, n);
+      }
+    }
+  }
+}
+
 // dst[c, r] = src[r, c] for a [rows, cols] block: the weight gradients sum
 // over rows, and the GEMM wants that sum along contiguous memory.
 template <typename T>
@@ -523,6 +569,7 @@ const KernelTable<T>* make_table(const char* isa) {
       &pack_b<T>,
       &gemm_packed<T>,
       &gemm_direct<T>,
+      &gemm_rows<T>,
       &transpose<T>,
       &pack_b_rows<T>,
       &add_column_sums<T>,

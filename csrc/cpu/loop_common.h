@@ -126,8 +126,10 @@ class SlicePanels {
       offsets_[s + 1] = offsets_[s] + k.packed_b_size(K_max, widths_[s]);
     buffer_ = pooled_empty({std::max<int64_t>(offsets_.back(), 1)}, opts);
   }
-  // Unpacked: gemm() reads the weights where they are (gemm_direct), for calls
-  // too small to repay packing. Only for transposed weights (k_stride 1).
+  // Unpacked: gemm() reads the weights where they are, for calls too small to
+  // repay packing: transposed weights (k_stride 1: gemm_direct, a dot product
+  // per output) or row-major ones (contiguous columns of rows k_stride apart:
+  // gemm_rows).
   static SlicePanels direct(int64_t K, std::vector<int64_t> widths) {
     SlicePanels p;
     p.K_.assign(widths.size(), K);
@@ -139,8 +141,9 @@ class SlicePanels {
   // direct mode only remembers where the columns are.
   void pack(const KernelTable<T>& k, int s, const T* src, int64_t k_stride, ColumnMap columns) {
     if (!direct_.empty()) {
-      TORCH_INTERNAL_ASSERT(k_stride == 1);
-      direct_[s] = {src, columns};
+      // Row-major sources are read as one run of columns per row.
+      TORCH_INTERNAL_ASSERT(k_stride == 1 || (columns.col_stride == 1 && columns.block >= widths_[s]));
+      direct_[s] = {src, columns, k_stride};
       return;
     }
     k.pack_b(K_[s], widths_[s], src, k_stride, columns, data(s));
@@ -158,17 +161,26 @@ class SlicePanels {
       k.gemm_packed(M, widths_[s], K_[s], A, lda, data(s), beta, C, ldc);
       return;
     }
+    const Direct& d = direct_[s];
+    if (d.k_stride != 1) {
+      k.gemm_rows(M, widths_[s], K_[s], A, lda, d.src + d.cols.offset(0), d.k_stride, beta, C, ldc);
+      return;
+    }
     // Columns come in blocks of contiguous weight rows (gate blocks).
-    const auto& [src, cols] = direct_[s];
-    for (int64_t n0 = 0; n0 < widths_[s]; n0 += cols.block) {
-      const int64_t n = std::min(cols.block, widths_[s] - n0);
-      k.gemm_direct(M, n, K_[s], A, lda, src + cols.offset(n0), cols.col_stride, beta, C + n0, ldc);
+    for (int64_t n0 = 0; n0 < widths_[s]; n0 += d.cols.block) {
+      const int64_t n = std::min(d.cols.block, widths_[s] - n0);
+      k.gemm_direct(M, n, K_[s], A, lda, d.src + d.cols.offset(n0), d.cols.col_stride, beta, C + n0, ldc);
     }
   }
 
  private:
+  struct Direct {
+    const T* src = nullptr;
+    ColumnMap cols;
+    int64_t k_stride = 1;
+  };
   T* data(int s) const { return buffer_.data_ptr<T>() + offsets_[s]; }
-  std::vector<std::pair<const T*, ColumnMap>> direct_;  // direct mode: where each slice's columns are
+  std::vector<Direct> direct_;  // direct mode: where each slice's columns are
   std::vector<int64_t> K_;
   std::vector<int64_t> widths_;
   std::vector<int64_t> offsets_;
@@ -189,25 +201,37 @@ T* ptr(const Tensor& t) {
 // Small buffers therefore start at a fixed offset off the 4 KB grid.
 constexpr uintptr_t kSmallBufferOffset = 2048 + 256;
 
-// Elements to skip from p to reach the fixed offset (p 16-byte aligned, as
-// malloc and at::empty give, so the skip is a whole number of elements).
+// The small buffers of one call, carved from one allocation (a one-step call
+// must not pay an allocation per buffer): buffer k holds counts[k] elements
+// (none for 0) and starts at the fixed offset off the 4 KB grid.
 template <typename T>
-int64_t skew(const void* p) {
-  const uintptr_t at = reinterpret_cast<uintptr_t>(p) % 4096;
-  return int64_t((kSmallBufferOffset + 4096 - at) % 4096 / sizeof(T));
-}
+class SmallBuffers {
+ public:
+  SmallBuffers() = default;
+  SmallBuffers(const std::vector<int64_t>& counts, const at::TensorOptions& opts) {
+    constexpr uintptr_t kPage = 4096;
+    auto span = [](int64_t n) {
+      return (kSmallBufferOffset + uintptr_t(n) * sizeof(T) + kPage - 1) / kPage * kPage;
+    };
+    uintptr_t bytes = kPage;  // slack to align the first buffer's page
+    for (int64_t n : counts) bytes += n > 0 ? span(n) : 0;
+    block_ = pooled_empty({int64_t(bytes)}, opts.dtype(at::kByte));
+    uintptr_t page = (reinterpret_cast<uintptr_t>(block_.data_ptr()) + kPage - 1) / kPage * kPage;
+    for (int64_t n : counts) {
+      ptrs_.push_back(n > 0 ? reinterpret_cast<T*>(page + kSmallBufferOffset) : nullptr);
+      page += n > 0 ? span(n) : 0;
+    }
+  }
+  T* operator[](size_t k) const { return ptrs_[k]; }
 
-// An uninitialised contiguous tensor starting at the fixed offset.
-template <typename T>
-Tensor empty_small(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  Tensor raw = at::empty({numel + int64_t(4096 / sizeof(T))}, opts);
-  return raw.as_strided(sizes, c10::contiguous_strides(sizes), skew<T>(raw.data_ptr()));
-}
+ private:
+  Tensor block_;
+  std::vector<T*> ptrs_;
+};
 
-// Bias vectors folded for the fused kernels (zeros without bias), in a plain
-// vector: tensor ops would cost microseconds of dispatch in a one-step call.
+// Bias vectors folded for the fused kernels (zeros without bias), written
+// into a buffer of G*H + H elements: tensor ops would cost microseconds of
+// dispatch in a one-step call.
 //   bias    = b_ih + b_hh [G*H]; a separate_hidden cell (GRU) adds b_hh only
 //             outside its last block, whose b_hh goes to
 //   bias_hn = b_hh of the last block [H] (r multiplies W_hn h + b_hn).
@@ -215,23 +239,29 @@ template <typename T>
 class FoldedBias {
  public:
   FoldedBias() = default;
-  FoldedBias(const CellInfo& cell, const LayerWeights& w, int64_t H) {
+  FoldedBias(const CellInfo& cell, const LayerWeights& w, int64_t H, T* storage) {
     const int64_t GH = cell.gates * H;
-    storage_.assign(GH + H + 4096 / sizeof(T), T(0));
-    bias_ = storage_.data() + skew<T>(storage_.data());
-    bias_hn_ = bias_ + GH;
-    if (!has(w.b_ih)) return;
+    bias_ = storage;
+    bias_hn_ = storage + GH;
+    if (!has(w.b_ih)) {
+      std::fill_n(storage, GH + H, T(0));
+      return;
+    }
     const T* b_ih = w.b_ih->template data_ptr<T>();  // contiguous (checked)
     const T* b_hh = w.b_hh->template data_ptr<T>();
     const int64_t hidden_part = cell.separate_hidden ? GH - H : GH;
     for (int64_t j = 0; j < GH; ++j) bias_[j] = j < hidden_part ? b_ih[j] + b_hh[j] : b_ih[j];
-    if (cell.separate_hidden) std::copy_n(b_hh + hidden_part, H, bias_hn_);
+    if (cell.separate_hidden) {
+      std::copy_n(b_hh + hidden_part, H, bias_hn_);
+    } else {
+      std::fill_n(bias_hn_, H, T(0));
+    }
   }
+  static int64_t size(const CellInfo& cell, int64_t H) { return (cell.gates + 1) * H; }
   const T* bias() const { return bias_; }
   const T* bias_hn() const { return bias_hn_; }
 
  private:
-  std::vector<T> storage_;
   T* bias_ = nullptr;     // [G*H]
   T* bias_hn_ = nullptr;  // [H]
 };

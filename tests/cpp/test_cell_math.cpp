@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <random>
 
+#include <limits>
+
 #include "cell_math.h"
 
 namespace {
@@ -115,6 +117,10 @@ void test_rnn(std::mt19937& rng) {
     expect_close(rnnfast::rnn_backward<M, RnnActivation::kRelu>(hr, dh), a > 0 ? dh : 0.0, 0,
                  "rnn relu da");
   }
+  // relu's gradient is a select, as torch's threshold_backward: an infinite
+  // gradient does not leak into an inactive unit as inf * 0 = NaN.
+  const double inf = std::numeric_limits<double>::infinity();
+  expect_close(rnnfast::rnn_backward<M, RnnActivation::kRelu>(0.0, inf), 0.0, 0, "relu da(inf) inactive");
 }
 
 void test_float_sigmoid_saturates() {

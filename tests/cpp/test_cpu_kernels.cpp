@@ -13,6 +13,7 @@
 
 namespace {
 
+using rnnfast::CellType;
 using rnnfast::cpu::KernelTable;
 int g_failures = 0;
 
@@ -136,13 +137,13 @@ void test_lstm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
         m_want[b * ld_m + u] = mn;
         cs_want[b * H + u] = cn;
       }
-    rnnfast::cpu::LstmForwardRows<T> r;
+    rnnfast::cpu::CellForwardRows<T> r;
     r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H;
-    r.pre = pre.data(); r.ld_pre = ld_pre; r.bias = bias.data();
+    r.gx = pre.data(); r.ld_gx = ld_pre; r.bias = bias.data();
     r.gates = gates_out.data(); r.ld_gates = ld_gates;
-    r.c = c.data(); r.ld_c = ld_c; r.c_saved = c_saved.data(); r.ld_c_saved = H;
-    r.m = m.data(); r.ld_m = ld_m;
-    k.lstm_forward_train(r);
+    r.c = c.data(); r.ld_c = ld_c; r.saved = c_saved.data(); r.ld_saved = H;
+    r.h = m.data(); r.ld_h = ld_m;
+    k.cells[int(CellType::kLSTM)].forward_train(r);
     expect_close(gates_out, gates_want, tol, "lstm forward gates", k.isa);
     expect_close(c, c_want, tol, "lstm forward c", k.isa);
     expect_close(m, m_want, tol, "lstm forward m", k.isa);
@@ -166,14 +167,14 @@ void test_lstm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
         for (int q = 0; q < 4; ++q) dg_want[b * 4 * H + q * H + u] = d[q];
         dc_want[b * H + u] = dcp;
       }
-    rnnfast::cpu::LstmBackwardRows<T> rb;
+    rnnfast::cpu::CellBackwardRows<T> rb;
     rb.rows = rows; rb.u0 = u0; rb.u1 = u1; rb.H = H;
-    rb.gates = gates.data(); rb.ld_gates = 4 * H; rb.c = cs.data(); rb.ld_c = H;
-    rb.c_prev.first = cprev.data(); rb.c_prev.ld_first = H; rb.c_prev.n_first = 1;
-    rb.c_prev.initial = c0.data(); rb.c_prev.ld_initial = H;
-    rb.dm_a = dm_a.data(); rb.ld_dm_a = H; rb.dm_b = dm_b.data(); rb.ld_dm_b = H;
-    rb.dc = dc.data(); rb.ld_dc = H; rb.dgates = dg.data(); rb.ld_dgates = 4 * H;
-    k.lstm_backward(rb);
+    rb.gates = gates.data(); rb.ld_gates = 4 * H; rb.saved = cs.data(); rb.ld_saved = H;
+    rb.prev.first = cprev.data(); rb.prev.ld_first = H; rb.prev.n_first = 1;
+    rb.prev.initial = c0.data(); rb.prev.ld_initial = H;
+    rb.dh_a = dm_a.data(); rb.ld_dh_a = H; rb.dh_b = dm_b.data(); rb.ld_dh_b = H;
+    rb.dc = dc.data(); rb.ld_dc = H; rb.dg = dg.data(); rb.ld_dg = 4 * H;
+    k.cells[int(CellType::kLSTM)].backward(rb);
     expect_close(dg, dg_want, tol, "lstm backward dgates", k.isa);
     expect_close(dc, dc_want, tol, "lstm backward dc", k.isa);
   }
@@ -207,15 +208,15 @@ void test_gru(const KernelTable<T>& k, std::mt19937& rng, double tol) {
         hn_want[b * H + u] = hn;
         h_want[b * H + u] = hnew;
       }
-    rnnfast::cpu::GruForwardRows<T> r;
+    rnnfast::cpu::CellForwardRows<T> r;
     r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H;
     r.gx = gx.data(); r.ld_gx = 3 * nu; r.gh = gh.data(); r.ld_gh = 3 * nu;
-    r.bias_x = bx.data(); r.bias_hn = bhn.data();
+    r.bias = bx.data(); r.bias_hn = bhn.data();
     r.h_prev.first = hp.data(); r.h_prev.ld_first = H; r.h_prev.n_first = 2;
     r.h_prev.initial = h0.data(); r.h_prev.ld_initial = H;
     r.gates = gates_out.data(); r.ld_gates = 3 * H;
-    r.hn_saved = hn_saved.data(); r.ld_hn_saved = H; r.h = h.data(); r.ld_h = H;
-    k.gru_forward_train(r);
+    r.saved = hn_saved.data(); r.ld_saved = H; r.h = h.data(); r.ld_h = H;
+    k.cells[int(CellType::kGRU)].forward_train(r);
     expect_close(gates_out, gates_want, tol, "gru forward gates", k.isa);
     expect_close(hn_saved, hn_want, tol, "gru forward hn", k.isa);
     expect_close(h, h_want, tol, "gru forward h", k.isa);
@@ -239,15 +240,92 @@ void test_gru(const KernelTable<T>& k, std::mt19937& rng, double tol) {
         dgxn_want[b * H + u] = daxn;
         dh_want[b * H + u] = direct;
       }
-    rnnfast::cpu::GruBackwardRows<T> rb;
+    rnnfast::cpu::CellBackwardRows<T> rb;
     rb.rows = rows; rb.u0 = u0; rb.u1 = u1; rb.H = H;
-    rb.gates = gates.data(); rb.ld_gates = 3 * H; rb.hn = hn.data(); rb.ld_hn = H;
-    rb.h_prev = r.h_prev; rb.dy = dy.data(); rb.ld_dy = H; rb.dh = dh.data(); rb.ld_dh = H;
-    rb.dgh = dgh.data(); rb.ld_dgh = 3 * H; rb.dgxn = dgxn.data(); rb.ld_dgxn = H;
-    k.gru_backward(rb);
+    rb.gates = gates.data(); rb.ld_gates = 3 * H; rb.saved = hn.data(); rb.ld_saved = H;
+    rb.prev = r.h_prev; rb.dh_a = dy.data(); rb.ld_dh_a = H; rb.dh_b = dh.data(); rb.ld_dh_b = H;
+    rb.dh_direct = dh.data(); rb.ld_dh_direct = H;
+    rb.dg = dgh.data(); rb.ld_dg = 3 * H; rb.dgxn = dgxn.data(); rb.ld_dgxn = H;
+    k.cells[int(CellType::kGRU)].backward(rb);
     expect_close(dgh, dgh_want, tol, "gru backward dgh", k.isa);
     expect_close(dgxn, dgxn_want, tol, "gru backward dgxn", k.isa);
     expect_close(dh, dh_want, tol, "gru backward dh", k.isa);
+  }
+}
+
+template <typename T>
+void test_rnn(const KernelTable<T>& k, std::mt19937& rng, double tol) {
+  using M = rnnfast::ScalarMath<T>;
+  for (CellType cell : {CellType::kRNNTanh, CellType::kRNNRelu}) {
+    const bool relu = cell == CellType::kRNNRelu;
+    for (int64_t H : {1, 3, 17, 40}) {
+      const int64_t rows = 3, u0 = H > 3 ? 2 : 0, u1 = H, nu = u1 - u0, ld_h = H + 3;
+      auto pre = randn<T>(rows * nu, rng), bias = randn<T>(H, rng), h = randn<T>(rows * ld_h, rng);
+      std::vector<T> h_want = h;
+      for (int64_t b = 0; b < rows; ++b)
+        for (int64_t u = u0; u < u1; ++u) {
+          const T a = pre[b * nu + (u - u0)] + bias[u];
+          h_want[b * ld_h + u] = relu ? rnnfast::rnn_forward<M, rnnfast::RnnActivation::kRelu>(a)
+                                      : rnnfast::rnn_forward<M, rnnfast::RnnActivation::kTanh>(a);
+        }
+      rnnfast::cpu::CellForwardRows<T> r;
+      r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H;
+      r.gx = pre.data(); r.ld_gx = nu; r.bias = bias.data(); r.h = h.data(); r.ld_h = ld_h;
+      k.cells[int(cell)].forward_infer(r);
+      expect_close(h, h_want, tol, relu ? "rnn relu forward" : "rnn tanh forward", k.isa);
+
+      // Backward from the output (some relu outputs exactly 0: inactive units).
+      auto y = randn<T>(rows * H, rng), dy = randn<T>(rows * H, rng), dh = randn<T>(rows * H, rng);
+      for (auto& v : y) v = relu ? std::max(v, T(0)) : std::tanh(v);
+      auto dg = randn<T>(rows * H, rng);
+      std::vector<T> dg_want = dg;
+      for (int64_t b = 0; b < rows; ++b)
+        for (int64_t u = u0; u < u1; ++u) {
+          const T d = dy[b * H + u] + dh[b * H + u];
+          dg_want[b * H + u] = relu ? rnnfast::rnn_backward<M, rnnfast::RnnActivation::kRelu>(y[b * H + u], d)
+                                    : rnnfast::rnn_backward<M, rnnfast::RnnActivation::kTanh>(y[b * H + u], d);
+        }
+      rnnfast::cpu::CellBackwardRows<T> rb;
+      rb.rows = rows; rb.u0 = u0; rb.u1 = u1; rb.H = H;
+      rb.h = y.data(); rb.ld_h = H; rb.dh_a = dy.data(); rb.ld_dh_a = H;
+      rb.dh_b = dh.data(); rb.ld_dh_b = H; rb.dg = dg.data(); rb.ld_dg = H;
+      k.cells[int(cell)].backward(rb);
+      expect_close(dg, dg_want, tol, relu ? "rnn relu backward" : "rnn tanh backward", k.isa);
+    }
+  }
+}
+
+// The unpacked GEMMs of small calls: gemm_direct (B given transposed, W[N, K])
+// and gemm_rows (B row-major [K, N] with a row stride).
+template <typename T>
+void test_unpacked_gemm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
+  for (int64_t M : {1, 2, 3, 5}) {
+    for (int64_t N : {1, 7, 16, 17, 65, 130}) {
+      for (int64_t K : {1, 7, 64, 70}) {
+        for (T beta : {T(0), T(1)}) {
+          const int64_t lda = K + 3, ldw = K + 2, ldb = N + 5, ldc = N + 2;
+          auto A = randn<T>(M * lda, rng), Wt = randn<T>(N * ldw, rng), Bm = randn<T>(K * ldb, rng);
+          auto C0 = randn<T>(M * ldc, rng);
+          std::vector<T> want_direct = C0, want_rows = C0;
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              double d = 0, r = 0;
+              for (int64_t q = 0; q < K; ++q) {
+                d += double(A[m * lda + q]) * double(Wt[n * ldw + q]);
+                r += double(A[m * lda + q]) * double(Bm[q * ldb + n]);
+              }
+              want_direct[m * ldc + n] = T(d + double(beta) * double(C0[m * ldc + n]));
+              want_rows[m * ldc + n] = T(r + double(beta) * double(C0[m * ldc + n]));
+            }
+          std::vector<T> C = C0;
+          k.gemm_direct(M, N, K, A.data(), lda, Wt.data(), ldw, beta, C.data(), ldc);
+          expect_close(C, want_direct, tol, "gemm_direct", k.isa);
+          C = C0;
+          k.gemm_rows(M, N, K, A.data(), lda, Bm.data(), ldb, beta, C.data(), ldc);
+          expect_close(C, want_rows, tol, "gemm_rows", k.isa);
+        }
+      }
+    }
   }
 }
 
@@ -264,12 +342,13 @@ void test_activation_accuracy(const KernelTable<float>& k) {
     pre[u] = pre[2 * H + u] = float(v);
     pre[H + u] = pre[3 * H + u] = 0.f;
   }
-  rnnfast::cpu::LstmForwardRows<float> r;
+  rnnfast::cpu::CellForwardRows<float> r;
   r.rows = 1; r.u0 = 0; r.u1 = H; r.H = H;
-  r.pre = pre.data(); r.ld_pre = 4 * H; r.bias = bias.data();
+  r.gx = pre.data(); r.ld_gx = 4 * H; r.bias = bias.data();
   r.gates = gates.data(); r.ld_gates = 4 * H; r.c = c.data(); r.ld_c = H;
-  r.c_saved = cs.data(); r.ld_c_saved = H; r.m = m.data(); r.ld_m = H;
-  k.lstm_forward_train(r);
+  r.saved = cs.data(); r.ld_saved = H; r.h = m.data(); r.ld_h = H;
+  auto forward = k.cells[int(CellType::kLSTM)].forward_train;
+  forward(r);
   auto ulp_error = [](float got, double want) {
     const double ulp = std::nextafter(std::fabs(float(want)), INFINITY) - std::fabs(float(want));
     return std::fabs(double(got) - want) / ulp;
@@ -289,7 +368,7 @@ void test_activation_accuracy(const KernelTable<float>& k) {
   // NaN propagates; infinities saturate.
   const float special[3] = {NAN, INFINITY, -INFINITY};
   for (int q = 0; q < 3; ++q) pre[q] = pre[2 * H + q] = special[q];
-  k.lstm_forward_train(r);
+  forward(r);
   const bool ok = std::isnan(gates[0]) && std::isnan(gates[2 * H]) && gates[1] == 1.f &&
                   gates[2] < 1e-30f && gates[2] >= 0.f && gates[2 * H + 1] == 1.f &&
                   gates[2 * H + 2] == -1.f;
@@ -315,6 +394,10 @@ int main() {
     test_lstm(rnnfast::cpu::kernels_f64(), rng, 1e-12);
     test_gru(rnnfast::cpu::kernels_f32(), rng, 1e-5);
     test_gru(rnnfast::cpu::kernels_f64(), rng, 1e-12);
+    test_rnn(rnnfast::cpu::kernels_f32(), rng, 1e-5);
+    test_rnn(rnnfast::cpu::kernels_f64(), rng, 1e-12);
+    test_unpacked_gemm(rnnfast::cpu::kernels_f32(), rng, 1e-5);
+    test_unpacked_gemm(rnnfast::cpu::kernels_f64(), rng, 1e-12);
     test_activation_accuracy(rnnfast::cpu::kernels_f32());
     std::printf("cpu kernels [%s]: checked\n", isa);
   }

@@ -1,0 +1,367 @@
+"""rnnfast modules inside ``torch.compile(model, fullgraph=True)``, with torch's default settings.
+
+Every module is embedded in a small user model (a Linear before and after it; the cells in a
+decoder-style Python loop) and compiled with ``fullgraph=True``: any graph break is an error.
+The compiled model is compared with the same model run eagerly with rnnfast and with torch.nn
+(same weights through ``load_state_dict``): outputs and every gradient (input, initial states, all
+parameters), float32, conftest.TOL.
+
+Dynamic shapes: a second call with a new batch size and a new sequence length may recompile once
+(Dynamo's automatic dynamic shapes turn the changed sizes into symbols); further new sizes must
+not recompile. Compilations are counted by a backend wrapper (``CountingBackend``).
+
+No Dynamo configuration is changed here; ``torch._dynamo.reset()`` runs around every test.
+Most cases use the "aot_eager" backend (Dynamo + AOTAutograd, no code generation: fast); a few run
+"inductor", the default backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
+from conftest import assert_close, random_lengths
+
+DTYPE = torch.float32
+LAYER_FORWARD = torch.ops.rnnfast.layer_forward.default
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+class CountingBackend:
+    """A torch.compile backend that records every graph Dynamo hands over (one per compilation,
+    recompilations included) and compiles it with the named backend."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.graphs: list[torch.fx.GraphModule] = []
+
+    def __call__(self, gm, example_inputs):
+        self.graphs.append(gm)
+        return torch._dynamo.lookup_backend(self.name)(gm, example_inputs)
+
+    @property
+    def compilations(self) -> int:
+        return len(self.graphs)
+
+    def rnnfast_calls(self, graph_index: int = -1) -> int:
+        """Calls of rnnfast::layer_forward in a captured graph."""
+        graph = self.graphs[graph_index].graph
+        return sum(node.op == "call_function" and node.target is LAYER_FORWARD for node in graph.nodes)
+
+
+# ---- the user models ------------------------------------------------------------------------
+
+
+def _flat_hidden(hidden) -> tuple[torch.Tensor, ...]:
+    return hidden if isinstance(hidden, tuple) else (hidden,)
+
+
+class SequenceModel(nn.Module):
+    """Linear -> recurrent network -> Linear; returns (out, h_n[, c_n])."""
+
+    def __init__(self, rnn: nn.Module, features: int):
+        super().__init__()
+        directions = 2 if rnn.bidirectional else 1
+        out_size = rnn.proj_size if rnn.proj_size > 0 else rnn.hidden_size
+        self.pre = nn.Linear(features, rnn.input_size, dtype=DTYPE)
+        self.rnn = rnn
+        self.post = nn.Linear(directions * out_size, features, dtype=DTYPE)
+
+    def forward(self, x, hx=None):
+        y, hidden = self.rnn(torch.tanh(self.pre(x)), hx)
+        return (self.post(y), *_flat_hidden(hidden))
+
+
+class DecoderModel(nn.Module):
+    """A decoder loop over a cell: each step's output is fed back as the next step's input."""
+
+    def __init__(self, cell: nn.Module, features: int, steps: int = 3):
+        super().__init__()
+        self.steps = steps
+        self.pre = nn.Linear(features, cell.input_size, dtype=DTYPE)
+        self.cell = cell
+        self.post = nn.Linear(cell.hidden_size, features, dtype=DTYPE)
+
+    def forward(self, x, hx=None):
+        state = hx
+        outputs = []
+        for _ in range(self.steps):
+            state = self.cell(torch.tanh(self.pre(x)), state)
+            x = self.post(state[0] if isinstance(state, tuple) else state)
+            outputs.append(x)
+        return (torch.stack(outputs), *_flat_hidden(state))
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    cls: str  # class name in rnnfast and torch.nn
+    kwargs: tuple = ()  # constructor keyword arguments, as (key, value) pairs
+    input_size: int = 4
+    hidden_size: int = 6
+    features: int = 3
+
+    @property
+    def is_cell(self) -> bool:
+        return self.cls.endswith("Cell")
+
+    def build(self, library) -> nn.Module:
+        module = getattr(library, self.cls)(self.input_size, self.hidden_size, dtype=DTYPE, **dict(self.kwargs))
+        wrapper = DecoderModel if self.is_cell else SequenceModel
+        return wrapper(module, self.features)
+
+    def build_pair(self, training: bool):
+        """(rnnfast model, torch.nn model) with identical weights."""
+        fast = self.build(rnnfast)
+        reference = self.build(torch.nn)
+        reference.load_state_dict(fast.state_dict(), strict=True)
+        return fast.train(training), reference.train(training)
+
+    def layer_calls(self) -> int:
+        """rnnfast::layer_forward calls one forward makes."""
+        if self.is_cell:
+            return 3  # DecoderModel.steps
+        kw = dict(self.kwargs)
+        return kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
+
+    def inputs(self, batch: int, seq_len: int, with_hx: bool, requires_grad: bool):
+        """(x, hx, leaves): x in the module's layout, hx or None, the tensors to differentiate."""
+        kw = dict(self.kwargs)
+        if self.is_cell:
+            x = torch.randn(batch, self.features, dtype=DTYPE)
+            state_shape = (batch, self.hidden_size)
+            states = 2 if self.cls == "LSTMCell" else 1
+            out_shape = state_shape
+        else:
+            shape = (batch, seq_len) if kw.get("batch_first") else (seq_len, batch)
+            x = torch.randn(*shape, self.features, dtype=DTYPE)
+            layers = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
+            state_shape = (layers, batch, self.hidden_size)
+            out_shape = (layers, batch, kw.get("proj_size") or self.hidden_size)
+            states = 2 if self.cls == "LSTM" else 1
+        x.requires_grad_(requires_grad)
+        leaves = [x] if requires_grad else []
+        if not with_hx:
+            return x, None, leaves
+        h = torch.randn(*out_shape, dtype=DTYPE, requires_grad=requires_grad)
+        if states == 1:
+            return x, h, leaves + ([h] if requires_grad else [])
+        c = torch.randn(*state_shape, dtype=DTYPE, requires_grad=requires_grad)
+        return x, (h, c), leaves + ([h, c] if requires_grad else [])
+
+
+CASES = [
+    Case("LSTM", "LSTM"),
+    Case("LSTM_proj", "LSTM", (("proj_size", 2),)),
+    Case("LSTM_bi_2layers", "LSTM", (("num_layers", 2), ("bidirectional", True))),
+    Case("LSTM_batch_first", "LSTM", (("batch_first", True),)),
+    Case("GRU_bi_2layers_batch_first", "GRU", (("num_layers", 2), ("bidirectional", True), ("batch_first", True))),
+    Case("RNN_tanh_2layers", "RNN", (("num_layers", 2), ("nonlinearity", "tanh"))),
+    Case("RNN_relu_bi", "RNN", (("bidirectional", True), ("nonlinearity", "relu"))),
+    Case("LSTMCell", "LSTMCell"),
+    Case("GRUCell", "GRUCell"),
+    Case("RNNCell_tanh", "RNNCell", (("nonlinearity", "tanh"),)),
+    Case("RNNCell_relu", "RNNCell", (("nonlinearity", "relu"),)),
+]
+CASE_IDS = [case.name for case in CASES]
+ALL_OPTIONS = Case(
+    "LSTM_proj_bi_2layers_batch_first",
+    "LSTM",
+    (("proj_size", 2), ("num_layers", 2), ("bidirectional", True), ("batch_first", True)),
+)
+
+# (batch, seq_len) of successive calls: the second and third change both sizes. Sizes 0 and 1
+# are avoided: Dynamo specializes them. Cells run a fixed number of decoder steps (an unrolled
+# Python loop), so only their batch size varies.
+SHAPES = [(3, 5), (5, 7), (4, 2)]
+
+
+def compare(actual, expected, what: str) -> None:
+    assert len(actual) == len(expected), f"{what}: {len(actual)} tensors, expected {len(expected)}"
+    for k, (a, e) in enumerate(zip(actual, expected)):
+        assert_close(a, e, f"{what}[{k}]")
+
+
+def forward_and_grads(model, x, hx, leaves, grad_outputs):
+    """Outputs, and the gradients of sum(outputs * grad_outputs) w.r.t. leaves + parameters."""
+    outputs = model(x, hx)
+    grads = torch.autograd.grad(outputs, [*leaves, *model.parameters()], grad_outputs, materialize_grads=True)
+    return outputs, grads
+
+
+def run_and_check(case: Case, backend: str, training: bool, with_hx: bool):
+    """Compile case's model, call it on SHAPES, compare each call with eager rnnfast and
+    torch.nn, and return the compilation count after each call."""
+    fast, reference = case.build_pair(training)
+    counter = CountingBackend(backend)
+    compiled = torch.compile(fast, fullgraph=True, backend=counter)
+    counts = []
+    for batch, seq_len in SHAPES:
+        x, hx, leaves = case.inputs(batch, seq_len, with_hx, requires_grad=training)
+        if training:
+            eager_out = fast(x, hx)
+            grad_outputs = [torch.randn_like(t) for t in eager_out]
+            eager_grads = torch.autograd.grad(eager_out, [*leaves, *fast.parameters()], grad_outputs)
+            ref_out, ref_grads = forward_and_grads(reference, x, hx, leaves, grad_outputs)
+            out, grads = forward_and_grads(compiled, x, hx, leaves, grad_outputs)
+            names = [f"grad of {n}" for n in ["input", "h0", "c0"][: len(leaves)]]
+            names += [f"grad of {n}" for n, _ in fast.named_parameters()]
+            assert len(grads) == len(names)
+            for name, g, eg, rg in zip(names, grads, eager_grads, ref_grads):
+                assert_close(g, eg, f"{name} (compiled vs eager rnnfast)")
+                assert_close(g, rg, f"{name} (compiled vs torch.nn)")
+        else:
+            with torch.no_grad():
+                out = compiled(x, hx)
+                eager_out = fast(x, hx)
+                ref_out = reference(x, hx)
+            assert not any(t.requires_grad for t in out)
+        compare(out, eager_out, "output (compiled vs eager rnnfast)")
+        compare(out, ref_out, "output (compiled vs torch.nn)")
+        counts.append(counter.compilations)
+        assert counter.rnnfast_calls() == case.layer_calls(), "the compiled graph lost rnnfast::layer_forward"
+    return counts
+
+
+def assert_dynamic_recompiles(counts: list[int]) -> None:
+    """First call: one compilation; the second (new batch and sequence length): at most one
+    more; the third (new sizes again): none."""
+    assert counts[0] == 1, f"compilations after each call: {counts}"
+    assert counts[1] <= 2, f"more than one recompilation for new sizes: {counts}"
+    assert counts[2] == counts[1], f"recompiled again after the sizes became dynamic: {counts}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_inference(case):
+    """eval() + no_grad; hx=None for the networks (zeros made inside the graph), given for cells."""
+    counts = run_and_check(case, "aot_eager", training=False, with_hx=case.is_cell)
+    assert_dynamic_recompiles(counts)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_training(case):
+    """train(), forward + backward, initial states given (their gradients are compared too)."""
+    counts = run_and_check(case, "aot_eager", training=True, with_hx=True)
+    assert_dynamic_recompiles(counts)
+
+
+@pytest.mark.parametrize("case", [ALL_OPTIONS, CASES[8]], ids=[ALL_OPTIONS.name, CASES[8].name])
+def test_training_no_hx(case):
+    """train(), forward + backward, hx=None: the zero initial states are made inside the graph."""
+    counts = run_and_check(case, "aot_eager", training=True, with_hx=False)
+    assert_dynamic_recompiles(counts)
+
+
+def test_training_inductor():
+    """The default backend ("inductor"), every LSTM option at once, forward + backward.
+    The first inductor compilation of a process is slow (~30 s cold on 2 cores)."""
+    counts = run_and_check(ALL_OPTIONS, "inductor", training=True, with_hx=True)
+    assert_dynamic_recompiles(counts)
+
+
+def test_inference_inductor():
+    """The default backend on a cell decoder loop, eval() + no_grad."""
+    counts = run_and_check(CASES[8], "inductor", training=False, with_hx=True)
+    assert_dynamic_recompiles(counts)
+
+
+def test_training_uses_fused_backward():
+    """AOTAutograd's joint graph keeps rnnfast's operators: the forward graph saves the
+    activations with layer_forward_train and the backward graph runs layer_backward (not a
+    decomposition into ATen ops)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._dynamo.backends.debugging import boxed_nop
+
+    graphs = {}
+
+    def recorder(kind):
+        def compiler(gm, example_inputs):
+            graphs[kind] = gm
+            return boxed_nop(gm, example_inputs)
+
+        return compiler
+
+    fast, _ = ALL_OPTIONS.build_pair(training=True)
+    backend = aot_autograd(fw_compiler=recorder("forward"), bw_compiler=recorder("backward"))
+    compiled = torch.compile(fast, fullgraph=True, backend=backend)
+    x, hx, leaves = ALL_OPTIONS.inputs(3, 5, with_hx=True, requires_grad=True)
+    out = compiled(x, hx)
+    torch.autograd.grad(sum(t.sum() for t in out), [*leaves, *fast.parameters()])
+
+    def targets(kind):
+        return [n.target for n in graphs[kind].graph.nodes if n.op == "call_function"]
+
+    calls = ALL_OPTIONS.layer_calls()
+    assert targets("forward").count(torch.ops.rnnfast.layer_forward_train.default) == calls
+    assert targets("backward").count(torch.ops.rnnfast.layer_backward.default) == calls
+
+
+# ---- PackedSequence -------------------------------------------------------------------------
+
+PACKED_XFAIL_REASON = (
+    "PackedSequence input cannot be traced by Dynamo: torch.nn's RNNBase.check_forward_args "
+    "(which rnnfast calls) reads the batch size as int(batch_sizes[0]), a data-dependent value "
+    "that becomes a fresh unbacked SymInt at each read, and then compares it with hx.size(1) "
+    "(or with the batch of the zeros made from another read) -> 'Could not guard on data-dependent "
+    "expression Eq(u0, 3)' in check_hidden_size. Fixable in rnnfast: see the report / "
+    "_check_packed_args_traced."
+)
+
+
+@pytest.mark.xfail(raises=torch._dynamo.exc.UserError, strict=True, reason=PACKED_XFAIL_REASON)
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "nohx"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_packed_sequence_input(mode, with_hx, enforce_sorted):
+    """A PackedSequence made outside the compiled function (torch.nn.utils.rnn.pack_padded_sequence
+    itself is on Dynamo's skip list, for torch.nn too) passed to the compiled model; outputs and
+    gradients compared with eager rnnfast and torch.nn, then new lengths and batch size."""
+    kwargs = dict(num_layers=2, bidirectional=True, dtype=DTYPE)
+    if mode == "LSTM":
+        kwargs["proj_size"] = 2
+    fast = getattr(rnnfast, mode)(3, 5, **kwargs)
+    reference = getattr(torch.nn, mode)(3, 5, **kwargs)
+    reference.load_state_dict(fast.state_dict())
+
+    def model(rnn, packed, hx):
+        output, hidden = rnn(packed, hx)
+        return (output.data, *_flat_hidden(hidden))
+
+    counter = CountingBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    for batch, seq_len in SHAPES:
+        x = torch.randn(seq_len, batch, 3, dtype=DTYPE, requires_grad=True)
+        lengths = random_lengths(batch, seq_len, sort=enforce_sorted)
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+        hx, leaves = None, [x]
+        if with_hx:
+            out_size = 2 if mode == "LSTM" else 5
+            hx = torch.randn(4, batch, out_size, dtype=DTYPE, requires_grad=True)
+            leaves.append(hx)
+            if mode == "LSTM":
+                hx = (hx, torch.randn(4, batch, 5, dtype=DTYPE, requires_grad=True))
+                leaves.append(hx[1])
+        expected = model(reference, packed, hx)
+        eager = model(fast, packed, hx)
+        grad_outputs = [torch.randn_like(t) for t in expected]
+        # retain_graph: the packing in front of the modules is shared by the three backward passes.
+        ref_grads = torch.autograd.grad(expected, [*leaves, *reference.parameters()], grad_outputs, retain_graph=True)
+        eager_grads = torch.autograd.grad(eager, [*leaves, *fast.parameters()], grad_outputs, retain_graph=True)
+        actual = compiled(fast, packed, hx)
+        compare(actual, eager, "packed output (compiled vs eager rnnfast)")
+        compare(actual, expected, "packed output (compiled vs torch.nn)")
+        grads = torch.autograd.grad(actual, [*leaves, *fast.parameters()], grad_outputs)
+        compare(grads, eager_grads, "packed gradients (compiled vs eager rnnfast)")
+        compare(grads, ref_grads, "packed gradients (compiled vs torch.nn)")
+    assert counter.compilations <= 2, f"{counter.compilations} compilations"
