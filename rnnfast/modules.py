@@ -23,8 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional
-from ._cells import CELLS
+from . import _ops, functional
 from ._extension import require_extension
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -34,6 +33,10 @@ try:  # torch.onnx.is_in_onnx_export() without its two imports per call
     from torch.onnx._internal.torchscript_exporter._globals import GLOBALS as _onnx_globals
 
     def _exporting_to_onnx() -> bool:
+        if torch.compiler.is_compiling():
+            # Dynamo refuses to trace anything under torch/onnx ("marked as skipped"): a graph
+            # break in every forward. torch.onnx.is_in_onnx_export() is one it handles.
+            return torch.onnx.is_in_onnx_export()
         return _onnx_globals.in_onnx_export or _onnx_flags._is_onnx_exporting
 except ImportError:  # another torch layout
     _exporting_to_onnx = torch.onnx.is_in_onnx_export
@@ -48,7 +51,7 @@ def _parameters(module, names):
     if not torch.compiler.is_compiling():
         params = module._parameters
         values = [params.get(name, _MISSING) for name in names]
-        if _MISSING not in values:
+        if not any(v is _MISSING for v in values):  # (`in` would call Tensor.__eq__)
             return values
     return [getattr(module, name) for name in names]
 
@@ -145,6 +148,35 @@ class _RecurrentBase(nn.RNNBase):
         except ValueError as exc:
             raise RuntimeError(str(exc)) from None
 
+    def _check_packed_args_traced(self, input, hx, batch_sizes):
+        """torch.nn's checks of PackedSequence input, traceable (torch.compile, torch.export).
+
+        torch.nn reads the batch as ``int(batch_sizes[0])``: a data-dependent value, a fresh
+        unbacked symbol at each read, which Dynamo cannot compare with hx's batch ("Could not
+        guard on data-dependent expression"). Here the batch is hx's, and ``batch_sizes[0]``
+        equal to it is a run-time assertion of the compiled graph."""
+        is_lstm = self.mode == "LSTM"
+        states = hx if is_lstm else (hx,)
+        for name, h in zip(("hx", "cx"), states):
+            if h.dim() != 3:
+                raise IndexError(f"For PackedSequence input, {name} should be 3-D but got {h.dim()}-D tensor")
+        try:
+            self.check_input(input, batch_sizes)
+        except ValueError as exc:
+            if not is_lstm:
+                raise
+            raise RuntimeError(str(exc)) from None
+        batch = states[0].size(1)
+        # (Dynamo wants a message closure without free variables.)
+        torch._check(int(batch_sizes[0]) == batch, lambda: "PackedSequence batch size does not match hx's")
+        shape = (self.num_layers * (2 if self.bidirectional else 1), batch)
+        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if not is_lstm:
+            self.check_hidden_size(hx, (*shape, out_size))
+            return
+        self.check_hidden_size(hx[0], (*shape, out_size), "Expected hidden[0] size {}, got {}")
+        self.check_hidden_size(hx[1], (*shape, self.hidden_size), "Expected hidden[1] size {}, got {}")
+
     def _input_dim_error(self, input):
         tail = "D tensor instead" if self.mode.startswith("RNN") else "D instead"
         name = "RNN" if self.mode.startswith("RNN") else self.mode
@@ -161,7 +193,14 @@ class _RecurrentBase(nn.RNNBase):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched = True
             if hx is None:
-                batch = sorted_indices.numel() if sorted_indices is not None else int(batch_sizes[0])
+                if sorted_indices is not None:
+                    batch = sorted_indices.numel()
+                else:
+                    batch = int(batch_sizes[0])
+                    if torch.compiler.is_compiling():
+                        # A data-dependent (unbacked) size under torch.compile / export: say it is
+                        # positive (a PackedSequence holds a sequence), so that `B == 0` is decidable.
+                        torch._check(batch > 0)
                 hx = self._zeros_hidden(input, batch)
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
@@ -177,7 +216,9 @@ class _RecurrentBase(nn.RNNBase):
                 hx = self._zeros_hidden(input, input.size(0) if self.batch_first else input.size(1))
             else:
                 hx = self._unbatched_hidden(hx, is_batched)
-        if is_lstm and batch_sizes is not None:
+        if batch_sizes is not None and torch.compiler.is_compiling():
+            self._check_packed_args_traced(input, hx, batch_sizes)
+        elif is_lstm and batch_sizes is not None:
             self._check_packed_lstm_args(input, hx, batch_sizes)
         else:
             self.check_forward_args(input, hx, batch_sizes)
@@ -324,10 +365,45 @@ class _CellForward:
     def _mode(self) -> str:
         return self._cell_mode
 
+    def _fast_step(self, input, hx):
+        """The common call, in eager mode: a 2-D input, hx given in full, every shape, dtype and
+        device as expected. Then one operator call and nothing else (a decoding loop calls a cell
+        once per token); returns None for anything else, which forward() handles in full."""
+        if hx is None or input.dim() != 2 or torch.compiler.is_compiling():
+            return None
+        params = self._parameters
+        w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
+        if w_ih is None or w_hh is None:  # parametrized or otherwise moved: the full path
+            return None
+        dtype = input.dtype
+        if dtype not in _SUPPORTED_DTYPES or w_ih.dtype != dtype or not (input.is_cpu and w_ih.is_cpu):
+            return None
+        batch, features = input.shape
+        shape = (batch, self.hidden_size)
+        is_lstm = self._cell_mode == "LSTM"
+        if is_lstm:
+            if type(hx) is not tuple or len(hx) != 2:
+                return None
+            h, c = hx
+            if h.shape != shape or c.shape != shape or h.dtype != dtype or c.dtype != dtype:
+                return None
+        else:
+            h, c = hx, None
+            if h.shape != shape or h.dtype != dtype:
+                return None
+        if features != self.input_size or batch == 0 or self.hidden_size == 0 or not h.is_cpu:
+            return None
+        _, h, c = _ops.layer_forward(self._mode(), input, None, h, c, w_ih, w_hh,
+                                     params.get("bias_ih"), params.get("bias_hh"), None, False)
+        return (h, c) if is_lstm else h
+
     def forward(self, input, hx=None):
         if _exporting_to_onnx():
             return type(self)._torch_forward(self, input, hx)
         require_extension()
+        result = self._fast_step(input, hx)
+        if result is not None:
+            return result
         is_lstm = isinstance(self, nn.LSTMCell)
         # torch.nn's checks and input forms, in its order.
         if input.dim() not in (1, 2):
@@ -398,6 +474,7 @@ class GRUCell(_CellForward, nn.GRUCell):
 class RNNCell(_CellForward, nn.RNNCell):
     __doc__ = _docstring(nn.RNNCell)
     _torch_forward = nn.RNNCell.forward
+    _cell_mode = "RNN"  # RNN_TANH or RNN_RELU by the nonlinearity: see _mode
 
     def _mode(self) -> str:
         if self.nonlinearity == "tanh":

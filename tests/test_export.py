@@ -41,17 +41,21 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::FutureWarning"),
     pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+    pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN:UserWarning"),
 ]
 
 
 @pytest.fixture(autouse=True)
 def quiet_onnx_logs():
-    """The dynamo ONNX exporter logs a warning per missing torchvision operator."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The dynamo ONNX exporter logs a warning per missing torchvision operator, and onnxscript's
+    optimizer one per constant it could not fold."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     yield
-    logger.setLevel(level)
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
 
 
 # ---- models and inputs ----------------------------------------------------------------------
@@ -124,12 +128,10 @@ class Flat(nn.Module):
     """The module with explicit initial states, returning a flat tuple of tensors: the form the
     exporters want. Sequence modules: (output, h_n[, c_n]); cells: (h'[, c'])."""
 
-    def __init__(self, module: nn.Module, pre: bool = True):
+    def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
-        # A user layer in front of the recurrent module (kept out of the ONNX comparison's
-        # way: torch.nn and rnnfast models get the same one).
-        self.pre = nn.Linear(module.input_size, module.input_size, dtype=DTYPE) if pre else nn.Identity()
+        self.pre = nn.Linear(module.input_size, module.input_size, dtype=DTYPE)  # a user layer in front
 
     def forward(self, x, h0, c0=None):
         x = self.pre(x)
@@ -264,6 +266,30 @@ def test_torch_export_decompositions_and_save_load(case):
     loaded = torch.export.load(buffer)
     assert rnnfast_calls(loaded.graph) == calls
     check_exported_module(loaded.module(), fast, reference, case)
+
+
+def test_torch_export_training_gradients():
+    """An exported program of a train() model runs rnnfast's autograd: gradients through
+    ep.module() w.r.t. the inputs and every parameter equal eager rnnfast's and torch.nn's."""
+    fast, reference = build_pair(ALL_OPTIONS)
+    fast.train()
+    reference.train()
+    ep = export(ALL_OPTIONS, fast)
+    assert rnnfast_calls(ep.graph) == ALL_OPTIONS.layer_calls()
+    module = ep.module()
+    names = [name for name, _ in fast.named_parameters()]
+    assert sorted(name for name, _ in module.named_parameters()) == sorted(names)
+    inputs = [t.requires_grad_() for t in ALL_OPTIONS.inputs(5, 6)]
+    actual = module(*inputs)
+    grad_outputs = [torch.randn_like(t) for t in actual]
+    results = {}
+    for label, model, outputs in (("exported", module, actual), ("rnnfast", fast, None), ("torch.nn", reference, None)):
+        outputs = model(*inputs) if outputs is None else outputs
+        params = dict(model.named_parameters())
+        results[label] = (outputs, torch.autograd.grad(outputs, [*inputs, *(params[n] for n in names)], grad_outputs))
+    for label in ("rnnfast", "torch.nn"):
+        compare(results["exported"][0], results[label][0], f"exported vs {label}: output")
+        compare(results["exported"][1], results[label][1], f"exported vs {label}: gradients (inputs, then {names})")
 
 
 def test_torch_export_without_initial_state():
