@@ -62,10 +62,10 @@ std::tuple<Tensor, Tensor, Tensor> layer_reference(const LayerInputs& in) {
   Tensor h = in.h0, c = cell_state ? *in.c0 : Tensor();
   std::vector<Tensor> outputs(plan.T);
   for (int64_t s = 0; s < plan.T; ++s) {
-    const int64_t t = plan.step(s), rows = plan.bs[t];
+    const int64_t t = plan.step(s), rows = plan.bs(t);
     const Tensor h_act = h.narrow(0, 0, rows);
     const Tensor c_act = cell_state ? c.narrow(0, 0, rows) : Tensor();
-    auto [h_new, c_new] = cell_step(in.cell, in.w, in.x.narrow(0, plan.offset[t], rows), h_act, c_act);
+    auto [h_new, c_new] = cell_step(in.cell, in.w, in.x.narrow(0, plan.offset(t), rows), h_act, c_act);
     outputs[t] = h_new;
     h = replace_rows(h, h_new);
     if (cell_state) c = replace_rows(c, c_new);

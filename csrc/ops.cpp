@@ -12,11 +12,10 @@
 namespace rnnfast {
 
 CellType parse_cell_or_throw(c10::string_view cell) {
-  CellType type;
-  const std::string name(cell.data(), cell.size());
-  TORCH_CHECK(parse_cell(name.c_str(), &type), "rnnfast: unknown cell '", name,
+  for (const CellInfo& c : kCells)
+    if (cell == c10::string_view(c.name)) return c.type;
+  TORCH_CHECK(false, "rnnfast: unknown cell '", std::string(cell.data(), cell.size()),
               "' (expected LSTM, GRU, RNN_TANH or RNN_RELU)");
-  return type;
 }
 
 namespace {

@@ -61,8 +61,8 @@ class BackwardLoop {
       // Written (not accumulated) by the first chunk's products: no zeroing.
       g_.dw_ih = pooled_empty(in_.w.w_ih.sizes(), opts);
       g_.dw_hh = pooled_empty(in_.w.w_hh.sizes(), opts);
-      db_h_ = at::zeros({GH}, opts);
-      if (separate_) db_xn_ = at::zeros({H_}, opts);
+      db_h_ = cpu_empty({GH}, opts).zero_();
+      if (separate_) db_xn_ = cpu_empty({H_}, opts).zero_();
       if (proj_) g_.dw_hr = pooled_empty(in_.w.w_hr->sizes(), opts);
       x_panels_ = SlicePanels<T>(k_, rows_max, std::vector<int64_t>(slicing_.count, I_), opts);
       hp_panels_ = SlicePanels<T>(k_, rows_max, std::vector<int64_t>(slicing_.count, P_), opts);
@@ -134,7 +134,7 @@ class BackwardLoop {
   }
 
   void step(int64_t s, const Chunk& chunk, int thread, int threads, SpinBarrier& barrier) {
-    const int64_t t = plan_.step(s), rows = plan_.bs[t], off = plan_.offset[t];
+    const int64_t t = plan_.step(s), rows = plan_.bs(t), off = plan_.offset(t);
     const int64_t GH = G_ * H_;
     const T* dy = a_.dy.template data_ptr<T>() + off * a_.dy.stride(0);
     const int64_t lddy = a_.dy.stride(0);
@@ -209,8 +209,8 @@ class BackwardLoop {
     for (int64_t s = 0; s < plan_.T; ++s) {
       const int64_t t = plan_.step(s);
       const PrevRows<T> hp = h_prev(s);
-      for (int64_t b = 0; b < plan_.bs[t]; ++b) {
-        const int64_t row = plan_.offset[t] + b;
+      for (int64_t b = 0; b < plan_.bs(t); ++b) {
+        const int64_t row = plan_.offset(t) + b;
         x_rows_[row] = x + row * I_;
         hp_rows_[row] = hp.row(b);
         if (proj_) m_rows_[row] = m + row * H_;
@@ -265,10 +265,10 @@ class BackwardLoop {
   LayerGrads finish() {
     if (a_.need_dstate) {
       const auto opts = in_.x.options();
-      g_.dh0 = at::empty({plan_.B, P_}, opts);
+      g_.dh0 = cpu_empty({plan_.B, P_}, opts);
       std::copy_n(dh_, plan_.B * P_, g_.dh0.template data_ptr<T>());
       if (cell_.cell_state) {
-        g_.dc0 = at::empty({plan_.B, H_}, opts);
+        g_.dc0 = cpu_empty({plan_.B, H_}, opts);
         std::copy_n(dc_, plan_.B * H_, g_.dc0.template data_ptr<T>());
       }
     }

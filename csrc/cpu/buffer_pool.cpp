@@ -1,5 +1,6 @@
 #include "buffer_pool.h"
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/Storage.h>
@@ -122,7 +123,7 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const size_t exact = static_cast<size_t>(numel) * options.dtype().itemsize();
-  if (exact < kMinPooledBytes) return at::empty(sizes, options);
+  if (exact < kMinPooledBytes) return cpu_empty(sizes, options);
   const size_t bytes = block_bytes(exact);
   void* p = Pool::instance().take(bytes);
   report_to_profiler(p, static_cast<int64_t>(bytes));
@@ -138,6 +139,10 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
   c10::Storage storage(c10::Storage::use_byte_size_t(), exact, std::move(data),
                        c10::GetCPUAllocator(), /*resizable=*/true);
   return at::empty({0}, options).set_(std::move(storage), 0, sizes, c10::contiguous_strides(sizes));
+}
+
+at::Tensor cpu_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::Tensor(at::detail::empty_cpu(sizes, options));
 }
 
 size_t pool_cached_bytes() { return Pool::instance().cached(); }

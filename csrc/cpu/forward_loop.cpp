@@ -40,14 +40,14 @@ class ForwardLoop {
     auto opts = in_.x.options();
     LayerOutputs out;
     out.y = pooled_empty({N, P_}, opts);
-    out.h_n = at::empty({B, P_}, opts);
-    out.c_n = cell_.cell_state ? at::empty({B, H_}, opts) : at::empty({0}, opts);
+    out.h_n = cpu_empty({B, P_}, opts);
+    out.c_n = cell_.cell_state ? cpu_empty({B, H_}, opts) : cpu_empty({0}, opts);
     if (training_) {
       LayerDims d{N, plan_.T, B, I_, H_, P_, G_, proj_};
       out.workspace = pooled_empty({N * saved_width(cell_, H_, proj_)}, opts);
       saved_ = SavedActivations::view(out.workspace, in_.cell, d);
     } else {
-      out.workspace = at::empty({0}, opts);
+      out.workspace = cpu_empty({0}, opts);
     }
     y_ = out.y.template data_ptr<T>();
     // The input projection x @ w_ih^T is computed a chunk of steps at a time,
@@ -137,7 +137,7 @@ class ForwardLoop {
   }
 
   void step(int64_t s, const Chunk& chunk, int thread, int threads, SpinBarrier& barrier) {
-    const int64_t t = plan_.step(s), rows = plan_.bs[t], off = plan_.offset[t];
+    const int64_t t = plan_.step(s), rows = plan_.bs(t), off = plan_.offset(t);
     const int64_t GH = G_ * H_;
     const PrevRows<T> prev = h_prev(s);
     T* gx = gx_ + (off - chunk.lo) * GH;  // this step's rows
@@ -191,7 +191,7 @@ class ForwardLoop {
     T* hn = h_n.template data_ptr<T>();
     for (int64_t b = 0; b < plan_.B; ++b) {
       const int64_t t = plan_.last_step_of_row(b);
-      std::copy_n(y_ + (plan_.offset[t] + b) * P_, P_, hn + b * P_);
+      std::copy_n(y_ + (plan_.offset(t) + b) * P_, P_, hn + b * P_);
     }
   }
 
