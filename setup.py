@@ -114,5 +114,6 @@ setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildWithIsaKernels},
     python_requires=">=3.9",
-    install_requires=["torch>=2.1"],
+    # Tested: torch 2.13.0 (CPU build, CI) and 2.14.1 (CUDA 13.0 build; CI compiles against it).
+    install_requires=["torch>=2.13,<2.15"],
 )

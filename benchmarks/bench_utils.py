@@ -29,7 +29,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
+# The profiler used for peak memory (peak_alloc_bytes) logs "USDT: ... profiler_start/stop" to
+# stderr on every use; level 6 silences kineto's log (read when the profiler starts).
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+import torch  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CELLS = ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell")

@@ -19,7 +19,9 @@
 #include <torch/library.h>
 
 #include <array>
+#include <memory>
 #include <string>
+#include <type_traits>
 
 #include "ops.h"
 
@@ -31,6 +33,31 @@ using torch::autograd::compute_requires_grad;
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
+
+// The autograd graph owns its nodes through c10::intrusive_ptr in recent torch
+// releases and through std::shared_ptr in earlier ones; this alias and the
+// two helpers below keep the file building against either.
+using NodePtr = decltype(std::declval<torch::autograd::Edge>().function);
+constexpr bool kSharedNodes = std::is_same_v<NodePtr, std::shared_ptr<Node>>;
+
+template <typename T>
+auto make_node() {
+  if constexpr (kSharedNodes) {
+    return std::shared_ptr<T>(new T());
+  } else {
+    return c10::make_intrusive<T>();
+  }
+}
+
+// An owning pointer to a node from inside its own methods.
+template <typename NodeT>
+NodePtr self_ptr(NodeT& node) {
+  if constexpr (kSharedNodes) {
+    return node.shared_from_this();
+  } else {
+    return c10::intrusive_ptr<Node>::reclaim_copy(&node);
+  }
+}
 
 // Typed handles of the ops, looked up once.
 const c10::TypedOperatorHandle<ForwardResult(c10::string_view, const Tensor&, const OptTensor&,
@@ -120,7 +147,7 @@ struct LayerForwardBackward : public Node {
 
   variable_list apply(variable_list&& grads) override {
     const auto t = in.unpack();  // x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
-    const Tensor y_ = y.unpack(c10::intrusive_ptr<Node>::reclaim_copy(this));
+    const Tensor y_ = y.unpack(self_ptr(*this));
     const Tensor ws = workspace.unpack();
     // Outputs that fed nothing have no gradient: zeros.
     const Tensor dy = grads[0].defined() ? grads[0] : at::zeros_like(y_);
@@ -253,11 +280,12 @@ std::array<Tensor, kNumLayerInputs> layer_tensors(const Tensor& x, const Tensor&
 
 // Records the first-order node around a training forward, or returns null
 // when no input needs a gradient.
-c10::intrusive_ptr<LayerForwardBackward> make_forward_node(
+auto make_forward_node(
     c10::string_view cell, const OptTensor& batch_sizes, bool reverse,
     const std::array<Tensor, kNumLayerInputs>& t) {
-  if (!compute_requires_grad(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7])) return {};
-  auto node = c10::make_intrusive<LayerForwardBackward>();
+  decltype(make_node<LayerForwardBackward>()) node;
+  if (!compute_requires_grad(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7])) return node;
+  node = make_node<LayerForwardBackward>();
   node->set_next_edges(collect_next_edges(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]));
   node->in.save(cell, batch_sizes, reverse, t);
   node->cell_state = cell_info(parse_cell_or_throw(cell)).cell_state;
@@ -266,7 +294,7 @@ c10::intrusive_ptr<LayerForwardBackward> make_forward_node(
 
 void finish_forward_node(LayerForwardBackward& node, const Tensor& y, const Tensor& h_n,
                          const Tensor& c_n, const Tensor& workspace) {
-  const c10::intrusive_ptr<Node> self = c10::intrusive_ptr<Node>::reclaim_copy(&node);
+  const NodePtr self = self_ptr(node);
   torch::autograd::set_history(y, self);
   torch::autograd::set_history(h_n, self);
   if (node.cell_state) {
@@ -348,9 +376,9 @@ BackwardResult layer_backward_autograd(c10::DispatchKeySet ks, c10::string_view 
                     {t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], y, dy, dh_n, dc});
   // y and the workspace are functions of the other inputs, which the
   // recomputation differentiates through: they get no edge of their own.
-  c10::intrusive_ptr<LayerBackwardBackward> node;
+  decltype(make_node<LayerBackwardBackward>()) node;
   if (compute_requires_grad(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], dy, dh_n, dc)) {
-    node = c10::make_intrusive<LayerBackwardBackward>();
+    node = make_node<LayerBackwardBackward>();
     node->set_next_edges(
         collect_next_edges(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], dy, dh_n, dc));
     node->in.save(cell, batch_sizes, reverse, t);
@@ -369,7 +397,7 @@ BackwardResult layer_backward_autograd(c10::DispatchKeySet ks, c10::string_view 
     const std::array<Tensor, kNumLayerInputs> g{std::get<0>(r), std::get<1>(r), std::get<2>(r),
                                                 std::get<3>(r), std::get<4>(r), std::get<5>(r),
                                                 std::get<6>(r), std::get<7>(r)};
-    const c10::intrusive_ptr<Node> self = node;
+    const NodePtr self = node;
     for (int k = 0; k < kNumLayerInputs; ++k) {
       // [0] placeholders (not requested or not existing) carry no gradient.
       const bool requested = k == 0 ? output_mask[0] : (k < 3 ? output_mask[1] : output_mask[2]);
