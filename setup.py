@@ -38,6 +38,7 @@ COMMON_SOURCES = [
     "csrc/cpu/backward_loop.cpp",
     "csrc/cpu/dispatch.cpp",
     "csrc/cpu/buffer_pool.cpp",
+    "csrc/cpu/thread_policy.cpp",
 ]
 
 # Instruction-set builds of csrc/cpu/kernels_<isa>.cpp: extra flags for each.

@@ -5,8 +5,11 @@
 #include <torch/extension.h>
 #include <torch/version.h>
 
+#include <chrono>
+
 #include "cpu/buffer_pool.h"
 #include "cpu/kernels.h"
+#include "cpu/thread_policy.h"
 #include "cells.h"
 
 namespace rnnfast {
@@ -31,6 +34,23 @@ py::list cell_table() {
     cells.append(d);
   }
   return cells;
+}
+
+// Peak fp32/fp64 FMA rate of `threads` threads running the in-use instruction
+// set's register-only FMA loop at once (fraction-of-peak reports).
+double fma_peak_gflops(int threads, bool fp64) {
+  constexpr int64_t kIterations = 20'000'000;
+  double seconds = 0, flops = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : flops) reduction(max : seconds)
+  {
+    double f = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    const double checksum = fp64 ? cpu::kernels_f64().fma_loop(kIterations, &f)
+                                 : cpu::kernels_f32().fma_loop(kIterations, &f);
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    flops = checksum == checksum ? f : 0;  // (uses the checksum; NaN would mean a broken loop)
+  }
+  return flops / seconds / 1e9;
 }
 
 py::dict build_info() {
@@ -61,10 +81,39 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
   m.def("cell_table", &cell_table, "The cell table of csrc/cells.h.");
   m.def("build_info", &build_info, "What this build of the extension contains.");
+  m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("threads"), py::arg("fp64") = false,
+        py::call_guard<py::gil_scoped_release>(),
+        "Peak FMA GFLOP/s of `threads` threads on registers (the in-use instruction set).");
   m.def("empty_cache", &cpu::pool_empty_cache,
         "Free the cached buffers of the pool (see csrc/cpu/buffer_pool.h).");
   m.def("cached_bytes", &cpu::pool_cached_bytes, "Bytes of unused buffers the pool keeps.");
   m.def("cpu_capability", &cpu::cpu_capability, "Instruction set of the CPU kernels in use.");
+  m.def("set_min_parallel_macs", &cpu::set_min_parallel_macs,
+        "Multiply-adds a CPU layer call needs before it runs on several threads (default 2^20).");
+  m.def("min_parallel_macs", &cpu::min_parallel_macs);
+  m.def("thread_policy_state", [] {
+    const cpu::ThreadPolicyState s = cpu::thread_policy_state();
+    py::dict d;
+    d["capacity"] = s.capacity;
+    d["in_use"] = s.in_use;
+    d["forked_child"] = s.forked_child;
+    d["serial_until_ns"] = s.serial_until_ns;
+    d["contended_calls"] = s.contended_calls;
+    d["leases_denied"] = s.leases_denied;
+    return d;
+  }, "The CPU thread policy's state (csrc/cpu/thread_policy.h).");
+  m.def("reset_thread_policy", &cpu::reset_thread_policy,
+        "Clear the contention back-off and the policy's counters.");
+  m.def("last_call_plan", [] {
+    const cpu::CallPlan& p = cpu::last_call_plan();
+    py::dict d;
+    d["backward"] = p.backward;
+    d["slices"] = p.slices;
+    d["chunks"] = p.chunks;
+    d["chunk_rows"] = p.chunk_rows;
+    d["unpacked"] = p.unpacked;
+    return d;
+  }, "What the last CPU layer call on this thread did: threads, chunks, unpacked weights.");
   m.def("set_cpu_capability", [](const std::string& name) { cpu::set_cpu_capability(name.c_str()); },
         "Use the CPU kernels of another instruction set (avx512, avx2, default).");
 }

@@ -30,7 +30,8 @@ class BackwardLoop {
         P_(d.P),
         proj_(d.proj),
         separate_(cell_.separate_hidden),
-        slicing_(H_, P_, plan_.B, G_, plan_.N * G_ * H_ * (2 * I_ + 3 * P_)),
+        lease_(wanted_threads(H_, plan_.B * G_ * H_ * P_, plan_.N * G_ * H_ * (2 * I_ + 3 * P_))),
+        slicing_(H_, P_, lease_.threads()),
         input_cut_(Slicing::split(I_, slicing_.count, 16)),
         saved_(SavedActivations::view(a.workspace, a.in.cell, d)) {}
 
@@ -83,6 +84,7 @@ class BackwardLoop {
       if (separate_) w_in_panels_ = panels(H_, widths);
     }
 
+    last_call_plan() = CallPlan{true, slicing_.count, int64_t(chunks_.size()), rows_max, direct};
     run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
       for (auto c = chunks_.rbegin(); c != chunks_.rend(); ++c) {
@@ -290,6 +292,7 @@ class BackwardLoop {
   const StepPlan plan_;
   const int64_t G_, H_, I_, P_;
   const bool proj_, separate_;
+  const ThreadLease lease_;  // held for the whole call
   const Slicing slicing_;
   const std::vector<int64_t> input_cut_;  // [count+1] column slices of x for dx
   const SavedActivations saved_;

@@ -34,6 +34,14 @@ class SpinBarrier {
 
   // Called by thread `self` (0 <= self < participants), the same number of
   // times by every participant.
+  // Waits that had to sleep, over all participants: a partner thread was off
+  // its core for longer than the spin (read after the threads have joined).
+  int sleeps() const {
+    int n = 0;
+    for (int k = 0; k < participants_; ++k) n += flags_[k].sleeps;
+    return n;
+  }
+
   void wait(int self) {
     if (participants_ <= 1) return;
     std::atomic<uint32_t>& mine = flags_[self].reached;
@@ -49,6 +57,7 @@ class SpinBarrier {
         if (++spins < kSpins) {
           RNNFAST_CPU_RELAX();
         } else {
+          if (spins == kSpins) ++flags_[self].sleeps;
           theirs.wait(seen, std::memory_order_acquire);
         }
       }
@@ -61,6 +70,7 @@ class SpinBarrier {
   static constexpr int kSpins = 1 << 15;
   struct alignas(64) Flag {
     std::atomic<uint32_t> reached{0};
+    int sleeps = 0;  // waits of this thread that ended in a sleep (written by it alone)
   };
   const int participants_;
   std::unique_ptr<Flag[]> flags_;

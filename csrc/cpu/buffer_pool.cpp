@@ -13,6 +13,8 @@
 #include <mutex>
 #include <string>
 
+#include <pthread.h>
+
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -50,7 +52,14 @@ size_t cap_from_env() {
 class Pool {
  public:
   static Pool& instance() {
-    static Pool* pool = new Pool();  // never destroyed: tensors may outlive static destruction
+    static Pool* pool = [] {
+      Pool* p = new Pool();  // never destroyed: tensors may outlive static destruction
+      // fork() while another thread holds the lock would leave it held forever
+      // in the child: the lock is taken around fork() and released on both sides.
+      pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
+                     [] { instance().mutex_.unlock(); });
+      return p;
+    }();
     return *pool;
   }
 
@@ -70,7 +79,7 @@ class Pool {
     }
     const bool huge = bytes >= kHugeBytes;
     void* p = std::aligned_alloc(huge ? kHugePage : kPageAlign, bytes);
-    TORCH_CHECK(p, "rnnfast: out of memory allocating ", bytes, " bytes");
+    TORCH_CHECK(p, "rnnfast: out of memory allocating ", std::to_string(bytes), " bytes");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (huge) madvise(p, bytes, MADV_HUGEPAGE);  // a hint; ignored where huge pages are off
 #endif

@@ -33,7 +33,8 @@ class ForwardLoop {
         P_(d.P),
         proj_(d.proj),
         training_(training),
-        slicing_(H_, P_, plan_.B, G_, plan_.N * G_ * H_ * (I_ + P_)) {}
+        lease_(wanted_threads(H_, plan_.B * G_ * H_ * P_, plan_.N * G_ * H_ * (I_ + P_))),
+        slicing_(H_, P_, lease_.threads()) {}
 
   LayerOutputs run() {
     const int64_t N = plan_.N, B = plan_.B, GH = G_ * H_;
@@ -82,6 +83,8 @@ class ForwardLoop {
       if (proj_) w_hr_panels_ = SlicePanels<T>(k_, H_, slicing_.proj_widths(), opts);
     }
 
+    last_call_plan() = CallPlan{false, slicing_.count, int64_t(chunks_.size()),
+                                StepPlan::max_rows(chunks_), plan_.N <= 4 * kRowsPerPackedPass};
     run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
       for (const Chunk& c : chunks_) {
@@ -201,6 +204,7 @@ class ForwardLoop {
   const StepPlan plan_;
   const int64_t G_, H_, I_, P_;
   const bool proj_, training_;
+  const ThreadLease lease_;  // held for the whole call
   const Slicing slicing_;
   FoldedBias<T> bias_;
   std::vector<Chunk> chunks_;

@@ -130,6 +130,8 @@ struct KernelTable {
   void (*pack_b_rows)(int64_t K, int64_t N, const T* const* row_ptrs, int64_t col0, T* packed);
   // out[0, cols) += column sums of A[rows, cols] (rows added in order: deterministic).
   void (*add_column_sums)(int64_t rows, int64_t cols, const T* A, int64_t lda, T* out);
+  // Register-only FMA loop for measuring the peak (flops done in *flops).
+  double (*fma_loop)(int64_t iterations, double* flops);
   CellKernels<T> cells[kNumCellTypes];  // indexed by CellType
 };
 

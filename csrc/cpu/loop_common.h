@@ -23,6 +23,7 @@
 #include "barrier.h"
 #include "buffer_pool.h"
 #include "kernels.h"
+#include "thread_policy.h"
 
 namespace rnnfast::cpu {
 
@@ -43,15 +44,10 @@ struct Slicing {
     return cut;
   }
 
-  // total_macs: multiply-adds of the whole call, which must pay for starting
-  // the threads (~10 us); a step must carry enough work to pay for a barrier.
-  Slicing(int64_t H, int64_t P, int64_t B, int64_t G, int64_t total_macs) {
-    const int threads = at::get_num_threads();
-    const int64_t macs_per_step = B * G * H * P;
-    count = (threads > 1 && H >= 32 && macs_per_step >= 16384 && total_macs >= (int64_t(1) << 20))
-                ? threads
-                : 1;
-    count = static_cast<int>(std::min<int64_t>(count, H / 16 > 0 ? H / 16 : 1));
+  // `count` slices (the threads a ThreadLease granted; see thread_policy.h),
+  // at most one per 16 units.
+  Slicing(int64_t H, int64_t P, int count_wanted) {
+    count = static_cast<int>(std::min<int64_t>(std::max(count_wanted, 1), H / 16 > 0 ? H / 16 : 1));
     unit = split(H, count, 16);
     proj = split(P, count, 16);
   }
@@ -102,6 +98,7 @@ void run_parallel(int slices, const Body& body) {
       // (implicit barrier after single)
       body(omp_get_thread_num(), threads, *barrier_ptr);
     }
+    report_barrier_sleeps(barrier_ptr->sleeps());
     barrier_ptr->~SpinBarrier();  // placement-new'd: frees its flags
     return;
   }

@@ -1,0 +1,130 @@
+// The thread policy of the CPU layer calls (see thread_policy.h).
+#include "thread_policy.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include <pthread.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace rnnfast::cpu {
+namespace {
+
+// Contention back-off: first period, and the longest one.
+constexpr int64_t kMinBackoffNs = 20'000'000;     // 20 ms
+constexpr int64_t kMaxBackoffNs = 1'000'000'000;  // 1 s
+
+std::atomic<int64_t> g_min_macs{int64_t(1) << 20};
+std::atomic<int> g_in_use{0};
+std::atomic<bool> g_forked_child{false};
+std::atomic<int64_t> g_serial_until_ns{0};
+std::atomic<int64_t> g_backoff_ns{kMinBackoffNs};
+std::atomic<int64_t> g_contended_calls{0};
+std::atomic<int64_t> g_leases_denied{0};
+
+int capacity() {
+  static const int cores = [] {
+#ifdef _OPENMP
+    return std::max(1, omp_get_num_procs());
+#else
+    return std::max(1, int(std::thread::hardware_concurrency()));
+#endif
+  }();
+  return cores;
+}
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// In a child of fork(), OpenMP's thread pool is gone (libgomp does not
+// support fork): a parallel region there can hang forever. The child runs
+// every call on one thread, and no lease of the parent is held there.
+void on_fork_child() {
+  g_forked_child.store(true);
+  g_in_use.store(0);
+}
+
+[[maybe_unused]] const bool g_atfork_registered = [] {
+  pthread_atfork(nullptr, nullptr, &on_fork_child);
+  return true;
+}();
+
+}  // namespace
+
+int wanted_threads(int64_t H, int64_t macs_per_step, int64_t total_macs) {
+  if (g_forked_child.load(std::memory_order_relaxed)) return 1;
+  const int threads = at::get_num_threads();
+  if (threads <= 1 || H < 32 || macs_per_step < 16384 ||
+      total_macs < g_min_macs.load(std::memory_order_relaxed))
+    return 1;
+  return static_cast<int>(std::min<int64_t>(threads, H / 16));
+}
+
+ThreadLease::ThreadLease(int wanted) {
+  // Every call holds at least one core of the budget; a parallel call starts
+  // only when the cores it wants are free and no contention back-off runs.
+  int want = std::max(1, wanted);
+  if (want > 1 && now_ns() < g_serial_until_ns.load(std::memory_order_relaxed)) want = 1;
+  int in_use = g_in_use.load(std::memory_order_relaxed);
+  while (true) {
+    const int free = capacity() - in_use;
+    const int take = want > 1 && free >= 2 ? std::min(want, free) : 1;
+    if (g_in_use.compare_exchange_weak(in_use, in_use + take, std::memory_order_acq_rel)) {
+      granted_ = reserved_ = take;
+      if (take < wanted) g_leases_denied.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+  }
+}
+
+ThreadLease::~ThreadLease() {
+  if (reserved_) g_in_use.fetch_sub(reserved_, std::memory_order_acq_rel);
+}
+
+void report_barrier_sleeps(int sleeps) {
+  if (sleeps <= 0) {
+    g_backoff_ns.store(kMinBackoffNs, std::memory_order_relaxed);
+    return;
+  }
+  g_contended_calls.fetch_add(1, std::memory_order_relaxed);
+  const int64_t backoff = g_backoff_ns.load(std::memory_order_relaxed);
+  g_serial_until_ns.store(now_ns() + backoff, std::memory_order_relaxed);
+  g_backoff_ns.store(std::min(backoff * 2, kMaxBackoffNs), std::memory_order_relaxed);
+}
+
+void set_min_parallel_macs(int64_t macs) { g_min_macs.store(std::max<int64_t>(0, macs)); }
+int64_t min_parallel_macs() { return g_min_macs.load(); }
+
+ThreadPolicyState thread_policy_state() {
+  const int64_t until = g_serial_until_ns.load();
+  return {capacity(),
+          g_in_use.load(),
+          g_forked_child.load(),
+          until > now_ns() ? until : 0,
+          g_contended_calls.load(),
+          g_leases_denied.load()};
+}
+
+CallPlan& last_call_plan() {
+  thread_local CallPlan plan;
+  return plan;
+}
+
+void reset_thread_policy() {
+  g_serial_until_ns.store(0);
+  g_backoff_ns.store(kMinBackoffNs);
+  g_contended_calls.store(0);
+  g_leases_denied.store(0);
+}
+
+}  // namespace rnnfast::cpu

@@ -1,0 +1,73 @@
+// How many threads one layer call runs on: decided once, before the call
+// slices its work, and held for the whole call.
+//
+// A parallel time loop meets its threads at a barrier every step, so it is
+// only as fast as its slowest thread. It must not start more threads than can
+// run at once, and it must stop using several threads while they cannot:
+//   * work: below min_parallel_macs multiply-adds per call (default 2^20;
+//     starting a thread costs ~5 us) or too little work per step, one thread;
+//   * concurrent calls: threads are leased from a process-wide budget of the
+//     machine's cores; a call that would oversubscribe them runs on one thread
+//     (no barrier to wait at);
+//   * contention: a call whose barrier waits had to sleep (a partner thread was
+//     off its core: another process, or more threads than cores) sends the
+//     following calls to one thread for a back-off period, which doubles while
+//     contention persists (20 ms up to 1 s) and resets after a clean call;
+//   * fork: a child forked after OpenMP started must not enter a parallel
+//     region (libgomp's thread pool does not survive fork()): it runs every
+//     call on one thread.
+#pragma once
+
+#include <cstdint>
+
+namespace rnnfast::cpu {
+
+// Threads a call would like: min(torch's intra-op thread count, units / 16)
+// when the call carries enough work, else 1.
+int wanted_threads(int64_t H, int64_t macs_per_step, int64_t total_macs);
+
+// Threads granted to one call, returned to the budget when it ends.
+class ThreadLease {
+ public:
+  explicit ThreadLease(int wanted);
+  ~ThreadLease();
+  ThreadLease(const ThreadLease&) = delete;
+  ThreadLease& operator=(const ThreadLease&) = delete;
+  int threads() const { return granted_; }
+
+ private:
+  int granted_ = 1;
+  int reserved_ = 0;
+};
+
+// A parallel call reports how many of its barrier waits had to sleep.
+void report_barrier_sleeps(int sleeps);
+
+// Test and tuning hooks (tests/test_reliability.py): the work threshold, and
+// the state of the policy.
+void set_min_parallel_macs(int64_t macs);
+int64_t min_parallel_macs();
+struct ThreadPolicyState {
+  int capacity;             // cores in the budget
+  int in_use;               // threads leased now
+  bool forked_child;        // this process is a fork() child of a process that used OpenMP
+  int64_t serial_until_ns;  // contention back-off deadline (steady clock), 0 if none
+  int64_t contended_calls;  // calls that reported sleeping barrier waits, since start
+  int64_t leases_denied;    // calls run on one thread because the budget was taken
+};
+ThreadPolicyState thread_policy_state();
+// Clears the back-off and the counters (tests).
+void reset_thread_policy();
+
+// What the last layer call made on this thread did (tests assert the paths
+// they mean to exercise: threads, chunks, unpacked weights).
+struct CallPlan {
+  bool backward = false;
+  int slices = 0;           // threads the call ran on
+  int64_t chunks = 0;       // chunks of rows of the time-parallel GEMMs
+  int64_t chunk_rows = 0;   // rows of the largest chunk
+  bool unpacked = false;    // read the weights in place instead of packing them
+};
+CallPlan& last_call_plan();
+
+}  // namespace rnnfast::cpu
