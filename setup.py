@@ -10,6 +10,7 @@ instruction set, each with its own flags, and chosen at run time
 (csrc/cpu/dispatch.cpp). Environment switches:
     RNNFAST_MAX_ISA=default|avx2|avx512   compile no vector builds above this
     MAX_JOBS=N                            parallel compile jobs (torch's ninja build)
+    RNNFAST_SANITIZE=address,undefined    an instrumented build (scripts/sanitize.sh)
 """
 
 import os
@@ -86,17 +87,30 @@ class BuildWithIsaKernels(BuildExtension):
         super().build_extension(ext)
 
 
+def sanitizer_flags():
+    """RNNFAST_SANITIZE=address,undefined (any -fsanitize= list): an instrumented build for
+    scripts/sanitize.sh, with frame pointers and debug info for readable reports."""
+    which = os.environ.get("RNNFAST_SANITIZE", "").strip()
+    if not which:
+        return [], []
+    compile_flags = [f"-fsanitize={which}", "-fno-omit-frame-pointer", "-g", "-O1",
+                     "-fno-sanitize-recover=all"]
+    return compile_flags, [f"-fsanitize={which}"]
+
+
 def extension():
     builds = isa_builds()
     macros = [(f"RNNFAST_HAVE_{isa.upper()}", "1") for isa in builds if isa != "default"]
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
+    sanitize_cxx, sanitize_link = sanitizer_flags()
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas",
+           "-Wno-maybe-uninitialized"] + sanitize_cxx
     return CppExtension(
         name="rnnfast._C",
         sources=COMMON_SOURCES,
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=macros,
         extra_compile_args={"cxx": cxx},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp"] + sanitize_link,
     )
 
 

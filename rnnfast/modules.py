@@ -65,14 +65,19 @@ def _check_dtype_and_device(module, input, weight, states, names=("hx", "cx")):
     dtype = input.dtype
     if dtype not in _SUPPORTED_DTYPES:
         raise NotImplementedError(f"rnnfast.{type(module).__name__} supports float32 and float64 inputs, got {dtype}")
-    if not (input.is_cpu and weight.is_cpu):
+    if input.device != weight.device:  # torch.nn's check (aten/src/ATen/native/RNN.cpp), its message
+        raise RuntimeError(
+            f"Input and parameter tensors are not at the same device, found input tensor at "
+            f"{input.device} and parameter tensor at {weight.device}"
+        )
+    if not input.is_cpu:
         raise NotImplementedError(
             f"rnnfast.{type(module).__name__}: this build runs on the CPU only "
             f"(input on {input.device}, weights on {weight.device}); see rnnfast.backend()"
         )
     out = list(states)
     for k, h in enumerate(out):
-        if not h.is_cpu:
+        if h.device != input.device:
             raise RuntimeError(
                 f"Input and hidden tensors are not at the same device, found input tensor at "
                 f"{input.device} and hidden tensor at {h.device}"
@@ -201,6 +206,9 @@ class _RecurrentBase(nn.RNNBase):
                         # A data-dependent (unbacked) size under torch.compile / export: say it is
                         # positive (a PackedSequence holds a sequence), so that `B == 0` is decidable.
                         torch._check(batch > 0)
+                    elif batch < 1:
+                        raise RuntimeError("rnnfast: a PackedSequence's batch_sizes must be positive, "
+                                           f"got {batch_sizes.tolist()}")
                 hx = self._zeros_hidden(input, batch)
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
@@ -233,6 +241,9 @@ class _RecurrentBase(nn.RNNBase):
             rows = x.reshape(T * B, x.size(2))
         else:
             rows, B = input, h0.size(1)
+            if B == 0:  # pack_padded_sequence never makes one; the operators check the rest
+                raise RuntimeError("rnnfast: a PackedSequence's batch_sizes must be positive, got "
+                                   f"{batch_sizes.tolist()}")
 
         if B == 0:
             y, h_n, c_n = self._empty_batch_result(rows, h0, c0, weights)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The test command of the README: set-up, the Python suite, then the CMake
-# build of the same sources with its C++ unit tests (ctest), a smoke test of
-# the CMake-built module, and (where nvcc exists) a device compile of the
-# shared gate-math header.
+# The test command of the README: set-up, the Python suite, the sanitizer job
+# (scripts/sanitize.sh), then the CMake build of the same sources with its C++
+# unit tests (ctest), a smoke test of the CMake-built module, and (where nvcc
+# exists) a device compile of the shared gate-math header.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$ROOT"
@@ -11,6 +11,9 @@ echo "== python test suite"
 start=$(date +%s)
 "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider
 echo "== python tests took $(( $(date +%s) - start )) s"
+
+# AddressSanitizer + UBSan build, a subset of the suite under it, LeakSanitizer over repeated calls.
+"$ROOT/scripts/sanitize.sh"
 
 echo "== CMake build + ctest"
 start=$(date +%s)

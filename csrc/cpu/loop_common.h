@@ -12,6 +12,7 @@
 #include <c10/util/strides.h>
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
 #include <vector>
 
@@ -90,15 +91,21 @@ void run_parallel(int slices, const Body& body) {
     const int team = std::min(slices, at::get_num_threads());
     SpinBarrier* barrier_ptr = nullptr;
     alignas(64) unsigned char storage[sizeof(SpinBarrier)];
-#pragma omp parallel num_threads(team)
+    const auto start = std::chrono::steady_clock::now();
+    int64_t preemptions = 0;
+#pragma omp parallel num_threads(team) reduction(+ : preemptions)
     {
+      const int64_t preempted_before = thread_preemptions();
       const int threads = omp_get_num_threads();
 #pragma omp single
       barrier_ptr = new (storage) SpinBarrier(threads);
       // (implicit barrier after single)
       body(omp_get_thread_num(), threads, *barrier_ptr);
+      preemptions += thread_preemptions() - preempted_before;
     }
-    report_barrier_sleeps(barrier_ptr->sleeps());
+    report_parallel_region(preemptions, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                            std::chrono::steady_clock::now() - start)
+                                            .count());
     barrier_ptr->~SpinBarrier();  // placement-new'd: frees its flags
     return;
   }
@@ -153,7 +160,7 @@ class SlicePanels {
   // C[M, widths[s]] = A[M, K] @ (slice s) + beta * C.
   void gemm(const KernelTable<T>& k, int s, int64_t M, const T* A, int64_t lda, T beta, T* C,
             int64_t ldc) const {
-    if (M <= 0) return;
+    if (M <= 0 || widths_[s] <= 0) return;  // (e.g. dx of a cell with input_size 0)
     if (direct_.empty()) {
       k.gemm_packed(M, widths_[s], K_[s], A, lda, data(s), beta, C, ldc);
       return;

@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <thread>
 
 #include <pthread.h>
+#include <sys/resource.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -18,8 +20,8 @@ namespace rnnfast::cpu {
 namespace {
 
 // Contention back-off: first period, and the longest one.
-constexpr int64_t kMinBackoffNs = 20'000'000;     // 20 ms
-constexpr int64_t kMaxBackoffNs = 1'000'000'000;  // 1 s
+constexpr int64_t kMinBackoffNs = 250'000'000;    // 250 ms
+constexpr int64_t kMaxBackoffNs = 4'000'000'000;  // 4 s
 
 std::atomic<int64_t> g_min_macs{int64_t(1) << 20};
 std::atomic<int> g_in_use{0};
@@ -28,6 +30,14 @@ std::atomic<int64_t> g_serial_until_ns{0};
 std::atomic<int64_t> g_backoff_ns{kMinBackoffNs};
 std::atomic<int64_t> g_contended_calls{0};
 std::atomic<int64_t> g_leases_denied{0};
+// Preemptions over recent parallel time (report_parallel_region).
+constexpr int64_t kMinWindowNs = 20'000'000;
+constexpr int64_t kMaxWindowNs = 100'000'000;
+constexpr int64_t kMinPreemptions = 6;
+constexpr int64_t kContendedRate = 250;  // per second of parallel time
+std::mutex g_window_mutex;
+int64_t g_window_ns = 0;
+int64_t g_window_preemptions = 0;
 
 int capacity() {
   static const int cores = [] {
@@ -91,8 +101,19 @@ ThreadLease::~ThreadLease() {
   if (reserved_) g_in_use.fetch_sub(reserved_, std::memory_order_acq_rel);
 }
 
-void report_barrier_sleeps(int sleeps) {
-  if (sleeps <= 0) {
+void report_parallel_region(int64_t preemptions, int64_t duration_ns) {
+  // Over a window of recent parallel time (halved when it passes 100 ms): one
+  // call can be too short to see a preemption even under load.
+  std::lock_guard<std::mutex> lock(g_window_mutex);
+  g_window_ns += duration_ns;
+  g_window_preemptions += preemptions;
+  if (g_window_ns > kMaxWindowNs) {
+    g_window_ns /= 2;
+    g_window_preemptions /= 2;
+  }
+  const bool contended = g_window_ns >= kMinWindowNs && g_window_preemptions >= kMinPreemptions &&
+                         g_window_preemptions * 1'000'000'000 >= kContendedRate * g_window_ns;
+  if (!contended) {
     g_backoff_ns.store(kMinBackoffNs, std::memory_order_relaxed);
     return;
   }
@@ -100,6 +121,13 @@ void report_barrier_sleeps(int sleeps) {
   const int64_t backoff = g_backoff_ns.load(std::memory_order_relaxed);
   g_serial_until_ns.store(now_ns() + backoff, std::memory_order_relaxed);
   g_backoff_ns.store(std::min(backoff * 2, kMaxBackoffNs), std::memory_order_relaxed);
+  g_window_ns = 0;  // the next probe starts a fresh window
+  g_window_preemptions = 0;
+}
+
+int64_t thread_preemptions() {
+  rusage usage;
+  return getrusage(RUSAGE_THREAD, &usage) == 0 ? int64_t(usage.ru_nivcsw) : 0;
 }
 
 void set_min_parallel_macs(int64_t macs) { g_min_macs.store(std::max<int64_t>(0, macs)); }
@@ -121,6 +149,11 @@ CallPlan& last_call_plan() {
 }
 
 void reset_thread_policy() {
+  {
+    std::lock_guard<std::mutex> lock(g_window_mutex);
+    g_window_ns = 0;
+    g_window_preemptions = 0;
+  }
   g_serial_until_ns.store(0);
   g_backoff_ns.store(kMinBackoffNs);
   g_contended_calls.store(0);

@@ -9,10 +9,18 @@
 //   * concurrent calls: threads are leased from a process-wide budget of the
 //     machine's cores; a call that would oversubscribe them runs on one thread
 //     (no barrier to wait at);
-//   * contention: a call whose barrier waits had to sleep (a partner thread was
-//     off its core: another process, or more threads than cores) sends the
-//     following calls to one thread for a back-off period, which doubles while
-//     contention persists (20 ms up to 1 s) and resets after a clean call;
+//   * contention: when the threads of recent parallel calls were preempted
+//     often (the scheduler gave their core to another runnable task: another
+//     process, or more threads than cores), the following calls run on one
+//     thread for a back-off period, which doubles while contention persists
+//     (50 ms up to 4 s) and resets after a clean call. Often: at least 4
+//     involuntary context switches and 150 per second of parallel time, over a
+//     window of the last 20-100 ms of it. Measured on the 2-core development
+//     VM: quiet, ~30 preemptions per second (kernel threads, microseconds
+//     each); one core busy with another process, 400-600 per second, each
+//     stalling a thread for a time slice (milliseconds). Neither sleeping
+//     barrier waits nor idle time are a signal: a long phase of unequal work
+//     makes them on a quiet machine too.
 //   * fork: a child forked after OpenMP started must not enter a parallel
 //     region (libgomp's thread pool does not survive fork()): it runs every
 //     call on one thread.
@@ -40,8 +48,11 @@ class ThreadLease {
   int reserved_ = 0;
 };
 
-// A parallel call reports how many of its barrier waits had to sleep.
-void report_barrier_sleeps(int sleeps);
+// Involuntary context switches of the calling thread so far (getrusage).
+int64_t thread_preemptions();
+
+// A parallel call reports how often its threads were preempted, and its duration.
+void report_parallel_region(int64_t preemptions, int64_t duration_ns);
 
 // Test and tuning hooks (tests/test_reliability.py): the work threshold, and
 // the state of the policy.
@@ -52,7 +63,7 @@ struct ThreadPolicyState {
   int in_use;               // threads leased now
   bool forked_child;        // this process is a fork() child of a process that used OpenMP
   int64_t serial_until_ns;  // contention back-off deadline (steady clock), 0 if none
-  int64_t contended_calls;  // calls that reported sleeping barrier waits, since start
+  int64_t contended_calls;  // parallel calls that found contention, since start
   int64_t leases_denied;    // calls run on one thread because the budget was taken
 };
 ThreadPolicyState thread_policy_state();

@@ -1,0 +1,310 @@
+"""Reliability: no leaks over many calls, the thread policy (plans the tests claim, concurrent
+calls, contention), fork-safety, and switching the CPU instruction set while other threads compute.
+
+Every test here either forces the path it means to exercise (``set_min_parallel_macs(0)`` makes
+small calls split across threads) or asserts that the path ran (``last_call_plan``).
+"""
+
+import ctypes
+import multiprocessing
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+import rnnfast
+from rnnfast import _extension
+
+from conftest import TOL, assert_close
+
+C = _extension.require_extension()
+
+
+@pytest.fixture
+def split_small_calls():
+    """Every call with enough units per thread splits across threads, however small."""
+    previous = C.min_parallel_macs()
+    C.set_min_parallel_macs(0)
+    C.reset_thread_policy()
+    yield
+    C.set_min_parallel_macs(previous)
+    C.reset_thread_policy()
+
+
+@pytest.fixture(params=[1, 2, 3, 4], ids=lambda n: f"{n}threads")
+def thread_count(request, split_small_calls):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(previous)
+
+
+def _pair(mode, I, H, **kwargs):
+    ref = getattr(torch.nn, mode)(I, H, **kwargs)
+    fast = getattr(rnnfast, mode)(I, H, **kwargs)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+# ---- plans: the paths the tests claim ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_parity_at_every_thread_count(mode, thread_count):
+    """More threads than cores is fine for correctness; the plan must say the work was split
+    (at most one slice per 16 hidden units, and at most the machine's cores at once)."""
+    ref, fast = _pair(mode, 5, 64, bidirectional=True, num_layers=2)
+    x = torch.randn(9, 4, 5, requires_grad=True)
+    out_ref, _ = ref(x)
+    out_fast, _ = fast(x)
+    assert_close(out_fast, out_ref, "output")
+    state = C.thread_policy_state()
+    # Threads beyond the machine's cores are not leased; a contention back-off (a busy machine)
+    # puts calls on one thread.
+    expected = 1 if state["serial_until_ns"] else min(thread_count, state["capacity"])
+    assert C.last_call_plan()["slices"] == expected, (C.last_call_plan(), state)
+    (g_ref,) = torch.autograd.grad(out_ref.square().sum(), x)
+    (g_fast,) = torch.autograd.grad(out_fast.square().sum(), x)
+    assert_close(g_fast, g_ref, "input gradient")
+    assert C.last_call_plan()["backward"]
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_small_calls_split_when_forced(mode, split_small_calls, two_threads):
+    ref, fast = _pair(mode, 3, 48)
+    x = torch.randn(4, 4, 3)  # 4 rows x 3-4 gates x 48 x 48 per step: enough work per barrier
+    with torch.no_grad():
+        assert_close(fast(x)[0], ref(x)[0], "output")
+    assert C.last_call_plan()["slices"] == 2, C.last_call_plan()
+
+
+def test_small_calls_stay_on_one_thread_by_default(two_threads):
+    C.reset_thread_policy()
+    fast = rnnfast.LSTM(3, 48)
+    with torch.no_grad():
+        fast(torch.randn(4, 2, 3))
+    assert C.last_call_plan()["slices"] == 1  # 4*2*192*51 multiply-adds < 2^20
+
+
+def test_long_sequences_use_several_chunks():
+    fast = rnnfast.GRU(3, 8)
+    with torch.no_grad():
+        fast(torch.randn(300, 4, 3))  # 1200 rows: chunks of at most 512
+    plan = C.last_call_plan()
+    assert plan["chunks"] == 3 and plan["chunk_rows"] <= 512, plan
+
+
+def test_one_step_of_a_small_batch_reads_weights_in_place():
+    fast = rnnfast.LSTMCell(3, 8)
+    x = torch.randn(2, 3, requires_grad=True)
+    h, c = fast(x)
+    assert C.last_call_plan()["unpacked"]
+    (h.sum() + c.sum()).backward()
+    assert C.last_call_plan()["backward"] and C.last_call_plan()["unpacked"]
+
+
+# ---- leaks -------------------------------------------------------------------------------------
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _heap_in_use() -> int:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_no_leak_over_many_training_calls(threads, split_small_calls):
+    """Heap bytes in use (glibc's allocator statistics) stay flat over 3000 training calls whose
+    time loops run on `threads` threads (the barrier of every parallel region used to leak its
+    flags: ~500 bytes per training call at 2 threads)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = rnnfast.LSTM(8, 64)
+        x = torch.randn(6, 3, 8, requires_grad=True)
+
+        def call():
+            out, _ = fast(x)
+            out.sum().backward()
+
+        for _ in range(300):
+            call()
+        assert C.last_call_plan()["slices"] == threads
+        before = _heap_in_use()
+        for _ in range(3000):
+            call()
+        growth = _heap_in_use() - before
+    finally:
+        torch.set_num_threads(previous)
+    assert growth < 300_000, f"heap grew by {growth} bytes over 3000 calls"
+
+
+# ---- concurrency and contention ---------------------------------------------------------------
+
+
+def test_concurrent_python_threads_get_correct_results(split_small_calls, two_threads):
+    """Four Python threads calling at once share the machine's cores (leases); every result is
+    the one computed alone."""
+    torch.manual_seed(0)
+    fast = rnnfast.GRU(8, 64)
+    inputs = [torch.randn(12, 3, 8) for _ in range(4)]
+    with torch.no_grad():
+        expected = [fast(x)[0] for x in inputs]
+    errors = []
+
+    def worker(k):
+        try:
+            with torch.no_grad():
+                for _ in range(50):
+                    torch.testing.assert_close(fast(inputs[k])[0], expected[k], rtol=0, atol=0)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors[0]
+    state = C.thread_policy_state()
+    assert state["in_use"] == 0, state  # every lease returned
+
+
+def test_contention_sends_calls_to_one_thread(split_small_calls, two_threads):
+    """Other processes busy on every core: either the threads of the parallel calls get preempted
+    often and the policy backs off to one thread, or they were not disturbed (this scheduler
+    favours them) and the calls stay as fast as when quiet. Results stay the same either way."""
+    import statistics
+
+    fast = rnnfast.LSTM(8, 64)
+    x = torch.randn(200, 2, 8)
+
+    def timed_call():
+        t0 = time.perf_counter()
+        out = fast(x)[0]
+        return time.perf_counter() - t0, out
+
+    with torch.no_grad():
+        expected = fast(x)[0]
+        quiet = statistics.median(timed_call()[0] for _ in range(30))
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+        try:
+            time.sleep(0.3)
+            C.reset_thread_policy()
+            busy, deadline = [], time.perf_counter() + 2.0
+            while time.perf_counter() < deadline and not C.thread_policy_state()["contended_calls"]:
+                seconds, out = timed_call()
+                busy.append(seconds)
+                torch.testing.assert_close(out, expected, rtol=0, atol=0)
+            if C.thread_policy_state()["contended_calls"]:
+                fast(x)
+                assert C.last_call_plan()["slices"] == 1, C.last_call_plan()  # backed off
+            else:
+                assert statistics.median(busy) <= 2 * quiet, (statistics.median(busy), quiet)
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait()
+
+
+# ---- fork --------------------------------------------------------------------------------------
+
+
+def _child_forward(queue, state_dict, x):
+    torch.set_num_threads(2)
+    fast = rnnfast.LSTM(8, 64)
+    fast.load_state_dict(state_dict)
+    with torch.no_grad():
+        out = fast(x)[0]
+    # Plain lists: a tensor would travel through shared memory owned by this (exiting) process.
+    queue.put((out.tolist(), C.thread_policy_state()["forked_child"], C.last_call_plan()["slices"]))
+
+
+def test_forked_child_computes_and_does_not_hang(split_small_calls, two_threads):
+    fast = rnnfast.LSTM(8, 64)
+    x = torch.randn(10, 3, 8)
+    with torch.no_grad():
+        expected = fast(x)[0]  # the parent's OpenMP pool is running
+    assert C.last_call_plan()["slices"] == 2
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_forward, args=(queue, fast.state_dict(), x))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung")
+    assert child.exitcode == 0
+    out, forked, slices = queue.get(timeout=10)
+    assert forked and slices == 1
+    torch.testing.assert_close(torch.tensor(out), expected, **TOL[torch.float32])
+
+
+class _Sequences(torch.utils.data.Dataset):
+    """Each item runs an rnnfast forward in the DataLoader worker."""
+
+    def __init__(self, model, inputs):
+        self.model, self.inputs = model, inputs
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, k):
+        with torch.no_grad():
+            return self.model(self.inputs[k])[0]
+
+
+def test_dataloader_fork_workers(split_small_calls, two_threads):
+    model = rnnfast.GRU(8, 64)
+    inputs = [torch.randn(10, 8) for _ in range(6)]
+    with torch.no_grad():
+        expected = [model(x)[0] for x in inputs]
+    loader = torch.utils.data.DataLoader(_Sequences(model, inputs), batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork", timeout=60)
+    for got, want in zip(loader, expected):
+        torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+# ---- switching the instruction set while others compute -------------------------------------
+
+
+def test_capability_switch_during_calls(split_small_calls, two_threads):
+    capabilities = rnnfast.backend()["cpu_capabilities"]
+    if len(capabilities) < 2:
+        pytest.skip("one instruction set on this CPU")
+    ref, fast = _pair("LSTM", 16, 64)
+    x = torch.randn(40, 4, 16)
+    with torch.no_grad():
+        expected = ref(x)[0]
+    original = C.cpu_capability()
+    stop = threading.Event()
+    errors = []
+
+    def compute():
+        try:
+            with torch.no_grad():
+                while not stop.is_set():
+                    torch.testing.assert_close(fast(x)[0], expected, **TOL[torch.float32])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    worker = threading.Thread(target=compute)
+    worker.start()
+    try:
+        for k in range(300):
+            C.set_cpu_capability(capabilities[k % len(capabilities)])
+    finally:
+        stop.set()
+        worker.join()
+        C.set_cpu_capability(original)
+    assert not errors, errors[0]
