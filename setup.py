@@ -8,7 +8,7 @@ isolated build would fetch a different, multi-GB torch):
 The CPU gate kernels (csrc/cpu/kernels_<isa>.cpp) are compiled once per
 instruction set, each with its own flags, and chosen at run time
 (csrc/cpu/dispatch.cpp). Environment switches:
-    RNNFAST_MAX_ISA=default|avx2|avx512   compile no vector builds above this
+    RNNFAST_MAX_ISA=default|avx2|avx512|avx512_bf16   compile no vector builds above this
     MAX_JOBS=N                            parallel compile jobs (torch's ninja build)
     RNNFAST_SANITIZE=address,undefined    an instrumented build (scripts/sanitize.sh)
 """
@@ -40,6 +40,7 @@ COMMON_SOURCES = [
     "csrc/cpu/dispatch.cpp",
     "csrc/cpu/buffer_pool.cpp",
     "csrc/cpu/thread_policy.cpp",
+    "csrc/cpu/gemm_bench.cpp",
 ]
 
 # Instruction-set builds of csrc/cpu/kernels_<isa>.cpp: extra flags for each.
@@ -50,15 +51,21 @@ ISA_FLAGS = {
         "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
         "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c",
     ],
+    # AVX-512 plus the BF16 extension (vdpbf16ps): bfloat16 GEMMs on bf16 k-pair panels.
+    "avx512_bf16": [
+        "-DCPU_CAPABILITY=AVX512_BF16", "-DCPU_CAPABILITY_AVX512", "-DRNNFAST_NATIVE_BF16",
+        "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mavx2", "-mfma",
+        "-mf16c",
+    ],
 }
-ISA_ORDER = ["default", "avx2", "avx512"]
+ISA_ORDER = ["default", "avx2", "avx512", "avx512_bf16"]
 
 
 def isa_builds():
     """The instruction sets to compile for this machine's architecture."""
     is_x86 = platform.machine().lower() in ("x86_64", "amd64")
-    builds = ["default"] + (["avx2", "avx512"] if is_x86 else [])
-    cap = os.environ.get("RNNFAST_MAX_ISA", "avx512").lower()
+    builds = ["default"] + (["avx2", "avx512", "avx512_bf16"] if is_x86 else [])
+    cap = os.environ.get("RNNFAST_MAX_ISA", "avx512_bf16").lower()
     if cap not in ISA_ORDER:
         raise ValueError(f"RNNFAST_MAX_ISA must be one of {ISA_ORDER}, got {cap!r}")
     return [b for b in builds if ISA_ORDER.index(b) <= ISA_ORDER.index(cap)]
@@ -81,7 +88,8 @@ class BuildWithIsaKernels(BuildExtension):
                 output_dir=os.path.join(self.build_temp, f"isa_{isa}"),
                 include_dirs=ext.include_dirs,
                 extra_postargs=cxx_flags + ISA_FLAGS[isa],
-                depends=["csrc/cpu/kernels_impl.h", "csrc/cpu/kernels.h", "csrc/cell_math.h"],
+                depends=["csrc/cpu/kernels_impl.h", "csrc/cpu/kernels.h", "csrc/cpu/vec_math.h",
+                         "csrc/cpu/gemm_impl.h", "csrc/cpu/cell_rows_impl.h", "csrc/cell_math.h"],
             )
             ext.extra_objects.extend(objects)
         super().build_extension(ext)

@@ -168,18 +168,18 @@ _GEMM_CACHE: dict = {}
 
 
 def _gemm_seconds(m: int, k: int, n: int, a_t: bool, b_t: bool, device: torch.device,
-                  min_time: float) -> float:
+                  min_time: float, dtype: torch.dtype = torch.float32) -> float:
     """Fastest of torch.mm(A, B, out=C) and torch.addmm(C, A, B, out=C), C [m, n], with A [m,k] given as
     a transposed view of a [k,m] tensor if a_t (likewise B), and with A, B made contiguous."""
-    key = (m, k, n, a_t, b_t, device.type, torch.get_num_threads())
+    key = (m, k, n, a_t, b_t, device.type, torch.get_num_threads(), dtype)
     if key not in _GEMM_CACHE:
         g = torch.Generator().manual_seed(0)
-        a = torch.randn((k, m) if a_t else (m, k), generator=g).to(device)
-        b = torch.randn((n, k) if b_t else (k, n), generator=g).to(device)
+        a = torch.randn((k, m) if a_t else (m, k), generator=g).to(device, dtype)
+        b = torch.randn((n, k) if b_t else (k, n), generator=g).to(device, dtype)
         a = a.t() if a_t else a
         b = b.t() if b_t else b
         ac, bc = a.contiguous(), b.contiguous()
-        out = torch.zeros(m, n, device=device)
+        out = torch.zeros(m, n, device=device, dtype=dtype)
         _GEMM_CACHE[key] = min(
             _time_call(lambda: torch.mm(a, b, out=out), device, min_time),
             _time_call(lambda: torch.addmm(out, a, b, out=out), device, min_time),
@@ -189,7 +189,7 @@ def _gemm_seconds(m: int, k: int, n: int, a_t: bool, b_t: bool, device: torch.de
 
 
 def roofline(cell: str, T: int, B: int, I: int, H: int, mode: str, device: torch.device,
-             min_time: float = 0.05) -> dict:
+             min_time: float = 0.05, dtype: torch.dtype = torch.float32) -> dict:
     """This machine's GEMM rate on the shapes one layer-direction needs (torch.mm/addmm with out=, same threads).
 
     forward : Gx = X W_ih^T  ([T*B, I] x [I, G*H], once)  +  T x  h W_hh^T ([B, H] x [H, G*H])
@@ -201,14 +201,14 @@ def roofline(cell: str, T: int, B: int, I: int, H: int, mode: str, device: torch
     G = GATES[cell]
     GH = G * H
     N = T * B
-    t_in = _gemm_seconds(N, I, GH, False, True, device, min_time)
-    t_step = _gemm_seconds(B, H, GH, False, True, device, min_time)
+    t_in = _gemm_seconds(N, I, GH, False, True, device, min_time, dtype)
+    t_step = _gemm_seconds(B, H, GH, False, True, device, min_time, dtype)
     secs = t_in + T * t_step
     if mode == "train":
-        t_step_b = _gemm_seconds(B, GH, H, False, False, device, min_time)
-        t_dx = _gemm_seconds(N, GH, I, False, False, device, min_time)
-        t_dwih = _gemm_seconds(GH, N, I, True, False, device, min_time)
-        t_dwhh = _gemm_seconds(GH, N, H, True, False, device, min_time)
+        t_step_b = _gemm_seconds(B, GH, H, False, False, device, min_time, dtype)
+        t_dx = _gemm_seconds(N, GH, I, False, False, device, min_time, dtype)
+        t_dwih = _gemm_seconds(GH, N, I, True, False, device, min_time, dtype)
+        t_dwhh = _gemm_seconds(GH, N, H, True, False, device, min_time, dtype)
         secs += T * t_step_b + t_dx + t_dwih + t_dwhh
     flops = gemm_flops(cell, T, B, I, H, mode)
     return {"roofline_ms": secs * 1e3, "roofline_gflops": flops / secs / 1e9,
@@ -216,11 +216,11 @@ def roofline(cell: str, T: int, B: int, I: int, H: int, mode: str, device: torch
             "input_gemm_gflops": 2.0 * N * I * GH / t_in / 1e9}
 
 
-def peak_sgemm_gflops(device: torch.device, n: int = 2048) -> float:
+def peak_sgemm_gflops(device: torch.device, n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
     """torch's large-GEMM rate on this machine: torch.mm on [n, n] x [n, n] fp32. A reference, not a
     hardware bound: torch's MKL sgemm may not use the CPU's widest vectors (on this AMD Zen 4 it
     reached ~92 GFLOP/s per core), so a hand-written kernel can exceed it."""
-    return 2.0 * n ** 3 / _gemm_seconds(n, n, n, False, False, device, 0.2) / 1e9
+    return 2.0 * n ** 3 / _gemm_seconds(n, n, n, False, False, device, 0.2, dtype) / 1e9
 
 
 # ----------------------------------------------------------------------------- cases
@@ -237,6 +237,8 @@ class Case:
     packed: bool = False
     rows: int = 0  # rows actually processed (sum of lengths for packed input)
     leaf: torch.Tensor | None = None  # the input tensor (its .grad is cleared like the parameters')
+    num_layers: int = 1
+    bidirectional: bool = False
     modules: dict = field(default_factory=dict)
     runs: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
@@ -244,7 +246,8 @@ class Case:
     @property
     def flops(self) -> float:
         return gemm_flops(self.cell, self.T, self.B, self.I, self.H, self.mode,
-                          proj_size=self.proj_size, steps_rows=self.rows)
+                          proj_size=self.proj_size, num_layers=self.num_layers,
+                          bidirectional=self.bidirectional, steps_rows=self.rows)
 
 
 def _flat_out(result) -> list:
@@ -269,7 +272,8 @@ def _cell_loop(mod, x):
 
 def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, device: torch.device,
                proj_size: int = 0, packed: bool = False, seed: int = 0,
-               dtype: torch.dtype = torch.float32, nonlinearity: str | None = None) -> Case:
+               dtype: torch.dtype = torch.float32, nonlinearity: str | None = None,
+               num_layers: int = 1, bidirectional: bool = False) -> Case:
     """Build torch.nn.<cell> and rnnfast.<cell> with identical weights (load_state_dict, strict) and one input.
 
     train: forward, then backward of the output and final states with fixed random upstream
@@ -281,6 +285,8 @@ def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, de
     """
     torch.manual_seed(seed)
     kw = {"proj_size": proj_size} if proj_size else {}
+    if num_layers != 1 or bidirectional:
+        kw.update(num_layers=num_layers, bidirectional=bidirectional)
     if nonlinearity is not None:
         kw["nonlinearity"] = nonlinearity
     ref = getattr(torch.nn, cell)(I, H, **kw).to(device=device, dtype=dtype)
@@ -301,7 +307,7 @@ def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, de
     else:
         inp = x.requires_grad_(mode == "train")
         leaf = x
-    case = Case(cell, mode, T, B, I, H, proj_size, packed, rows, leaf)
+    case = Case(cell, mode, T, B, I, H, proj_size, packed, rows, leaf, num_layers, bidirectional)
 
     is_cell = cell.endswith("Cell")
     flat = (lambda mod: _cell_loop(mod, inp)) if is_cell else (lambda mod: _flat_out(mod(inp)))

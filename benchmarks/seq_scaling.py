@@ -4,9 +4,11 @@
 Usage:
     python benchmarks/seq_scaling.py --out results/            # LSTM,GRU x train,infer x T=16..4096
     python benchmarks/seq_scaling.py --quick --out results/    # 4 lengths, fewer repeats (~2-3 min on 2 cores)
+    python benchmarks/seq_scaling.py --dtype bfloat16 --out results/bf16/   # both in bfloat16
 
 For every (cell, mode, T): torch.nn.<cell> and rnnfast.<cell> get identical weights (load_state_dict)
-and the same fp32 input (torch.randn, time-major [T, B, I]); zero initial state.
+and the same input (torch.randn, time-major [T, B, I]) in --dtype (default float32); zero initial
+state.
   train: forward, then backward of (output, h_n[, c_n]) with fixed random upstream gradients;
          parameter and input .grad set to None before every run (so the time includes .grad allocation).
   infer: eval() + torch.no_grad() forward.
@@ -70,6 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"],
+                   help="dtype of both modules and the input (the roofline GEMMs too)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 7; --quick: 5)")
     p.add_argument("--min-sample", type=float, default=None,
                    help="min seconds per timing sample (default 0.1; --quick: 0.03)")
@@ -115,8 +119,14 @@ def run(args) -> tuple[list, dict]:
     if (meta["other_load_cores_at_start"] or 0) > bu.BUSY_CORES:
         print(f"WARNING: other processes are using {meta['other_load_cores_at_start']:.2f} cores: timings "
               "on a 2-core machine will be disturbed (busy configurations are retried).", file=sys.stderr)
-    meta["peak_sgemm_gflops"] = bu.measure_quiet(lambda: bu.peak_sgemm_gflops(device))[0]
-    print(f"reference GEMM rate: torch.mm 2048^3 = {meta['peak_sgemm_gflops']:.0f} GFLOP/s", flush=True)
+    dtype = getattr(torch, args.dtype)
+    meta["dtype"] = args.dtype
+    meta["peak_sgemm_gflops"] = bu.measure_quiet(lambda: bu.peak_sgemm_gflops(device, dtype=dtype))[0]
+    print(f"reference GEMM rate: torch.mm 2048^3 ({args.dtype}) = {meta['peak_sgemm_gflops']:.0f} GFLOP/s",
+          flush=True)
+    if device.type == "cpu" and args.dtype in ("float32", "float64", "bfloat16"):
+        import rnnfast._C as C
+        meta["peak_fma_gflops"] = C.fma_peak_gflops(args.threads, args.dtype)
     meta.update(repeats=args.repeats, min_sample_s=args.min_sample, quick=args.quick,
                 lengths=args.lengths, B=args.batch, I=args.input, H=args.hidden)
 
@@ -130,13 +140,14 @@ def run(args) -> tuple[list, dict]:
     busy = []
     for cell, mode, T in bar:
         bar.set_postfix_str(f"{cell} {mode} T={T}")
-        case = bu.build_case(cell, mode, T, B, I, H, rnnfast, device)
+        case = bu.build_case(cell, mode, T, B, I, H, rnnfast, device, dtype=dtype)
         tm = bu.time_interleaved(case, args.repeats, warmup=1, min_sample_s=args.min_sample,
                                  device=device, max_discards=args.max_discards,
                                  wait_quiet_s=args.wait_quiet)
         other = tm["other_load_cores"]
         roof, _, _ = bu.measure_quiet(
-            lambda: bu.roofline(cell, T, B, I, H, mode, device, min_time=min(0.05, args.min_sample)),
+            lambda: bu.roofline(cell, T, B, I, H, mode, device, min_time=min(0.05, args.min_sample),
+                                dtype=dtype),
             retries=2, max_wait_s=args.wait_quiet)
         mem = {} if args.no_memory else bu.measure_memory(case, device)
         flops = case.flops
@@ -159,7 +170,7 @@ def run(args) -> tuple[list, dict]:
                 "speedup_vs_torch": torch_ms / ms,
                 "peak_rss_delta_bytes": mem.get(impl, {}).get("peak_rss_delta_bytes"),
                 "ms_all": tm[impl]["ms_all"], "inner": tm["inner"], "repeats": args.repeats,
-                "threads": args.threads, "device": str(device), "dtype": "float32",
+                "threads": args.threads, "device": str(device), "dtype": args.dtype,
                 "layers": 1, "gemm_flops": flops, "other_load_cores": other,
                 "other_load_max": tm["other_load_max"], "discarded_rounds": tm["discarded_rounds"],
             }
@@ -184,7 +195,8 @@ def run(args) -> tuple[list, dict]:
 def _warn_odd(pair):
     t, f = pair
     d = f.get("max_abs_diff_vs_torch")
-    if d is not None and d > 1e-3:
+    limit = 1e-3 if f["dtype"] in ("float32", "float64") else 0.05  # (16-bit: a few output ulp)
+    if d is not None and d > limit:
         print(f"WARNING {f['cell']} {f['mode']} T={f['T']}: rnnfast output differs from torch by "
               f"max abs {d:.3g}", file=sys.stderr)
     for r in pair:

@@ -3,8 +3,9 @@
 
 Usage:
     python benchmarks/targets.py [--repeats 9] [--threads 2] [--only SUBSTR] [--json OUT.json]
+    python benchmarks/targets.py --dtype bfloat16    # the bf16 table (issue 10), and bf16 vs fp32
 
-Each row: fp32, torch.set_num_threads(--threads), torch.nn.<cell> and rnnfast.<cell> with identical
+Each row: --dtype (default float32), torch.set_num_threads(--threads), torch.nn.<cell> and rnnfast.<cell> with identical
 weights and input (see bench_utils.build_case), one warm-up each, then --repeats interleaved rounds
 (ABBA order), median time per implementation. ratio = median torch ms / median rnnfast ms; the row
 passes when ratio >= the required minimum. `ratio range` is the min..max of the per-round ratios
@@ -14,6 +15,9 @@ which other processes used > 0.25 cores are discarded and redone after waiting f
 ratio of the fastest samples (noise only ever adds time, so it is a second, less noisy estimate;
 PASS/FAIL uses the medians).
 Training = forward + backward of output and final states; inference = eval() + no_grad forward.
+With --dtype bfloat16 or float16 the rows are LOWP_TARGETS (torch.nn and rnnfast both in that
+dtype), followed by SELF_TARGETS: rnnfast in that dtype against rnnfast in float32, interleaved the
+same way (speed ratio) and peak training memory through torch's allocator (bench_utils.measure_memory).
 The same rows exist as pytest-benchmark tests in test_speed.py (pytest benchmarks/ --benchmark-only).
 Fails if rnnfast or its compiled extension cannot be imported.
 """
@@ -59,11 +63,37 @@ TARGETS = [
     ("RNNCell train T8 B64 H512", "RNNCell", "train", 8, 64, 512, {}, 1.3),
 ]
 
+# --dtype bfloat16 / float16: torch.nn and rnnfast in that dtype. The first five rows and minima
+# are issue 10's; the rows with 1.0 are extra coverage (not slower than torch.nn).
+LOWP_TARGETS = [
+    ("LSTM train T100 B64 H512", "LSTM", "train", 100, 64, 512, {}, 1.3),
+    ("LSTM infer T100 B64 H512", "LSTM", "infer", 100, 64, 512, {}, 1.3),
+    ("GRU train T100 B64 H512", "GRU", "train", 100, 64, 512, {}, 1.6),
+    ("GRU infer T100 B64 H512", "GRU", "infer", 100, 64, 512, {}, 1.6),
+    ("LSTM 2-layer bidir train T256 B32 H256", "LSTM", "train", 256, 32, 256,
+     {"num_layers": 2, "bidirectional": True}, 1.3),
+    ("RNN train T100 B64 H512", "RNN", "train", 100, 64, 512, {}, 1.0),
+    ("LSTM train proj128 T256 B32 H256", "LSTM", "train", 256, 32, 256, {"proj_size": 128}, 1.0),
+    ("LSTM train packed T256 B32 H256", "LSTM", "train", 256, 32, 256, {"packed": True}, 1.0),
+    ("LSTM infer T256 B1 H128", "LSTM", "infer", 256, 1, 128, {}, 1.0),
+    ("GRUCell train T8 B64 H512", "GRUCell", "train", 8, 64, 512, {}, 1.0),
+]
+
+# rnnfast in the low precision dtype against rnnfast in float32, training: minimum speed ratio
+# (fp32 ms / low ms) and maximum peak-memory ratio (low / fp32).
+SELF_TARGETS = [
+    ("LSTM train T100 B64 H512", "LSTM", 100, 64, 512, {}, 1.6, 0.60),
+    ("GRU train T100 B64 H512", "GRU", 100, 64, 512, {}, 1.6, 0.60),
+    ("LSTM 2-layer bidir train T256 B32 H256", "LSTM", 256, 32, 256,
+     {"num_layers": 2, "bidirectional": True}, 1.6, 0.60),
+]
+
 
 def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | None = None,
                 progress: bool = True, max_discards: int | None = None,
-                wait_quiet: float = 120.0) -> list:
-    rows = [t for t in TARGETS if not only or only.lower() in t[0].lower()]
+                wait_quiet: float = 120.0, dtype: torch.dtype = torch.float32) -> list:
+    table_rows = TARGETS if dtype == torch.float32 else LOWP_TARGETS
+    rows = [t for t in table_rows if not only or only.lower() in t[0].lower()]
     it = rows
     if progress:
         from tqdm import tqdm
@@ -72,7 +102,7 @@ def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | No
     for name, cell, mode, T, B, H, extra, need in it:
         if progress:
             it.set_postfix_str(name)
-        case = bu.build_case(cell, mode, T, B, H, H, rnnfast, device, **extra)
+        case = bu.build_case(cell, mode, T, B, H, H, rnnfast, device, dtype=dtype, **extra)
         tm = bu.time_interleaved(case, repeats, warmup=1, min_sample_s=min_sample, device=device,
                                  max_discards=max_discards, wait_quiet_s=wait_quiet)
         other = tm["other_load_max"]
@@ -81,7 +111,8 @@ def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | No
         results.append({
             "case": name, "cell": cell, "mode": mode, "T": T, "B": B, "I": H, "H": H,
             "packed": bool(extra.get("packed")), "proj_size": extra.get("proj_size", 0),
-            "nonlinearity": extra.get("nonlinearity"),
+            "nonlinearity": extra.get("nonlinearity"), "dtype": str(dtype).replace("torch.", ""),
+            "num_layers": extra.get("num_layers", 1), "bidirectional": extra.get("bidirectional", False),
             "torch_ms": t_ms, "rnnfast_ms": f_ms, "ratio": ratio, "required": need,
             "pass": ratio >= need,
             "ratio_of_mins": min(tm["torch"]["ms_all"]) / min(tm["rnnfast"]["ms_all"]),
@@ -94,6 +125,54 @@ def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | No
         })
         del case
     return results
+
+
+def run_self_targets(rnnfast, device, dtype: torch.dtype, repeats: int, min_sample: float,
+                     only: str | None = None, max_discards: int | None = None,
+                     wait_quiet: float = 120.0) -> list:
+    """rnnfast in `dtype` against rnnfast in float32 (SELF_TARGETS): training time and peak memory."""
+    low = str(dtype).replace("torch.", "")
+    results = []
+    for name, cell, T, B, H, extra, need_speed, max_mem in SELF_TARGETS:
+        if only and only.lower() not in name.lower():
+            continue
+        cases = {"float32": bu.build_case(cell, "train", T, B, H, H, rnnfast, device, **extra),
+                 low: bu.build_case(cell, "train", T, B, H, H, rnnfast, device, dtype=dtype, **extra)}
+        both = bu.Case(cell, "train", T, B, H, H)
+        both.runs = {k: c.runs["rnnfast"] for k, c in cases.items()}
+        tm = bu.time_interleaved(both, repeats, warmup=1, min_sample_s=min_sample, device=device,
+                                 impls=("float32", low), max_discards=max_discards,
+                                 wait_quiet_s=wait_quiet)
+        mem = {k: bu.measure_memory(c, device, impls=("rnnfast",), rss=False)["rnnfast"]["peak_mem_bytes"]
+               for k, c in cases.items()}
+        speed = tm["float32"]["ms_median"] / tm[low]["ms_median"]
+        mem_ratio = mem[low] / mem["float32"]
+        results.append({
+            "case": name, "dtype": low, "fp32_ms": tm["float32"]["ms_median"], "low_ms": tm[low]["ms_median"],
+            "speed_ratio": speed, "need_speed": need_speed, "fp32_peak_bytes": mem["float32"],
+            "low_peak_bytes": mem[low], "memory_ratio": mem_ratio, "max_memory_ratio": max_mem,
+            "pass": speed >= need_speed and mem_ratio <= max_mem,
+            "fp32_ms_all": tm["float32"]["ms_all"], "low_ms_all": tm[low]["ms_all"],
+            "other_load_cores": tm["other_load_max"], "discarded_rounds": tm["discarded_rounds"],
+        })
+        del cases, both
+    return results
+
+
+def self_table(results) -> str:
+    if not results:
+        return ""
+    low = results[0]["dtype"]
+    hdr = (f"{'rnnfast ' + low + ' vs rnnfast float32, training':42} | {'fp32 ms':>8} {low + ' ms':>9} | "
+           f"{'speed':>6} {'need':>5} | {'fp32 MiB':>8} {low + ' MiB':>9} | {'mem':>5} {'max':>5} | ")
+    lines = [hdr, "-" * len(hdr)]
+    for r in results:
+        lines.append(
+            f"{r['case']:42} | {r['fp32_ms']:>8.1f} {r['low_ms']:>9.1f} | {r['speed_ratio']:>5.2f}x "
+            f"{r['need_speed']:>5.2f} | {r['fp32_peak_bytes'] / 2**20:>8.1f} {r['low_peak_bytes'] / 2**20:>9.1f} | "
+            f"{r['memory_ratio']:>5.2f} {r['max_memory_ratio']:>5.2f} | {'PASS' if r['pass'] else 'FAIL'}")
+    lines.append(f"{sum(r['pass'] for r in results)}/{len(results)} targets met")
+    return "\n".join(lines)
 
 
 def table(results) -> str:
@@ -119,6 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--only", default=None, help="run only cases whose name contains this")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="float32: the main table; bfloat16/float16: LOWP_TARGETS and SELF_TARGETS")
     p.add_argument("--json", default=None, help="write results + machine info here")
     p.add_argument("--max-discards", type=int, default=None,
                    help="timing rounds during which other processes used CPU are discarded and redone, "
@@ -133,12 +214,25 @@ def main(argv=None) -> int:
           f"rnnfast backend: {bu.rnnfast_backend(rnnfast)}, cpu: {bu.cpu_model()}", flush=True)
     meta = bu.machine_info(rnnfast, a.threads, device)
     meta["peak_sgemm_gflops"] = bu.measure_quiet(lambda: bu.peak_sgemm_gflops(device))[0]
+    dtype = getattr(torch, a.dtype)
+    meta["dtype"] = a.dtype
+    if dtype == torch.bfloat16:
+        meta["peak_bf16_gflops"] = rnnfast._C.fma_peak_gflops(a.threads, "bfloat16")
     t0 = time.perf_counter()
     results = run_targets(rnnfast, device, a.repeats, a.min_sample, a.only,
-                          max_discards=a.max_discards, wait_quiet=a.wait_quiet)
+                          max_discards=a.max_discards, wait_quiet=a.wait_quiet, dtype=dtype)
+    self_results = []
+    if dtype != torch.float32:
+        self_results = run_self_targets(rnnfast, device, dtype, a.repeats, a.min_sample, a.only,
+                                        max_discards=a.max_discards, wait_quiet=a.wait_quiet)
     meta["wall_seconds"] = time.perf_counter() - t0
     print()
+    print(f"dtype {a.dtype}")
     print(table(results))
+    if self_results:
+        print()
+        print(self_table(self_results))
+    results_all = results + self_results
     busy = [r["case"] for r in results if (r["other_load_cores"] or 0) > bu.BUSY_CORES]
     if busy:
         print(f"WARNING: other processes used CPU while timing {busy}: rerun on a quiet machine.",
@@ -146,9 +240,9 @@ def main(argv=None) -> int:
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+            json.dump({"meta": meta, "results": results, "self_results": self_results}, f, indent=1)
         print(f"wrote {a.json}")
-    return 1 if a.strict and not all(r["pass"] for r in results) else 0
+    return 1 if a.strict and not all(r["pass"] for r in results_all) else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 #include <chrono>
 
 #include "cpu/buffer_pool.h"
+#include "cpu/gemm_bench.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_policy.h"
 #include "cells.h"
@@ -36,17 +37,22 @@ py::list cell_table() {
   return cells;
 }
 
-// Peak fp32/fp64 FMA rate of `threads` threads running the in-use instruction
-// set's register-only FMA loop at once (fraction-of-peak reports).
-double fma_peak_gflops(int threads, bool fp64) {
+// Peak FMA rate of `threads` threads running the in-use instruction set's
+// register-only FMA loop at once (fraction-of-peak reports): "float32",
+// "float64", or "bfloat16" (the bf16 dot-product instruction where the build
+// has it, else float32 FMAs).
+double fma_peak_gflops(int threads, const std::string& dtype) {
   constexpr int64_t kIterations = 20'000'000;
+  TORCH_CHECK(dtype == "float32" || dtype == "float64" || dtype == "bfloat16",
+              "rnnfast: fma_peak_gflops dtype must be float32, float64 or bfloat16, got ", dtype);
   double seconds = 0, flops = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : flops) reduction(max : seconds)
   {
     double f = 0;
     const auto t0 = std::chrono::steady_clock::now();
-    const double checksum = fp64 ? cpu::kernels_f64().fma_loop(kIterations, &f)
-                                 : cpu::kernels_f32().fma_loop(kIterations, &f);
+    const double checksum = dtype == "float64"    ? cpu::kernels<double>().fma_loop(kIterations, &f)
+                            : dtype == "bfloat16" ? cpu::kernels<c10::BFloat16>().fma_loop(kIterations, &f)
+                                                  : cpu::kernels<float>().fma_loop(kIterations, &f);
     seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     flops = checksum == checksum ? f : 0;  // (uses the checksum; NaN would mean a broken loop)
   }
@@ -81,9 +87,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
   m.def("cell_table", &cell_table, "The cell table of csrc/cells.h.");
   m.def("build_info", &build_info, "What this build of the extension contains.");
-  m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("threads"), py::arg("fp64") = false,
+  m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("threads"), py::arg("dtype") = "float32",
         py::call_guard<py::gil_scoped_release>(),
         "Peak FMA GFLOP/s of `threads` threads on registers (the in-use instruction set).");
+  m.def("time_bf16_gemm", [](const std::string& impl, int64_t M, int64_t N, int64_t K, int64_t reps) {
+          cpu::GemmTiming t;
+          {
+            py::gil_scoped_release no_gil;
+            t = cpu::time_bf16_gemm(impl, M, N, K, reps);
+          }
+          py::dict d;
+          d["seconds"] = t.seconds;
+          d["max_error"] = t.max_error;
+          d["variant"] = t.variant;
+          return d;
+        }, py::arg("impl"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("reps"),
+        "Seconds per call of one bf16 GEMM candidate (benchmarks/bf16_gemm.py).");
   m.def("empty_cache", &cpu::pool_empty_cache,
         "Free the cached buffers of the pool (see csrc/cpu/buffer_pool.h).");
   m.def("cached_bytes", &cpu::pool_cached_bytes, "Bytes of unused buffers the pool keeps.");

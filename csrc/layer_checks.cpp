@@ -82,9 +82,11 @@ LayerDims check_layer_inputs(const LayerInputs& in) {
   const CellInfo& cell = cell_info(in.cell);
   const Tensor& x = in.x;
   TORCH_CHECK(x.defined() && x.dim() == 2, "rnnfast: x must be a 2-D [N, I] tensor");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "rnnfast: only float32 and float64 are supported, got ",
-              c10::toString(x.scalar_type()));
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+                  dtype == at::kHalf,
+              "rnnfast: only float32, float64, bfloat16 and float16 are supported, got ",
+              c10::toString(dtype));
   check_rows(x, "x", /*allow_row_stride=*/false);
 
   LayerDims d{};

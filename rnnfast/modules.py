@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import _ops, functional
 from ._extension import require_extension
 
-_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 try:  # torch.onnx.is_in_onnx_export() without its two imports per call
     from torch.onnx._internal.exporter import _flags as _onnx_flags
@@ -64,7 +64,8 @@ def _check_dtype_and_device(module, input, weight, states, names=("hx", "cx")):
     promote it too)."""
     dtype = input.dtype
     if dtype not in _SUPPORTED_DTYPES:
-        raise NotImplementedError(f"rnnfast.{type(module).__name__} supports float32 and float64 inputs, got {dtype}")
+        raise NotImplementedError(
+            f"rnnfast.{type(module).__name__} supports float32, float64, bfloat16 and float16 inputs, got {dtype}")
     if input.device != weight.device:  # torch.nn's check (aten/src/ATen/native/RNN.cpp), its message
         raise RuntimeError(
             f"Input and parameter tensors are not at the same device, found input tensor at "
@@ -88,6 +89,14 @@ def _check_dtype_and_device(module, input, weight, states, names=("hx", "cx")):
             else:
                 raise RuntimeError(f"{names[k]} dtype ({h.dtype}) does not match input dtype ({dtype})")
     return out
+
+
+def _autocast_dtype(input):
+    """The lower-precision dtype of an enabled ``torch.autocast("cpu")`` region for a float32 CPU
+    input, else None (float64 and already-lower inputs are left alone, as autocast does)."""
+    if input.dtype != torch.float32 or not input.is_cpu or not torch.is_autocast_enabled("cpu"):
+        return None
+    return torch.get_autocast_dtype("cpu")
 
 
 # ---- LSTM, GRU, RNN -----------------------------------------------------------------------------
@@ -182,6 +191,18 @@ class _RecurrentBase(nn.RNNBase):
         self.check_hidden_size(hx[0], (*shape, out_size), "Expected hidden[0] size {}, got {}")
         self.check_hidden_size(hx[1], (*shape, self.hidden_size), "Expected hidden[1] size {}, got {}")
 
+    def _autocast_lowers(self, packed: bool) -> bool:
+        """Whether torch.nn runs this call in the lower precision under torch.autocast("cpu")
+        (measured, torch 2.13, bfloat16 and float16): autocast lowers ``lstm`` (the padded
+        overload, and the packed one with a projection) and ``rnn_tanh`` / ``rnn_relu``, whose
+        results are then lower precision; GRU, and packed LSTM without projection, run their
+        pointwise math on float32 states and return float32, so rnnfast runs them in float32."""
+        if self.mode == "GRU":
+            return False
+        if self.mode == "LSTM":
+            return self.proj_size > 0 or not packed
+        return True
+
     def _input_dim_error(self, input):
         tail = "D tensor instead" if self.mode.startswith("RNN") else "D instead"
         name = "RNN" if self.mode.startswith("RNN") else self.mode
@@ -245,6 +266,15 @@ class _RecurrentBase(nn.RNNBase):
                 raise RuntimeError("rnnfast: a PackedSequence's batch_sizes must be positive, got "
                                    f"{batch_sizes.tolist()}")
 
+        low = _autocast_dtype(rows)
+        c_dtype = None  # LSTM with projection under autocast: torch keeps c in float32
+        if low is not None and self._autocast_lowers(batch_sizes is not None):
+            if is_lstm and self.proj_size > 0:
+                c_dtype = torch.promote_types(low, c0.dtype)
+            rows, h0 = rows.to(low), h0.to(low)
+            c0 = c0.to(low) if c0 is not None else None
+            weights = [w.to(low) for w in weights]
+
         if B == 0:
             y, h_n, c_n = self._empty_batch_result(rows, h0, c0, weights)
         else:
@@ -252,6 +282,8 @@ class _RecurrentBase(nn.RNNBase):
                 self.mode, rows, batch_sizes, h0, c0, weights, self.bias, self.num_layers,
                 self.dropout, self.training, self.bidirectional, self.proj_size,
             )
+        if c_dtype is not None:
+            c_n = c_n.to(c_dtype)
         hidden = (h_n, c_n) if is_lstm else h_n
 
         if isinstance(orig_input, PackedSequence):
@@ -380,7 +412,7 @@ class _CellForward:
         """The common call, in eager mode: a 2-D input, hx given in full, every shape, dtype and
         device as expected. Then one operator call and nothing else (a decoding loop calls a cell
         once per token); returns None for anything else, which forward() handles in full."""
-        if hx is None or input.dim() != 2 or torch.compiler.is_compiling():
+        if hx is None or input.dim() != 2 or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
             return None
         params = self._parameters
         w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
@@ -459,6 +491,12 @@ class _CellForward:
                 input, states = input.to(wide), (states[0].to(wide), states[1])
                 w_ih, w_hh, b_ih, b_hh = (None if w is None else w.to(wide) for w in (w_ih, w_hh, b_ih, b_hh))
         states = _check_dtype_and_device(self, input, w_ih, states)
+        low = _autocast_dtype(input)
+        if low is not None and not is_lstm and mode.startswith("RNN"):
+            # torch.autocast("cpu") lowers rnn_tanh_cell / rnn_relu_cell (measured, torch 2.13);
+            # LSTMCell and GRUCell return float32 there, and run in float32 here.
+            input, states = input.to(low), tuple(h.to(low) for h in states)
+            w_ih, w_hh, b_ih, b_hh = (None if w is None else w.to(low) for w in (w_ih, w_hh, b_ih, b_hh))
         if input.size(0) == 0 or self.hidden_size == 0:  # torch's cells accept both
             h, c = _empty_cell_result(input, states, (w_ih, w_hh, b_ih, b_hh))
         else:

@@ -754,18 +754,6 @@ def test_cell_lenient_input_accepted_like_torch(case_id):
 # ---- documented divergences -----------------------------------------------------------------------
 
 
-@parametrize_cells
-def test_cell_unsupported_dtype_is_refused_clearly(kind):
-    """rnnfast runs float32 and float64 only (modules.py, _SUPPORTED_DTYPES); torch's CPU cells also
-    run bfloat16 / float16 modules.  rnnfast refuses with NotImplementedError naming the dtype."""
-    for dtype in (torch.bfloat16, torch.float16):
-        reference, fast = cell_pair(kind, 3, 4, dtype=dtype)
-        x = torch.randn(2, 3, dtype=dtype)
-        assert capture(lambda: reference(x))[0] == "ok"
-        with pytest.raises(NotImplementedError, match=str(dtype)):
-            fast(x)
-
-
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_rnn_cell_square_2d_hx_with_1d_input_is_refused(nonlinearity):
     """Unbatched input with a 2-D [H, H] hx: torch.nn.RNNCell unsqueezes both, ATen's checks

@@ -14,10 +14,12 @@
 
 namespace rnnfast::cpu {
 
-#define RNNFAST_DECLARE_TABLES(ns)              \
-  namespace ns {                                \
-  const KernelTable<float>* table_f32();       \
-  const KernelTable<double>* table_f64();      \
+#define RNNFAST_DECLARE_TABLES(ns)                      \
+  namespace ns {                                        \
+  const KernelTable<float>* table_f32();               \
+  const KernelTable<double>* table_f64();              \
+  const KernelTable<c10::BFloat16>* table_bf16();      \
+  const KernelTable<c10::Half>* table_f16();           \
   }
 RNNFAST_DECLARE_TABLES(DEFAULT)
 #ifdef RNNFAST_HAVE_AVX2
@@ -25,6 +27,9 @@ RNNFAST_DECLARE_TABLES(AVX2)
 #endif
 #ifdef RNNFAST_HAVE_AVX512
 RNNFAST_DECLARE_TABLES(AVX512)
+#endif
+#ifdef RNNFAST_HAVE_AVX512_BF16
+RNNFAST_DECLARE_TABLES(AVX512_BF16)
 #endif
 #undef RNNFAST_DECLARE_TABLES
 
@@ -34,6 +39,8 @@ struct Build {
   const char* name;
   const KernelTable<float>* (*f32)();
   const KernelTable<double>* (*f64)();
+  const KernelTable<c10::BFloat16>* (*bf16)();
+  const KernelTable<c10::Half>* (*f16)();
   bool (*supported)();
 };
 
@@ -47,23 +54,31 @@ bool cpu_has_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
          cpu_has_avx2();
 }
+bool cpu_has_avx512_bf16() { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }
 #endif
 
 // Best first.
+#define RNNFAST_BUILD(name, ns, supported) \
+  {name, &ns::table_f32, &ns::table_f64, &ns::table_bf16, &ns::table_f16, supported}
 const Build kBuilds[] = {
+#ifdef RNNFAST_HAVE_AVX512_BF16
+    RNNFAST_BUILD("avx512_bf16", AVX512_BF16, &cpu_has_avx512_bf16),
+#endif
 #ifdef RNNFAST_HAVE_AVX512
-    {"avx512", &AVX512::table_f32, &AVX512::table_f64, &cpu_has_avx512},
+    RNNFAST_BUILD("avx512", AVX512, &cpu_has_avx512),
 #endif
 #ifdef RNNFAST_HAVE_AVX2
-    {"avx2", &AVX2::table_f32, &AVX2::table_f64, &cpu_has_avx2},
+    RNNFAST_BUILD("avx2", AVX2, &cpu_has_avx2),
 #endif
-    {"default", &DEFAULT::table_f32, &DEFAULT::table_f64, &always},
+    RNNFAST_BUILD("default", DEFAULT, &always),
 };
+#undef RNNFAST_BUILD
 constexpr int kNumBuilds = sizeof(kBuilds) / sizeof(kBuilds[0]);
 
 const char* lowercase_name(const char* env) {
   // Accept ATen's spellings (AVX512, AVX2, DEFAULT) as well as ours.
   if (!env) return nullptr;
+  if (!strcasecmp(env, "avx512_bf16")) return "avx512_bf16";
   if (!strcasecmp(env, "avx512")) return "avx512";
   if (!strcasecmp(env, "avx2")) return "avx2";
   if (!strcasecmp(env, "default")) return "default";
@@ -99,19 +114,21 @@ int choice() {
 
 }  // namespace
 
-const KernelTable<float>& kernels_f32() { return *kBuilds[choice()].f32(); }
-const KernelTable<double>& kernels_f64() { return *kBuilds[choice()].f64(); }
 template <>
-const KernelTable<float>& kernels<float>() { return kernels_f32(); }
+const KernelTable<float>& kernels<float>() { return *kBuilds[choice()].f32(); }
 template <>
-const KernelTable<double>& kernels<double>() { return kernels_f64(); }
+const KernelTable<double>& kernels<double>() { return *kBuilds[choice()].f64(); }
+template <>
+const KernelTable<c10::BFloat16>& kernels<c10::BFloat16>() { return *kBuilds[choice()].bf16(); }
+template <>
+const KernelTable<c10::Half>& kernels<c10::Half>() { return *kBuilds[choice()].f16(); }
 
 const char* cpu_capability() { return kBuilds[choice()].name; }
 
 void set_cpu_capability(const char* name) {
   const char* canonical = lowercase_name(name);
   TORCH_CHECK(canonical, "rnnfast: unknown CPU capability '", name,
-              "' (expected avx512, avx2 or default)");
+              "' (expected avx512_bf16, avx512, avx2 or default)");
   for (int i = 0; i < kNumBuilds; ++i) {
     if (strcmp(kBuilds[i].name, canonical) != 0) continue;
     TORCH_CHECK(kBuilds[i].supported(), "rnnfast: this CPU does not support ", canonical);

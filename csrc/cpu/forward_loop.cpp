@@ -19,13 +19,15 @@ namespace {
 // allocation (a one-step call then allocates its scratch once).
 constexpr int64_t kSmallGxBytes = 16 * 1024;
 
-template <typename T>
+template <typename S>
 class ForwardLoop {
  public:
+  using A = acc_t<S>;
+
   ForwardLoop(const LayerInputs& in, const LayerDims& d, bool training)
       : in_(in),
         cell_(cell_info(in.cell)),
-        k_(kernels<T>()),
+        k_(kernels<S>()),
         plan_(make_step_plan(in, d)),
         G_(d.G),
         H_(d.H),
@@ -50,37 +52,46 @@ class ForwardLoop {
     } else {
       out.workspace = cpu_empty({0}, opts);
     }
-    y_ = out.y.template data_ptr<T>();
+    y_ = out.y.template data_ptr<S>();
     // The input projection x @ w_ih^T is computed a chunk of steps at a time,
     // ahead of the chunk's recurrence: one large GEMM per slice, and scratch
     // bounded by the chunk size however long the sequence.
     chunks_ = plan_.chunks(std::max<int64_t>(B, kForwardChunkRows));
     const int64_t gx_size = StepPlan::max_rows(chunks_) * GH;
-    const bool small_gx = gx_size * int64_t(sizeof(T)) <= kSmallGxBytes;
-    if (!small_gx) gx_large_ = pooled_empty({gx_size}, opts);
-    small_ = SmallBuffers<T>({small_gx ? gx_size : 0,
-                              cell_.separate_hidden ? B * GH : 0,  // gh
-                              proj_ && !training_ ? B * H_ : 0,    // m of the current step
-                              cell_.cell_state ? B * H_ : 0,       // running c
-                              FoldedBias<T>::size(cell_, H_)},
-                             opts);
-    gx_ = small_gx ? small_[0] : gx_large_.data_ptr<T>();
-    gh_ = small_[1];
-    m_scratch_ = small_[2];
-    c_ = small_[3];
-    bias_ = FoldedBias<T>(cell_, in_.w, H_, small_[4]);
-    if (cell_.cell_state) std::copy_n(in_.c0->template data_ptr<T>(), B * H_, c_);
+    constexpr int64_t a = sizeof(A), s = sizeof(S);
+    const bool small_gx = gx_size * a <= kSmallGxBytes;
+    if (!small_gx) gx_large_ = pooled_empty({gx_size}, opts.dtype(c10::CppTypeToScalarType<A>::value));
+    // A projection's output h_t = m_t @ w_hr^T is an A-typed GEMM result: a
+    // storage type other than A needs it converted from a scratch of its own.
+    const bool proj_scratch = proj_ && !std::is_same_v<S, A>;
+    small_ = SmallBuffers({small_gx ? gx_size * a : 0,
+                           cell_.separate_hidden ? B * GH * a : 0,  // gh
+                           proj_ && !training_ ? B * H_ * s : 0,    // m of the current step
+                           cell_.cell_state ? B * H_ * a : 0,       // running c
+                           FoldedBias<S>::size(cell_, H_) * a,
+                           proj_scratch ? B * P_ * a : 0},          // h_t before conversion
+                          opts);
+    gx_ = small_gx ? small_.get<A>(0) : gx_large_.data_ptr<A>();
+    gh_ = small_.get<A>(1);
+    m_scratch_ = small_.get<S>(2);
+    c_ = small_.get<A>(3);
+    bias_ = FoldedBias<S>(cell_, in_.w, H_, small_.get<A>(4));
+    hr_ = small_.get<A>(5);
+    if (cell_.cell_state) {
+      const S* c0 = in_.c0->template data_ptr<S>();
+      for (int64_t i = 0; i < B * H_; ++i) c_[i] = A(c0[i]);
+    }
     // Packing costs about as much as one pass of GEMMs over the weights: not
     // repaid by a step or two of a small batch (e.g. one step at a time while
     // decoding). Such calls read the weights where they are.
     if (plan_.N <= 4 * kRowsPerPackedPass) {
-      w_ih_panels_ = SlicePanels<T>::direct(I_, slicing_.unit_widths(G_));
-      w_hh_panels_ = SlicePanels<T>::direct(P_, slicing_.unit_widths(G_));
-      if (proj_) w_hr_panels_ = SlicePanels<T>::direct(H_, slicing_.proj_widths());
+      w_ih_panels_ = SlicePanels<S>::direct(I_, slicing_.unit_widths(G_));
+      w_hh_panels_ = SlicePanels<S>::direct(P_, slicing_.unit_widths(G_));
+      if (proj_) w_hr_panels_ = SlicePanels<S>::direct(H_, slicing_.proj_widths());
     } else {
-      w_ih_panels_ = SlicePanels<T>(k_, I_, slicing_.unit_widths(G_), opts);
-      w_hh_panels_ = SlicePanels<T>(k_, P_, slicing_.unit_widths(G_), opts);
-      if (proj_) w_hr_panels_ = SlicePanels<T>(k_, H_, slicing_.proj_widths(), opts);
+      w_ih_panels_ = SlicePanels<S>(k_, I_, slicing_.unit_widths(G_), opts);
+      w_hh_panels_ = SlicePanels<S>(k_, P_, slicing_.unit_widths(G_), opts);
+      if (proj_) w_hr_panels_ = SlicePanels<S>(k_, H_, slicing_.proj_widths(), opts);
     }
 
     last_call_plan() = CallPlan{false, slicing_.count, int64_t(chunks_.size()),
@@ -94,7 +105,7 @@ class ForwardLoop {
     });
     gather_h_n(out.h_n);
     // Rows keep c from their last step.
-    if (cell_.cell_state) std::copy_n(c_, B * H_, out.c_n.template data_ptr<T>());
+    if (cell_.cell_state) k_.to_storage(B, H_, c_, H_, out.c_n.template data_ptr<S>(), H_);
     return out;
   }
 
@@ -108,12 +119,12 @@ class ForwardLoop {
   void pack_weights(int thread, int threads, SpinBarrier& barrier) {
     for (int s = thread; s < slicing_.count; s += threads) {
       const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
-      w_ih_panels_.pack(k_, s, in_.w.w_ih.template data_ptr<T>(), 1,
+      w_ih_panels_.pack(k_, s, in_.w.w_ih.template data_ptr<S>(), 1,
                         ColumnMap{u0 * I_, nu, H_ * I_, I_});
-      w_hh_panels_.pack(k_, s, in_.w.w_hh.template data_ptr<T>(), 1,
+      w_hh_panels_.pack(k_, s, in_.w.w_hh.template data_ptr<S>(), 1,
                         ColumnMap{u0 * P_, nu, H_ * P_, P_});
       if (proj_)
-        w_hr_panels_.pack(k_, s, in_.w.w_hr->template data_ptr<T>(), 1,
+        w_hr_panels_.pack(k_, s, in_.w.w_hr->template data_ptr<S>(), 1,
                           ColumnMap{slicing_.p0(s) * H_, P_, 0, H_});
     }
     barrier.wait(thread);
@@ -122,19 +133,19 @@ class ForwardLoop {
   // gx rows of the chunk, this thread's slices' columns. Only the owning
   // slice reads them, so no barrier is needed before the chunk's steps.
   void project_input(const Chunk& c, int thread, int threads) {
-    const T* x = in_.x.template data_ptr<T>() + c.lo * I_;
+    const S* x = in_.x.template data_ptr<S>() + c.lo * I_;
     for (int s = thread; s < slicing_.count; s += threads)
-      w_ih_panels_.gemm(k_, s, c.rows, x, I_, T(0), gx_ + G_ * slicing_.u0(s), G_ * H_);
+      w_ih_panels_.gemm(k_, s, c.rows, x, I_, A(0), gx_ + G_ * slicing_.u0(s), G_ * H_);
   }
 
   // Previous hidden state of each row of the s-th processed step: the
   // previous step's output rows, or h0 for rows that start here.
-  PrevRows<T> h_prev(int64_t s) const {
-    PrevRows<T> p;
+  PrevRows<S> h_prev(int64_t s) const {
+    PrevRows<S> p;
     p.n_first = plan_.continuing_rows(s);
     p.first = s == 0 ? nullptr : y_ + plan_.previous_offset(s) * P_;
     p.ld_first = P_;
-    p.initial = in_.h0.template data_ptr<T>();
+    p.initial = in_.h0.template data_ptr<S>();
     p.ld_initial = P_;
     return p;
   }
@@ -142,26 +153,26 @@ class ForwardLoop {
   void step(int64_t s, const Chunk& chunk, int thread, int threads, SpinBarrier& barrier) {
     const int64_t t = plan_.step(s), rows = plan_.bs(t), off = plan_.offset(t);
     const int64_t GH = G_ * H_;
-    const PrevRows<T> prev = h_prev(s);
-    T* gx = gx_ + (off - chunk.lo) * GH;  // this step's rows
+    const PrevRows<S> prev = h_prev(s);
+    A* gx = gx_ + (off - chunk.lo) * GH;  // this step's rows
     // Output of the gate math: h_t itself, or m_t (the input of w_hr).
-    T* m = !proj_ ? y_ + off * P_
-                  : (training_ ? saved_.proj_in.template data_ptr<T>() + off * H_ : m_scratch_);
+    S* m = !proj_ ? y_ + off * P_
+                  : (training_ ? saved_.proj_in.template data_ptr<S>() + off * H_ : m_scratch_);
     const int64_t ld_m = proj_ ? H_ : P_;
 
     for (int sl = thread; sl < slicing_.count; sl += threads) {
       const int64_t u0 = slicing_.u0(sl);
-      T* gx_slice = gx + G_ * u0;
+      A* gx_slice = gx + G_ * u0;
       // Recurrent GEMM: rows continuing from the previous step, then rows
       // starting from h0 (only in the reverse direction of a packed batch),
       // accumulated into the input part or kept apart (separate_hidden).
-      T* rec = cell_.separate_hidden ? gh_ + G_ * u0 : gx_slice;
-      const T beta = cell_.separate_hidden ? T(0) : T(1);
+      A* rec = cell_.separate_hidden ? gh_ + G_ * u0 : gx_slice;
+      const A beta = cell_.separate_hidden ? A(0) : A(1);
       const int64_t n1 = prev.n_first;
       w_hh_panels_.gemm(k_, sl, n1, prev.first, P_, beta, rec, GH);
       w_hh_panels_.gemm(k_, sl, rows - n1, prev.initial + n1 * P_, P_, beta, rec + n1 * GH, GH);
 
-      CellForwardRows<T> r;
+      CellForwardRows<S> r;
       r.rows = rows; r.u0 = u0; r.u1 = slicing_.u1(sl); r.H = H_;
       r.gx = gx_slice; r.ld_gx = GH;
       r.gh = rec; r.ld_gh = GH;
@@ -173,9 +184,9 @@ class ForwardLoop {
       }
       r.h = m; r.ld_h = ld_m;
       if (training_) {
-        r.gates = ptr<T>(saved_.gates) + off * GH; r.ld_gates = GH;
+        r.gates = ptr<S>(saved_.gates) + off * GH; r.ld_gates = GH;
         const Tensor& step_state = cell_.cell_state ? saved_.cell : saved_.hidden_n;
-        r.saved = ptr<T>(step_state) + off * H_; r.ld_saved = H_;
+        r.saved = ptr<S>(step_state) + off * H_; r.ld_saved = H_;
         k_.cells[int(in_.cell)].forward_train(r);
       } else {
         k_.cells[int(in_.cell)].forward_infer(r);
@@ -184,14 +195,21 @@ class ForwardLoop {
     barrier.wait(thread);
     if (!proj_) return;
     // h_t = m_t @ w_hr^T, each slice its columns of the projection.
-    for (int sl = thread; sl < slicing_.count; sl += threads)
-      w_hr_panels_.gemm(k_, sl, rows, m, H_, T(0), y_ + off * P_ + slicing_.p0(sl), P_);
+    for (int sl = thread; sl < slicing_.count; sl += threads) {
+      const int64_t p0 = slicing_.p0(sl);
+      if constexpr (std::is_same_v<S, A>) {
+        w_hr_panels_.gemm(k_, sl, rows, m, H_, A(0), y_ + off * P_ + p0, P_);
+      } else {
+        w_hr_panels_.gemm(k_, sl, rows, m, H_, A(0), hr_ + p0, P_);
+        k_.to_storage(rows, slicing_.p1(sl) - p0, hr_ + p0, P_, y_ + off * P_ + p0, P_);
+      }
+    }
     barrier.wait(thread);
   }
 
   // Each sequence's final hidden state is its output at its last step.
   void gather_h_n(const Tensor& h_n) {
-    T* hn = h_n.template data_ptr<T>();
+    S* hn = h_n.template data_ptr<S>();
     for (int64_t b = 0; b < plan_.B; ++b) {
       const int64_t t = plan_.last_step_of_row(b);
       std::copy_n(y_ + (plan_.offset(t) + b) * P_, P_, hn + b * P_);
@@ -200,25 +218,26 @@ class ForwardLoop {
 
   const LayerInputs& in_;
   const CellInfo& cell_;
-  const KernelTable<T>& k_;  // read once per call: set_cpu_capability may swap the table
+  const KernelTable<S>& k_;  // read once per call: set_cpu_capability may swap the table
   const StepPlan plan_;
   const int64_t G_, H_, I_, P_;
   const bool proj_, training_;
   const ThreadLease lease_;  // held for the whole call
   const Slicing slicing_;
-  FoldedBias<T> bias_;
+  FoldedBias<S> bias_;
   std::vector<Chunk> chunks_;
-  T* y_ = nullptr;             // [N, P] output
+  S* y_ = nullptr;             // [N, P] output
   SavedActivations saved_;     // training: views of the workspace
   Tensor gx_large_;            // gx_ when it is too large for small_
-  SmallBuffers<T> small_;
-  T* gx_ = nullptr;            // [chunk rows, G*H] slice-blocked pre-activations of a chunk
-  T* gh_ = nullptr;            // separate_hidden: [B, G*H] slice-blocked h_prev @ w_hh^T
-  T* m_scratch_ = nullptr;     // inference with projection: [B, H] m of the current step
-  T* c_ = nullptr;             // cell_state: [B, H] running cell state (c0 in, c_n out)
-  SlicePanels<T> w_ih_panels_;  // per slice: [I, G*nu] w_ih^T, gate-blocked
-  SlicePanels<T> w_hh_panels_;  // per slice: [P, G*nu] w_hh^T, gate-blocked
-  SlicePanels<T> w_hr_panels_;  // per slice: [H, np] w_hr^T
+  SmallBuffers small_;
+  A* gx_ = nullptr;            // [chunk rows, G*H] slice-blocked pre-activations of a chunk
+  A* gh_ = nullptr;            // separate_hidden: [B, G*H] slice-blocked h_prev @ w_hh^T
+  S* m_scratch_ = nullptr;     // inference with projection: [B, H] m of the current step
+  A* c_ = nullptr;             // cell_state: [B, H] running cell state (c0 in, c_n out)
+  A* hr_ = nullptr;            // projection, 16-bit storage: [B, P] h_t before conversion
+  SlicePanels<S> w_ih_panels_;  // per slice: [I, G*nu] w_ih^T, gate-blocked
+  SlicePanels<S> w_hh_panels_;  // per slice: [P, G*nu] w_hh^T, gate-blocked
+  SlicePanels<S> w_hr_panels_;  // per slice: [H, np] w_hr^T
 };
 
 }  // namespace
@@ -229,8 +248,9 @@ LayerOutputs layer_forward_cpu(const LayerInputs& in, bool training) {
   TORCH_CHECK(in.x.device().is_cpu(), "rnnfast: layer_forward_cpu got a ", in.x.device().str(),
               " tensor");
   LayerOutputs out;
-  AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "rnnfast_layer_forward_cpu",
-                             [&] { out = cpu::ForwardLoop<scalar_t>(in, d, training).run(); });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.x.scalar_type(),
+                                  "rnnfast_layer_forward_cpu",
+                                  [&] { out = cpu::ForwardLoop<scalar_t>(in, d, training).run(); });
   return out;
 }
 

@@ -1,18 +1,45 @@
 // CPU kernels that are compiled once per instruction set (cpu/kernels_*.cpp)
 // and picked at run time (cpu/dispatch.cpp): the fused per-step gate loops and
-// a small-matrix GEMM. They see raw pointers only: no allocation, no
+// the GEMMs of the time loops. They see raw pointers only: no allocation, no
 // exceptions, so they are safe inside the parallel time loop.
+//
+// Two types per table, by role (flashrnn's lesson: separate dtypes per role):
+//   S  storage: inputs, weights, outputs, saved activations, gradients handed
+//      to torch (float, double, BFloat16, Half);
+//   A  accumulation: GEMM results, gate math, the running cell state and the
+//      recurrent gradients, weight-gradient sums (acc_t<S>: float for the
+//      16-bit types, S otherwise).
+// Packed GEMM panels are opaque bytes: each build chooses their layout (fp32
+// panels, or bf16 k-pairs for AVX512-BF16's dot-product instruction).
 //
 // A "row kernel" processes rows [0, rows) of one time step and the hidden units
 // [u0, u1) of one column slice. All pointers are the step's first row; every
 // buffer has its own row stride (ld_*) in elements.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cstdint>
 
 #include "../cells.h"
 
 namespace rnnfast::cpu {
+
+template <typename S>
+struct AccType {
+  using type = S;
+};
+template <>
+struct AccType<c10::BFloat16> {
+  using type = float;
+};
+template <>
+struct AccType<c10::Half> {
+  using type = float;
+};
+template <typename S>
+using acc_t = typename AccType<S>::type;
 
 // The previous state of each row of a step: rows [0, n_first) continue a
 // sequence from the previous step (`first`), the others start from the
@@ -38,57 +65,59 @@ struct PrevRows {
 //
 // One row-argument struct serves every cell; each cell's kernel reads the
 // fields its CellInfo (cells.h) says it has and ignores the rest.
-template <typename T>
+template <typename S>
 struct CellForwardRows {
+  using A = acc_t<S>;
   int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
-  const T* gx = nullptr;       // [rows, G*nu] slice-blocked x @ w_ih^T, plus h_{t-1} @ w_hh^T
+  const A* gx = nullptr;       // [rows, G*nu] slice-blocked x @ w_ih^T, plus h_{t-1} @ w_hh^T
   int64_t ld_gx = 0;           //   unless the cell keeps that apart (no bias)
-  const T* gh = nullptr;       // separate_hidden: [rows, G*nu] slice-blocked h_{t-1} @ w_hh^T
+  const A* gh = nullptr;       // separate_hidden: [rows, G*nu] slice-blocked h_{t-1} @ w_hh^T
   int64_t ld_gh = 0;
-  const T* bias = nullptr;     // [G*H] b_ih + b_hh (separate_hidden: + b_hh only outside the
+  const A* bias = nullptr;     // [G*H] b_ih + b_hh (separate_hidden: + b_hh only outside the
                                //   last block), zeros without bias
-  const T* bias_hn = nullptr;  // separate_hidden: [H] b_hh of the last block
-  PrevRows<T> h_prev;          // separate_hidden: h_{t-1} of each row
-  T* c = nullptr;              // cell_state: [rows, H] in c_{t-1}, out c_t
+  const A* bias_hn = nullptr;  // separate_hidden: [H] b_hh of the last block
+  PrevRows<S> h_prev;          // separate_hidden: h_{t-1} of each row
+  A* c = nullptr;              // cell_state: [rows, H] in c_{t-1}, out c_t
   int64_t ld_c = 0;
-  T* h = nullptr;              // [rows, H] out: h_t (LSTM: m_t = o*tanh(c_t), w_hr's input with
+  S* h = nullptr;              // [rows, H] out: h_t (LSTM: m_t = o*tanh(c_t), w_hr's input with
   int64_t ld_h = 0;            //   a projection)
-  T* gates = nullptr;          // training: [rows, G*H] out: activated gates
+  S* gates = nullptr;          // training: [rows, G*H] out: activated gates
   int64_t ld_gates = 0;
-  T* saved = nullptr;          // training: [rows, H] out: LSTM c_t, GRU W_hn h + b_hn
+  S* saved = nullptr;          // training: [rows, H] out: LSTM c_t, GRU W_hn h + b_hn
   int64_t ld_saved = 0;
 };
 
-template <typename T>
+template <typename S>
 struct CellBackwardRows {
+  using A = acc_t<S>;
   int64_t rows = 0, u0 = 0, u1 = 0, H = 0;
-  const T* gates = nullptr;  // [rows, G*H] saved activated gates
+  const S* gates = nullptr;  // [rows, G*H] saved activated gates
   int64_t ld_gates = 0;
-  const T* saved = nullptr;  // [rows, H] saved LSTM c_t, GRU W_hn h + b_hn
+  const S* saved = nullptr;  // [rows, H] saved LSTM c_t, GRU W_hn h + b_hn
   int64_t ld_saved = 0;
-  const T* h = nullptr;      // [rows, H] the step's output h_t (RNN: its activation)
+  const S* h = nullptr;      // [rows, H] the step's output h_t (RNN: its activation)
   int64_t ld_h = 0;
-  PrevRows<T> prev;          // backward_prev: LSTM c_{t-1}, GRU h_{t-1} of each row
-  const T* dh_a = nullptr;   // dh = dh_a + dh_b: gradient w.r.t. h_t (LSTM: m_t);
-  int64_t ld_dh_a = 0;       //   dh_b may be null
-  const T* dh_b = nullptr;
-  int64_t ld_dh_b = 0;
-  T* dc = nullptr;           // cell_state: [rows, H] in dc_t, out dc_{t-1}
+  PrevRows<S> prev;          // backward_prev: LSTM c_{t-1}, GRU h_{t-1} of each row
+  const S* dy = nullptr;     // the gradient w.r.t. h_t (LSTM: m_t) is dy + dh, either of
+  int64_t ld_dy = 0;         //   which may be null: [rows, H] of the output's gradient,
+  const A* dh = nullptr;     //   and the recurrent part (or, with a projection, the whole
+  int64_t ld_dh = 0;         //   gradient of m_t)
+  A* dc = nullptr;           // cell_state: [rows, H] in dc_t, out dc_{t-1}
   int64_t ld_dc = 0;
-  T* dh_direct = nullptr;    // separate_hidden: [rows, H] out: the direct path z*dh to h_{t-1}
-  int64_t ld_dh_direct = 0;  //   (may alias dh_b: each element is read before it is written)
-  T* dg = nullptr;           // [rows, G*H] out: pre-activation gradients (separate_hidden: the
-  int64_t ld_dg = 0;         //   hidden side)
-  T* dgxn = nullptr;         // separate_hidden: [rows, H] out: the input side of the last block
+  A* dh_direct = nullptr;    // separate_hidden: [rows, H] out: the direct path z*dh to h_{t-1}
+  int64_t ld_dh_direct = 0;  //   (may alias dh: each element is read before it is written)
+  S* dg = nullptr;           // [rows, G*H] out: pre-activation gradients (separate_hidden: the
+  int64_t ld_dg = 0;         //   hidden side): the A operand of the backward GEMMs
+  S* dgxn = nullptr;         // separate_hidden: [rows, H] out: the input side of the last block
   int64_t ld_dgxn = 0;
 };
 
 // The fused pointwise kernels of one cell.
-template <typename T>
+template <typename S>
 struct CellKernels {
-  void (*forward_train)(const CellForwardRows<T>&);
-  void (*forward_infer)(const CellForwardRows<T>&);
-  void (*backward)(const CellBackwardRows<T>&);
+  void (*forward_train)(const CellForwardRows<S>&);
+  void (*forward_infer)(const CellForwardRows<S>&);
+  void (*backward)(const CellBackwardRows<S>&);
 };
 
 // Column n of a matrix to pack lives at src + offset(n) (rows k at + k*k_stride):
@@ -103,47 +132,47 @@ struct ColumnMap {
   int64_t offset(int64_t n) const { return base + (n / block) * block_stride + (n % block) * col_stride; }
 };
 
-template <typename T>
+template <typename S>
 struct KernelTable {
+  using A = acc_t<S>;
   const char* isa;
-  // The GEMM of the time loop, row-major C[M,N] = A[M,K] @ B[K,N] + beta*C,
-  // with B packed once by pack_b into panels of panel_width() columns
-  // (packed_b_size(K, N) elements).
-  int64_t (*panel_width)();
-  int64_t (*packed_b_size)(int64_t K, int64_t N);
-  void (*pack_b)(int64_t K, int64_t N, const T* src, int64_t k_stride, ColumnMap columns,
-                 T* packed);
-  void (*gemm_packed)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* packed,
-                      T beta, T* C, int64_t ldc);
+  // The GEMM of the time loop, row-major C[M,N] = A[M,K] @ B[K,N] + beta*C
+  // (C and beta in A), with B packed once by pack_b into opaque panels of
+  // packed_b_bytes(K, N) bytes (64-byte aligned).
+  int64_t (*packed_b_bytes)(int64_t K, int64_t N);
+  void (*pack_b)(int64_t K, int64_t N, const S* src, int64_t k_stride, ColumnMap columns,
+                 void* packed);
+  void (*gemm_packed)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda,
+                      const void* packed, A beta, A* C, int64_t ldc);
   // C[M,N] = A[M,K] @ W[N,K]^T + beta*C reading W's rows in place (no packing):
   // for calls too small to repay packing.
-  void (*gemm_direct)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W,
-                      int64_t ldw, T beta, T* C, int64_t ldc);
+  void (*gemm_direct)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* W,
+                      int64_t ldw, A beta, A* C, int64_t ldc);
   // C[M,N] = A[M,K] @ B[K,N] + beta*C with B row-major as stored (rows ldb
   // apart, no packing): for calls too small to repay packing.
-  void (*gemm_rows)(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-                    int64_t ldb, T beta, T* C, int64_t ldc);
+  void (*gemm_rows)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* B,
+                    int64_t ldb, A beta, A* C, int64_t ldc);
   // dst[c, r] = src[r, c] for a [rows, cols] block (A operands of the weight
   // gradients, which sum over rows).
-  void (*transpose)(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd);
+  void (*transpose)(int64_t rows, int64_t cols, const S* src, int64_t lds, S* dst, int64_t ldd);
   // Packs B[K, N] whose row k is row_ptrs[k] + col0 (rows gathered from anywhere).
-  void (*pack_b_rows)(int64_t K, int64_t N, const T* const* row_ptrs, int64_t col0, T* packed);
+  void (*pack_b_rows)(int64_t K, int64_t N, const S* const* row_ptrs, int64_t col0, void* packed);
   // out[0, cols) += column sums of A[rows, cols] (rows added in order: deterministic).
-  void (*add_column_sums)(int64_t rows, int64_t cols, const T* A, int64_t lda, T* out);
+  void (*add_column_sums)(int64_t rows, int64_t cols, const S* A_, int64_t lda, A* out);
+  // dst[r, c] = src[r, c] converted to storage (rounded to nearest even).
+  void (*to_storage)(int64_t rows, int64_t cols, const A* src, int64_t lds, S* dst, int64_t ldd);
   // Register-only FMA loop for measuring the peak (flops done in *flops).
   double (*fma_loop)(int64_t iterations, double* flops);
-  CellKernels<T> cells[kNumCellTypes];  // indexed by CellType
+  CellKernels<S> cells[kNumCellTypes];  // indexed by CellType
 };
 
 // The table for the instruction set chosen at run time (cpu/dispatch.cpp).
-const KernelTable<float>& kernels_f32();
-const KernelTable<double>& kernels_f64();
-template <typename T>
-const KernelTable<T>& kernels();
+template <typename S>
+const KernelTable<S>& kernels();
 
-// Chosen instruction set: "avx512", "avx2" or "default". The environment
-// variable RNNFAST_CPU_CAPABILITY (or set_cpu_capability) can lower it, e.g.
-// to test the generic build on an AVX-512 machine.
+// Chosen instruction set: "avx512_bf16", "avx512", "avx2" or "default". The
+// environment variable RNNFAST_CPU_CAPABILITY (or set_cpu_capability) can
+// lower it, e.g. to test the generic build on an AVX-512 machine.
 const char* cpu_capability();
 void set_cpu_capability(const char* name);  // throws on an unsupported name
 // Instruction sets compiled into this build and supported by this CPU.

@@ -118,17 +118,19 @@ void run_parallel(int slices, const Body& body) {
 // up to K_max rows, widths[s] columns): the weights of the time loop, or a
 // chunk of rows for the weight gradients. Allocated before the parallel
 // region; each thread packs its own slices inside it, so the panels are first
-// touched by the core that streams them.
-template <typename T>
+// touched by the core that streams them. Panels are opaque bytes in the
+// layout of the build that packs them (kernels.h).
+template <typename S>
 class SlicePanels {
  public:
+  using A = acc_t<S>;
   SlicePanels() = default;
-  SlicePanels(const KernelTable<T>& k, int64_t K_max, std::vector<int64_t> widths,
+  SlicePanels(const KernelTable<S>& k, int64_t K_max, std::vector<int64_t> widths,
               const at::TensorOptions& opts)
       : K_(widths.size(), K_max), widths_(std::move(widths)), offsets_(widths_.size() + 1, 0) {
-    for (size_t s = 0; s < widths_.size(); ++s)
-      offsets_[s + 1] = offsets_[s] + k.packed_b_size(K_max, widths_[s]);
-    buffer_ = pooled_empty({std::max<int64_t>(offsets_.back(), 1)}, opts);
+    for (size_t s = 0; s < widths_.size(); ++s)  // slices 64-byte aligned
+      offsets_[s + 1] = offsets_[s] + (k.packed_b_bytes(K_max, widths_[s]) + 63) / 64 * 64;
+    buffer_ = pooled_empty({std::max<int64_t>(offsets_.back(), 1)}, opts.dtype(at::kByte));
   }
   // Unpacked: gemm() reads the weights where they are, for calls too small to
   // repay packing: transposed weights (k_stride 1: gemm_direct, a dot product
@@ -143,7 +145,7 @@ class SlicePanels {
   }
   // Packs slice s from column map `columns` of src (rows k at k_stride); in
   // direct mode only remembers where the columns are.
-  void pack(const KernelTable<T>& k, int s, const T* src, int64_t k_stride, ColumnMap columns) {
+  void pack(const KernelTable<S>& k, int s, const S* src, int64_t k_stride, ColumnMap columns) {
     if (!direct_.empty()) {
       // Row-major sources are read as one run of columns per row.
       TORCH_INTERNAL_ASSERT(k_stride == 1 || (columns.col_stride == 1 && columns.block >= widths_[s]));
@@ -153,41 +155,41 @@ class SlicePanels {
     k.pack_b(K_[s], widths_[s], src, k_stride, columns, data(s));
   }
   // Packs slice s from K rows given by pointers (their columns col0 ...).
-  void pack_rows(const KernelTable<T>& k, int s, int64_t K, const T* const* rows, int64_t col0) {
+  void pack_rows(const KernelTable<S>& k, int s, int64_t K, const S* const* rows, int64_t col0) {
     K_[s] = K;
     k.pack_b_rows(K, widths_[s], rows, col0, data(s));
   }
   // C[M, widths[s]] = A[M, K] @ (slice s) + beta * C.
-  void gemm(const KernelTable<T>& k, int s, int64_t M, const T* A, int64_t lda, T beta, T* C,
+  void gemm(const KernelTable<S>& k, int s, int64_t M, const S* A_, int64_t lda, A beta, A* C,
             int64_t ldc) const {
     if (M <= 0 || widths_[s] <= 0) return;  // (e.g. dx of a cell with input_size 0)
     if (direct_.empty()) {
-      k.gemm_packed(M, widths_[s], K_[s], A, lda, data(s), beta, C, ldc);
+      k.gemm_packed(M, widths_[s], K_[s], A_, lda, data(s), beta, C, ldc);
       return;
     }
     const Direct& d = direct_[s];
     if (d.k_stride != 1) {
-      k.gemm_rows(M, widths_[s], K_[s], A, lda, d.src + d.cols.offset(0), d.k_stride, beta, C, ldc);
+      k.gemm_rows(M, widths_[s], K_[s], A_, lda, d.src + d.cols.offset(0), d.k_stride, beta, C, ldc);
       return;
     }
     // Columns come in blocks of contiguous weight rows (gate blocks).
     for (int64_t n0 = 0; n0 < widths_[s]; n0 += d.cols.block) {
       const int64_t n = std::min(d.cols.block, widths_[s] - n0);
-      k.gemm_direct(M, n, K_[s], A, lda, d.src + d.cols.offset(n0), d.cols.col_stride, beta, C + n0, ldc);
+      k.gemm_direct(M, n, K_[s], A_, lda, d.src + d.cols.offset(n0), d.cols.col_stride, beta, C + n0, ldc);
     }
   }
 
  private:
   struct Direct {
-    const T* src = nullptr;
+    const S* src = nullptr;
     ColumnMap cols;
     int64_t k_stride = 1;
   };
-  T* data(int s) const { return buffer_.data_ptr<T>() + offsets_[s]; }
+  void* data(int s) const { return static_cast<uint8_t*>(buffer_.data_ptr()) + offsets_[s]; }
   std::vector<Direct> direct_;  // direct mode: where each slice's columns are
   std::vector<int64_t> K_;
   std::vector<int64_t> widths_;
-  std::vector<int64_t> offsets_;
+  std::vector<int64_t> offsets_;  // bytes
   Tensor buffer_;
 };
 
@@ -206,68 +208,66 @@ T* ptr(const Tensor& t) {
 constexpr uintptr_t kSmallBufferOffset = 2048 + 256;
 
 // The small buffers of one call, carved from one allocation (a one-step call
-// must not pay an allocation per buffer): buffer k holds counts[k] elements
-// (none for 0) and starts at the fixed offset off the 4 KB grid.
-template <typename T>
+// must not pay an allocation per buffer): buffer k holds bytes[k] bytes (none
+// for 0) and starts at the fixed offset off the 4 KB grid.
 class SmallBuffers {
  public:
   SmallBuffers() = default;
-  SmallBuffers(const std::vector<int64_t>& counts, const at::TensorOptions& opts) {
+  SmallBuffers(const std::vector<int64_t>& bytes, const at::TensorOptions& opts) {
     constexpr uintptr_t kPage = 4096;
-    auto span = [](int64_t n) {
-      return (kSmallBufferOffset + uintptr_t(n) * sizeof(T) + kPage - 1) / kPage * kPage;
-    };
-    uintptr_t bytes = kPage;  // slack to align the first buffer's page
-    for (int64_t n : counts) bytes += n > 0 ? span(n) : 0;
-    block_ = pooled_empty({int64_t(bytes)}, opts.dtype(at::kByte));
+    auto span = [](int64_t n) { return (kSmallBufferOffset + uintptr_t(n) + kPage - 1) / kPage * kPage; };
+    uintptr_t total = kPage;  // slack to align the first buffer's page
+    for (int64_t n : bytes) total += n > 0 ? span(n) : 0;
+    block_ = pooled_empty({int64_t(total)}, opts.dtype(at::kByte));
     uintptr_t page = (reinterpret_cast<uintptr_t>(block_.data_ptr()) + kPage - 1) / kPage * kPage;
-    for (int64_t n : counts) {
-      ptrs_.push_back(n > 0 ? reinterpret_cast<T*>(page + kSmallBufferOffset) : nullptr);
+    for (int64_t n : bytes) {
+      ptrs_.push_back(n > 0 ? reinterpret_cast<void*>(page + kSmallBufferOffset) : nullptr);
       page += n > 0 ? span(n) : 0;
     }
   }
-  T* operator[](size_t k) const { return ptrs_[k]; }
+  template <typename T>
+  T* get(size_t k) const {
+    return static_cast<T*>(ptrs_[k]);
+  }
 
  private:
   Tensor block_;
-  std::vector<T*> ptrs_;
+  std::vector<void*> ptrs_;
 };
 
-// Bias vectors folded for the fused kernels (zeros without bias), written
-// into a buffer of G*H + H elements: tensor ops would cost microseconds of
-// dispatch in a one-step call.
+// Bias vectors folded for the fused kernels (zeros without bias), in the
+// accumulation type, written into a buffer of G*H + H elements: tensor ops
+// would cost microseconds of dispatch in a one-step call.
 //   bias    = b_ih + b_hh [G*H]; a separate_hidden cell (GRU) adds b_hh only
 //             outside its last block, whose b_hh goes to
 //   bias_hn = b_hh of the last block [H] (r multiplies W_hn h + b_hn).
-template <typename T>
+template <typename S>
 class FoldedBias {
  public:
+  using A = acc_t<S>;
   FoldedBias() = default;
-  FoldedBias(const CellInfo& cell, const LayerWeights& w, int64_t H, T* storage) {
+  FoldedBias(const CellInfo& cell, const LayerWeights& w, int64_t H, A* storage) {
     const int64_t GH = cell.gates * H;
     bias_ = storage;
     bias_hn_ = storage + GH;
     if (!has(w.b_ih)) {
-      std::fill_n(storage, GH + H, T(0));
+      std::fill_n(storage, GH + H, A(0));
       return;
     }
-    const T* b_ih = w.b_ih->template data_ptr<T>();  // contiguous (checked)
-    const T* b_hh = w.b_hh->template data_ptr<T>();
+    const S* b_ih = w.b_ih->template data_ptr<S>();  // contiguous (checked)
+    const S* b_hh = w.b_hh->template data_ptr<S>();
     const int64_t hidden_part = cell.separate_hidden ? GH - H : GH;
-    for (int64_t j = 0; j < GH; ++j) bias_[j] = j < hidden_part ? b_ih[j] + b_hh[j] : b_ih[j];
-    if (cell.separate_hidden) {
-      std::copy_n(b_hh + hidden_part, H, bias_hn_);
-    } else {
-      std::fill_n(bias_hn_, H, T(0));
-    }
+    for (int64_t j = 0; j < GH; ++j)
+      bias_[j] = j < hidden_part ? A(b_ih[j]) + A(b_hh[j]) : A(b_ih[j]);
+    for (int64_t j = 0; j < H; ++j) bias_hn_[j] = cell.separate_hidden ? A(b_hh[hidden_part + j]) : A(0);
   }
   static int64_t size(const CellInfo& cell, int64_t H) { return (cell.gates + 1) * H; }
-  const T* bias() const { return bias_; }
-  const T* bias_hn() const { return bias_hn_; }
+  const A* bias() const { return bias_; }
+  const A* bias_hn() const { return bias_hn_; }
 
  private:
-  T* bias_ = nullptr;     // [G*H]
-  T* bias_hn_ = nullptr;  // [H]
+  A* bias_ = nullptr;     // [G*H]
+  A* bias_hn_ = nullptr;  // [H]
 };
 
 }  // namespace rnnfast::cpu

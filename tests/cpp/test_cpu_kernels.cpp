@@ -1,10 +1,17 @@
 // Unit test of the instruction-set builds of the CPU kernels (csrc/cpu/kernels.h):
 // every build this CPU can run is compared with a plain scalar evaluation of
 // csrc/cell_math.h and with a naive GEMM, on odd sizes that exercise the
-// partial-vector tails and the row-stride handling.
+// partial-vector tails and the row-stride handling, for each storage type
+// (float, double, BFloat16, Half). Buffers have the type of their role
+// (storage S or accumulation A = acc_t<S>, kernels.h); the references compute
+// in A from the S values, as the kernels do, and round to S where the kernel
+// stores S.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -14,8 +21,26 @@
 namespace {
 
 using rnnfast::CellType;
+using rnnfast::cpu::acc_t;
 using rnnfast::cpu::KernelTable;
 int g_failures = 0;
+
+// Tolerances (max |got - want| / (1 + |want|)) of one storage type: `gemm`
+// and `acc` for results kept in the accumulation type, `storage` for values
+// rounded to S (a result a few A-ulp off may round to the neighbouring S).
+struct Tolerance {
+  double gemm, acc, storage;
+};
+
+// 64-byte aligned bytes for packed panels.
+struct Panels {
+  explicit Panels(int64_t bytes)
+      : data(static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64)), std::free) {
+    std::fill_n(data.get(), (bytes + 63) / 64 * 64 + 64, uint8_t(0xff));  // NaN: padding must be written
+  }
+  void* get() const { return data.get(); }
+  std::unique_ptr<uint8_t, void (*)(void*)> data;
+};
 
 template <typename T>
 void expect_close(const std::vector<T>& got, const std::vector<T>& want, double tol,
@@ -23,7 +48,7 @@ void expect_close(const std::vector<T>& got, const std::vector<T>& want, double 
   double worst = 0;
   for (size_t i = 0; i < got.size(); ++i) {
     const double err = std::fabs(double(got[i]) - double(want[i])) / (1.0 + std::fabs(double(want[i])));
-    if (!(err <= worst)) worst = err;  // also catches NaN
+    worst = std::isnan(err) ? INFINITY : std::max(worst, err);  // NaN is the worst
   }
   if (!(worst <= tol)) {
     std::printf("FAIL [%s] %s: max relative error %.3g > %.3g\n", isa, what, worst, tol);
@@ -39,8 +64,9 @@ std::vector<T> randn(size_t n, std::mt19937& rng) {
   return v;
 }
 
-template <typename T>
-void test_gemm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
+template <typename S>
+void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
+  using A = acc_t<S>;
   // Two ways the loop packs B: from a row-major source (column n at n*3 + 1,
   // rows k at k*src_ld) and from a transposed, gate-blocked one (w^T: column n
   // is row base + (n / block)*block_stride + (n % block) of a [*, K] matrix).
@@ -66,20 +92,21 @@ void test_gemm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
             map.col_stride = ld;
             src_size = map.offset(N - 1) + K + 1;
           }
-          auto src = randn<T>(src_size, rng);
-          std::vector<T> packed(k.packed_b_size(K, N), T(-7));
-          k.pack_b(K, N, src.data(), k_stride, map, packed.data());
-          for (T beta : {T(0), T(1), T(0.5)}) {
-            auto A = randn<T>(M * lda, rng), C = randn<T>(M * ldc, rng);
-            std::vector<T> want = C;
+          auto src = randn<S>(src_size, rng);
+          Panels packed(k.packed_b_bytes(K, N));
+          k.pack_b(K, N, src.data(), k_stride, map, packed.get());
+          for (A beta : {A(0), A(1), A(0.5)}) {
+            auto Am = randn<S>(M * lda, rng);
+            auto C = randn<A>(M * ldc, rng);
+            std::vector<A> want = C;
             for (int64_t i = 0; i < M; ++i)
               for (int64_t j = 0; j < N; ++j) {
                 double acc = 0;
                 for (int64_t p = 0; p < K; ++p)
-                  acc += double(A[i * lda + p]) * double(src[map.offset(j) + p * k_stride]);
-                want[i * ldc + j] = T(acc + double(beta) * double(C[i * ldc + j]));
+                  acc += double(Am[i * lda + p]) * double(src[map.offset(j) + p * k_stride]);
+                want[i * ldc + j] = A(acc + double(beta) * double(C[i * ldc + j]));
               }
-            k.gemm_packed(M, N, K, A.data(), lda, packed.data(), beta, C.data(), ldc);
+            k.gemm_packed(M, N, K, Am.data(), lda, packed.get(), beta, C.data(), ldc);
             expect_close(C, want, tol, transposed ? "gemm_packed (transposed source)" : "gemm_packed",
                          k.isa);
           }
@@ -93,122 +120,154 @@ void test_gemm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
     for (int64_t N : {5, 64, 70}) {
       for (int64_t K : {7, 16, 37}) {
         const int64_t lda_src = M + 2, ldb = N + 1, ldc = N + 3;
-        auto A_src = randn<T>(K * lda_src, rng), B = randn<T>(K * ldb, rng), C = randn<T>(M * ldc, rng);
-        std::vector<T> At(M * K, T(-7));
+        auto A_src = randn<S>(K * lda_src, rng), B = randn<S>(K * ldb, rng);
+        auto C = randn<A>(M * ldc, rng);
+        std::vector<S> At(M * K, S(-7));
         k.transpose(K, M, A_src.data(), lda_src, At.data(), K);
-        std::vector<const T*> rows(K);
+        std::vector<const S*> rows(K);
         for (int64_t p = 0; p < K; ++p) rows[p] = B.data() + (K - 1 - p) * ldb;  // reversed order
-        std::vector<T> packed(k.packed_b_size(K, N - 1));
-        k.pack_b_rows(K, N - 1, rows.data(), 1, packed.data());
-        std::vector<T> want = C;
+        Panels packed(k.packed_b_bytes(K, N - 1));
+        k.pack_b_rows(K, N - 1, rows.data(), 1, packed.get());
+        std::vector<A> want = C;
         for (int64_t i = 0; i < M; ++i)
           for (int64_t j = 0; j < N - 1; ++j) {
             double acc = 0;
             for (int64_t p = 0; p < K; ++p) acc += double(A_src[p * lda_src + i]) * double(rows[p][1 + j]);
-            want[i * ldc + j] = T(acc + double(C[i * ldc + j]));
+            want[i * ldc + j] = A(acc + double(C[i * ldc + j]));
           }
-        k.gemm_packed(M, N - 1, K, At.data(), K, packed.data(), T(1), C.data(), ldc);
+        k.gemm_packed(M, N - 1, K, At.data(), K, packed.get(), A(1), C.data(), ldc);
         expect_close(C, want, tol, "transpose + pack_b_rows + gemm_packed", k.isa);
+
+        // Column sums (the bias gradients) and the conversion to storage.
+        std::vector<A> sums = randn<A>(M, rng), sums_want = sums;
+        for (int64_t p = 0; p < K; ++p)
+          for (int64_t i = 0; i < M; ++i) sums_want[i] = A(double(sums_want[i]) + double(A_src[p * lda_src + i]));
+        k.add_column_sums(K, M, A_src.data(), lda_src, sums.data());
+        expect_close(sums, sums_want, tol, "add_column_sums", k.isa);
+        std::vector<S> stored(K * ldb, S(-7)), stored_want = stored;
+        for (int64_t r = 0; r < K; ++r)
+          for (int64_t q = 0; q < N - 1; ++q) stored_want[r * ldb + q] = S(C[(r % M) * ldc + q]);
+        for (int64_t r = 0; r < K; ++r)  // row by row: the source rows repeat
+          k.to_storage(1, N - 1, C.data() + (r % M) * ldc, ldc, stored.data() + r * ldb, ldb);
+        expect_close(stored, stored_want, 0.0, "to_storage", k.isa);
       }
     }
   }
 }
 
-template <typename T>
-void test_lstm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
-  using M = rnnfast::ScalarMath<T>;
+template <typename S>
+void test_lstm(const KernelTable<S>& k, std::mt19937& rng, const Tolerance& tol) {
+  using A = acc_t<S>;
+  using M = rnnfast::ScalarMath<A>;
   for (int64_t H : {1, 3, 17, 40}) {
     const int64_t rows = 3, u0 = H > 3 ? 2 : 0, u1 = H, nu = u1 - u0;
     const int64_t ld_pre = 4 * nu + 2, ld_gates = 4 * H + 1, ld_c = H + 3, ld_m = H + 4;
-    auto pre = randn<T>(rows * ld_pre, rng), gates_out = randn<T>(rows * ld_gates, rng);
-    auto bias = randn<T>(4 * H, rng), c = randn<T>(rows * ld_c, rng), m = randn<T>(rows * ld_m, rng);
-    auto c_saved = randn<T>(rows * H, rng);
-    std::vector<T> gates_want = gates_out, c_want = c, m_want = m, cs_want = c_saved;
+    auto pre = randn<A>(rows * ld_pre, rng), bias = randn<A>(4 * H, rng), c = randn<A>(rows * ld_c, rng);
+    auto gates_out = randn<S>(rows * ld_gates, rng), m = randn<S>(rows * ld_m, rng);
+    auto c_saved = randn<S>(rows * H, rng);
+    std::vector<S> gates_want = gates_out, m_want = m, cs_want = c_saved;
+    std::vector<A> c_want = c;
     for (int64_t b = 0; b < rows; ++b)
       for (int64_t u = u0; u < u1; ++u) {
-        T a[4];
+        A a[4];
         for (int g = 0; g < 4; ++g) a[g] = pre[b * ld_pre + g * nu + (u - u0)] + bias[g * H + u];
-        rnnfast::LstmGates<T> gates;
-        T cn, mn;
+        rnnfast::LstmGates<A> gates;
+        A cn, mn;
         rnnfast::lstm_forward<M>(a[0], a[1], a[2], a[3], c[b * ld_c + u], gates, cn, mn);
-        const T act[4] = {gates.i, gates.f, gates.g, gates.o};
-        for (int g = 0; g < 4; ++g) gates_want[b * ld_gates + g * H + u] = act[g];
+        const A act[4] = {gates.i, gates.f, gates.g, gates.o};
+        for (int g = 0; g < 4; ++g) gates_want[b * ld_gates + g * H + u] = S(act[g]);
         c_want[b * ld_c + u] = cn;
-        m_want[b * ld_m + u] = mn;
-        cs_want[b * H + u] = cn;
+        m_want[b * ld_m + u] = S(mn);
+        cs_want[b * H + u] = S(cn);
       }
-    rnnfast::cpu::CellForwardRows<T> r;
+    rnnfast::cpu::CellForwardRows<S> r;
     r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H;
     r.gx = pre.data(); r.ld_gx = ld_pre; r.bias = bias.data();
     r.gates = gates_out.data(); r.ld_gates = ld_gates;
     r.c = c.data(); r.ld_c = ld_c; r.saved = c_saved.data(); r.ld_saved = H;
     r.h = m.data(); r.ld_h = ld_m;
     k.cells[int(CellType::kLSTM)].forward_train(r);
-    expect_close(gates_out, gates_want, tol, "lstm forward gates", k.isa);
-    expect_close(c, c_want, tol, "lstm forward c", k.isa);
-    expect_close(m, m_want, tol, "lstm forward m", k.isa);
-    expect_close(c_saved, cs_want, tol, "lstm forward saved c", k.isa);
+    expect_close(gates_out, gates_want, tol.storage, "lstm forward gates", k.isa);
+    expect_close(c, c_want, tol.acc, "lstm forward c", k.isa);
+    expect_close(m, m_want, tol.storage, "lstm forward m", k.isa);
+    expect_close(c_saved, cs_want, tol.storage, "lstm forward saved c", k.isa);
 
-    // Backward, with the two-source previous state (rows >= 1 start from c0).
-    auto gates = randn<T>(rows * 4 * H, rng);
-    for (auto& g : gates) g = T(1) / (T(1) + std::exp(-g));  // valid activations
-    auto cs = randn<T>(rows * H, rng), cprev = randn<T>(rows * H, rng), c0 = randn<T>(rows * H, rng);
-    auto dm_a = randn<T>(rows * H, rng), dm_b = randn<T>(rows * H, rng), dc = randn<T>(rows * H, rng);
-    auto dg = randn<T>(rows * 4 * H, rng);
-    std::vector<T> dg_want = dg, dc_want = dc;
-    for (int64_t b = 0; b < rows; ++b)
-      for (int64_t u = u0; u < u1; ++u) {
-        const rnnfast::LstmGates<T> g{gates[b * 4 * H + u], gates[b * 4 * H + H + u],
-                                      gates[b * 4 * H + 2 * H + u], gates[b * 4 * H + 3 * H + u]};
-        const T cp = b < 1 ? cprev[b * H + u] : c0[b * H + u];
-        T d[4], dcp;
-        rnnfast::lstm_backward<M>(g, cs[b * H + u], cp, dm_a[b * H + u] + dm_b[b * H + u],
-                                  dc[b * H + u], d[0], d[1], d[2], d[3], dcp);
-        for (int q = 0; q < 4; ++q) dg_want[b * 4 * H + q * H + u] = d[q];
-        dc_want[b * H + u] = dcp;
-      }
-    rnnfast::cpu::CellBackwardRows<T> rb;
+    // Backward, with the two-source previous state (rows >= 1 start from c0)
+    // and the step's gradient from dy (S) + dm (A).
+    auto gates = randn<S>(rows * 4 * H, rng);
+    for (auto& g : gates) g = S(A(1) / (A(1) + std::exp(-A(g))));  // valid activations
+    auto cs = randn<S>(rows * H, rng), cprev = randn<S>(rows * H, rng), c0 = randn<S>(rows * H, rng);
+    auto dy = randn<S>(rows * H, rng);
+    auto dm = randn<A>(rows * H, rng), dc = randn<A>(rows * H, rng);
+    auto dg = randn<S>(rows * 4 * H, rng);
+    std::vector<S> dg_want = dg, dg_proj = dg;
+    std::vector<A> dc_want = dc;
+    // The step's gradient is dy + dm, or (with a projection) dm alone.
+    auto expect = [&](bool with_dy, std::vector<S>& dg_out) {
+      for (int64_t b = 0; b < rows; ++b)
+        for (int64_t u = u0; u < u1; ++u) {
+          auto at = [&](int q) { return A(gates[b * 4 * H + q * H + u]); };
+          const rnnfast::LstmGates<A> g{at(0), at(1), at(2), at(3)};
+          const A cp = A(b < 1 ? cprev[b * H + u] : c0[b * H + u]);
+          const A grad = (with_dy ? A(dy[b * H + u]) : A(0)) + dm[b * H + u];
+          A d[4], dcp;
+          rnnfast::lstm_backward<M>(g, A(cs[b * H + u]), cp, grad, dc[b * H + u], d[0], d[1], d[2],
+                                    d[3], dcp);
+          for (int q = 0; q < 4; ++q) dg_out[b * 4 * H + q * H + u] = S(d[q]);
+          dc_want[b * H + u] = dcp;
+        }
+    };
+    expect(true, dg_want);
+    rnnfast::cpu::CellBackwardRows<S> rb;
     rb.rows = rows; rb.u0 = u0; rb.u1 = u1; rb.H = H;
     rb.gates = gates.data(); rb.ld_gates = 4 * H; rb.saved = cs.data(); rb.ld_saved = H;
     rb.prev.first = cprev.data(); rb.prev.ld_first = H; rb.prev.n_first = 1;
     rb.prev.initial = c0.data(); rb.prev.ld_initial = H;
-    rb.dh_a = dm_a.data(); rb.ld_dh_a = H; rb.dh_b = dm_b.data(); rb.ld_dh_b = H;
+    rb.dy = dy.data(); rb.ld_dy = H; rb.dh = dm.data(); rb.ld_dh = H;
     rb.dc = dc.data(); rb.ld_dc = H; rb.dg = dg.data(); rb.ld_dg = 4 * H;
     k.cells[int(CellType::kLSTM)].backward(rb);
-    expect_close(dg, dg_want, tol, "lstm backward dgates", k.isa);
-    expect_close(dc, dc_want, tol, "lstm backward dc", k.isa);
+    expect_close(dg, dg_want, tol.storage, "lstm backward dgates", k.isa);
+    expect_close(dc, dc_want, tol.acc, "lstm backward dc", k.isa);
+
+    // With a projection the whole gradient of m_t comes from dh (dy absent),
+    // from the dc the call above left (only dg is compared).
+    expect(false, dg_proj);
+    rb.dy = nullptr;
+    k.cells[int(CellType::kLSTM)].backward(rb);
+    expect_close(dg, dg_proj, tol.storage, "lstm backward dgates (dh only)", k.isa);
   }
 }
 
-template <typename T>
-void test_gru(const KernelTable<T>& k, std::mt19937& rng, double tol) {
-  using M = rnnfast::ScalarMath<T>;
+template <typename S>
+void test_gru(const KernelTable<S>& k, std::mt19937& rng, const Tolerance& tol) {
+  using A = acc_t<S>;
+  using M = rnnfast::ScalarMath<A>;
   for (int64_t H : {1, 3, 17, 40}) {
     const int64_t rows = 3, u0 = H > 3 ? 1 : 0, u1 = H, nu = u1 - u0;
-    auto gx = randn<T>(rows * 3 * nu, rng), gh = randn<T>(rows * 3 * nu, rng);
-    auto bx = randn<T>(3 * H, rng), bhn = randn<T>(H, rng);
-    auto hp = randn<T>(rows * H, rng), h0 = randn<T>(rows * H, rng);
-    auto gates_out = randn<T>(rows * 3 * H, rng);
-    auto hn_saved = randn<T>(rows * H, rng), h = randn<T>(rows * H, rng);
-    std::vector<T> gates_want = gates_out, hn_want = hn_saved, h_want = h;
+    auto gx = randn<A>(rows * 3 * nu, rng), gh = randn<A>(rows * 3 * nu, rng);
+    auto bx = randn<A>(3 * H, rng), bhn = randn<A>(H, rng);
+    auto hp = randn<S>(rows * H, rng), h0 = randn<S>(rows * H, rng);
+    auto gates_out = randn<S>(rows * 3 * H, rng);
+    auto hn_saved = randn<S>(rows * H, rng), h = randn<S>(rows * H, rng);
+    std::vector<S> gates_want = gates_out, hn_want = hn_saved, h_want = h;
     for (int64_t b = 0; b < rows; ++b)
       for (int64_t u = u0; u < u1; ++u) {
         const int64_t j = u - u0;
-        const T ar = gx[b * 3 * nu + j] + gh[b * 3 * nu + j] + bx[u];
-        const T az = gx[b * 3 * nu + nu + j] + gh[b * 3 * nu + nu + j] + bx[H + u];
-        const T axn = gx[b * 3 * nu + 2 * nu + j] + bx[2 * H + u];
-        const T hn = gh[b * 3 * nu + 2 * nu + j] + bhn[u];
-        const T prev = b < 2 ? hp[b * H + u] : h0[b * H + u];
-        rnnfast::GruGates<T> g;
-        T hnew;
+        const A ar = gx[b * 3 * nu + j] + gh[b * 3 * nu + j] + bx[u];
+        const A az = gx[b * 3 * nu + nu + j] + gh[b * 3 * nu + nu + j] + bx[H + u];
+        const A axn = gx[b * 3 * nu + 2 * nu + j] + bx[2 * H + u];
+        const A hn = gh[b * 3 * nu + 2 * nu + j] + bhn[u];
+        const A prev = A(b < 2 ? hp[b * H + u] : h0[b * H + u]);
+        rnnfast::GruGates<A> g;
+        A hnew;
         rnnfast::gru_forward<M>(ar, az, axn, hn, prev, g, hnew);
-        gates_want[b * 3 * H + u] = g.r;
-        gates_want[b * 3 * H + H + u] = g.z;
-        gates_want[b * 3 * H + 2 * H + u] = g.n;
-        hn_want[b * H + u] = hn;
-        h_want[b * H + u] = hnew;
+        gates_want[b * 3 * H + u] = S(g.r);
+        gates_want[b * 3 * H + H + u] = S(g.z);
+        gates_want[b * 3 * H + 2 * H + u] = S(g.n);
+        hn_want[b * H + u] = S(hn);
+        h_want[b * H + u] = S(hnew);
       }
-    rnnfast::cpu::CellForwardRows<T> r;
+    rnnfast::cpu::CellForwardRows<S> r;
     r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H;
     r.gx = gx.data(); r.ld_gx = 3 * nu; r.gh = gh.data(); r.ld_gh = 3 * nu;
     r.bias = bx.data(); r.bias_hn = bhn.data();
@@ -217,94 +276,100 @@ void test_gru(const KernelTable<T>& k, std::mt19937& rng, double tol) {
     r.gates = gates_out.data(); r.ld_gates = 3 * H;
     r.saved = hn_saved.data(); r.ld_saved = H; r.h = h.data(); r.ld_h = H;
     k.cells[int(CellType::kGRU)].forward_train(r);
-    expect_close(gates_out, gates_want, tol, "gru forward gates", k.isa);
-    expect_close(hn_saved, hn_want, tol, "gru forward hn", k.isa);
-    expect_close(h, h_want, tol, "gru forward h", k.isa);
+    expect_close(gates_out, gates_want, tol.storage, "gru forward gates", k.isa);
+    expect_close(hn_saved, hn_want, tol.storage, "gru forward hn", k.isa);
+    expect_close(h, h_want, tol.storage, "gru forward h", k.isa);
 
-    auto gates = randn<T>(rows * 3 * H, rng);
-    for (auto& g : gates) g = T(1) / (T(1) + std::exp(-g));
-    auto hn = randn<T>(rows * H, rng), dy = randn<T>(rows * H, rng), dh = randn<T>(rows * H, rng);
-    auto dgh = randn<T>(rows * 3 * H, rng), dgxn = randn<T>(rows * H, rng);
-    std::vector<T> dgh_want = dgh, dgxn_want = dgxn, dh_want = dh;
+    auto gates = randn<S>(rows * 3 * H, rng);
+    for (auto& g : gates) g = S(A(1) / (A(1) + std::exp(-A(g))));
+    auto hn = randn<S>(rows * H, rng), dy = randn<S>(rows * H, rng);
+    auto dh = randn<A>(rows * H, rng);
+    auto dgh = randn<S>(rows * 3 * H, rng), dgxn = randn<S>(rows * H, rng);
+    std::vector<S> dgh_want = dgh, dgxn_want = dgxn;
+    std::vector<A> dh_want = dh;
     for (int64_t b = 0; b < rows; ++b)
       for (int64_t u = u0; u < u1; ++u) {
-        const rnnfast::GruGates<T> g{gates[b * 3 * H + u], gates[b * 3 * H + H + u],
-                                     gates[b * 3 * H + 2 * H + u]};
-        const T prev = b < 2 ? hp[b * H + u] : h0[b * H + u];
-        T dar, daz, daxn, dhn, direct;
-        rnnfast::gru_backward<M>(g, hn[b * H + u], prev, dy[b * H + u] + dh[b * H + u], dar, daz,
-                                 daxn, dhn, direct);
-        dgh_want[b * 3 * H + u] = dar;
-        dgh_want[b * 3 * H + H + u] = daz;
-        dgh_want[b * 3 * H + 2 * H + u] = dhn;
-        dgxn_want[b * H + u] = daxn;
+        const rnnfast::GruGates<A> g{A(gates[b * 3 * H + u]), A(gates[b * 3 * H + H + u]),
+                                     A(gates[b * 3 * H + 2 * H + u])};
+        const A prev = A(b < 2 ? hp[b * H + u] : h0[b * H + u]);
+        A dar, daz, daxn, dhn, direct;
+        rnnfast::gru_backward<M>(g, A(hn[b * H + u]), prev, A(dy[b * H + u]) + dh[b * H + u], dar,
+                                 daz, daxn, dhn, direct);
+        dgh_want[b * 3 * H + u] = S(dar);
+        dgh_want[b * 3 * H + H + u] = S(daz);
+        dgh_want[b * 3 * H + 2 * H + u] = S(dhn);
+        dgxn_want[b * H + u] = S(daxn);
         dh_want[b * H + u] = direct;
       }
-    rnnfast::cpu::CellBackwardRows<T> rb;
+    rnnfast::cpu::CellBackwardRows<S> rb;
     rb.rows = rows; rb.u0 = u0; rb.u1 = u1; rb.H = H;
     rb.gates = gates.data(); rb.ld_gates = 3 * H; rb.saved = hn.data(); rb.ld_saved = H;
-    rb.prev = r.h_prev; rb.dh_a = dy.data(); rb.ld_dh_a = H; rb.dh_b = dh.data(); rb.ld_dh_b = H;
-    rb.dh_direct = dh.data(); rb.ld_dh_direct = H;
+    rb.prev = r.h_prev; rb.dy = dy.data(); rb.ld_dy = H; rb.dh = dh.data(); rb.ld_dh = H;
+    rb.dh_direct = dh.data(); rb.ld_dh_direct = H;  // aliased, as in the loop
     rb.dg = dgh.data(); rb.ld_dg = 3 * H; rb.dgxn = dgxn.data(); rb.ld_dgxn = H;
     k.cells[int(CellType::kGRU)].backward(rb);
-    expect_close(dgh, dgh_want, tol, "gru backward dgh", k.isa);
-    expect_close(dgxn, dgxn_want, tol, "gru backward dgxn", k.isa);
-    expect_close(dh, dh_want, tol, "gru backward dh", k.isa);
+    expect_close(dgh, dgh_want, tol.storage, "gru backward dgh", k.isa);
+    expect_close(dgxn, dgxn_want, tol.storage, "gru backward dgxn", k.isa);
+    expect_close(dh, dh_want, tol.acc, "gru backward dh", k.isa);
   }
 }
 
-template <typename T>
-void test_rnn(const KernelTable<T>& k, std::mt19937& rng, double tol) {
-  using M = rnnfast::ScalarMath<T>;
+template <typename S>
+void test_rnn(const KernelTable<S>& k, std::mt19937& rng, const Tolerance& tol) {
+  using A = acc_t<S>;
+  using M = rnnfast::ScalarMath<A>;
   for (CellType cell : {CellType::kRNNTanh, CellType::kRNNRelu}) {
     const bool relu = cell == CellType::kRNNRelu;
     for (int64_t H : {1, 3, 17, 40}) {
       const int64_t rows = 3, u0 = H > 3 ? 2 : 0, u1 = H, nu = u1 - u0, ld_h = H + 3;
-      auto pre = randn<T>(rows * nu, rng), bias = randn<T>(H, rng), h = randn<T>(rows * ld_h, rng);
-      std::vector<T> h_want = h;
+      auto pre = randn<A>(rows * nu, rng), bias = randn<A>(H, rng);
+      auto h = randn<S>(rows * ld_h, rng);
+      std::vector<S> h_want = h;
       for (int64_t b = 0; b < rows; ++b)
         for (int64_t u = u0; u < u1; ++u) {
-          const T a = pre[b * nu + (u - u0)] + bias[u];
-          h_want[b * ld_h + u] = relu ? rnnfast::rnn_forward<M, rnnfast::RnnActivation::kRelu>(a)
-                                      : rnnfast::rnn_forward<M, rnnfast::RnnActivation::kTanh>(a);
+          const A a = pre[b * nu + (u - u0)] + bias[u];
+          h_want[b * ld_h + u] = S(relu ? rnnfast::rnn_forward<M, rnnfast::RnnActivation::kRelu>(a)
+                                        : rnnfast::rnn_forward<M, rnnfast::RnnActivation::kTanh>(a));
         }
-      rnnfast::cpu::CellForwardRows<T> r;
+      rnnfast::cpu::CellForwardRows<S> r;
       r.rows = rows; r.u0 = u0; r.u1 = u1; r.H = H;
       r.gx = pre.data(); r.ld_gx = nu; r.bias = bias.data(); r.h = h.data(); r.ld_h = ld_h;
       k.cells[int(cell)].forward_infer(r);
-      expect_close(h, h_want, tol, relu ? "rnn relu forward" : "rnn tanh forward", k.isa);
+      expect_close(h, h_want, tol.storage, relu ? "rnn relu forward" : "rnn tanh forward", k.isa);
 
       // Backward from the output (some relu outputs exactly 0: inactive units).
-      auto y = randn<T>(rows * H, rng), dy = randn<T>(rows * H, rng), dh = randn<T>(rows * H, rng);
-      for (auto& v : y) v = relu ? std::max(v, T(0)) : std::tanh(v);
-      auto dg = randn<T>(rows * H, rng);
-      std::vector<T> dg_want = dg;
+      auto y = randn<S>(rows * H, rng), dy = randn<S>(rows * H, rng);
+      auto dh = randn<A>(rows * H, rng);
+      for (auto& v : y) v = S(relu ? std::max(A(v), A(0)) : std::tanh(A(v)));
+      auto dg = randn<S>(rows * H, rng);
+      std::vector<S> dg_want = dg;
       for (int64_t b = 0; b < rows; ++b)
         for (int64_t u = u0; u < u1; ++u) {
-          const T d = dy[b * H + u] + dh[b * H + u];
-          dg_want[b * H + u] = relu ? rnnfast::rnn_backward<M, rnnfast::RnnActivation::kRelu>(y[b * H + u], d)
-                                    : rnnfast::rnn_backward<M, rnnfast::RnnActivation::kTanh>(y[b * H + u], d);
+          const A d = A(dy[b * H + u]) + dh[b * H + u], yv = A(y[b * H + u]);
+          dg_want[b * H + u] = S(relu ? rnnfast::rnn_backward<M, rnnfast::RnnActivation::kRelu>(yv, d)
+                                      : rnnfast::rnn_backward<M, rnnfast::RnnActivation::kTanh>(yv, d));
         }
-      rnnfast::cpu::CellBackwardRows<T> rb;
+      rnnfast::cpu::CellBackwardRows<S> rb;
       rb.rows = rows; rb.u0 = u0; rb.u1 = u1; rb.H = H;
-      rb.h = y.data(); rb.ld_h = H; rb.dh_a = dy.data(); rb.ld_dh_a = H;
-      rb.dh_b = dh.data(); rb.ld_dh_b = H; rb.dg = dg.data(); rb.ld_dg = H;
+      rb.h = y.data(); rb.ld_h = H; rb.dy = dy.data(); rb.ld_dy = H;
+      rb.dh = dh.data(); rb.ld_dh = H; rb.dg = dg.data(); rb.ld_dg = H;
       k.cells[int(cell)].backward(rb);
-      expect_close(dg, dg_want, tol, relu ? "rnn relu backward" : "rnn tanh backward", k.isa);
+      expect_close(dg, dg_want, tol.storage, relu ? "rnn relu backward" : "rnn tanh backward", k.isa);
     }
   }
 }
 
 // The unpacked GEMMs of small calls: gemm_direct (B given transposed, W[N, K])
 // and gemm_rows (B row-major [K, N] with a row stride).
-template <typename T>
-void test_unpacked_gemm(const KernelTable<T>& k, std::mt19937& rng, double tol) {
+template <typename S>
+void test_unpacked_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
+  using T = acc_t<S>;
   for (int64_t M : {1, 2, 3, 5}) {
     for (int64_t N : {1, 7, 16, 17, 65, 130}) {
       for (int64_t K : {1, 7, 64, 70}) {
         for (T beta : {T(0), T(1)}) {
           const int64_t lda = K + 3, ldw = K + 2, ldb = N + 5, ldc = N + 2;
-          auto A = randn<T>(M * lda, rng), Wt = randn<T>(N * ldw, rng), Bm = randn<T>(K * ldb, rng);
+          auto A = randn<S>(M * lda, rng), Wt = randn<S>(N * ldw, rng), Bm = randn<S>(K * ldb, rng);
           auto C0 = randn<T>(M * ldc, rng);
           std::vector<T> want_direct = C0, want_rows = C0;
           for (int64_t m = 0; m < M; ++m)
@@ -378,6 +443,16 @@ void test_activation_accuracy(const KernelTable<float>& k) {
   }
 }
 
+template <typename S>
+void test_all(std::mt19937& rng, const Tolerance& tol) {
+  const KernelTable<S>& k = rnnfast::cpu::kernels<S>();
+  test_gemm(k, rng, tol.gemm);
+  test_lstm(k, rng, tol);
+  test_gru(k, rng, tol);
+  test_rnn(k, rng, tol);
+  test_unpacked_gemm(k, rng, tol.gemm);
+}
+
 }  // namespace
 
 int main() {
@@ -388,17 +463,14 @@ int main() {
   for (const char* isa : isas) {
     rnnfast::cpu::set_cpu_capability(isa);
     // Vector transcendental functions (Sleef, 1 ulp) versus libm: a few ulp.
-    test_gemm(rnnfast::cpu::kernels_f32(), rng, 1e-5);
-    test_gemm(rnnfast::cpu::kernels_f64(), rng, 1e-12);
-    test_lstm(rnnfast::cpu::kernels_f32(), rng, 1e-5);
-    test_lstm(rnnfast::cpu::kernels_f64(), rng, 1e-12);
-    test_gru(rnnfast::cpu::kernels_f32(), rng, 1e-5);
-    test_gru(rnnfast::cpu::kernels_f64(), rng, 1e-12);
-    test_rnn(rnnfast::cpu::kernels_f32(), rng, 1e-5);
-    test_rnn(rnnfast::cpu::kernels_f64(), rng, 1e-12);
-    test_unpacked_gemm(rnnfast::cpu::kernels_f32(), rng, 1e-5);
-    test_unpacked_gemm(rnnfast::cpu::kernels_f64(), rng, 1e-12);
-    test_activation_accuracy(rnnfast::cpu::kernels_f32());
+    // 16-bit storage: products of 16-bit values are exact in float, so the
+    // GEMMs keep float accuracy; a stored value may round to a neighbour
+    // (bf16: 8 bits, 2^-8 relative; half: 11 bits, 2^-11).
+    test_all<float>(rng, {1e-5, 1e-5, 1e-5});
+    test_all<double>(rng, {1e-12, 1e-12, 1e-12});
+    test_all<c10::BFloat16>(rng, {1e-5, 1e-5, 8e-3});
+    test_all<c10::Half>(rng, {1e-5, 1e-5, 1e-3});
+    test_activation_accuracy(rnnfast::cpu::kernels<float>());
     std::printf("cpu kernels [%s]: checked\n", isa);
   }
   if (g_failures) {

@@ -1,0 +1,636 @@
+// GEMMs of the per-instruction-set CPU kernels (included by kernels_impl.h,
+// inside namespace rnnfast::cpu::CPU_CAPABILITY), for every storage type S
+// with accumulation in A = acc_t<S>:
+//   * pack_b / pack_b_rows / gemm_packed: B packed once into panels of
+//     kPanelVectors vectors of columns, then streamed every step;
+//   * gemm_direct / gemm_rows: weights read where they are (few-row calls);
+//   * transpose, add_column_sums, to_storage: helpers of the weight gradients.
+// Panels hold A values (float for the 16-bit types, converted when packed),
+// except for BFloat16 in the AVX512-BF16 build: bf16 k-pairs, which its
+// dot-product instruction (vdpbf16ps: two products per fp32 lane) reads.
+#pragma once
+
+
+
+// ---------------------------------------------------------------------------
+// Panel layout
+// ---------------------------------------------------------------------------
+#if defined(CPU_CAPABILITY_AVX2)
+constexpr int kRows = 2;  // 16 vector registers
+#else
+constexpr int kRows = 4;  // 32 vector registers (AVX-512); the generic build is not tuned
+#endif
+constexpr int kPanelVectors = 4;
+
+#if defined(RNNFAST_NATIVE_BF16)
+template <typename S>
+constexpr bool kPairedPanels = std::is_same_v<S, c10::BFloat16>;
+#else
+template <typename S>
+constexpr bool kPairedPanels = false;
+#endif
+
+// Columns per panel (kPanelVectors accumulation vectors) and the panel element.
+template <typename S>
+constexpr int64_t panel_width() {
+  return kPanelVectors * Vectorized<acc_t<S>>::size();
+}
+template <typename S>
+using panel_t = std::conditional_t<kPairedPanels<S>, c10::BFloat16, acc_t<S>>;
+
+// Rows of a panel: K, or K rounded up to whole k-pairs.
+template <typename S>
+constexpr int64_t panel_rows(int64_t K) {
+  return kPairedPanels<S> ? (K + 1) / 2 * 2 : K;
+}
+
+template <typename S>
+int64_t packed_b_bytes(int64_t K, int64_t N) {
+  const int64_t NR = panel_width<S>();
+  return panel_rows<S>(K) * ((N + NR - 1) / NR) * NR * int64_t(sizeof(panel_t<S>));
+}
+
+// Element (k, c) of the panel starting at `panel` (K rows of NR columns).
+template <typename S>
+inline int64_t panel_index(int64_t k, int64_t c) {
+  constexpr int64_t NR = panel_width<S>();
+  if constexpr (kPairedPanels<S>) {
+    return (k / 2) * NR * 2 + c * 2 + (k & 1);
+  } else {
+    return k * NR + c;
+  }
+}
+
+template <typename S>
+inline panel_t<S> to_panel(S x) {
+  if constexpr (kPairedPanels<S>) {
+    return x;
+  } else {
+    return static_cast<panel_t<S>>(Storage<S>::scalar(x));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Packing
+// ---------------------------------------------------------------------------
+#if defined(RNNFAST_NATIVE_BF16)
+// bf16 k-pair panels (AVX512-BF16 build). Pair p of column c is the 32-bit
+// word p*NR + c of the panel: (B[2p, c], B[2p+1, c]), the odd K's last pair
+// padded with a zero (which the GEMM multiplies by zero: it must not be NaN).
+using BF16 = c10::BFloat16;
+
+// dst[2c] = r0[c], dst[2c+1] = r1[c] for c < n, zeros for n <= c < width (a
+// multiple of 32); r1 null: the zero row of an odd K.
+inline void interleave_rows_bf16(const BF16* r0, const BF16* r1, int64_t n, BF16* dst, int64_t width) {
+  alignas(64) static const uint16_t kIndex[2][32] = {
+      {0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+       8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47},
+      {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+       24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63}};
+  const __m512i lo = _mm512_load_si512(kIndex[0]), hi = _mm512_load_si512(kIndex[1]);
+  for (int64_t c = 0; c < width; c += 32) {
+    const int64_t valid = std::min<int64_t>(std::max<int64_t>(n - c, 0), 32);
+    const __mmask32 m = valid == 32 ? ~__mmask32(0) : (__mmask32(1) << valid) - 1;
+    const __m512i a = _mm512_maskz_loadu_epi16(m, r0 + c);
+    const __m512i b = r1 ? _mm512_maskz_loadu_epi16(m, r1 + c) : _mm512_setzero_si512();
+    _mm512_storeu_si512(dst + 2 * c, _mm512_permutex2var_epi16(a, lo, b));
+    _mm512_storeu_si512(dst + 2 * c + 32, _mm512_permutex2var_epi16(a, hi, b));
+  }
+}
+
+inline void pack_b_paired(int64_t K, int64_t N, const BF16* src, int64_t k_stride, ColumnMap columns,
+                          BF16* Bp) {
+  constexpr int64_t NR = panel_width<BF16>();
+  const int64_t pairs = (K + 1) / 2;
+  for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    BF16* panel = Bp + j0 * 2 * pairs;
+    const int64_t run = std::min(NR, N - j0);
+    // Row-major weights (n contiguous, e.g. w_hh as B of dh = dG @ w_hh):
+    // two rows at a time, interleaved.
+    if (k_stride != 1 && columns.col_stride == 1 &&
+        columns.offset(j0 + run - 1) - columns.offset(j0) == run - 1) {
+      const BF16* first = src + columns.offset(j0);
+      for (int64_t p = 0; p < pairs; ++p)
+        interleave_rows_bf16(first + 2 * p * k_stride, 2 * p + 1 < K ? first + (2 * p + 1) * k_stride : nullptr,
+                             run, panel + p * 2 * NR, NR);
+      continue;
+    }
+    int64_t c = 0;
+    // Weights stored transposed (k contiguous): a column's pair is one 32-bit
+    // word in place, so 16 columns x 16 pairs are a 32-bit 16x16 transpose
+    // (columns an even number of elements apart).
+    if (k_stride == 1 && columns.col_stride % 2 == 0) {
+      float* words = reinterpret_cast<float*>(panel);
+      for (; c + 16 <= run; c += 16) {
+        const int64_t first = columns.offset(j0 + c), stride = columns.col_stride;
+        if (columns.offset(j0 + c + 15) - first != 15 * stride) break;  // crosses a block
+        int64_t p = 0;
+        for (; p + 16 <= K / 2; p += 16)
+          at::vec::transpose_mxn<float, 16, 16>(reinterpret_cast<const float*>(src + first + 2 * p),
+                                                stride / 2, words + p * NR + c, NR);
+        for (; p < pairs; ++p)
+          for (int64_t q = 0; q < 16; ++q) {
+            const BF16* col = src + first + q * stride;
+            panel[p * 2 * NR + 2 * (c + q)] = col[2 * p];
+            panel[p * 2 * NR + 2 * (c + q) + 1] = 2 * p + 1 < K ? col[2 * p + 1] : BF16(0.f);
+          }
+      }
+    }
+    for (; c < NR; ++c)  // the rest one element at a time, zeros past N
+      for (int64_t p = 0; p < pairs; ++p) {
+        BF16* dst = panel + p * 2 * NR + 2 * c;
+        const BF16* col = j0 + c < N ? src + columns.offset(j0 + c) : nullptr;
+        dst[0] = col ? col[2 * p * k_stride] : BF16(0.f);
+        dst[1] = col && 2 * p + 1 < K ? col[(2 * p + 1) * k_stride] : BF16(0.f);
+      }
+  }
+}
+#endif
+
+// Panels of A values (every type but the native build's bf16).
+template <typename S>
+void pack_b_acc(int64_t K, int64_t N, const S* src, int64_t k_stride, ColumnMap columns, void* packed) {
+  using P = panel_t<S>;
+  constexpr int64_t NR = panel_width<S>();
+  const int64_t KP = panel_rows<S>(K);
+  P* Bp = static_cast<P*>(packed);
+  for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    P* panel = Bp + j0 * KP;
+    int64_t c = 0;
+#if defined(RNNFAST_INLINE_FLOAT_MATH)
+    // Weights stored transposed (k contiguous, w_ih^T and w_hh^T): 16x16 blocks
+    // through a register transpose instead of one scalar store per element
+    // (16-bit weights: at::vec's 16-bit transpose, then converted; the AVX2
+    // build transposes float only).
+#if defined(CPU_CAPABILITY_AVX512)
+    constexpr bool kBlocks = !std::is_same_v<S, double>;
+#else
+    constexpr bool kBlocks = std::is_same_v<S, float>;
+#endif
+    if constexpr (kBlocks) {
+      if (k_stride == 1) {
+        for (; c + 16 <= NR && j0 + c + 16 <= N; c += 16) {
+          const int64_t first = columns.offset(j0 + c);
+          const int64_t stride = columns.col_stride;
+          if (columns.offset(j0 + c + 15) - first != 15 * stride) break;  // crosses a block
+          int64_t k = 0;
+          for (; k + 16 <= K; k += 16) {
+            if constexpr (std::is_same_v<S, float>) {
+              at::vec::transpose_mxn<float, 16, 16>(src + first + k, stride, panel + k * NR + c, NR);
+            } else {
+              alignas(64) S block[16][16];  // [k][column]
+              at::vec::transpose_mxn<S, 16, 16>(src + first + k, stride, &block[0][0], 16);
+              for (int64_t kk = 0; kk < 16; ++kk) Storage<S>::load(block[kk], 16).store(panel + (k + kk) * NR + c);
+            }
+          }
+          for (; k < K; ++k)
+            for (int64_t q = 0; q < 16; ++q) panel[k * NR + c + q] = to_panel<S>(src[first + q * stride + k]);
+        }
+      }
+    }
+#endif
+    // Row-major weights (n contiguous, e.g. w_hh as B of dh = dG @ w_hh): the
+    // panel's columns are one contiguous run of each row, copied row by row.
+    const int64_t run = std::min(NR, N - j0);
+    if (c == 0 && columns.col_stride == 1 && k_stride != 1 &&
+        columns.offset(j0 + run - 1) - columns.offset(j0) == run - 1) {
+      using V = Vectorized<acc_t<S>>;
+      const S* first = src + columns.offset(j0);
+      for (int64_t k = 0; k < K; ++k) {
+        const S* row = first + k * k_stride;
+        P* dst = panel + k * NR;
+        for_each_vector<acc_t<S>>(0, NR, [&](int64_t q, int64_t n) {
+          const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(n, run - q));
+          store(dst + q, valid == 0 ? V(acc_t<S>(0)) : Storage<S>::load(row + q, valid), n);
+        });
+      }
+      continue;
+    }
+    for (; c < NR; ++c) {
+      if (j0 + c >= N) {  // zero padding of the last panel
+        for (int64_t k = 0; k < KP; ++k) panel[k * NR + c] = P(0);
+        continue;
+      }
+      const S* col = src + columns.offset(j0 + c);
+      for (int64_t k = 0; k < K; ++k) panel[k * NR + c] = to_panel<S>(col[k * k_stride]);
+    }
+  }
+}
+
+template <typename S>
+void pack_b(int64_t K, int64_t N, const S* src, int64_t k_stride, ColumnMap columns, void* packed) {
+#if defined(RNNFAST_NATIVE_BF16)
+  if constexpr (kPairedPanels<S>) {
+    pack_b_paired(K, N, src, k_stride, columns, static_cast<BF16*>(packed));
+  } else {
+    pack_b_acc(K, N, src, k_stride, columns, packed);
+  }
+#else
+  pack_b_acc(K, N, src, k_stride, columns, packed);
+#endif
+}
+
+// Packs rows row_ptrs[0..K) (columns col0 .. col0+N of each) as B[K, N].
+template <typename S>
+void pack_b_rows(int64_t K, int64_t N, const S* const* row_ptrs, int64_t col0, void* packed) {
+  using P = panel_t<S>;
+  constexpr int64_t NR = panel_width<S>();
+  const int64_t KP = panel_rows<S>(K);
+  P* Bp = static_cast<P*>(packed);
+#if defined(RNNFAST_NATIVE_BF16)
+  if constexpr (kPairedPanels<S>) {
+    for (int64_t j0 = 0; j0 < N; j0 += NR)
+      for (int64_t p = 0; p < KP / 2; ++p)
+        interleave_rows_bf16(row_ptrs[2 * p] + col0 + j0,
+                             2 * p + 1 < K ? row_ptrs[2 * p + 1] + col0 + j0 : nullptr,
+                             std::min(NR, N - j0), Bp + j0 * KP + p * 2 * NR, NR);
+    return;
+  }
+#endif
+  for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    const int64_t n = std::min(NR, N - j0);
+    P* panel = Bp + j0 * KP;
+    for (int64_t k = 0; k < KP; ++k) {
+      if (k >= K) {
+        for (int64_t c = 0; c < NR; ++c) panel[panel_index<S>(k, c)] = P(0);
+        continue;
+      }
+      const S* src = row_ptrs[k] + col0 + j0;
+      if constexpr (!kPairedPanels<S> && !std::is_same_v<S, acc_t<S>>) {
+        P* dst = panel + k * NR;
+        for_each_vector<acc_t<S>>(0, NR, [&](int64_t q, int64_t w) {
+          const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(w, n - q));
+          store(dst + q, valid == 0 ? Vectorized<P>(P(0)) : Storage<S>::load(src + q, valid), w);
+        });
+      } else {
+        for (int64_t c = 0; c < n; ++c) panel[panel_index<S>(k, c)] = to_panel<S>(src[c]);
+        for (int64_t c = n; c < NR; ++c) panel[panel_index<S>(k, c)] = P(0);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Packed GEMM: C[M,N] = A[M,K] @ B[K,N] + beta*C, row-major. Panels are the
+// outer loop so one panel stays in cache while all row blocks of A pass over
+// it. Register tile: R rows x kPanelVectors vectors; for one or two rows a
+// second set of accumulators (even/odd k) hides the FMA latency.
+// ---------------------------------------------------------------------------
+template <typename S, int R>
+inline void panel_tile(int64_t K, const S* A_, int64_t lda, const acc_t<S>* panel, acc_t<S> beta,
+                       acc_t<S>* Cm, int64_t ldc, int64_t ncols) {
+  using T = acc_t<S>;
+  using V = Vectorized<T>;
+  constexpr int64_t W = V::size();
+  constexpr int C = kPanelVectors;
+  constexpr int64_t NR = C * W;
+  constexpr int Q = R <= 2 ? 2 : 1;  // accumulator sets
+  V acc[Q][R][C];
+  if (beta != T(0)) {
+    // C is read and written after the k loop: fetch its lines (for writing)
+    // now. In the time loop it is the step's pre-activations, written by the
+    // chunk's projection many steps ago and out of the core's caches by now:
+    // measured -3 % time of a T=100, B=64, H=512 LSTM inference.
+    for (int r = 0; r < R; ++r)
+      for (int64_t c = 0; c < NR * int64_t(sizeof(T)); c += 64)
+        __builtin_prefetch(reinterpret_cast<const char*>(Cm + r * ldc) + c, 1, 3);
+  }
+  for (int q = 0; q < Q; ++q)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[q][r][c] = V(T(0));
+  int64_t k = 0;
+  for (; k + Q <= K; k += Q) {
+    for (int q = 0; q < Q; ++q) {
+      const T* brow = panel + (k + q) * NR;
+      V bv[C];
+      for (int c = 0; c < C; ++c) bv[c] = V::loadu(brow + c * W);
+      for (int r = 0; r < R; ++r) {
+        const V av(Storage<S>::scalar(A_[r * lda + k + q]));
+        for (int c = 0; c < C; ++c) acc[q][r][c] = at::vec::fmadd(av, bv[c], acc[q][r][c]);
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    const T* brow = panel + k * NR;
+    for (int r = 0; r < R; ++r) {
+      const V av(Storage<S>::scalar(A_[r * lda + k]));
+      for (int c = 0; c < C; ++c)
+        acc[0][r][c] = at::vec::fmadd(av, V::loadu(brow + c * W), acc[0][r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    T* crow = Cm + r * ldc;
+    for (int c = 0; c < C; ++c) {
+      const int64_t n = std::min<int64_t>(W, ncols - c * W);
+      if (n <= 0) break;
+      V out = acc[0][r][c];
+      if constexpr (Q == 2) out = out + acc[1][r][c];
+      if (beta != T(0)) out = at::vec::fmadd(V(beta), load(crow + c * W, n), out);
+      store(crow + c * W, out, n);
+    }
+  }
+}
+
+#if defined(RNNFAST_NATIVE_BF16)
+// The bf16 tile: per k-pair, one broadcast of the row's two A values and one
+// vdpbf16ps per panel vector (16 lanes, two products each).
+template <int R>
+inline void panel_tile_bf16(int64_t K, const c10::BFloat16* A_, int64_t lda,
+                            const c10::BFloat16* panel, float beta, float* Cm, int64_t ldc,
+                            int64_t ncols) {
+  constexpr int C = kPanelVectors;
+  constexpr int64_t NR = C * 16;
+  __m512 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  const int64_t pairs = K / 2;
+  for (int64_t p = 0; p < pairs; ++p) {
+    const c10::BFloat16* bpair = panel + p * NR * 2;
+    __m512bh bv[C];
+    for (int c = 0; c < C; ++c) bv[c] = (__m512bh)_mm512_loadu_si512(bpair + c * 32);
+    for (int r = 0; r < R; ++r) {
+      uint32_t two;
+      std::memcpy(&two, A_ + r * lda + 2 * p, sizeof(two));
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(two));
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], av, bv[c]);
+    }
+  }
+  if (K & 1) {  // the last k pairs with a zero (the panel's pair is zero-padded too)
+    const c10::BFloat16* bpair = panel + pairs * NR * 2;
+    __m512bh bv[C];
+    for (int c = 0; c < C; ++c) bv[c] = (__m512bh)_mm512_loadu_si512(bpair + c * 32);
+    for (int r = 0; r < R; ++r) {
+      uint16_t one;
+      std::memcpy(&one, A_ + r * lda + K - 1, sizeof(one));
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(uint32_t(one)));
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], av, bv[c]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float* crow = Cm + r * ldc;
+    for (int c = 0; c < C; ++c) {
+      const int64_t n = std::min<int64_t>(16, ncols - c * 16);
+      if (n <= 0) break;
+      Vectorized<float> out(acc[r][c]);
+      if (beta != 0.f)
+        out = at::vec::fmadd(Vectorized<float>(beta), load(crow + c * 16, n), out);
+      store(crow + c * 16, out, n);
+    }
+  }
+}
+#endif
+
+// Rows of A are taken in blocks of about 256 KB, so that a block stays in the
+// L2 cache while every panel of B passes over it.
+template <typename S>
+void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const void* packed,
+                 acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
+  using P = panel_t<S>;
+  constexpr int64_t NR = panel_width<S>();
+  const int64_t KP = panel_rows<S>(K);
+  const P* Bp = static_cast<const P*>(packed);
+  const int64_t block_rows = std::max<int64_t>(
+      kRows, (int64_t(256 * 1024) / (sizeof(S) * std::max<int64_t>(K, 1))) / kRows * kRows);
+  for (int64_t m0 = 0; m0 < M; m0 += block_rows) {
+    const int64_t m1 = std::min(M, m0 + block_rows);
+    for (int64_t j0 = 0; j0 < N; j0 += NR) {
+      const P* panel = Bp + j0 * KP;
+      const int64_t ncols = std::min(NR, N - j0);
+      auto tile = [&](auto rows, int64_t m) {
+        constexpr int Rows = decltype(rows)::value;
+#if defined(RNNFAST_NATIVE_BF16)
+        if constexpr (kPairedPanels<S>) {
+          panel_tile_bf16<Rows>(K, A_ + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
+          return;
+        }
+#endif
+        if constexpr (!kPairedPanels<S>)
+          panel_tile<S, Rows>(K, A_ + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
+      };
+      int64_t m = m0;
+      for (; m + kRows <= m1; m += kRows) tile(std::integral_constant<int, kRows>(), m);
+      const int64_t left = m1 - m;
+      if (left == 3) tile(std::integral_constant<int, 3>(), m);
+      if (left == 2) tile(std::integral_constant<int, 2>(), m);
+      if (left == 1) tile(std::integral_constant<int, 1>(), m);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Unpacked GEMMs of few-row calls
+// ---------------------------------------------------------------------------
+#if defined(CPU_CAPABILITY_AVX512)
+// Sums of 16 vectors, r[j] = sum of the lanes of a[j], by a tree of 128-bit
+// lane shuffles and adds (30 shuffles, 15 adds, one permute): a horizontal
+// sum per output would cost ~8 operations each, as much as the dot products
+// of a short row.
+inline __m512 sum_lanes_of_16(__m512 a[16]) {
+  __m512 b[8], c[4], d[2];
+  for (int i = 0; i < 8; ++i)  // lanes 0-1: a[2i] folded to 256 bits, lanes 2-3: a[2i+1]
+    b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)  // 128-bit lane l: a[4i + l] folded to 128 bits
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)
+    d[i] = _mm512_add_ps(_mm512_unpacklo_ps(c[2 * i], c[2 * i + 1]),
+                         _mm512_unpackhi_ps(c[2 * i], c[2 * i + 1]));
+  const __m512 e = _mm512_add_ps(
+      _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(d[0]), _mm512_castps_pd(d[1]))),
+      _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(d[0]), _mm512_castps_pd(d[1]))));
+  // e[4l + j] = sum of a[4j + l]: transpose the 4x4 index.
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, e);
+}
+
+// 16 outputs of one row of A at a time: 16 accumulators (enough independent
+// FMA chains), one tree reduction. The weights stream from L2 at close to its
+// bandwidth, as the packed GEMM's do (measured 2x the 4-output loop at
+// N=512, K=128). 16-bit storage converts 16 elements per load (bf16 with the
+// dot-product instruction in the AVX512-BF16 build: 32 per load).
+template <typename S>
+inline int64_t gemm_direct_16(int64_t N, int64_t K, const S* a, const S* Wt, int64_t ldw,
+                              float beta, float* c) {
+  int64_t n0 = 0;
+  for (; n0 + 16 <= N; n0 += 16) {
+    __m512 acc[16];
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_setzero_ps();
+    const S* w = Wt + n0 * ldw;
+    int64_t k = 0;
+#if defined(RNNFAST_NATIVE_BF16)
+    if constexpr (std::is_same_v<S, c10::BFloat16>) {
+      for (; k < K; k += 32) {
+        const __mmask32 mask = K - k >= 32 ? ~__mmask32(0) : __mmask32((uint64_t(1) << (K - k)) - 1);
+        const __m512bh av = (__m512bh)_mm512_maskz_loadu_epi16(mask, a + k);
+        for (int j = 0; j < 16; ++j)
+          acc[j] = _mm512_dpbf16_ps(acc[j], av, (__m512bh)_mm512_maskz_loadu_epi16(mask, w + j * ldw + k));
+      }
+    }
+#endif
+    for (; k < K; k += 16) {
+      const int64_t n = std::min<int64_t>(16, K - k);
+      const __m512 av = __m512(Storage<S>::load(a + k, n));
+      for (int j = 0; j < 16; ++j)
+        acc[j] = _mm512_fmadd_ps(av, __m512(Storage<S>::load(w + j * ldw + k, n)), acc[j]);
+    }
+    __m512 sums = sum_lanes_of_16(acc);
+    if (beta != 0.f) sums = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_loadu_ps(c + n0), sums);
+    _mm512_storeu_ps(c + n0, sums);
+  }
+  return n0;
+}
+#endif
+
+// C[M,N] = A[M,K] @ W[N,K]^T + beta*C with W's rows used as they are stored
+// (k contiguous): a dot product per output. For calls too small to repay
+// packing (a single time step of a small batch), where rows of the weights
+// are read once.
+template <typename S>
+void gemm_direct(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* Wt,
+                 int64_t ldw, acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
+  using T = acc_t<S>;
+  using V = Vectorized<T>;
+  constexpr int J = 4;  // outputs at a time (independent accumulators)
+  for (int64_t m = 0; m < M; ++m) {
+    const S* a = A_ + m * lda;
+    int64_t first = 0;  // outputs done by the 16-wide loop
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) first = gemm_direct_16<S>(N, K, a, Wt, ldw, beta, Cm + m * ldc);
+#endif
+    for (int64_t n0 = first; n0 < N; n0 += J) {
+      const int64_t nj = std::min<int64_t>(J, N - n0);
+      V acc[J];
+      for (int j = 0; j < J; ++j) acc[j] = V(T(0));
+      for_each_vector<T>(0, K, [&](int64_t k, int64_t n) {
+        const V av = Storage<S>::load(a + k, n);
+        for (int j = 0; j < nj; ++j)
+          acc[j] = at::vec::fmadd(av, Storage<S>::load(Wt + (n0 + j) * ldw + k, n), acc[j]);
+      });
+      for (int j = 0; j < nj; ++j) {
+        T dot = at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, acc[j]);
+        T* c = Cm + m * ldc + n0 + j;
+        *c = beta == T(0) ? dot : dot + beta * *c;
+      }
+    }
+  }
+}
+
+// C[M,N] = A[M,K] @ B[K,N] + beta*C reading B's rows where they are (ldb
+// apart): an axpy of each B row per row of A, vectorized along N. For calls
+// too small to repay packing (a single step of a small batch).
+template <typename S>
+void gemm_rows(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* Bm,
+               int64_t ldb, acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
+  using T = acc_t<S>;
+  using V = Vectorized<T>;
+  constexpr int64_t W = V::size();
+  constexpr int C = kPanelVectors;
+  for (int64_t m = 0; m < M; ++m) {
+    const S* a = A_ + m * lda;
+    T* c = Cm + m * ldc;
+    for (int64_t n0 = 0; n0 < N; n0 += C * W) {
+      V acc[C];
+      for (int q = 0; q < C; ++q) acc[q] = V(T(0));
+      for (int64_t k = 0; k < K; ++k) {
+        const V av(Storage<S>::scalar(a[k]));
+        const S* b = Bm + k * ldb + n0;
+        for (int q = 0; q < C; ++q) {
+          const int64_t n = std::min<int64_t>(W, N - n0 - q * W);
+          if (n <= 0) break;
+          acc[q] = at::vec::fmadd(av, Storage<S>::load(b + q * W, n), acc[q]);
+        }
+      }
+      for (int q = 0; q < C; ++q) {
+        const int64_t n = std::min<int64_t>(W, N - n0 - q * W);
+        if (n <= 0) break;
+        V out = acc[q];
+        if (beta != T(0)) out = at::vec::fmadd(V(beta), load(c + n0 + q * W, n), out);
+        store(c + n0 + q * W, out, n);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers of the weight gradients
+// ---------------------------------------------------------------------------
+
+// dst[c, r] = src[r, c] for a [rows, cols] block: the weight gradients sum
+// over rows, and the GEMM wants that sum along contiguous memory.
+template <typename S>
+void transpose(int64_t rows, int64_t cols, const S* src, int64_t lds, S* dst, int64_t ldd) {
+  int64_t r0 = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  constexpr bool kBlocks = !std::is_same_v<S, double>;
+#elif defined(RNNFAST_INLINE_FLOAT_MATH)
+  constexpr bool kBlocks = std::is_same_v<S, float>;
+#else
+  constexpr bool kBlocks = false;
+#endif
+  if constexpr (kBlocks) {
+    for (; r0 + 16 <= rows; r0 += 16) {
+      int64_t c0 = 0;
+      for (; c0 + 16 <= cols; c0 += 16)
+        at::vec::transpose_mxn<S, 16, 16>(src + r0 * lds + c0, lds, dst + c0 * ldd + r0, ldd);
+      for (; c0 < cols; ++c0)
+        for (int64_t r = r0; r < r0 + 16; ++r) dst[c0 * ldd + r] = src[r * lds + c0];
+    }
+  }
+  for (int64_t r = r0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
+// out[0..cols) += sum over rows of A[r, 0..cols), rows in order (deterministic).
+template <typename S>
+void add_column_sums(int64_t rows, int64_t cols, const S* A_, int64_t lda, acc_t<S>* out) {
+  using T = acc_t<S>;
+  for (int64_t r = 0; r < rows; ++r)
+    for_each_vector<T>(0, cols, [&](int64_t c, int64_t n) {
+      store(out + c, load(out + c, n) + Storage<S>::load(A_ + r * lda + c, n), n);
+    });
+}
+
+// dst = src converted to storage, row by row.
+template <typename S>
+void to_storage(int64_t rows, int64_t cols, const acc_t<S>* src, int64_t lds, S* dst, int64_t ldd) {
+  using T = acc_t<S>;
+  for (int64_t r = 0; r < rows; ++r)
+    for_each_vector<T>(0, cols, [&](int64_t c, int64_t n) {
+      Storage<S>::store(dst + r * ldd + c, load(src + r * lds + c, n), n);
+    });
+}
+
+// The machine's peak for this build, for reports (fraction of peak): 12
+// independent chains of vector FMAs on registers, no memory traffic (enough
+// chains to cover the FMA latency on two pipes); for BFloat16 in the
+// AVX512-BF16 build, chains of its dot-product instruction. Returns a checksum
+// (so the loop is kept) and the flops done in *flops.
+template <typename S>
+double fma_loop(int64_t iterations, double* flops) {
+  using T = acc_t<S>;
+  using V = Vectorized<T>;
+  constexpr int kChains = 12;
+#if defined(RNNFAST_NATIVE_BF16)
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    __m512 acc[kChains];
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm512_set1_ps(float(j));
+    const __m512bh m = (__m512bh)_mm512_set1_epi32(0x3F803F80);  // (1.0, 1.0) in bf16
+    for (int64_t i = 0; i < iterations; ++i)
+      for (int j = 0; j < kChains; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], m, m);
+    __m512 sum = acc[0];
+    for (int j = 1; j < kChains; ++j) sum = _mm512_add_ps(sum, acc[j]);
+    *flops = 4.0 * kChains * 16 * double(iterations);  // two multiply-adds per lane
+    return double(_mm512_reduce_add_ps(sum));
+  }
+#endif
+  V acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = V(T(1) + T(j) * T(1e-3));
+  const V m(T(0.9999999)), a(T(1e-7));
+  for (int64_t i = 0; i < iterations; ++i)
+    for (int j = 0; j < kChains; ++j) acc[j] = at::vec::fmadd(acc[j], m, a);
+  V sum = acc[0];
+  for (int j = 1; j < kChains; ++j) sum = sum + acc[j];
+  *flops = 2.0 * kChains * V::size() * double(iterations);
+  return double(at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, sum));
+}
