@@ -11,15 +11,21 @@ instruction set, each with its own flags, and chosen at run time
     RNNFAST_MAX_ISA=default|avx2|avx512|avx512_bf16   compile no vector builds above this
     MAX_JOBS=N                            parallel compile jobs (torch's ninja build)
     RNNFAST_SANITIZE=address,undefined    an instrumented build (scripts/sanitize.sh)
+    RNNFAST_FORCE_CUDA=1 / RNNFAST_SKIP_CUDA=1   build the CUDA kernels (csrc/cuda/) or not;
+                                          default: when torch is a CUDA build and nvcc is found
+    TORCH_CUDA_ARCH_LIST="8.0;9.0+PTX"     CUDA architectures (this is the default)
 """
 
+import glob
 import os
 import platform
+import sys
 
 from setuptools import find_packages, setup
 
 try:
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError as exc:  # pragma: no cover - build-environment guard
     raise SystemExit(
         "rnnfast builds against the torch already installed: install torch first "
@@ -41,7 +47,13 @@ COMMON_SOURCES = [
     "csrc/cpu/buffer_pool.cpp",
     "csrc/cpu/thread_policy.cpp",
     "csrc/cpu/gemm_bench.cpp",
+    "csrc/gpu/emulated.cpp",
+    "csrc/gpu/path.cpp",
 ]
+
+# The CUDA kernels: host code (the executor, op registration) and one device file per dtype.
+CUDA_SOURCES = ["csrc/cuda/ops_cuda.cpp"] + [f"csrc/cuda/pointwise_{d}.cu" for d in ("f32", "f64", "bf16", "f16")]
+DEFAULT_CUDA_ARCHES = "8.0;9.0+PTX"
 
 # Instruction-set builds of csrc/cpu/kernels_<isa>.cpp: extra flags for each.
 ISA_FLAGS = {
@@ -106,19 +118,76 @@ def sanitizer_flags():
     return compile_flags, [f"-fsanitize={which}"]
 
 
+def with_cuda() -> bool:
+    """Whether to compile the CUDA kernels: RNNFAST_FORCE_CUDA=1 / RNNFAST_SKIP_CUDA=1, else when
+    torch is a CUDA build and nvcc is found (CUDA_HOME). Says so loudly either way."""
+    if os.environ.get("RNNFAST_SKIP_CUDA") == "1":
+        print("rnnfast: RNNFAST_SKIP_CUDA=1: building without the CUDA kernels", file=sys.stderr)
+        return False
+    forced = os.environ.get("RNNFAST_FORCE_CUDA") == "1"
+    have_nvcc = CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    if forced and not have_nvcc:
+        raise SystemExit("rnnfast: RNNFAST_FORCE_CUDA=1 but nvcc was not found (set CUDA_HOME)")
+    if forced and torch.version.cuda is None:
+        raise SystemExit(f"rnnfast: RNNFAST_FORCE_CUDA=1 but torch {torch.__version__} is not a CUDA build")
+    use = forced or (torch.version.cuda is not None and have_nvcc)
+    print(f"rnnfast: {'building' if use else 'not building'} the CUDA kernels "
+          f"(torch CUDA {torch.version.cuda}, nvcc {'found in ' + CUDA_HOME if have_nvcc else 'not found'})",
+          file=sys.stderr)
+    return use
+
+
+def cuda_library_paths():
+    """Include and library folders of the CUDA libraries torch uses, and the cuBLAS library to link.
+
+    pip wheels keep cuBLAS's headers and libcublas.so.<major> under site-packages/nvidia/<pkg>/;
+    torch's own site-packages is searched first, then every sys.path entry, then CUDA_HOME."""
+    torch_site = os.path.dirname(os.path.dirname(torch.__file__))
+    sites = [torch_site] + [p for p in sys.path if p and p != torch_site and os.path.isdir(p)]
+    nvidia_roots = [os.path.join(s, "nvidia") for s in sites if os.path.isdir(os.path.join(s, "nvidia"))]
+    includes = [d for r in nvidia_roots for d in sorted(glob.glob(os.path.join(r, "*", "include")))]
+    lib_dirs = [d for r in nvidia_roots for d in sorted(glob.glob(os.path.join(r, "*", "lib")))]
+    if CUDA_HOME:
+        lib_dirs += [os.path.join(CUDA_HOME, d) for d in ("lib64", "lib", "targets/x86_64-linux/lib")]
+    for d in lib_dirs:
+        exact = os.path.join(d, "libcublas.so")
+        if os.path.exists(exact):
+            return includes, [d], ["-lcublas"]
+        versioned = sorted(glob.glob(os.path.join(d, "libcublas.so.[0-9]*")))
+        if versioned:
+            return includes, [d], [f"-l:{os.path.basename(versioned[0])}"]
+    raise SystemExit(f"rnnfast: libcublas not found in {lib_dirs}")
+
+
 def extension():
     builds = isa_builds()
     macros = [(f"RNNFAST_HAVE_{isa.upper()}", "1") for isa in builds if isa != "default"]
     sanitize_cxx, sanitize_link = sanitizer_flags()
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas",
            "-Wno-maybe-uninitialized"] + sanitize_cxx
-    return CppExtension(
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if not with_cuda():
+        return CppExtension(
+            name="rnnfast._C",
+            sources=COMMON_SOURCES,
+            include_dirs=include_dirs,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"] + sanitize_link,
+        )
+    arches = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHES)
+    cuda_includes, cuda_lib_dirs, cublas = cuda_library_paths()
+    macros += [("RNNFAST_WITH_CUDA", "1"), ("RNNFAST_CUDA_ARCHES", f'"{arches}"')]
+    # nvcc sees only csrc/gpu, csrc/cuda and c10's 16-bit types (never torch/extension.h).
+    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    return CUDAExtension(
         name="rnnfast._C",
-        sources=COMMON_SOURCES,
-        include_dirs=[os.path.join(ROOT, "csrc")],
+        sources=COMMON_SOURCES + CUDA_SOURCES,
+        include_dirs=include_dirs + cuda_includes,
+        library_dirs=cuda_lib_dirs,
         define_macros=macros,
-        extra_compile_args={"cxx": cxx},
-        extra_link_args=["-fopenmp"] + sanitize_link,
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        extra_link_args=["-fopenmp"] + cublas + sanitize_link,
     )
 
 

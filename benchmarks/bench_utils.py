@@ -101,10 +101,28 @@ def rnnfast_backend(rnnfast) -> str | None:
 
 
 # ----------------------------------------------------------------------------- device / threads
+# RNNFAST_BENCH_DRY_RUN=1 with --device cuda on a machine without a GPU: a dry run of the GPU
+# benchmarks' own code (series, tables, plots) on the CPU, with rnnfast's GPU algorithm emulated
+# (rnnfast._C._set_gpu_emulation). Its timings mean nothing; it exists so that the one prepared
+# GPU run (scripts/gpu_check.sh) does not fail on a benchmark bug. Use it with small cases (--only).
+DRY_RUN = os.environ.get("RNNFAST_BENCH_DRY_RUN") == "1"
+
+
+def gpu_series(device: torch.device) -> bool:
+    """Whether to time the GPU series (torch without cuDNN, rnnfast's persistent kernel)."""
+    return device.type == "cuda" or DRY_RUN
+
+
 def setup_device(device: str, threads: int) -> torch.device:
     """Pin torch's intra-op thread count and validate the device; raises SystemExit on a bad device."""
     if device not in ("cpu", "cuda"):
         raise SystemExit(f"error: --device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and DRY_RUN:
+        import rnnfast
+        rnnfast._C._set_gpu_emulation(True)
+        print("RNNFAST_BENCH_DRY_RUN=1: DRY RUN on the CPU with the GPU algorithm emulated; "
+              "the timings mean nothing", file=sys.stderr, flush=True)
+        device = "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
             f"error: --device cuda requested but torch.cuda.is_available() is False "
@@ -118,6 +136,24 @@ def setup_device(device: str, threads: int) -> torch.device:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_ms(run: Callable[[], object], inner: int, device: torch.device) -> float:
+    """Milliseconds per call of `inner` back-to-back calls: CUDA events on the GPU (the GPU's own
+    clock, from the first launch to the last kernel's end), perf_counter on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        for _ in range(inner):
+            run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / inner
+    t0 = time.perf_counter()
+    for _ in range(inner):
+        run()
+    return (time.perf_counter() - t0) / inner * 1e3
 
 
 # ----------------------------------------------------------------------------- flops
@@ -336,6 +372,27 @@ def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, de
                     return flat(mod)[-1 if is_cell else 0]
         case.modules[impl] = mod
         case.runs[impl] = run
+    if gpu_series(device):
+        # torch.nn's own CUDA path (cuDNN disabled): the same module, its non-cuDNN kernels.
+        def run_native(run=case.runs["torch"]):
+            with torch.backends.cudnn.flags(enabled=False):
+                return run()
+        case.modules["torch_native"] = ref
+        case.runs["torch_native"] = run_native
+        # rnnfast's two GPU paths of the forward: the per-step cuBLAS loop ("rnnfast", what the
+        # default "auto" setting runs today) and the persistent kernel ("rnnfast_persistent").
+        set_path = rnnfast._C._set_gpu_path
+
+        def run_path(path, run=case.runs["rnnfast"]):
+            previous = rnnfast._C._gpu_path()
+            set_path(path)
+            try:
+                return run()
+            finally:
+                set_path(previous)
+        case.runs["rnnfast"] = lambda: run_path("cublas")
+        case.modules["rnnfast_persistent"] = fast
+        case.runs["rnnfast_persistent"] = lambda: run_path("persistent")
     return case
 
 
@@ -386,13 +443,7 @@ def time_interleaved(case: Case, repeats: int, warmup: int = 1, min_sample_s: fl
             mon = LoadMonitor()
             got = {}
             for impl in order:
-                run = case.runs[impl]
-                sync(device)
-                t0 = time.perf_counter()
-                for _ in range(inner):
-                    run()
-                sync(device)
-                got[impl] = (time.perf_counter() - t0) / inner * 1e3
+                got[impl] = timed_ms(case.runs[impl], inner, device)
             other = mon.other_cores()
             if other is not None and other > BUSY_CORES and discarded < max_discards:
                 discarded += 1

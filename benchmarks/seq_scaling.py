@@ -138,12 +138,16 @@ def run(args) -> tuple[list, dict]:
     bar = tqdm(configs, desc="seq_scaling", unit="cfg", file=sys.stderr, dynamic_ncols=True)
     t_start = time.perf_counter()
     busy = []
+    # On CUDA, torch.nn is timed twice: through cuDNN ("torch") and through its own non-cuDNN
+    # CUDA kernels ("torch_native", cuDNN disabled); rnnfast twice: its per-step cuBLAS loop
+    # ("rnnfast") and its persistent kernel ("rnnfast_persistent").
+    impls = bu.IMPLS + (("rnnfast_persistent", "torch_native") if bu.gpu_series(device) else ())
     for cell, mode, T in bar:
         bar.set_postfix_str(f"{cell} {mode} T={T}")
         case = bu.build_case(cell, mode, T, B, I, H, rnnfast, device, dtype=dtype)
         tm = bu.time_interleaved(case, args.repeats, warmup=1, min_sample_s=args.min_sample,
                                  device=device, max_discards=args.max_discards,
-                                 wait_quiet_s=args.wait_quiet)
+                                 wait_quiet_s=args.wait_quiet, impls=impls)
         other = tm["other_load_cores"]
         roof, _, _ = bu.measure_quiet(
             lambda: bu.roofline(cell, T, B, I, H, mode, device, min_time=min(0.05, args.min_sample),
@@ -152,7 +156,7 @@ def run(args) -> tuple[list, dict]:
         mem = {} if args.no_memory else bu.measure_memory(case, device)
         flops = case.flops
         torch_ms = tm["torch"]["ms_median"]
-        for impl in bu.IMPLS:
+        for impl in impls:
             ms = tm[impl]["ms_median"]
             gflops = flops / (ms / 1e3) / 1e9
             rec = {
@@ -178,7 +182,7 @@ def run(args) -> tuple[list, dict]:
                 rec["max_abs_diff_vs_torch"] = tm["max_abs_diff"]
                 rec["round_ratios"] = tm["round_ratios"]
             records.append(rec)
-        _warn_odd(records[-2:])
+        _warn_odd(records[-len(impls):][:2])
         if tm["other_load_max"] is not None and tm["other_load_max"] > bu.BUSY_CORES:
             busy.append(f"{cell} {mode} T={T}: {tm['other_load_max']:.2f}")
         del case
@@ -214,15 +218,24 @@ def table(records) -> str:
     hdr = (f"{'cell':4} {'mode':5} {'T':>5} | {'torch ms':>9} {'rnnfast ms':>10} {'speedup':>7} | "
            f"{'GFLOP/s t':>9} {'GFLOP/s r':>9} {'roof':>6} {'%roof t':>7} {'%roof r':>7} | "
            f"{'peak MB t':>9} {'peak MB r':>9} | {'bg load':>7}")
+    native = any("torch_native" in d for d in rows.values())
+    if native:
+        hdr += f" | {'native ms':>9} {'vs native':>9} | {'persist ms':>10} {'speedup':>7}"
     lines = [hdr, "-" * len(hdr)]
     for (cell, mode, T), d in rows.items():
         t, f = d["torch"], d["rnnfast"]
+        extra = ""
+        if native:
+            n = d["torch_native"]
+            p = d["rnnfast_persistent"]
+            extra = (f" | {n['ms_median']:>9.3f} {n['ms_median'] / f['ms_median']:>8.2f}x | "
+                     f"{p['ms_median']:>10.3f} {t['ms_median'] / p['ms_median']:>6.2f}x")
         lines.append(
             f"{cell:4} {mode:5} {T:>5} | {t['ms_median']:>9.3f} {f['ms_median']:>10.3f} "
             f"{t['ms_median'] / f['ms_median']:>6.2f}x | {t['gflops']:>9.1f} {f['gflops']:>9.1f} "
             f"{t['roofline_gflops']:>6.0f} {100 * t['roofline_frac']:>6.0f}% {100 * f['roofline_frac']:>6.0f}% | "
             f"{bu.fmt_mb(t['peak_mem_bytes']):>9} {bu.fmt_mb(f['peak_mem_bytes']):>9} | "
-            f"{_fmt_load(t.get('other_load_max')):>7}")
+            f"{_fmt_load(t.get('other_load_max')):>7}{extra}")
     return "\n".join(lines)
 
 
@@ -243,15 +256,23 @@ def plot(records, path: str, title: str) -> None:
     nrows = 3 if has_mem else 2
     fig, axes = plt.subplots(nrows, len(panels), figsize=(4.6 * len(panels), 3.4 * nrows),
                              squeeze=False)
-    style = {"torch": dict(color="tab:blue", marker="o"), "rnnfast": dict(color="tab:red", marker="s")}
+    style = {"torch": dict(color="tab:blue", marker="o"), "rnnfast": dict(color="tab:red", marker="s"),
+             "rnnfast_persistent": dict(color="tab:orange", marker="D"),
+             "torch_native": dict(color="tab:gray", marker="^", ls=":")}
+    on_gpu = any(r.get("device", "cpu").startswith("cuda") for r in records)
+    labels = {"torch": "torch.nn (cuDNN)" if on_gpu else "torch.nn",
+              "rnnfast": "rnnfast (cuBLAS loop)" if on_gpu else "rnnfast",
+              "rnnfast_persistent": "rnnfast (persistent)", "torch_native": "torch.nn without cuDNN"}
+    impls = [i for i in style if any(r["impl"] == i for r in records)]
     for j, (cell, mode) in enumerate(panels):
         sel = {impl: sorted((r for r in records if (r["cell"], r["mode"], r["impl"]) == (cell, mode, impl)),
-                            key=lambda r: r["T"]) for impl in bu.IMPLS}
+                            key=lambda r: r["T"]) for impl in impls}
         Ts = [r["T"] for r in sel["torch"]]
         ax = axes[0][j]
-        for impl in bu.IMPLS:
-            ax.plot(Ts, [r["us_per_step"] for r in sel[impl]], label=impl, **style[impl])
-        ymax = max(r["us_per_step"] for impl in bu.IMPLS for r in sel[impl])
+        for impl in impls:
+            ax.plot(Ts, [r["us_per_step"] for r in sel[impl]], label=labels[impl], **style[impl])
+        # (torch's non-cuDNN path is left out of the scale: it can be many times slower)
+        ymax = max(r["us_per_step"] for impl in impls if impl != "torch_native" for r in sel[impl])
         for t, f in zip(sel["torch"], sel["rnnfast"]):
             ax.annotate(f"{t['ms_median'] / f['ms_median']:.2f}x", (t["T"], max(t["us_per_step"], f["us_per_step"])),
                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
@@ -259,8 +280,8 @@ def plot(records, path: str, title: str) -> None:
         ax.set_title(f"{cell} {mode}  (speedup torch/rnnfast)")
         ax.set_ylabel("µs per time step")
         ax = axes[1][j]
-        for impl in bu.IMPLS:
-            ax.plot(Ts, [r["ms_median"] for r in sel[impl]], label=impl, **style[impl])
+        for impl in impls:
+            ax.plot(Ts, [r["ms_median"] for r in sel[impl]], label=labels[impl], **style[impl])
         ax.plot(Ts, [r["roofline_ms"] for r in sel["torch"]], label="GEMM roofline", color="gray",
                 ls="--", lw=1)
         ax.set_yscale("log")
@@ -268,7 +289,8 @@ def plot(records, path: str, title: str) -> None:
         if has_mem:
             ax = axes[2][j]
             for impl in bu.IMPLS:
-                ax.plot(Ts, [(r["peak_mem_bytes"] or 0) / 2**20 for r in sel[impl]], label=impl, **style[impl])
+                ax.plot(Ts, [(r["peak_mem_bytes"] or 0) / 2**20 for r in sel[impl]], label=labels[impl],
+                        **style[impl])
             ax.set_yscale("log")
             ax.set_ylabel("peak allocated MiB")
         for i in range(nrows):
@@ -291,13 +313,15 @@ def main(argv=None) -> int:
         json.dump(records, f, indent=1)
     with open(os.path.join(args.out, "seq_scaling_meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    title = (f"rnnfast vs torch.nn: B={args.batch} I={args.input} H={args.hidden}, fp32, {args.threads} threads, "
-             f"median of {args.repeats} interleaved rounds\n{meta['cpu_model']}, torch {torch.__version__}, "
+    where = (f"{meta['gpu']}, CUDA events" if "gpu" in meta else f"{meta['cpu_model']}, {args.threads} threads")
+    title = (f"rnnfast vs torch.nn: B={args.batch} I={args.input} H={args.hidden}, {args.dtype}, "
+             f"median of {args.repeats} interleaved rounds\n{where}, torch {torch.__version__}, "
              f"{meta['rnnfast_backend_short']}, {meta['date']}")
     plot(records, os.path.join(args.out, "seq_scaling.png"), title)
     print()
     print(table(records))
-    print(f"\n{len(records) // 2} configurations in {meta['wall_seconds']:.0f} s; wrote "
+    n_configs = len({(r["cell"], r["mode"], r["T"]) for r in records})
+    print(f"\n{n_configs} configurations in {meta['wall_seconds']:.0f} s; wrote "
           f"{args.out}/seq_scaling.json, seq_scaling_meta.json, seq_scaling.png")
     return 0
 

@@ -4,6 +4,8 @@
 Usage:
     python benchmarks/targets.py [--repeats 9] [--threads 2] [--only SUBSTR] [--json OUT.json]
     python benchmarks/targets.py --dtype bfloat16    # the bf16 table (issue 10), and bf16 vs fp32
+    python benchmarks/targets.py --device cuda [--dtype bfloat16]   # issue 8's table vs cuDNN
+    python benchmarks/targets.py --device cuda --table persistent   # issue 9's table
 
 Each row: --dtype (default float32), torch.set_num_threads(--threads), torch.nn.<cell> and rnnfast.<cell> with identical
 weights and input (see bench_utils.build_case), one warm-up each, then --repeats interleaved rounds
@@ -79,6 +81,40 @@ LOWP_TARGETS = [
     ("GRUCell train T8 B64 H512", "GRUCell", "train", 8, 64, 512, {}, 1.0),
 ]
 
+# --device cuda: issue 8's table, against torch.nn on the same GPU (cuDNN; TF32 allowed, torch's
+# default), plus torch.nn with cuDNN disabled ("native"). Minimum ratios: cuDNN / rnnfast 0.9
+# (1.5 with proj_size), native / rnnfast 3 (where torch's native path exists for the case).
+GPU_TARGETS = [
+    ("LSTM train T100 B64 H512", "LSTM", "train", 100, 64, 512, {}, 0.9),
+    ("LSTM infer T100 B64 H512", "LSTM", "infer", 100, 64, 512, {}, 0.9),
+    ("GRU train T100 B64 H512", "GRU", "train", 100, 64, 512, {}, 0.9),
+    ("GRU infer T100 B64 H512", "GRU", "infer", 100, 64, 512, {}, 0.9),
+    ("LSTM train T1024 B32 H256", "LSTM", "train", 1024, 32, 256, {}, 0.9),
+    ("LSTM infer T1024 B32 H256", "LSTM", "infer", 1024, 32, 256, {}, 0.9),
+    ("LSTM infer T256 B1 H128", "LSTM", "infer", 256, 1, 128, {}, 0.9),
+    ("LSTM train T100 B256 H1024", "LSTM", "train", 100, 256, 1024, {}, 0.9),
+    ("LSTM train proj128 T256 B32 H256", "LSTM", "train", 256, 32, 256, {"proj_size": 128}, 1.5),
+]
+NATIVE_MIN_RATIO = 3.0
+
+# --device cuda --table persistent: issue 9's table, cuDNN (torch.nn) time over rnnfast's persistent
+# forward (RNNFAST_GPU_PATH=persistent; training: persistent forward + the cuBLAS backward). A row
+# marked "fallback" is one where the persistent kernel is not expected to win: it checks the
+# cuBLAS path (what "auto" runs) instead.
+PERSISTENT_TARGETS = [
+    ("LSTM infer T1024 B32 H256", "LSTM", "infer", 1024, 32, 256, {}, 3.0),
+    ("LSTM train T1024 B32 H256", "LSTM", "train", 1024, 32, 256, {}, 2.5),
+    ("GRU infer T1024 B32 H256", "GRU", "infer", 1024, 32, 256, {}, 3.0),
+    ("GRU train T1024 B32 H256", "GRU", "train", 1024, 32, 256, {}, 2.5),
+    ("LSTM infer T100 B64 H512", "LSTM", "infer", 100, 64, 512, {}, 2.5),
+    ("LSTM train T100 B64 H512", "LSTM", "train", 100, 64, 512, {}, 2.0),
+    ("LSTM train T256 B16 H768 bf16", "LSTM", "train", 256, 16, 768, {"dtype": "bfloat16"}, 2.0),
+    ("LSTM infer T256 B1 H128", "LSTM", "infer", 256, 1, 128, {}, 1.5),
+    ("GRU infer T256 B1 H128", "GRU", "infer", 256, 1, 128, {}, 1.0),
+    ("LSTM train T100 B256 H1024 bf16", "LSTM", "train", 100, 256, 1024,
+     {"dtype": "bfloat16", "fallback": True}, 1.0),
+]
+
 # rnnfast in the low precision dtype against rnnfast in float32, training: minimum speed ratio
 # (fp32 ms / low ms) and maximum peak-memory ratio (low / fp32).
 SELF_TARGETS = [
@@ -91,8 +127,14 @@ SELF_TARGETS = [
 
 def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | None = None,
                 progress: bool = True, max_discards: int | None = None,
-                wait_quiet: float = 120.0, dtype: torch.dtype = torch.float32) -> list:
-    table_rows = TARGETS if dtype == torch.float32 else LOWP_TARGETS
+                wait_quiet: float = 120.0, dtype: torch.dtype = torch.float32,
+                persistent_table: bool = False) -> list:
+    if persistent_table:
+        table_rows = PERSISTENT_TARGETS
+    elif bu.gpu_series(device):
+        table_rows = GPU_TARGETS
+    else:
+        table_rows = TARGETS if dtype == torch.float32 else LOWP_TARGETS
     rows = [t for t in table_rows if not only or only.lower() in t[0].lower()]
     it = rows
     if progress:
@@ -102,19 +144,41 @@ def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | No
     for name, cell, mode, T, B, H, extra, need in it:
         if progress:
             it.set_postfix_str(name)
-        case = bu.build_case(cell, mode, T, B, H, H, rnnfast, device, dtype=dtype, **extra)
+        extra = dict(extra)
+        row_dtype = getattr(torch, extra.pop("dtype")) if "dtype" in extra else dtype
+        fallback = extra.pop("fallback", False)
+        case = bu.build_case(cell, mode, T, B, H, H, rnnfast, device, dtype=row_dtype, **extra)
+        if not bu.gpu_series(device):
+            impls = bu.IMPLS
+        elif persistent_table:
+            impls = ("torch", "rnnfast", "rnnfast_persistent")
+        else:
+            impls = ("torch", "rnnfast", "rnnfast_persistent", "torch_native")
         tm = bu.time_interleaved(case, repeats, warmup=1, min_sample_s=min_sample, device=device,
-                                 max_discards=max_discards, wait_quiet_s=wait_quiet)
+                                 impls=impls, max_discards=max_discards, wait_quiet_s=wait_quiet)
         other = tm["other_load_max"]
         t_ms, f_ms = tm["torch"]["ms_median"], tm["rnnfast"]["ms_median"]
         ratio = t_ms / f_ms
+        native = None
+        if "torch_native" in tm:
+            native = tm["torch_native"]["ms_median"] / f_ms
+        p_ms = tm["rnnfast_persistent"]["ms_median"] if "rnnfast_persistent" in tm else None
+        if persistent_table and not fallback:
+            passed = t_ms / p_ms >= need
+        else:
+            passed = ratio >= need and (native is None or native >= NATIVE_MIN_RATIO)
         results.append({
             "case": name, "cell": cell, "mode": mode, "T": T, "B": B, "I": H, "H": H,
             "packed": bool(extra.get("packed")), "proj_size": extra.get("proj_size", 0),
-            "nonlinearity": extra.get("nonlinearity"), "dtype": str(dtype).replace("torch.", ""),
+            "nonlinearity": extra.get("nonlinearity"), "dtype": str(row_dtype).replace("torch.", ""),
             "num_layers": extra.get("num_layers", 1), "bidirectional": extra.get("bidirectional", False),
             "torch_ms": t_ms, "rnnfast_ms": f_ms, "ratio": ratio, "required": need,
-            "pass": ratio >= need,
+            "native_ms": tm["torch_native"]["ms_median"] if native is not None else None,
+            "native_ratio": native,
+            "persistent_ms": p_ms, "persistent_ratio": None if p_ms is None else t_ms / p_ms,
+            "persistent_vs_cublas": None if p_ms is None else f_ms / p_ms,
+            "table": "persistent" if persistent_table else "main", "fallback": fallback,
+            "pass": passed,
             "ratio_of_mins": min(tm["torch"]["ms_all"]) / min(tm["rnnfast"]["ms_all"]),
             "round_ratio_min": min(tm["round_ratios"]), "round_ratio_max": max(tm["round_ratios"]),
             "torch_ms_all": tm["torch"]["ms_all"], "rnnfast_ms_all": tm["rnnfast"]["ms_all"],
@@ -176,15 +240,25 @@ def self_table(results) -> str:
 
 
 def table(results) -> str:
+    gpu = any(r.get("native_ratio") is not None for r in results)
+    native_hdr = f" {'native ms':>9} {'ratio':>6} |" if gpu else ""
+    persistent = any(r.get("persistent_ms") is not None for r in results)
+    if persistent:
+        native_hdr += f" {'persist ms':>10} {'ratio':>6} {'vs cuBLAS':>9} |"
     hdr = (f"{'case':34} | {'torch ms':>9} {'rnnfast ms':>10} | {'ratio':>6} {'range':>11} "
-           f"{'need':>5} | {'':4} | {'min/min':>7} {'maxdiff':>8} {'bg load':>7}")
+           f"{'need':>5} |{native_hdr} {'':4} | {'min/min':>7} {'maxdiff':>8} {'bg load':>7}")
     lines = [hdr, "-" * len(hdr)]
     for r in results:
         load = "-" if r["other_load_cores"] is None else f"{r['other_load_cores']:.2f}"
         diff = "-" if r["max_abs_diff_vs_torch"] is None else f"{r['max_abs_diff_vs_torch']:.1e}"
+        native = (f" {r['native_ms']:>9.3f} {r['native_ratio']:>5.2f}x |" if r.get("native_ratio") is not None
+                  else (f" {'-':>9} {'-':>6} |" if gpu else ""))
+        if persistent:
+            native += (f" {r['persistent_ms']:>10.3f} {r['persistent_ratio']:>5.2f}x "
+                       f"{r['persistent_vs_cublas']:>8.2f}x |")
         lines.append(
             f"{r['case']:34} | {r['torch_ms']:>9.3f} {r['rnnfast_ms']:>10.3f} | {r['ratio']:>5.2f}x "
-            f"{r['round_ratio_min']:>5.2f}-{r['round_ratio_max']:<5.2f} {r['required']:>5.2f} | "
+            f"{r['round_ratio_min']:>5.2f}-{r['round_ratio_max']:<5.2f} {r['required']:>5.2f} |{native} "
             f"{'PASS' if r['pass'] else 'FAIL':4} | {r['ratio_of_mins']:>6.2f}x {diff:>8} {load:>7}")
     n_pass = sum(r["pass"] for r in results)
     lines.append(f"{n_pass}/{len(results)} targets met")
@@ -207,7 +281,11 @@ def main(argv=None) -> int:
     p.add_argument("--wait-quiet", type=float, default=120.0,
                    help="before redoing a busy round, wait up to this many seconds for quiet")
     p.add_argument("--strict", action="store_true", help="exit 1 if any target fails")
+    p.add_argument("--table", default="main", choices=["main", "persistent"],
+                   help="persistent (--device cuda): issue 9's table, cuDNN vs the persistent kernel")
     a = p.parse_args(argv)
+    if a.table == "persistent" and a.device != "cuda":
+        p.error("--table persistent needs --device cuda")
     device = bu.setup_device(a.device, a.threads)
     rnnfast = bu.load_rnnfast()
     print(f"torch {torch.__version__}, threads pinned: torch.get_num_threads() = {torch.get_num_threads()}, "
@@ -220,9 +298,10 @@ def main(argv=None) -> int:
         meta["peak_bf16_gflops"] = rnnfast._C.fma_peak_gflops(a.threads, "bfloat16")
     t0 = time.perf_counter()
     results = run_targets(rnnfast, device, a.repeats, a.min_sample, a.only,
-                          max_discards=a.max_discards, wait_quiet=a.wait_quiet, dtype=dtype)
+                          max_discards=a.max_discards, wait_quiet=a.wait_quiet, dtype=dtype,
+                          persistent_table=a.table == "persistent")
     self_results = []
-    if dtype != torch.float32:
+    if dtype != torch.float32 and device.type == "cpu":
         self_results = run_self_targets(rnnfast, device, dtype, a.repeats, a.min_sample, a.only,
                                         max_discards=a.max_discards, wait_quiet=a.wait_quiet)
     meta["wall_seconds"] = time.perf_counter() - t0

@@ -11,6 +11,9 @@
 #include "cpu/gemm_bench.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_policy.h"
+#include "gpu/emulated.h"
+#include "gpu/layer_loop.h"
+#include "gpu/path.h"
 #include "cells.h"
 
 namespace rnnfast {
@@ -62,8 +65,20 @@ double fma_peak_gflops(int threads, const std::string& dtype) {
 py::dict build_info() {
   py::dict d;
   d["torch_version"] = TORCH_VERSION;
+#ifdef RNNFAST_WITH_CUDA
+  d["cuda"] = true;
+  py::list arches;  // TORCH_CUDA_ARCH_LIST at build time, e.g. "8.0;9.0+PTX"
+  std::string list = RNNFAST_CUDA_ARCHES;
+  for (size_t start = 0; start <= list.size();) {
+    const size_t end = std::min(list.find_first_of("; ", start), list.size());
+    if (end > start) arches.append(list.substr(start, end - start));
+    start = end + 1;
+  }
+  d["cuda_arches"] = arches;
+#else
   d["cuda"] = false;
   d["cuda_arches"] = py::list();
+#endif
   int n = 0;
   const char* const* caps = cpu::available_cpu_capabilities(&n);
   py::list avail;
@@ -103,6 +118,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           return d;
         }, py::arg("impl"), py::arg("M"), py::arg("N"), py::arg("K"), py::arg("reps"),
         "Seconds per call of one bf16 GEMM candidate (benchmarks/bf16_gemm.py).");
+  m.def("_set_gpu_emulation", &gpu::set_gpu_emulation, py::arg("on"),
+        "Tests: run the GPU algorithm (csrc/gpu/layer_loop.h) on the CPU instead of the CPU loops.");
+  m.def("_gpu_emulation", &gpu::gpu_emulation);
+  m.def("_gpu_emulated_calls", &gpu::emulated_calls);
+  m.def("_set_gpu_chunk_rows", &gpu::set_chunk_rows, py::arg("rows"),
+        "Tests: rows per chunk of the GPU algorithm's time-parallel GEMMs (0: automatic).");
+  m.def("_set_gpu_path", &gpu::set_gpu_path, py::arg("path"),
+        "The GPU forward's algorithm: 'auto' (the cuBLAS loop until the persistent kernel is verified "
+        "on a GPU), 'cublas' or 'persistent' (env RNNFAST_GPU_PATH).");
+  m.def("_gpu_path", &gpu::gpu_path_name);
+  m.def("_gpu_persistent_launches", &gpu::persistent_launches,
+        "Persistent-kernel launches so far (CUDA and emulated).");
+  m.def("_set_emulated_device", [](int sms, int64_t smem_per_block) {
+          TORCH_CHECK_VALUE(sms > 0 && smem_per_block > 0, "rnnfast: the emulated device needs SMs and shared memory");
+          gpu::emulated_device() = gpu::EmulatedDevice{sms, smem_per_block};
+        }, py::arg("sms"), py::arg("smem_per_block"),
+        "Tests: the device the emulated persistent kernel plans for (default 8 SMs, 227 KB per block).");
   m.def("empty_cache", &cpu::pool_empty_cache,
         "Free the cached buffers of the pool (see csrc/cpu/buffer_pool.h).");
   m.def("cached_bytes", &cpu::pool_cached_bytes, "Bytes of unused buffers the pool keeps.");

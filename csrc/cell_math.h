@@ -47,7 +47,8 @@ struct ScalarMath {
   static RNNFAST_HD V zero() { return T(0); }
   static RNNFAST_HD V sigmoid(V x) { return T(1) / (T(1) + scalar_exp(-x)); }
   static RNNFAST_HD V tanh(V x) { return scalar_tanh(x); }
-  static RNNFAST_HD V relu(V x) { return x > T(0) ? x : T(0); }
+  // NaN propagates (NaN <= 0 is false), as in torch.relu.
+  static RNNFAST_HD V relu(V x) { return x <= T(0) ? T(0) : x; }
   // Gradient through relu from its output y: dh where y > 0, else 0. A select,
   // not dh * mask, as torch's threshold_backward does (an infinite dh stays
   // out of the inactive units instead of becoming inf * 0 = NaN).

@@ -11,12 +11,12 @@ contains; ``rnnfast.reference`` holds the readable pure-PyTorch equations the te
 """
 
 from . import reference
-from ._extension import backend, cached_bytes, empty_cache
+from ._extension import backend, cached_bytes, empty_cache, gpu_path, set_gpu_path
 from ._version import __version__
 from . import _ops  # noqa: F401  (registers the fake kernels of the operators)
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = [
     "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell",
-    "backend", "cached_bytes", "empty_cache", "reference", "__version__",
+    "backend", "cached_bytes", "empty_cache", "gpu_path", "set_gpu_path", "reference", "__version__",
 ]

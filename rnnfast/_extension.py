@@ -41,6 +41,17 @@ def require_extension():
     return _C
 
 
+_BUILD_INFO = None
+
+
+def build_info() -> dict:
+    """The compiled extension's build facts (``_C.build_info()``, read once): e.g. ``cuda``."""
+    global _BUILD_INFO
+    if _BUILD_INFO is None:
+        _BUILD_INFO = dict(require_extension().build_info())
+    return _BUILD_INFO
+
+
 def empty_cache():
     """Free the unused buffers of rnnfast's pool of large CPU buffers.
 
@@ -64,7 +75,7 @@ def backend():
     ``version``, ``torch_version`` (runtime) and, when compiled: ``built_with_torch``,
     ``cpu_capability`` (instruction set of the CPU kernels in use),
     ``cpu_capabilities`` (all usable here), ``openmp``, ``cuda`` (CUDA kernels
-    compiled in) and ``cuda_arches``.
+    compiled in), ``cuda_arches`` and ``gpu_path`` (see :func:`set_gpu_path`).
     """
     info = {
         "version": __version__,
@@ -82,5 +93,24 @@ def backend():
         openmp=build["openmp"],
         cuda=build["cuda"],
         cuda_arches=list(build["cuda_arches"]),
+        gpu_path=_C._gpu_path(),
     )
     return info
+
+
+def set_gpu_path(path: str) -> None:
+    """Which algorithm runs the forward of a layer on a CUDA device (process-wide).
+
+    ``"cublas"``: per step one cuBLAS GEMM and one fused pointwise kernel. ``"persistent"``: one
+    cooperative kernel per run of up to 512 steps that keeps each block's slice of ``w_hh`` in
+    shared memory (LSTM without ``proj_size``, GRU, RNN; other layers, and shapes whose weights do
+    not fit on the device, run the cuBLAS loop). ``"auto"`` (the default) runs the cuBLAS loop:
+    the persistent kernel has not yet been verified or timed on a GPU. The environment variable
+    ``RNNFAST_GPU_PATH`` sets the starting value. The backward always runs the cuBLAS loop.
+    """
+    require_extension()._set_gpu_path(path)
+
+
+def gpu_path() -> str:
+    """The setting of :func:`set_gpu_path`."""
+    return require_extension()._gpu_path()

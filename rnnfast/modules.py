@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _ops, functional
-from ._extension import require_extension
+from ._extension import build_info, require_extension
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -71,9 +71,14 @@ def _check_dtype_and_device(module, input, weight, states, names=("hx", "cx")):
             f"Input and parameter tensors are not at the same device, found input tensor at "
             f"{input.device} and parameter tensor at {weight.device}"
         )
-    if not input.is_cpu:
+    if not input.is_cpu and not (input.is_cuda and build_info()["cuda"]):
+        if build_info()["cuda"]:
+            where = "on the CPU and CUDA devices"
+        else:
+            where = ("on the CPU only (built without its CUDA kernels: rebuild with a CUDA torch "
+                     "and nvcc on CUDA_HOME, or RNNFAST_FORCE_CUDA=1)")
         raise NotImplementedError(
-            f"rnnfast.{type(module).__name__}: this build runs on the CPU only "
+            f"rnnfast.{type(module).__name__}: this build runs {where} "
             f"(input on {input.device}, weights on {weight.device}); see rnnfast.backend()"
         )
     out = list(states)
@@ -92,11 +97,13 @@ def _check_dtype_and_device(module, input, weight, states, names=("hx", "cx")):
 
 
 def _autocast_dtype(input):
-    """The lower-precision dtype of an enabled ``torch.autocast("cpu")`` region for a float32 CPU
-    input, else None (float64 and already-lower inputs are left alone, as autocast does)."""
-    if input.dtype != torch.float32 or not input.is_cpu or not torch.is_autocast_enabled("cpu"):
+    """The lower-precision dtype of an enabled ``torch.autocast`` region of the input's device (CPU
+    or CUDA) for a float32 input, else None (float64 and already-lower inputs are left alone, as
+    autocast does)."""
+    device = input.device.type
+    if input.dtype != torch.float32 or device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
         return None
-    return torch.get_autocast_dtype("cpu")
+    return torch.get_autocast_dtype(device)
 
 
 # ---- LSTM, GRU, RNN -----------------------------------------------------------------------------
@@ -191,12 +198,15 @@ class _RecurrentBase(nn.RNNBase):
         self.check_hidden_size(hx[0], (*shape, out_size), "Expected hidden[0] size {}, got {}")
         self.check_hidden_size(hx[1], (*shape, self.hidden_size), "Expected hidden[1] size {}, got {}")
 
-    def _autocast_lowers(self, packed: bool) -> bool:
-        """Whether torch.nn runs this call in the lower precision under torch.autocast("cpu")
-        (measured, torch 2.13, bfloat16 and float16): autocast lowers ``lstm`` (the padded
-        overload, and the packed one with a projection) and ``rnn_tanh`` / ``rnn_relu``, whose
-        results are then lower precision; GRU, and packed LSTM without projection, run their
-        pointwise math on float32 states and return float32, so rnnfast runs them in float32."""
+    def _autocast_lowers(self, packed: bool, device: str) -> bool:
+        """Whether torch.nn runs this call in the lower precision under torch.autocast. CUDA:
+        always (autocast casts every cuDNN RNN call). CPU (measured, torch 2.13, bfloat16 and
+        float16): autocast lowers ``lstm`` (the padded overload, and the packed one with a
+        projection) and ``rnn_tanh`` / ``rnn_relu``, whose results are then lower precision; GRU,
+        and packed LSTM without projection, run their pointwise math on float32 states and return
+        float32, so rnnfast runs them in float32."""
+        if device == "cuda":
+            return True
         if self.mode == "GRU":
             return False
         if self.mode == "LSTM":
@@ -268,8 +278,8 @@ class _RecurrentBase(nn.RNNBase):
 
         low = _autocast_dtype(rows)
         c_dtype = None  # LSTM with projection under autocast: torch keeps c in float32
-        if low is not None and self._autocast_lowers(batch_sizes is not None):
-            if is_lstm and self.proj_size > 0:
+        if low is not None and self._autocast_lowers(batch_sizes is not None, rows.device.type):
+            if is_lstm and self.proj_size > 0 and rows.is_cpu:
                 c_dtype = torch.promote_types(low, c0.dtype)
             rows, h0 = rows.to(low), h0.to(low)
             c0 = c0.to(low) if c0 is not None else None
@@ -412,14 +422,17 @@ class _CellForward:
         """The common call, in eager mode: a 2-D input, hx given in full, every shape, dtype and
         device as expected. Then one operator call and nothing else (a decoding loop calls a cell
         once per token); returns None for anything else, which forward() handles in full."""
-        if hx is None or input.dim() != 2 or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+        if hx is None or input.dim() != 2 or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
             return None
         params = self._parameters
         w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
         if w_ih is None or w_hh is None:  # parametrized or otherwise moved: the full path
             return None
         dtype = input.dtype
-        if dtype not in _SUPPORTED_DTYPES or w_ih.dtype != dtype or not (input.is_cpu and w_ih.is_cpu):
+        device = input.device
+        if dtype not in _SUPPORTED_DTYPES or w_ih.dtype != dtype or w_ih.device != device:
+            return None
+        if not (device.type == "cpu" or (device.type == "cuda" and build_info()["cuda"])):
             return None
         batch, features = input.shape
         shape = (batch, self.hidden_size)
@@ -428,13 +441,13 @@ class _CellForward:
             if type(hx) is not tuple or len(hx) != 2:
                 return None
             h, c = hx
-            if h.shape != shape or c.shape != shape or h.dtype != dtype or c.dtype != dtype:
+            if h.shape != shape or c.shape != shape or h.dtype != dtype or c.dtype != dtype or c.device != device:
                 return None
         else:
             h, c = hx, None
             if h.shape != shape or h.dtype != dtype:
                 return None
-        if features != self.input_size or batch == 0 or self.hidden_size == 0 or not h.is_cpu:
+        if features != self.input_size or batch == 0 or self.hidden_size == 0 or h.device != device:
             return None
         _, h, c = _ops.layer_forward(self._mode(), input, None, h, c, w_ih, w_hh,
                                      params.get("bias_ih"), params.get("bias_hh"), None, False)
@@ -492,9 +505,10 @@ class _CellForward:
                 w_ih, w_hh, b_ih, b_hh = (None if w is None else w.to(wide) for w in (w_ih, w_hh, b_ih, b_hh))
         states = _check_dtype_and_device(self, input, w_ih, states)
         low = _autocast_dtype(input)
-        if low is not None and not is_lstm and mode.startswith("RNN"):
+        if low is not None and (input.is_cuda or mode.startswith("RNN")):
             # torch.autocast("cpu") lowers rnn_tanh_cell / rnn_relu_cell (measured, torch 2.13);
-            # LSTMCell and GRUCell return float32 there, and run in float32 here.
+            # LSTMCell and GRUCell return float32 there, and run in float32 here. CUDA autocast
+            # lowers every cell.
             input, states = input.to(low), tuple(h.to(low) for h in states)
             w_ih, w_hh, b_ih, b_hh = (None if w is None else w.to(low) for w in (w_ih, w_hh, b_ih, b_hh))
         if input.size(0) == 0 or self.hidden_size == 0:  # torch's cells accept both

@@ -2,7 +2,8 @@
 # The test command of the README: set-up, the Python suite, the sanitizer job
 # (scripts/sanitize.sh), then the CMake build of the same sources with its C++
 # unit tests (ctest), a smoke test of the CMake-built module, and (where nvcc
-# exists) a device compile of the shared gate-math header.
+# exists) a device compile of the shared gate-math header and the CUDA build
+# step (scripts/cuda_build_check.sh).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 cd "$ROOT"
@@ -37,7 +38,17 @@ if [ -x "$NVCC" ]; then
   echo "== nvcc: device compile of csrc/cell_math.h"
   "$NVCC" -std=c++17 -arch=sm_80 -I"$ROOT/csrc" -c "$ROOT/tests/cuda/cell_math_device.cu" \
     -o "$BUILD/cell_math_device.o"
+  # The CUDA build step: torch 2.14.1 (CUDA 13.0), the extension with its CUDA kernels, device code
+  # for every kernel, import without a GPU, the CPU suite and the emulated GPU algorithm against it.
+  start=$(date +%s)
+  "$ROOT/scripts/cuda_build_check.sh"
+  echo "== CUDA build step took $(( $(date +%s) - start )) s"
+elif [ "${RNNFAST_REQUIRE_CUDA_BUILD:-0}" = "1" ]; then
+  echo "ERROR: nvcc not found at $NVCC and RNNFAST_REQUIRE_CUDA_BUILD=1"; exit 1
 else
-  echo "== nvcc not found: skipping the device compile of csrc/cell_math.h"
+  echo "############################################################################"
+  echo "## WARNING: nvcc not found at $NVCC: the CUDA build step did NOT run."
+  echo "## The CUDA kernels were neither compiled nor checked on this machine."
+  echo "############################################################################"
 fi
 echo "== all tests passed"

@@ -329,3 +329,17 @@ def assert_same_error(expected: tuple, actual: tuple, compare_message: bool) -> 
     assert type(act) is type(exp), f"rnnfast raised {type(act).__name__}: {act}\ntorch raised {type(exp).__name__}: {exp}"
     if compare_message:
         assert str(act) == str(exp)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With RNNFAST_GPU_EMULATION=1 (scripts/cuda_build_check.sh), the run must really have gone
+    through the emulated GPU algorithm: fail a run in which no call did."""
+    if os.environ.get("RNNFAST_GPU_EMULATION") != "1" or exitstatus != 0:
+        return
+    from rnnfast import _extension
+    C = _extension.require_extension()
+    calls = C._gpu_emulated_calls()
+    print(f"\nRNNFAST_GPU_EMULATION=1: {calls} operator calls ran the emulated GPU algorithm")
+    if calls == 0 or not C._gpu_emulation():
+        print("ERROR: the GPU emulation was not in effect for this run")
+        session.exitstatus = 1

@@ -26,7 +26,6 @@ import dataclasses
 
 import pytest
 import torch
-from torch.library import opcheck
 
 import rnnfast
 from rnnfast import _extension
@@ -88,6 +87,33 @@ def run(case: Case, module, inputs, lengths, upstream):
     return [o.detach() for o in outs], grads
 
 
+@dataclasses.dataclass
+class LowPrecisionSetup:
+    """A low-precision case with its float64 reference: the pair (torch.nn, rnnfast) in the
+    case's dtype with the same rounded weights, inputs, upstream gradients rounded to the dtype,
+    and torch.nn's float64 outputs and gradients on those rounded values."""
+    reference: torch.nn.Module
+    fast: torch.nn.Module
+    inputs: list
+    lengths: object
+    upstream: list
+    want_out: list
+    want_grads: list
+
+
+def low_precision_setup(case: Case) -> LowPrecisionSetup:
+    reference, fast = case.build_pair()  # same weights, already in the case's dtype (rounded)
+    exact = dataclasses.replace(case, dtype=torch.float64).build(torch.nn)
+    exact.load_state_dict({k: v.double() for k, v in reference.state_dict().items()})
+    inputs = case.make_inputs(requires_grad=False)
+    lengths = case.make_lengths()
+    with torch.no_grad():
+        shapes = [o.shape for o in case.call(exact, *[t.double() for t in inputs], lengths=lengths)]
+    upstream = [torch.randn(s, dtype=torch.float64).to(case.dtype).double() for s in shapes]
+    want_out, want_grads = run(case, exact, [t.double() for t in inputs], lengths, upstream)
+    return LowPrecisionSetup(reference, fast, inputs, lengths, upstream, want_out, want_grads)
+
+
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     scale = want.abs().max().item()
     return (got.double() - want.double()).abs().max().item() / max(scale, 1e-6)
@@ -105,16 +131,10 @@ def assert_within(got, want, tol, what):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id.rsplit("-", 1)[0])
 def test_matches_float64_and_torch_low_precision(case, dtype):
     case = dataclasses.replace(case, dtype=dtype)
-    reference, fast = case.build_pair()  # same weights, already in `dtype` (rounded)
-    exact = dataclasses.replace(case, dtype=torch.float64).build(torch.nn)
-    exact.load_state_dict({k: v.double() for k, v in reference.state_dict().items()})
-    inputs = case.make_inputs(requires_grad=False)
-    lengths = case.make_lengths()
-    with torch.no_grad():
-        shapes = [o.shape for o in case.call(exact, *[t.double() for t in inputs], lengths=lengths)]
-    upstream = [torch.randn(s, dtype=torch.float64).to(dtype).double() for s in shapes]
-
-    want_out, want_grads = run(case, exact, [t.double() for t in inputs], lengths, upstream)
+    setup = low_precision_setup(case)
+    reference, fast, inputs, lengths, upstream = (setup.reference, setup.fast, setup.inputs, setup.lengths,
+                                                  setup.upstream)
+    want_out, want_grads = setup.want_out, setup.want_grads
     out, grads = run(case, fast, inputs, lengths, upstream)
     for t in out + grads:
         assert t.dtype == dtype
@@ -238,15 +258,9 @@ def test_autocast_leaves_float64_alone():
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_TANH"])
 def test_opcheck_bfloat16(cell):
-    from test_ops import layer_args
+    from test_ops import opcheck_forward_and_backward
 
-    for packed, proj in ((False, False), (True, cell == "LSTM")):
-        args = layer_args(cell, packed=packed, proj=proj, dtype=torch.bfloat16)
-        opcheck(torch.ops.rnnfast.layer_forward.default, args)
-        y, h_n, c_n, workspace = torch.ops.rnnfast.layer_forward_train(*args)
-        grads = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n) if c_n.numel() else None)
-        opcheck(torch.ops.rnnfast.layer_backward.default, (*args, y, workspace, *grads, [True, True, True]),
-                test_utils=("test_schema", "test_faketensor"))
+    opcheck_forward_and_backward(cell, torch.bfloat16)
 
 
 

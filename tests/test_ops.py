@@ -103,6 +103,19 @@ def test_opcheck_backward(variant):
             test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
+def opcheck_forward_and_backward(cell, dtype, device="cpu"):
+    """opcheck of the three ops on a padded call and a packed one (with proj_size for LSTM), for
+    the dtype and device tests outside this file cover (bf16 on the CPU, the CUDA kernels)."""
+    for packed, proj in ((False, False), (True, cell == "LSTM")):
+        args = [a.to(device) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                for a in layer_args(cell, packed=packed, proj=proj, dtype=dtype)]
+        opcheck(OPS.layer_forward.default, args)
+        y, h_n, c_n, workspace = OPS.layer_forward_train(*args)
+        grads = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n) if c_n.numel() else None)
+        opcheck(OPS.layer_backward.default, (*args, y, workspace, *grads, [True, True, True]),
+                test_utils=("test_schema", "test_faketensor"))
+
+
 def reference_layer(args):
     """rnnfast.reference.layer_direction on the same arguments: (y, h_n, c_n or None)."""
     cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = args

@@ -22,24 +22,10 @@
 
 #include <cstdint>
 
+#include "../acc_type.h"
 #include "../cells.h"
 
 namespace rnnfast::cpu {
-
-template <typename S>
-struct AccType {
-  using type = S;
-};
-template <>
-struct AccType<c10::BFloat16> {
-  using type = float;
-};
-template <>
-struct AccType<c10::Half> {
-  using type = float;
-};
-template <typename S>
-using acc_t = typename AccType<S>::type;
 
 // The previous state of each row of a step: rows [0, n_first) continue a
 // sequence from the previous step (`first`), the others start from the

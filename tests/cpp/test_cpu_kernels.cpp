@@ -21,7 +21,7 @@
 namespace {
 
 using rnnfast::CellType;
-using rnnfast::cpu::acc_t;
+using rnnfast::acc_t;
 using rnnfast::cpu::KernelTable;
 int g_failures = 0;
 

@@ -1,0 +1,163 @@
+// The CUDA kernels of the rnnfast operators (schemas: csrc/ops.cpp): the GPU
+// algorithm of gpu/layer_loop.h run by CudaExec, which enqueues cuBLAS GEMMs
+// on torch's cuBLAS handle and the pointwise kernels of
+// cuda/pointwise_kernels.cuh on torch's current stream. Host code only (the
+// device code is in the .cu files); compiled when the extension is built with
+// CUDA (setup.py, CMakeLists.txt).
+//
+// Every cuBLAS call and every launch is checked. Error messages here format
+// no integers: on one CUDA machine the project was tested on, formatting an
+// integer in a TORCH_CHECK message of an extension crashed the process.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+#include <torch/version.h>
+
+#include <cublas_v2.h>
+
+#include "../gpu/layer_loop.h"
+#include "../ops.h"
+#include "launch.h"
+
+#define RNNFAST_STRINGIFY2(x) #x
+#define RNNFAST_STRINGIFY(x) RNNFAST_STRINGIFY2(x)
+#define RNNFAST_WHERE __FILE__ ":" RNNFAST_STRINGIFY(__LINE__)
+
+#define RNNFAST_CUDA_CHECK(expr)                                                                     \
+  do {                                                                                               \
+    const cudaError_t err_ = (expr);                                                                 \
+    TORCH_CHECK(err_ == cudaSuccess, "rnnfast: CUDA error: ", cudaGetErrorString(err_), " at " RNNFAST_WHERE); \
+  } while (0)
+
+#define RNNFAST_CUBLAS_CHECK(expr)                                                                   \
+  do {                                                                                               \
+    const cublasStatus_t st_ = (expr);                                                               \
+    TORCH_CHECK(st_ == CUBLAS_STATUS_SUCCESS, "rnnfast: cuBLAS error: ", cublasGetStatusString(st_), \
+                " at " RNNFAST_WHERE);                                                               \
+  } while (0)
+
+namespace rnnfast {
+namespace cuda {
+namespace {
+
+template <typename T>
+constexpr cudaDataType_t cuda_type() {
+  if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
+  if constexpr (std::is_same_v<T, double>) return CUDA_R_64F;
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return CUDA_R_16BF;
+  return CUDA_R_16F;
+}
+
+// fp32 GEMMs use TF32 tensor cores when torch allows them for cuDNN's RNNs
+// (torch.backends.cudnn.allow_tf32, default True), as torch.nn's cuDNN path.
+bool tf32_allowed() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+  return at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);
+#else
+  return at::globalContext().allowTF32CuDNN();
+#endif
+}
+
+class CudaExec {
+ public:
+  CudaExec()
+      : handle_(at::cuda::getCurrentCUDABlasHandle()),
+        stream_(at::cuda::getCurrentCUDAStream().stream()),
+        tf32_(tf32_allowed()) {}
+
+  template <typename S, typename Out>
+  void gemm_cm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
+               const S* B, int64_t ldb, gpu::acc_of<S> beta, Out* C, int64_t ldc) {
+    using Acc = gpu::acc_of<S>;
+    const Acc alpha = Acc(1);
+    cublasComputeType_t compute;
+    if constexpr (std::is_same_v<S, double>) {
+      compute = CUBLAS_COMPUTE_64F;
+    } else if constexpr (std::is_same_v<S, float>) {
+      compute = tf32_ ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    } else {
+      compute = CUBLAS_COMPUTE_32F;  // 16-bit inputs, fp32 sums
+    }
+    TORCH_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX && lda <= INT32_MAX && ldb <= INT32_MAX &&
+                    ldc <= INT32_MAX,
+                "rnnfast: a GEMM of this layer exceeds cuBLAS's 32-bit sizes");
+    RNNFAST_CUBLAS_CHECK(cublasGemmEx(handle_, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                      int(m), int(n), int(k), &alpha, A, cuda_type<S>(), int(lda), B,
+                                      cuda_type<S>(), int(ldb), &beta, C, cuda_type<Out>(), int(ldc), compute,
+                                      CUBLAS_GEMM_DEFAULT));
+  }
+
+  template <typename S>
+  void step_forward(const gpu::StepForwardArgs<S>& a, bool training) {
+    RNNFAST_CUDA_CHECK(launch_step_forward<S>(a, training, stream_));
+  }
+  template <typename S>
+  void step_backward(const gpu::StepBackwardArgs<S>& a) {
+    RNNFAST_CUDA_CHECK(launch_step_backward<S>(a, stream_));
+  }
+  template <typename To, typename From>
+  void convert(const gpu::ConvertArgs<To, From>& a) {
+    RNNFAST_CUDA_CHECK((launch_convert<To, From>(a, stream_)));
+  }
+  template <typename S>
+  void add_rows(const gpu::AddRowsArgs<S>& a) {
+    RNNFAST_CUDA_CHECK(launch_add_rows<S>(a, stream_));
+  }
+
+  // The persistent kernel's geometry on the current device: every block resident at once (a
+  // cooperative launch requires it), at most the opt-in shared memory per block.
+  template <typename S>
+  gpu::PersistentGeometry plan_persistent(int64_t G, int64_t H, int64_t B) {
+    const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+    if (!prop->cooperativeLaunch) return {};
+    return gpu::plan_persistent<S>(G, H, B, prop->sharedMemPerBlockOptin, [&](size_t smem_bytes) {
+      int per_sm = 0;
+      RNNFAST_CUDA_CHECK(persistent_blocks_per_sm<S>(smem_bytes, &per_sm));
+      return int64_t(per_sm) * prop->multiProcessorCount;
+    });
+  }
+  template <typename S>
+  void persistent_forward(const gpu::PersistentForwardArgs<S>& a, bool training) {
+    RNNFAST_CUDA_CHECK(launch_persistent_forward<S>(a, training, stream_));
+  }
+
+ private:
+  cublasHandle_t handle_;  // torch's, bound to its current stream
+  cudaStream_t stream_;    // torch's current stream
+  bool tf32_;
+};
+
+LayerOutputs layer_forward_cuda(const LayerInputs& in, bool training) {
+  const LayerDims d = check_layer_inputs(in);
+  TORCH_CHECK(in.x.is_cuda(), "rnnfast: layer_forward_cuda got a tensor that is not on a CUDA device");
+  const c10::cuda::CUDAGuard guard(in.x.device());
+  CudaExec ex;
+  LayerOutputs out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.x.scalar_type(), "rnnfast_layer_forward_cuda",
+                                  [&] { out = gpu::GpuForwardLoop<CudaExec, scalar_t>(ex, in, d, training).run(); });
+  return out;
+}
+
+LayerGrads layer_backward_cuda(const LayerBackwardInputs& b) {
+  const LayerDims d = check_backward_inputs(b);
+  TORCH_CHECK(b.in.x.is_cuda(), "rnnfast: layer_backward_cuda got a tensor that is not on a CUDA device");
+  const c10::cuda::CUDAGuard guard(b.in.x.device());
+  CudaExec ex;
+  LayerGrads g;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, b.in.x.scalar_type(), "rnnfast_layer_backward_cuda",
+                                  [&] { g = gpu::GpuBackwardLoop<CudaExec, scalar_t>(ex, b, d).run(); });
+  return g;
+}
+
+using CudaOps = DeviceOps<&layer_forward_cuda, &layer_backward_cuda>;
+
+}  // namespace
+}  // namespace cuda
+}  // namespace rnnfast
+
+TORCH_LIBRARY_IMPL(rnnfast, CUDA, m) {
+  m.impl("layer_forward", &rnnfast::cuda::CudaOps::forward);
+  m.impl("layer_forward_train", &rnnfast::cuda::CudaOps::forward_train);
+  m.impl("layer_backward", &rnnfast::cuda::CudaOps::backward);
+}

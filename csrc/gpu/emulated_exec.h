@@ -1,0 +1,116 @@
+// The executor of gpu/layer_loop.h on the CPU: what the CUDA executor does,
+// without a GPU, so the CPU test suite checks the GPU algorithm (its GEMM
+// arguments, row bookkeeping, packed-sequence handling, accumulations and
+// conversions) against torch.nn. Column-major GEMMs with cuBLAS's semantics
+// on strided views of the raw buffers (products summed in the accumulation
+// type, like cublasGemmEx with a 32-bit compute type); the element-wise work
+// as loops over the very functions the CUDA kernels run per thread.
+//
+// Not a fast path: it exists for tests (rnnfast._C._set_gpu_emulation).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "path.h"
+#include "persistent.h"
+#include "pointwise.h"
+
+namespace rnnfast::gpu {
+
+class EmulatedExec {
+ public:
+  template <typename S, typename Out>
+  void gemm_cm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
+               const S* B, int64_t ldb, acc_of<S> beta, Out* C, int64_t ldc) {
+    using Acc = acc_of<S>;
+    const auto st = c10::CppTypeToScalarType<S>::value;
+    const auto acc = c10::CppTypeToScalarType<Acc>::value;
+    // Column-major X[r, c] with leading dimension ld: element (r, c) at r + c*ld.
+    auto view = [](const void* p, int64_t rows, int64_t cols, int64_t ld, bool trans, at::ScalarType t) {
+      // op(X) [rows, cols]: X stored [rows, cols] (strides 1, ld), or [cols, rows] when transposed.
+      return trans ? at::from_blob(const_cast<void*>(p), {rows, cols}, {ld, 1}, at::TensorOptions(t))
+                   : at::from_blob(const_cast<void*>(p), {rows, cols}, {1, ld}, at::TensorOptions(t));
+    };
+    const at::Tensor a = view(A, m, k, lda, trans_a, st).to(acc);
+    const at::Tensor b = view(B, k, n, ldb, trans_b, st).to(acc);
+    at::Tensor c = view(C, m, n, ldc, false, c10::CppTypeToScalarType<Out>::value);
+    at::Tensor result = k > 0 ? at::matmul(a, b) : at::zeros({m, n}, a.options());
+    if (beta != Acc(0)) result = result + c.to(acc) * beta;  // C is not read when beta == 0
+    c.copy_(result);
+  }
+
+  template <typename S>
+  void step_forward(const StepForwardArgs<S>& a, bool training) {
+    for (int64_t b = 0; b < a.rows; ++b)
+      for (int64_t u = 0; u < a.H; ++u) {
+        if (training) {
+          step_forward_element<S, true>(a, b, u);
+        } else {
+          step_forward_element<S, false>(a, b, u);
+        }
+      }
+  }
+
+  template <typename S>
+  void step_backward(const StepBackwardArgs<S>& a) {
+    for (int64_t b = 0; b < a.rows; ++b)
+      for (int64_t u = 0; u < a.H; ++u) step_backward_element<S>(a, b, u);
+  }
+
+  template <typename To, typename From>
+  void convert(const ConvertArgs<To, From>& a) {
+    for (int64_t r = 0; r < a.rows; ++r)
+      for (int64_t c = 0; c < a.cols; ++c) convert_element<To, From>(a, r, c);
+  }
+
+  template <typename S>
+  void add_rows(const AddRowsArgs<S>& a) {
+    for (int64_t r = 0; r < a.rows; ++r)
+      for (int64_t c = 0; c < a.cols; ++c) add_rows_element<S>(a, r, c);
+  }
+
+  // The persistent kernel's geometry on the emulated device (gpu/path.h: one block per SM).
+  template <typename S>
+  PersistentGeometry plan_persistent(int64_t G, int64_t H, int64_t B) {
+    const EmulatedDevice dev = emulated_device();
+    return gpu::plan_persistent<S>(G, H, B, size_t(dev.smem_per_block), [&](size_t) { return int64_t(dev.sms); });
+  }
+
+  // One persistent launch: the kernel's phases (cuda/persistent_kernels.cuh) block by block and
+  // thread by thread, each block with its own shared memory, kept across the launch's steps. The
+  // blocks of a step are independent (gpu/persistent.h), so running them one after another within
+  // each step is one of the orders the grid barrier allows.
+  template <typename S>
+  void persistent_forward(const PersistentForwardArgs<S>& a, bool training) {
+    const PersistentGeometry& g = a.geom;
+    const int nt = g.threads;
+    std::vector<double> storage((size_t(g.blocks) * g.smem_bytes + sizeof(double) - 1) / sizeof(double));
+    auto smem = [&](int block) {
+      return persistent_smem<S>(g, reinterpret_cast<unsigned char*>(storage.data()) + size_t(block) * g.smem_bytes);
+    };
+    for (int block = 0; block < g.blocks; ++block)
+      for (int tid = 0; tid < nt; ++tid) persistent_load_weights(a, block, tid, nt, smem(block).w);
+    for (int s = 0; s < a.n_steps; ++s) {
+      const PersistentStep& st = a.steps[s];
+      for (int block = 0; block < g.blocks; ++block) {
+        const PersistentSmem<S> sm = smem(block);
+        for (int64_t r0 = 0; r0 < st.rows; r0 += g.row_tile) {
+          for (int tid = 0; tid < nt; ++tid) persistent_load_rows(a, st, r0, tid, nt, sm.h);
+          for (int tid = 0; tid < nt; ++tid) persistent_partial_dots(a, tid, nt, sm.w, sm.h, sm.part);
+          for (int tid = 0; tid < nt; ++tid) persistent_store_products(a, st, r0, block, tid, nt, sm.part);
+          for (int tid = 0; tid < nt; ++tid) {
+            if (training) {
+              persistent_pointwise<S, true>(a, st, r0, block, tid, nt);
+            } else {
+              persistent_pointwise<S, false>(a, st, r0, block, tid, nt);
+            }
+          }
+        }
+      }
+    }
+  }
+};
+
+}  // namespace rnnfast::gpu

@@ -1,0 +1,43 @@
+// Which GPU algorithm runs a layer-direction's forward: the per-step cuBLAS
+// loop (gpu/layer_loop.h) or the persistent kernel (gpu/persistent.h). Shared
+// by the CUDA executor and the emulated one. Host code.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "../cells.h"
+#include "../layer.h"
+
+namespace rnnfast::gpu {
+
+enum class GpuPath : int { kAuto = 0, kCublas = 1, kPersistent = 2 };
+
+// The setting: RNNFAST_GPU_PATH=auto|cublas|persistent when the extension
+// loads, then rnnfast._C._set_gpu_path. An unknown value raises.
+GpuPath gpu_path();
+void set_gpu_path(const std::string& name);
+std::string gpu_path_name();
+
+// Whether the setting asks for the persistent kernel for this layer. "auto"
+// takes the cuBLAS path: the persistent kernel has not yet been verified or
+// timed on a GPU (issue "persistent GPU kernels"); "persistent" opts in. Cells
+// it does not cover (LSTM with proj_size) take the cuBLAS path under any
+// setting, as does a shape whose weights do not fit on the device (the caller
+// checks the planned geometry).
+bool wants_persistent(const CellInfo& cell, const LayerDims& d);
+
+// Persistent launches made so far (CUDA and emulated): tests check the path ran.
+int64_t persistent_launches();
+void count_persistent_launch();
+
+// The device the emulated executor pretends to have (tests vary it to get
+// several units per block and a partial last block): streaming multiprocessors,
+// one resident block each, and shared memory per block.
+struct EmulatedDevice {
+  int sms = 8;
+  int64_t smem_per_block = 227 * 1024;
+};
+EmulatedDevice& emulated_device();
+
+}  // namespace rnnfast::gpu

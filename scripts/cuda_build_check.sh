@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# CI's CUDA build step, on a machine without a GPU. Run by scripts/test.sh after the CPU jobs.
+#   1. a venv (.venv-cuda) with torch==2.14.1, the CUDA 13.0 build, and the test requirements;
+#   2. rnnfast._C built with its CUDA kernels (RNNFAST_FORCE_CUDA=1, nvcc from CUDA_HOME, cuBLAS
+#      headers from the venv's nvidia/cu13/include on CPATH) into build-cuda/, apart from the
+#      in-place CPU build; and the same module through CMake (-DRNNFAST_CUDA=ON);
+#   3. device code for every kernel, dtype and arch (scripts/check_device_code.py);
+#   4. the module imports without a GPU, reports CUDA and its arches, and has CUDA kernels
+#      registered for every op;
+#   5. the CPU suite against this build;
+#   6. the GPU algorithm (csrc/gpu/layer_loop.h) emulated on the CPU (RNNFAST_GPU_EMULATION=1)
+#      over the parity, gradient, cell, low-precision and op suites, and tests/cuda's dry run.
+# What it cannot check: the CUDA runtime itself (kernels running on a device) - scripts/gpu_check.sh
+# on a GPU machine does. Prints the time of each part.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+VENV="$ROOT/.venv-cuda"
+BUILD="$ROOT/build-cuda"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+[ -x "$CUDA_HOME/bin/nvcc" ] || { echo "ERROR: nvcc not found in CUDA_HOME=$CUDA_HOME: no CUDA build step"; exit 1; }
+t0=$(date +%s)
+lap() { echo "== cuda: $1 took $(( $(date +%s) - t0 )) s"; t0=$(date +%s); }
+
+echo "== cuda: venv $VENV with torch==2.14.1 (CUDA 13.0 build)"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check torch==2.14.1 \
+  $(grep -vE '^\s*(#|$|torch==)' requirements.txt)
+"$VENV/bin/python" -c "import torch; assert torch.version.cuda, torch.__version__; print('torch', torch.__version__, 'CUDA', torch.version.cuda)"
+lap "venv"
+
+SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+export CPATH="$SITE/nvidia/cu13/include${CPATH:+:$CPATH}"
+echo "== cuda: building rnnfast._C with its CUDA kernels into $BUILD ($("$CUDA_HOME/bin/nvcc" --version | tail -1))"
+rm -rf "$BUILD/lib"
+RNNFAST_FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-2}" "$VENV/bin/python" setup.py --quiet build_ext \
+  --build-lib "$BUILD/lib" --build-temp "$BUILD/tmp" > "$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
+cp rnnfast/*.py "$BUILD/lib/rnnfast/"
+SO="$(ls "$BUILD"/lib/rnnfast/_C*.so)"
+lap "build"
+
+"$VENV/bin/python" scripts/check_device_code.py "$SO"
+# -P: the in-place CPU build in the working directory must not come first on sys.path.
+(cd "$BUILD" && PYTHONPATH="$BUILD/lib" "$VENV/bin/python" -P - "$BUILD/lib" <<'PY'
+import sys
+import torch
+import rnnfast
+assert rnnfast._C.__file__.startswith(sys.argv[1]), rnnfast._C.__file__
+info = rnnfast.backend()
+assert info["cuda"] is True and info["cuda_arches"] == ["8.0", "9.0+PTX"], info
+assert not torch.cuda.is_available()
+for op in ("layer_forward", "layer_forward_train", "layer_backward"):
+    name = f"rnnfast::{op}"
+    for key in ("CPU", "CUDA"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, key), (name, key)
+print("imports without a GPU; backend():", {k: info[k] for k in ("cuda", "cuda_arches", "built_with_torch")},
+      "; CPU and CUDA kernels registered for every op")
+PY
+)
+lap "device code and import"
+
+echo "== cuda: the CMake build of the same module with its CUDA kernels (-DRNNFAST_CUDA=ON)"
+CMAKE_BUILD="$BUILD/cmake"
+cmake -S "$ROOT" -B "$CMAKE_BUILD" -DCMAKE_BUILD_TYPE=Release -DRNNFAST_CUDA=ON \
+  -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME" -DPython3_EXECUTABLE="$VENV/bin/python" \
+  -DCMAKE_PREFIX_PATH="$("$VENV/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+  > "$BUILD/cmake.log" 2>&1 || { tail -40 "$BUILD/cmake.log"; exit 1; }
+cmake --build "$CMAKE_BUILD" -j "${MAX_JOBS:-2}" --target rnnfast_C >> "$BUILD/cmake.log" 2>&1 \
+  || { tail -40 "$BUILD/cmake.log"; exit 1; }
+"$VENV/bin/python" scripts/check_device_code.py "$(ls "$CMAKE_BUILD"/rnnfast/_C*.so)"
+(cd "$CMAKE_BUILD" && PYTHONPATH="$CMAKE_BUILD" "$VENV/bin/python" -P -c \
+  "import rnnfast; assert rnnfast._C.__file__.startswith('$CMAKE_BUILD'); assert rnnfast.backend()['cuda']; print('CMake-built CUDA module imports:', rnnfast._C.__file__)")
+lap "CMake CUDA build"
+
+run_tests() {
+  (cd "$BUILD" && PYTHONPATH="$BUILD/lib" RNNFAST_EXPECT_CUDA=1 "$VENV/bin/python" -P -m pytest -q \
+     -p no:cacheprovider --rootdir "$ROOT" -o pythonpath="$ROOT/tests" "$@")
+}
+echo "== cuda: the CPU suite against the CUDA build"
+run_tests "$ROOT/tests"
+lap "CPU suite"
+
+echo "== cuda: the GPU algorithm emulated on the CPU (RNNFAST_GPU_EMULATION=1)"
+RNNFAST_GPU_EMULATION=1 run_tests "$ROOT/tests/test_gpu_algorithm.py" "$ROOT/tests/test_parity.py" \
+  "$ROOT/tests/test_cells.py" "$ROOT/tests/test_gradcheck.py" "$ROOT/tests/test_double_backward.py" \
+  "$ROOT/tests/test_low_precision.py" "$ROOT/tests/test_numerics.py" "$ROOT/tests/test_ops.py" \
+  "$ROOT/tests/test_errors.py" "$ROOT/tests/test_autograd_hygiene.py"
+RNNFAST_TEST_DEVICE=cpu run_tests "$ROOT/tests/cuda"
+(cd "$BUILD" && PYTHONPATH="$BUILD/lib" "$VENV/bin/python" -P "$ROOT/scripts/gpu_sanitize_case.py")
+lap "emulation"
+echo "== cuda: CUDA build step passed"

@@ -1,0 +1,189 @@
+"""The GPU algorithm (csrc/gpu/layer_loop.h), run on the CPU by the emulated executor.
+
+The CUDA build runs ``GpuForwardLoop`` / ``GpuBackwardLoop`` with cuBLAS and one-thread-per-element
+kernels; ``rnnfast._C._set_gpu_emulation(True)`` makes the CPU operators run the same loops with
+column-major GEMMs on ATen (cuBLAS's argument conventions) and host loops over the same per-element
+functions.  So, without a GPU, this checks everything of the CUDA path but the CUDA runtime itself:
+the GEMM arguments (row-major to column-major), the row bookkeeping of padded and packed input in
+both directions, the chunking of the time-parallel GEMMs (small chunks here), the weight-gradient
+and bias accumulations, the conversions between storage and accumulation types.
+
+References: torch.nn (float64: to rounding; float32: conftest.TOL), and for bfloat16 / float16
+float64 on the same rounded values within test_low_precision.LOW_TOL.  The same loops also run
+under the whole parity suite in CI (``RNNFAST_GPU_EMULATION=1``, scripts/test.sh).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+
+import pytest
+import torch
+
+import rnnfast
+from rnnfast import _extension
+
+from conftest import TOL
+from module_cases import Case
+from test_low_precision import LOW_TOL, big, low_precision_setup, relative_error, run
+
+C = _extension.require_extension()
+
+
+# (chunk rows, GPU path, emulated SMs): the cuBLAS loop with automatic chunks (one per call at test
+# sizes) or chunks of about 7 rows (a step or two each: every chunk boundary and the contiguous
+# h_{t-1} shortcut of later chunks); the persistent forward on devices of 6 SMs (7 units per block
+# at H=40, a partial last block) and 3 SMs with 7-row chunks (14 units per block, a launch per chunk).
+EMULATIONS = {
+    "cublas-auto_chunks": (0, "cublas", 6),
+    "cublas-chunks_of_7_rows": (7, "cublas", 6),
+    "persistent-6sms": (0, "persistent", 6),
+    "persistent-3sms-chunks_of_7_rows": (7, "persistent", 3),
+}
+
+
+@contextlib.contextmanager
+def emulating(chunk_rows: int, path: str, sms: int, smem_per_block: int = 227 * 1024):
+    was_on, was_path = C._gpu_emulation(), C._gpu_path()
+    C._set_gpu_emulation(True)
+    C._set_gpu_chunk_rows(chunk_rows)
+    C._set_gpu_path(path)
+    C._set_emulated_device(sms, smem_per_block)
+    try:
+        yield
+    finally:
+        C._set_gpu_emulation(was_on)
+        C._set_gpu_chunk_rows(0)
+        C._set_gpu_path(was_path)
+        C._set_emulated_device(8, 227 * 1024)
+
+
+@pytest.fixture(params=list(EMULATIONS.values()), ids=list(EMULATIONS))
+def emulated(request):
+    """The GPU algorithm on the CPU; yields the GPU path in use."""
+    with emulating(*request.param):
+        yield request.param[1]
+
+
+CASES = [
+    big(Case("LSTM", num_layers=2, bidirectional=True)),
+    big(Case("LSTM", batch_first=True, bias=False)),
+    big(Case("LSTM", bidirectional=True, form="packed")),
+    big(Case("LSTM", proj_size=9, bidirectional=True, form="packed")),
+    big(Case("LSTM", proj_size=9)),
+    big(Case("LSTM", form="unbatched")),
+    big(Case("GRU", num_layers=2, bidirectional=True, form="packed")),
+    big(Case("GRU", bias=False)),
+    big(Case("RNN", nonlinearity="tanh", bidirectional=True, form="packed")),
+    big(Case("RNN", nonlinearity="relu", num_layers=2)),
+    big(Case("LSTMCell")),
+    big(Case("GRUCell", form="unbatched")),
+    big(Case("RNNCell", nonlinearity="relu")),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id.rsplit("-", 1)[0])
+def test_matches_torch(case, dtype, emulated):
+    case = dataclasses.replace(case, dtype=dtype)
+    reference, fast = case.build_pair()
+    inputs = case.make_inputs(requires_grad=False)
+    lengths = case.make_lengths()
+    with torch.no_grad():
+        shapes = [o.shape for o in case.call(reference, *inputs, lengths=lengths)]
+    upstream = [torch.randn(s, dtype=dtype) for s in shapes]
+    calls, launches = C._gpu_emulated_calls(), C._gpu_persistent_launches()
+    want = run(case, reference, inputs, lengths, upstream)
+    got = run(case, fast, inputs, lengths, upstream)
+    assert C._gpu_emulated_calls() > calls, "the emulated GPU loops did not run"
+    # The persistent forward covers every cell but LSTM with proj_size (the cuBLAS loop runs it).
+    persistent = emulated == "persistent" and not case.proj_size
+    assert (C._gpu_persistent_launches() > launches) == persistent, "persistent launches"
+    for what, g_list, w_list in (("output", got[0], want[0]), ("gradient", got[1], want[1])):
+        for k, (g, w) in enumerate(zip(g_list, w_list)):
+            tol = dict(TOL[dtype])
+            if dtype == torch.float32:  # (as conftest.assert_close: sums of large terms)
+                tol["atol"] *= max(1.0, w.abs().max().item())
+            torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{what} #{k}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("case", CASES[:3] + CASES[6:8] + CASES[10:11], ids=lambda c: c.id.rsplit("-", 1)[0])
+def test_low_precision_matches_float64(case, dtype, emulated):
+    case = dataclasses.replace(case, dtype=dtype)
+    setup = low_precision_setup(case)
+    out, grads = run(case, setup.fast, setup.inputs, setup.lengths, setup.upstream)
+    for k, (g, w) in enumerate(zip(out + grads, setup.want_out + setup.want_grads)):
+        assert g.dtype == dtype
+        err = relative_error(g, w)
+        assert err <= LOW_TOL[dtype], f"#{k}: relative error {err:.3g} > {LOW_TOL[dtype]:.3g}"
+
+
+def assert_float64_training_matches_torch(case: Case, context=contextlib.nullcontext, launches=None):
+    """Outputs and every gradient of rnnfast (run inside `context()`) against torch.nn, float64.
+    `launches`: the persistent launches the rnnfast run must make."""
+    reference, fast = case.build_pair()
+    inputs = case.make_inputs(requires_grad=False)
+    lengths = case.make_lengths()
+    upstream = [torch.randn(o.shape, dtype=torch.float64)
+                for o in case.call(reference, *inputs, lengths=lengths)]
+    want = run(case, reference, inputs, lengths, upstream)
+    with context():
+        before = C._gpu_persistent_launches()
+        got = run(case, fast, inputs, lengths, upstream)
+        if launches is not None:
+            assert C._gpu_persistent_launches() - before == launches
+    for g, w in zip(got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(g, w, **TOL[torch.float64])
+
+
+def test_long_sequence_many_chunks(emulated):
+    """T=300 with the chunk override: hundreds of chunk boundaries, packed and reversed."""
+    assert_float64_training_matches_torch(
+        big(Case("LSTM", bidirectional=True, form="packed"), seq_len=300, batch=4, dtype=torch.float64))
+
+
+@pytest.mark.skipif(os.environ.get("RNNFAST_GPU_EMULATION") == "1", reason="emulation switched on for the run")
+def test_emulation_switch_is_off_by_default():
+    assert not C._gpu_emulation()
+    x = torch.randn(3, 2, 4)
+    calls = C._gpu_emulated_calls()
+    rnnfast.GRU(4, 5)(x)
+    assert C._gpu_emulated_calls() == calls
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
+def test_persistent_tiles_launches_and_partial_blocks(cell):
+    """The persistent forward over 37 rows (tiles of 16, 16, 5), T=600 (two launches of at most
+    512 steps), packed and reversed, on 5 emulated SMs (H=23: 5 units per block, a last block of 3),
+    float64, against torch.nn; and its saved activations drive the backward."""
+    case = big(Case(cell, bidirectional=True, form="packed"), seq_len=600, batch=37, hidden_size=23,
+               dtype=torch.float64)
+    # forward of each direction: 2 launches (600 steps); the backward runs the cuBLAS loop
+    assert_float64_training_matches_torch(case, lambda: emulating(0, "persistent", 5), launches=2 * 2)
+
+
+def test_persistent_falls_back_where_the_weights_do_not_fit():
+    """On an emulated device with too little shared memory for the smallest block slice, the
+    persistent setting runs the cuBLAS loop (never a failure), with the same result."""
+    case = big(Case("GRU"), dtype=torch.float64)
+    reference, fast = case.build_pair()
+    inputs = case.make_inputs(requires_grad=False)
+    with torch.no_grad():
+        want = case.call(reference, *inputs)
+        with emulating(0, "persistent", 8, smem_per_block=1024):
+            launches = C._gpu_persistent_launches()
+            got = case.call(fast, *inputs)
+            assert C._gpu_persistent_launches() == launches
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL[torch.float64])
+
+
+def test_gpu_path_setting():
+    assert C._gpu_path() in ("auto", "cublas", "persistent")
+    before = C._gpu_path()
+    with pytest.raises(ValueError, match="'auto', 'cublas' or 'persistent'"):
+        C._set_gpu_path("fast")
+    assert C._gpu_path() == before
