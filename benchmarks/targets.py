@@ -98,7 +98,7 @@ GPU_TARGETS = [
 NATIVE_MIN_RATIO = 3.0
 
 # --device cuda --table persistent: issue 9's table, cuDNN (torch.nn) time over rnnfast's persistent
-# forward (RNNFAST_GPU_PATH=persistent; training: persistent forward + the cuBLAS backward). A row
+# kernels (RNNFAST_GPU_PATH=persistent: the forward and backward recurrences). A row
 # marked "fallback" is one where the persistent kernel is not expected to win: it checks the
 # cuBLAS path (what "auto" runs) instead.
 PERSISTENT_TARGETS = [

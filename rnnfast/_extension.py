@@ -101,12 +101,13 @@ def backend():
 def set_gpu_path(path: str) -> None:
     """Which algorithm runs the forward of a layer on a CUDA device (process-wide).
 
-    ``"cublas"``: per step one cuBLAS GEMM and one fused pointwise kernel. ``"persistent"``: one
-    cooperative kernel per run of up to 512 steps that keeps each block's slice of ``w_hh`` in
-    shared memory (LSTM without ``proj_size``, GRU, RNN; other layers, and shapes whose weights do
-    not fit on the device, run the cuBLAS loop). ``"auto"`` (the default) runs the cuBLAS loop:
-    the persistent kernel has not yet been verified or timed on a GPU. The environment variable
-    ``RNNFAST_GPU_PATH`` sets the starting value. The backward always runs the cuBLAS loop.
+    ``"cublas"``: per step one cuBLAS GEMM and one fused pointwise kernel. ``"persistent"``: for
+    the forward and the backward recurrence, one cooperative kernel per run of up to 512 steps that
+    keeps each block's slice of ``w_hh`` in shared memory (LSTM without ``proj_size``, GRU, RNN;
+    other layers, and shapes whose weights do not fit on the device, run the cuBLAS loop); weight
+    gradients stay GEMMs. ``"auto"`` (the default) runs the cuBLAS loop: the persistent kernels
+    have not yet been verified or timed on a GPU. The environment variable ``RNNFAST_GPU_PATH``
+    sets the starting value.
     """
     require_extension()._set_gpu_path(path)
 

@@ -4,7 +4,7 @@
 
 ARCH_LIST is TORCH_CUDA_ARCH_LIST's syntax (default "8.0;9.0+PTX"). Every listed arch must have a
 cubin holding each entry kernel (the per-step forward and backward kernels, the conversion,
-row-add kernels, the persistent forward) for every storage dtype (float32, float64, bfloat16, float16);
+row-add kernels, the persistent forward and backward) for every storage dtype (float32, float64, bfloat16, float16);
 an arch with +PTX must also have PTX. Uses cuobjdump from PATH, CUDA_HOME/bin or triton's bundle.
 Exit 1 with the missing entries listed.
 """
@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 KERNELS = ("step_forward_kernel", "step_backward_kernel", "convert_kernel", "add_rows_kernel",
-           "persistent_forward_kernel")
+           "persistent_forward_kernel", "persistent_backward_kernel")
 # Itanium-mangled template arguments of the storage dtypes.
 DTYPES = {"float32": "If", "float64": "Id", "bfloat16": "IN3c108BFloat16E", "float16": "IN3c104HalfE"}
 

@@ -8,7 +8,9 @@ dtype). Properties:
 * where torch.nn raises, rnnfast raises the same exception type;
 * where torch.nn returns, rnnfast returns the same structure and values (float64: tight);
 * a malformed PackedSequence (batch sizes not positive, not non-increasing, or not summing to the
-  data's rows), which torch.nn may accept silently, gets a clear error from rnnfast.
+  data's rows), which torch.nn may accept silently, gets a clear error from rnnfast;
+* where torch.nn leaves a call unchecked and crashes or returns garbage (torch_unchecked), rnnfast
+  raises.
 bfloat16 and float16 values compare with the low-precision tolerance of conftest.TOL.
 """
 
@@ -91,6 +93,32 @@ def module_calls(draw):
     return cls, (I, H), kwargs, x, hx
 
 
+def torch_unchecked(cls, args, kwargs, x, hx) -> bool:
+    """torch.nn.LSTM (2.13) checks no hidden state of a PackedSequence call itself: with a
+    malformed one its kernel segfaults (h0 with more layers*directions than the module has,
+    reproduced without rnnfast), returns a result (h0 with batch 0), or raises whatever its
+    indexing hits first. Such a call is not made to torch.nn; rnnfast must raise the error types
+    torch.nn gives for a wrong hidden state elsewhere (RuntimeError; IndexError for a wrong rank,
+    as torch.nn.LSTM's packed path)."""
+    if cls != "LSTM" or not isinstance(x, PackedSequence) or hx is None:
+        return False
+    H = args[1]
+    D = 2 if kwargs["bidirectional"] else 1
+    P = kwargs.get("proj_size", 0) or H
+    B = int(x.batch_sizes[0])
+    layers = kwargs["num_layers"] * D
+
+    def malformed(t, width):
+        if t.dim() != 3:
+            return True
+        # Unsorted input: torch.nn first selects the rows of the permutation (index_select on dim 1,
+        # which checks its indices), so only the other dimensions go unchecked.
+        batch_ok = x.sorted_indices is not None or t.size(1) == B
+        return t.size(0) != layers or t.size(2) != width or not batch_ok
+
+    return malformed(hx[0], P) or malformed(hx[1], H)
+
+
 @SETTINGS
 @given(module_calls())
 def test_modules_behave_like_torch(call):
@@ -101,6 +129,10 @@ def test_modules_behave_like_torch(call):
     fast.load_state_dict(reference.state_dict())
     reference.eval()
     fast.eval()
+    if torch_unchecked(cls, args, kwargs, x, hx):
+        actual = capture(lambda: fast(x, hx))
+        assert actual[0] == "raised" and isinstance(actual[1], (RuntimeError, IndexError)), actual
+        return
     expected = capture(lambda: reference(x, hx))
     actual = capture(lambda: fast(x, hx))
     if expected[0] == "raised":

@@ -156,13 +156,13 @@ def test_emulation_switch_is_off_by_default():
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN"])
 def test_persistent_tiles_launches_and_partial_blocks(cell):
-    """The persistent forward over 37 rows (tiles of 16, 16, 5), T=600 (two launches of at most
-    512 steps), packed and reversed, on 5 emulated SMs (H=23: 5 units per block, a last block of 3),
-    float64, against torch.nn; and its saved activations drive the backward."""
+    """The persistent forward and backward over 37 rows (tiles of 16, 16, 5), T=600 (two launches
+    of at most 512 steps each way), packed and reversed, on 5 emulated SMs (H=23: 5 units per
+    block, a last block of 3), float64, against torch.nn (outputs and every gradient)."""
     case = big(Case(cell, bidirectional=True, form="packed"), seq_len=600, batch=37, hidden_size=23,
                dtype=torch.float64)
-    # forward of each direction: 2 launches (600 steps); the backward runs the cuBLAS loop
-    assert_float64_training_matches_torch(case, lambda: emulating(0, "persistent", 5), launches=2 * 2)
+    # forward and backward of each direction: 2 launches each (600 steps)
+    assert_float64_training_matches_torch(case, lambda: emulating(0, "persistent", 5), launches=2 * 2 * 2)
 
 
 def test_persistent_falls_back_where_the_weights_do_not_fit():

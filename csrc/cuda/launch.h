@@ -9,6 +9,7 @@
 #include <cuda_runtime_api.h>
 
 #include "../gpu/persistent.h"
+#include "../gpu/persistent_backward.h"
 #include "../gpu/pointwise.h"
 
 namespace rnnfast::cuda {
@@ -25,12 +26,15 @@ cudaError_t launch_convert(const gpu::ConvertArgs<To, From>& a, cudaStream_t str
 template <typename S>
 cudaError_t launch_add_rows(const gpu::AddRowsArgs<S>& a, cudaStream_t stream);
 
-// The persistent forward (persistent_kernels.cuh): resident blocks per SM for
-// a dynamic shared-memory size, and one cooperative launch.
+// The persistent kernels (persistent_kernels.cuh): resident blocks per SM for
+// a dynamic shared-memory size, and one cooperative launch each.
 template <typename S>
-cudaError_t persistent_blocks_per_sm(size_t smem_bytes, int* blocks);
+cudaError_t persistent_blocks_per_sm(gpu::PersistentKind kind, size_t smem_bytes, int* blocks);
 
 template <typename S>
 cudaError_t launch_persistent_forward(const gpu::PersistentForwardArgs<S>& a, bool training, cudaStream_t stream);
+
+template <typename S>
+cudaError_t launch_persistent_backward(const gpu::PersistentBackwardArgs<S>& a, cudaStream_t stream);
 
 }  // namespace rnnfast::cuda

@@ -64,7 +64,13 @@ class CudaExec {
   CudaExec()
       : handle_(at::cuda::getCurrentCUDABlasHandle()),
         stream_(at::cuda::getCurrentCUDAStream().stream()),
-        tf32_(tf32_allowed()) {}
+        tf32_(tf32_allowed()) {
+    // torch sets the handle's math mode from torch.backends.cuda.matmul.allow_tf32 on every fetch,
+    // and CUBLAS_TF32_TENSOR_OP_MATH would turn CUBLAS_COMPUTE_32F into TF32. RNNs follow the
+    // cuDNN switch instead (tf32_allowed), stated by the compute type of each GEMM, so the mode
+    // goes back to the default here (torch sets its own again at its next fetch of the handle).
+    RNNFAST_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH));
+  }
 
   template <typename S, typename Out>
   void gemm_cm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
@@ -105,21 +111,25 @@ class CudaExec {
     RNNFAST_CUDA_CHECK(launch_add_rows<S>(a, stream_));
   }
 
-  // The persistent kernel's geometry on the current device: every block resident at once (a
+  // The persistent kernels' geometry on the current device: every block resident at once (a
   // cooperative launch requires it), at most the opt-in shared memory per block.
   template <typename S>
-  gpu::PersistentGeometry plan_persistent(int64_t G, int64_t H, int64_t B) {
+  gpu::PersistentGeometry plan_persistent(gpu::PersistentKind kind, int64_t G, int64_t H, int64_t B) {
     const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
     if (!prop->cooperativeLaunch) return {};
-    return gpu::plan_persistent<S>(G, H, B, prop->sharedMemPerBlockOptin, [&](size_t smem_bytes) {
+    return gpu::plan_persistent<S>(kind, G, H, B, prop->sharedMemPerBlockOptin, [&](size_t smem_bytes) {
       int per_sm = 0;
-      RNNFAST_CUDA_CHECK(persistent_blocks_per_sm<S>(smem_bytes, &per_sm));
+      RNNFAST_CUDA_CHECK(persistent_blocks_per_sm<S>(kind, smem_bytes, &per_sm));
       return int64_t(per_sm) * prop->multiProcessorCount;
     });
   }
   template <typename S>
   void persistent_forward(const gpu::PersistentForwardArgs<S>& a, bool training) {
     RNNFAST_CUDA_CHECK(launch_persistent_forward<S>(a, training, stream_));
+  }
+  template <typename S>
+  void persistent_backward(const gpu::PersistentBackwardArgs<S>& a) {
+    RNNFAST_CUDA_CHECK(launch_persistent_backward<S>(a, stream_));
   }
 
  private:

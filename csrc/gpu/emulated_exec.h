@@ -15,6 +15,7 @@
 
 #include "path.h"
 #include "persistent.h"
+#include "persistent_backward.h"
 #include "pointwise.h"
 
 namespace rnnfast::gpu {
@@ -71,11 +72,12 @@ class EmulatedExec {
       for (int64_t c = 0; c < a.cols; ++c) add_rows_element<S>(a, r, c);
   }
 
-  // The persistent kernel's geometry on the emulated device (gpu/path.h: one block per SM).
+  // The persistent kernels' geometry on the emulated device (gpu/path.h: one block per SM).
   template <typename S>
-  PersistentGeometry plan_persistent(int64_t G, int64_t H, int64_t B) {
+  PersistentGeometry plan_persistent(PersistentKind kind, int64_t G, int64_t H, int64_t B) {
     const EmulatedDevice dev = emulated_device();
-    return gpu::plan_persistent<S>(G, H, B, size_t(dev.smem_per_block), [&](size_t) { return int64_t(dev.sms); });
+    return gpu::plan_persistent<S>(kind, G, H, B, size_t(dev.smem_per_block),
+                                   [&](size_t) { return int64_t(dev.sms); });
   }
 
   // One persistent launch: the kernel's phases (cuda/persistent_kernels.cuh) block by block and
@@ -86,17 +88,14 @@ class EmulatedExec {
   void persistent_forward(const PersistentForwardArgs<S>& a, bool training) {
     const PersistentGeometry& g = a.geom;
     const int nt = g.threads;
-    std::vector<double> storage((size_t(g.blocks) * g.smem_bytes + sizeof(double) - 1) / sizeof(double));
-    auto smem = [&](int block) {
-      return persistent_smem<S>(g, reinterpret_cast<unsigned char*>(storage.data()) + size_t(block) * g.smem_bytes);
-    };
+    BlockMemory<S> smem(g);
     for (int block = 0; block < g.blocks; ++block)
       for (int tid = 0; tid < nt; ++tid) persistent_load_weights(a, block, tid, nt, smem(block).w);
     for (int s = 0; s < a.n_steps; ++s) {
       const PersistentStep& st = a.steps[s];
       for (int block = 0; block < g.blocks; ++block) {
         const PersistentSmem<S> sm = smem(block);
-        for (int64_t r0 = 0; r0 < st.rows; r0 += g.row_tile) {
+        for (int r0 = 0; r0 < st.rows; r0 += g.row_tile) {
           for (int tid = 0; tid < nt; ++tid) persistent_load_rows(a, st, r0, tid, nt, sm.h);
           for (int tid = 0; tid < nt; ++tid) persistent_partial_dots(a, tid, nt, sm.w, sm.h, sm.part);
           for (int tid = 0; tid < nt; ++tid) persistent_store_products(a, st, r0, block, tid, nt, sm.part);
@@ -111,6 +110,43 @@ class EmulatedExec {
       }
     }
   }
+
+  // One persistent backward launch (cuda/persistent_kernels.cuh): per step, phase A of every
+  // block, then (the grid barrier) phase B of every block.
+  template <typename S>
+  void persistent_backward(const PersistentBackwardArgs<S>& a) {
+    const PersistentGeometry& g = a.geom;
+    const int nt = g.threads;
+    BlockMemory<S> smem(g);
+    for (int block = 0; block < g.blocks; ++block)
+      for (int tid = 0; tid < nt; ++tid) persistent_backward_load_weights(a, block, tid, nt, smem(block).w);
+    for (int s = 0; s < a.n_steps; ++s) {
+      const PersistentStep& st = a.steps[s];
+      for (int block = 0; block < g.blocks; ++block)
+        for (int tid = 0; tid < nt; ++tid) persistent_backward_gates(a, st, block, tid, nt);
+      for (int block = 0; block < g.blocks; ++block) {
+        const PersistentSmem<S> sm = smem(block);
+        for (int r0 = 0; r0 < st.rows; r0 += g.row_tile) {
+          for (int tid = 0; tid < nt; ++tid) persistent_backward_load_rows(a, st, r0, tid, nt, sm.h);
+          for (int tid = 0; tid < nt; ++tid) persistent_backward_partial_dots(a, tid, nt, sm.w, sm.h, sm.part);
+          for (int tid = 0; tid < nt; ++tid) persistent_backward_store_dh(a, st, r0, block, tid, nt, sm.part);
+        }
+      }
+    }
+  }
+
+ private:
+  // Each emulated block's shared memory, kept across the steps of a launch.
+  template <typename S>
+  struct BlockMemory {
+    explicit BlockMemory(const PersistentGeometry& g)
+        : geom(g), storage((size_t(g.blocks) * g.smem_bytes + sizeof(double) - 1) / sizeof(double)) {}
+    PersistentSmem<S> operator()(int block) {
+      return persistent_smem<S>(geom, reinterpret_cast<unsigned char*>(storage.data()) + size_t(block) * geom.smem_bytes);
+    }
+    const PersistentGeometry& geom;
+    std::vector<double> storage;
+  };
 };
 
 }  // namespace rnnfast::gpu

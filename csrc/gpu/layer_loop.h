@@ -23,8 +23,9 @@
 //       Out (acc_of<S> or S), sums in acc_of<S>
 //   step_forward<S>(StepForwardArgs<S>, training), step_backward<S>(StepBackwardArgs<S>)
 //   convert<To, From>(ConvertArgs), add_rows<S>(AddRowsArgs)
-//   plan_persistent<S>(G, H, B) -> PersistentGeometry (blocks == 0: does not fit)
-//   persistent_forward<S>(PersistentForwardArgs<S>, training): one persistent launch
+//   plan_persistent<S>(kind, G, H, B) -> PersistentGeometry (blocks == 0: does not fit)
+//   persistent_forward<S>(PersistentForwardArgs<S>, training), persistent_backward<S>(
+//       PersistentBackwardArgs<S>): one persistent launch
 #pragma once
 
 #include <ATen/ATen.h>
@@ -36,6 +37,7 @@
 #include "../layer.h"
 #include "path.h"
 #include "persistent.h"
+#include "persistent_backward.h"
 #include "pointwise.h"
 
 namespace rnnfast::gpu {
@@ -67,6 +69,17 @@ void gemm_rm(Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t
   if (M <= 0 || N <= 0) return;
   ex.template gemm_cm<S, Out>(trans_b, trans_a, N, M, K, B, std::max<int64_t>(ldb, 1), A,
                               std::max<int64_t>(lda, 1), beta, C, std::max<int64_t>(ldc, 1));
+}
+
+// The s-th processed step of a layer-direction as a row of a persistent launch's step table.
+inline PersistentStep persistent_step(const StepPlan& plan, int64_t s) {
+  const int64_t t = plan.step(s);
+  PersistentStep st;
+  st.off = int32_t(plan.offset(t));
+  st.rows = int32_t(plan.bs(t));
+  st.n_first = int32_t(plan.continuing_rows(s));
+  st.prev_off = s == 0 ? -1 : int32_t(plan.previous_offset(s));
+  return st;
 }
 
 template <typename T>
@@ -108,8 +121,9 @@ class GpuForwardLoop {
     Tensor bias, bias_hn;  // [G*H], [H]
     fold_bias(acc_opts, bias, bias_hn);
     // The persistent kernel where asked for and where the block slices of w_hh fit on the device.
-    const PersistentGeometry geom = wants_persistent(cell_, d_) ? ex_.template plan_persistent<S>(G, H, B)
-                                                                : PersistentGeometry{};
+    const PersistentGeometry geom = wants_persistent(cell_, d_)
+                                        ? ex_.template plan_persistent<S>(PersistentKind::kForward, G, H, B)
+                                        : PersistentGeometry{};
 
     const S* x = in_.x.template data_ptr<S>();
     const S* w_ih = in_.w.w_ih.template data_ptr<S>();
@@ -198,14 +212,7 @@ class GpuForwardLoop {
     for (int64_t s0 = ch.s0; s0 < ch.s1; s0 += kPersistentMaxSteps) {
       const int64_t s1 = std::min<int64_t>(ch.s1, s0 + kPersistentMaxSteps);
       a.n_steps = int(s1 - s0);
-      for (int64_t s = s0; s < s1; ++s) {
-        const int64_t t = plan_.step(s);
-        PersistentStep& st = a.steps[s - s0];
-        st.off = int32_t(plan_.offset(t));
-        st.rows = int32_t(plan_.bs(t));
-        st.n_first = int32_t(plan_.continuing_rows(s));
-        st.prev_off = s == 0 ? -1 : int32_t(plan_.previous_offset(s));
-      }
+      for (int64_t s = s0; s < s1; ++s) a.steps[s - s0] = persistent_step(plan_, s);
       ex_.persistent_forward(a, training_);
       count_persistent_launch();
     }
@@ -296,8 +303,17 @@ class GpuBackwardLoop {
     const int64_t ld_dy = b_.dy.stride(0);
     S* dg_p = dg.data_ptr<S>();
     A* dh_p = dh.data_ptr<A>();
+    // The persistent kernel where asked for and where the block slices of w_hh fit on the device.
+    const PersistentGeometry geom = wants_persistent(cell_, d_)
+                                        ? ex_.template plan_persistent<S>(PersistentKind::kBackward, G, H, B)
+                                        : PersistentGeometry{};
 
     for (auto ch = chunks.rbegin(); ch != chunks.rend(); ++ch) {
+      if (geom.ok()) {
+        persistent_chunk(*ch, geom, dg, dgxn, dh, dc);
+        chunk_products(*ch, g, dg, dgxn, dht, hp, dx_acc, dw_ih, dw_hh, dw_hr, db_h, db_xn, shared);
+        continue;
+      }
       for (int64_t s = ch->s1 - 1; s >= ch->s0; --s) {
         const int64_t t = plan_.step(s), rows = plan_.bs(t), off = plan_.offset(t);
         const int64_t r0 = off - ch->lo;  // the step's first row in the chunk buffers
@@ -358,6 +374,38 @@ class GpuBackwardLoop {
   }
 
  private:
+  // The steps of a chunk, latest first, as persistent launches of up to kPersistentMaxSteps each.
+  void persistent_chunk(const StepPlan::Chunk& ch, const PersistentGeometry& geom, const Tensor& dg,
+                        const Tensor& dgxn, const Tensor& dh, const Tensor& dc) {
+    PersistentBackwardArgs<S> a;  // ~8 KB, by value into the launch
+    a.cell = in_.cell;
+    a.separate_hidden = cell_.separate_hidden;
+    a.G = d_.G;
+    a.H = d_.H;
+    a.w_hh = in_.w.w_hh.template data_ptr<S>();
+    a.gates = ptr_of<S>(saved_.gates);
+    a.saved = ptr_of<S>(cell_.cell_state ? saved_.cell : saved_.hidden_n);
+    a.y = b_.y.template data_ptr<S>();
+    const bool prev_cell = cell_.backward_prev == PrevState::kCell;
+    a.prev = prev_cell ? saved_.cell.template data_ptr<S>() : a.y;
+    a.prev_initial = prev_cell ? in_.c0->template data_ptr<S>() : in_.h0.template data_ptr<S>();
+    a.dy = b_.dy.template data_ptr<S>();
+    a.ld_dy = b_.dy.stride(0);
+    a.dh = dh.data_ptr<A>();
+    a.dc = ptr_of<A>(dc);
+    a.dg = dg.data_ptr<S>();
+    a.dgxn = ptr_of<S>(dgxn);
+    a.chunk_lo = ch.lo;
+    a.geom = geom;
+    for (int64_t s1 = ch.s1; s1 > ch.s0; s1 -= kPersistentMaxSteps) {
+      const int64_t s0 = std::max<int64_t>(ch.s0, s1 - kPersistentMaxSteps);
+      a.n_steps = int(s1 - s0);
+      for (int64_t s = s1 - 1; s >= s0; --s) a.steps[s1 - 1 - s] = persistent_step(plan_, s);
+      ex_.persistent_backward(a);
+      count_persistent_launch();
+    }
+  }
+
   // LSTM c_{t-1} or GRU h_{t-1} of each row of the s-th processed step.
   TwoSourceRows<S> prev_state(int64_t s) const {
     TwoSourceRows<S> p;

@@ -1,6 +1,7 @@
-// Which GPU algorithm runs a layer-direction's forward: the per-step cuBLAS
-// loop (gpu/layer_loop.h) or the persistent kernel (gpu/persistent.h). Shared
-// by the CUDA executor and the emulated one. Host code.
+// Which GPU algorithm runs a layer-direction's recurrence, forward and
+// backward: the per-step cuBLAS loop (gpu/layer_loop.h) or the persistent
+// kernels (gpu/persistent.h, gpu/persistent_backward.h). Shared by the CUDA
+// executor and the emulated one. Host code.
 #pragma once
 
 #include <cstdint>
@@ -19,10 +20,10 @@ GpuPath gpu_path();
 void set_gpu_path(const std::string& name);
 std::string gpu_path_name();
 
-// Whether the setting asks for the persistent kernel for this layer. "auto"
-// takes the cuBLAS path: the persistent kernel has not yet been verified or
+// Whether the setting asks for the persistent kernels for this layer. "auto"
+// takes the cuBLAS path: the persistent kernels have not yet been verified or
 // timed on a GPU (issue "persistent GPU kernels"); "persistent" opts in. Cells
-// it does not cover (LSTM with proj_size) take the cuBLAS path under any
+// they do not cover (LSTM with proj_size) take the cuBLAS path under any
 // setting, as does a shape whose weights do not fit on the device (the caller
 // checks the planned geometry).
 bool wants_persistent(const CellInfo& cell, const LayerDims& d);

@@ -9,7 +9,8 @@
 // Per step, per tile of `row_tile` rows of the batch:
 //   1. load_rows:      h_{t-1} rows of the tile -> shared memory (acc type)
 //   2. partial_dots:   each (row, gate column) dot product over H, split over
-//                      k_split threads (interleaved k: conflict-free shared reads)
+//                      k_split threads (interleaved k; row strides padded against
+//                      bank conflicts, persistent_ld)
 //   3. store_products: fixed-order sum of the k_split partials (deterministic),
 //                      added into the step's gx rows (gh for a separate_hidden cell)
 //   4. pointwise:      the gate math of the block's units, step_forward_element
@@ -21,7 +22,8 @@
 // Everything here is RNNFAST_HD phase functions of (block, thread, threads):
 // cuda/persistent_kernels.cuh runs them as a kernel; gpu/emulated_exec.h runs
 // them block by block and thread by thread on the CPU, which the tests compare
-// with torch.nn. Not covered (the cuBLAS path runs): LSTM with proj_size.
+// with torch.nn. Not covered (the cuBLAS path runs): LSTM with proj_size. The
+// backward counterpart: gpu/persistent_backward.h.
 // The dot products are fp32 (or fp64) FMAs, not tensor cores: fp32 results are
 // full fp32 even where torch allows TF32.
 #pragma once
@@ -54,7 +56,7 @@ struct PersistentGeometry {
   int units = 0;       // hidden units per block
   int row_tile = 0;    // rows of h_{t-1} staged in shared memory at a time
   int k_split = 1;     // threads per dot product
-  int64_t ld_w = 0;    // row stride of the weight slice in shared memory (elements)
+  int64_t ld_w = 0;    // row stride of the weight slice and of the staged h rows (elements)
   int64_t w_bytes = 0, h_bytes = 0, part_bytes = 0;  // the three shared-memory regions
   size_t smem_bytes = 0;                             // their sum (16-byte aligned regions)
   bool ok() const { return blocks > 0; }
@@ -62,40 +64,56 @@ struct PersistentGeometry {
 
 inline int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 
+// Shared-memory row strides, in elements: H rounded up to 32, plus k_split. Lane (o, s) of a
+// warp reads element o*ld + s + k_split*i of the weight slice (and row b of h at b*ld + ...), so
+// with ld = k_split (mod 32) the lanes of one access fall in distinct banks (4-byte types).
+inline int64_t persistent_ld(int64_t H, int k_split) { return (H + 31) / 32 * 32 + k_split; }
+
+// Which persistent kernel a geometry is for: the forward keeps G rows of w_hh (length H) per
+// unit, the backward G*H-long columns of w_hh (one per unit).
+enum class PersistentKind : int { kForward = 0, kBackward = 1 };
+
 // The first geometry (fewest units per block, so the most blocks) whose blocks
 // all fit on the device at once. max_smem: shared memory one block may use;
 // co_resident(smem_bytes): blocks of that size the device holds at once.
 // Returns a geometry with blocks == 0 when none fits (the caller then takes
-// the cuBLAS path).
+// the cuBLAS path). Row tiles shrink (16, 8, ..., 1) before units grow when the
+// staged rows do not fit. Tuning left for a GPU: fewer, fuller blocks read the
+// staged rows fewer times per step and sync faster.
 template <typename S, class CoResident>
-PersistentGeometry plan_persistent(int64_t G, int64_t H, int64_t B, size_t max_smem, CoResident co_resident) {
+PersistentGeometry plan_persistent(PersistentKind kind, int64_t G, int64_t H, int64_t B, size_t max_smem,
+                                   CoResident co_resident) {
   using A = acc_of<S>;
   PersistentGeometry g;
-  if (H <= 0 || B <= 0) return g;
-  const int row_tile = int(std::min<int64_t>(B, kPersistentMaxRowTile));
-  // Rows padded by 4 bytes: threads reading the same k of different rows hit different banks.
-  const int64_t ld_w = H + std::max<int64_t>(1, int64_t(4 / sizeof(S)));
+  const int64_t rows_per_unit = kind == PersistentKind::kForward ? G : 1;
+  const int64_t len = kind == PersistentKind::kForward ? H : G * H;  // dot-product length
+  // (32-bit index math in the kernel: every shared-memory index and row*H stays far below 2^31)
+  if (H <= 0 || B <= 0 || len > (int64_t(1) << 20)) return g;
   for (int64_t units = 1; units <= H; ++units) {
     const int64_t blocks = (H + units - 1) / units;
     if (units > 1 && (H + units - 2) / (units - 1) == blocks) continue;  // same grid as fewer units
-    const int64_t outputs = int64_t(row_tile) * G * units;
-    int k_split = 1;
-    while (k_split * 2 * outputs <= kPersistentThreads && k_split * 2 <= H) k_split *= 2;
-    PersistentGeometry c;
-    c.threads = kPersistentThreads;
-    c.units = int(units);
-    c.row_tile = row_tile;
-    c.k_split = k_split;
-    c.ld_w = ld_w;
-    c.w_bytes = align16(G * units * ld_w * int64_t(sizeof(S)));
-    c.h_bytes = align16(int64_t(row_tile) * H * int64_t(sizeof(A)));
-    c.part_bytes = align16(outputs * k_split * int64_t(sizeof(A)));
-    c.smem_bytes = size_t(c.w_bytes + c.h_bytes + c.part_bytes);
-    if (c.smem_bytes > max_smem) return g;  // more units per block only need more
-    if (blocks <= co_resident(c.smem_bytes)) {
-      c.blocks = int(blocks);
-      return c;
+    for (int row_tile = int(std::min<int64_t>(B, kPersistentMaxRowTile)); row_tile >= 1; row_tile /= 2) {
+      const int64_t outputs = int64_t(row_tile) * rows_per_unit * units;
+      int k_split = 1;
+      while (k_split * 2 * outputs <= kPersistentThreads && k_split * 2 <= len) k_split *= 2;
+      PersistentGeometry c;
+      c.threads = kPersistentThreads;
+      c.units = int(units);
+      c.row_tile = row_tile;
+      c.k_split = k_split;
+      c.ld_w = persistent_ld(len, k_split);
+      c.w_bytes = align16(rows_per_unit * units * c.ld_w * int64_t(sizeof(S)));
+      c.h_bytes = align16(int64_t(row_tile) * c.ld_w * int64_t(sizeof(A)));
+      c.part_bytes = align16(outputs * k_split * int64_t(sizeof(A)));
+      c.smem_bytes = size_t(c.w_bytes + c.h_bytes + c.part_bytes);
+      if (c.smem_bytes > max_smem) continue;  // fewer staged rows
+      if (blocks <= co_resident(c.smem_bytes)) {
+        c.blocks = int(blocks);
+        return c;
+      }
+      break;  // fits but not co-resident: more units per block
     }
+    if (int64_t(sizeof(S)) * rows_per_unit * units * len > int64_t(max_smem)) return g;  // the slice alone
   }
   return g;
 }
@@ -127,7 +145,7 @@ struct PersistentForwardArgs {
 template <typename S>
 struct PersistentSmem {
   S* w;              // [G*units, ld_w] rows g*H + u of w_hh for the block's units u
-  acc_of<S>* h;      // [row_tile, H] h_{t-1} rows of the tile
+  acc_of<S>* h;      // [row_tile, ld_w] h_{t-1} rows of the tile
   acc_of<S>* part;   // [row_tile * G*units, k_split] partial dot products
 };
 template <typename S>
@@ -137,30 +155,34 @@ RNNFAST_HD PersistentSmem<S> persistent_smem(const PersistentGeometry& g, unsign
                            reinterpret_cast<A*>(base + g.w_bytes + g.h_bytes)};
 }
 
+// The phases index shared memory and the block's work with 32-bit ints (64-bit division is a
+// long software routine on the GPU); global offsets stay 64-bit. ld = geom.ld_w for the weight
+// slice and for the staged rows of h.
+
 // Once per launch: the block's rows of w_hh (zeros past H in the last block).
 template <typename S>
 RNNFAST_HD void persistent_load_weights(const PersistentForwardArgs<S>& a, int block, int tid, int nt, S* w) {
-  const int64_t H = a.H, U = a.geom.units, u0 = int64_t(block) * U, n = a.G * U * H;
-  for (int64_t i = tid; i < n; i += nt) {
-    const int64_t o = i / H, k = i % H, g = o / U, u = u0 + o % U;
-    w[o * a.geom.ld_w + k] = u < H ? a.w_hh[(g * H + u) * H + k] : S(0);
+  const int H = int(a.H), U = a.geom.units, u0 = block * U, n = int(a.G) * U * H, ld = int(a.geom.ld_w);
+  for (int i = tid; i < n; i += nt) {
+    const int o = i / H, k = i - o * H, g = o / U, u = u0 + (o - g * U);
+    w[o * ld + k] = u < H ? a.w_hh[(int64_t(g) * H + u) * H + k] : S(0);
   }
 }
 
 // Phase 1: h_{t-1} of rows r0 .. r0+row_tile of step st (zeros past its rows).
 template <typename S>
-RNNFAST_HD void persistent_load_rows(const PersistentForwardArgs<S>& a, const PersistentStep& st, int64_t r0,
+RNNFAST_HD void persistent_load_rows(const PersistentForwardArgs<S>& a, const PersistentStep& st, int r0,
                                      int tid, int nt, acc_of<S>* h) {
   using A = acc_of<S>;
-  const int64_t H = a.H, n = int64_t(a.geom.row_tile) * H;
-  for (int64_t i = tid; i < n; i += nt) {
-    const int64_t r = r0 + i / H, k = i % H;
+  const int H = int(a.H), n = a.geom.row_tile * H, ld = int(a.geom.ld_w);
+  for (int i = tid; i < n; i += nt) {
+    const int b = i / H, k = i - b * H, r = r0 + b;
     A v = A(0);
     if (r < st.rows) {
-      const S* src = r < st.n_first ? a.y + (int64_t(st.prev_off) + r) * H : a.h0 + r * H;
+      const S* src = r < st.n_first ? a.y + (int64_t(st.prev_off) + r) * H : a.h0 + int64_t(r) * H;
       v = A(src[k]);
     }
-    h[i] = v;
+    h[b * ld + k] = v;
   }
 }
 
@@ -170,31 +192,32 @@ template <typename S>
 RNNFAST_HD void persistent_partial_dots(const PersistentForwardArgs<S>& a, int tid, int nt, const S* w,
                                         const acc_of<S>* h, acc_of<S>* part) {
   using A = acc_of<S>;
-  const int64_t H = a.H, GU = a.G * a.geom.units, KS = a.geom.k_split;
-  const int64_t n = int64_t(a.geom.row_tile) * GU * KS;
-  for (int64_t i = tid; i < n; i += nt) {
-    const int64_t j = i / KS, s = i % KS, b = j / GU, o = j % GU;
-    const A* hb = h + b * H;
-    const S* wo = w + o * a.geom.ld_w;
+  const int H = int(a.H), GU = int(a.G) * a.geom.units, KS = a.geom.k_split, ld = int(a.geom.ld_w);
+  const int n = a.geom.row_tile * GU * KS;
+  for (int i = tid; i < n; i += nt) {
+    const int j = i / KS, s = i - j * KS, b = j / GU, o = j - b * GU;
+    const A* hb = h + b * ld;
+    const S* wo = w + o * ld;
     A sum = A(0);
-    for (int64_t k = s; k < H; k += KS) sum += hb[k] * A(wo[k]);
+    for (int k = s; k < H; k += KS) sum += hb[k] * A(wo[k]);
     part[i] = sum;
   }
 }
 
 // Phase 3: the partials summed in a fixed order, added to the step's gx (or written to gh).
 template <typename S>
-RNNFAST_HD void persistent_store_products(const PersistentForwardArgs<S>& a, const PersistentStep& st, int64_t r0,
+RNNFAST_HD void persistent_store_products(const PersistentForwardArgs<S>& a, const PersistentStep& st, int r0,
                                           int block, int tid, int nt, const acc_of<S>* part) {
   using A = acc_of<S>;
-  const int64_t H = a.H, U = a.geom.units, GU = a.G * U, KS = a.geom.k_split, GH = a.G * H;
-  const int64_t u0 = int64_t(block) * U, n = int64_t(a.geom.row_tile) * GU;
-  for (int64_t j = tid; j < n; j += nt) {
-    const int64_t r = r0 + j / GU, o = j % GU, u = u0 + o % U;
+  const int H = int(a.H), U = a.geom.units, GU = int(a.G) * U, KS = a.geom.k_split, u0 = block * U;
+  const int64_t GH = a.G * a.H;
+  const int n = a.geom.row_tile * GU;
+  for (int j = tid; j < n; j += nt) {
+    const int b = j / GU, o = j - b * GU, g = o / U, u = u0 + (o - g * U), r = r0 + b;
     if (r >= st.rows || u >= H) continue;
     A sum = A(0);
-    for (int64_t s = 0; s < KS; ++s) sum += part[j * KS + s];
-    const int64_t col = (o / U) * H + u;
+    for (int s = 0; s < KS; ++s) sum += part[j * KS + s];
+    const int64_t col = int64_t(g) * H + u;
     if (a.separate_hidden) {
       a.gh[r * GH + col] = sum;
     } else {
@@ -228,13 +251,13 @@ RNNFAST_HD StepForwardArgs<S> persistent_step_args(const PersistentForwardArgs<S
 
 // Phase 4: the gate math of the block's units for the tile's rows.
 template <typename S, bool Training>
-RNNFAST_HD void persistent_pointwise(const PersistentForwardArgs<S>& a, const PersistentStep& st, int64_t r0,
+RNNFAST_HD void persistent_pointwise(const PersistentForwardArgs<S>& a, const PersistentStep& st, int r0,
                                      int block, int tid, int nt) {
   const StepForwardArgs<S> s = persistent_step_args(a, st);
-  const int64_t U = a.geom.units, u0 = int64_t(block) * U, n = int64_t(a.geom.row_tile) * U;
-  for (int64_t i = tid; i < n; i += nt) {
-    const int64_t r = r0 + i / U, u = u0 + i % U;
-    if (r < st.rows && u < a.H) step_forward_element<S, Training>(s, r, u);
+  const int U = a.geom.units, u0 = block * U, n = a.geom.row_tile * U, H = int(a.H);
+  for (int i = tid; i < n; i += nt) {
+    const int b = i / U, r = r0 + b, u = u0 + (i - b * U);
+    if (r < st.rows && u < H) step_forward_element<S, Training>(s, r, u);
   }
 }
 

@@ -43,9 +43,9 @@ cuda_only = pytest.mark.skipif(DRY_RUN, reason="a CUDA feature (dry run on the C
 
 @pytest.fixture(autouse=True, params=["cublas", "persistent"])
 def device_setup(request):
-    """Every test under both GPU paths of the forward (the per-step cuBLAS loop and the persistent
-    kernel, gpu/path.h); full-precision fp32 on both sides (TF32 has its own test); the emulation
-    in a dry run."""
+    """Every test under both GPU paths of the recurrence (the per-step cuBLAS loop and the
+    persistent kernels, forward and backward, gpu/path.h); full-precision fp32 on both sides (TF32
+    has its own test); the emulation in a dry run."""
     was_path = C._gpu_path()
     C._set_gpu_path(request.param)
     if DRY_RUN:
@@ -63,7 +63,7 @@ def device_setup(request):
 
 
 def test_forced_path_runs(device_setup):
-    """The forced path is the one that runs: the persistent kernel launches (this GPU supports
+    """The forced path is the one that runs: the persistent forward launches (this GPU supports
     cooperative launches and the block slices of w_hh fit), the cuBLAS loop does not launch it."""
     launches = C._gpu_persistent_launches()
     for module in (rnnfast.LSTM(16, 256), rnnfast.GRU(16, 256), rnnfast.RNN(16, 256)):
@@ -142,19 +142,23 @@ def test_parity_with_cudnn_and_cpu(case, dtype):
     upstream = [torch.randn(s, dtype=dtype) for s in shapes]
     want = run_on(case, to_device(reference), inputs, lengths, upstream, DEVICE)
     got = run_on(case, to_device(fast), inputs, lengths, upstream, DEVICE)
+    assert_matches_cudnn_and_cpu(case, got, want, fast_cpu, inputs, lengths, upstream)
+
+
+def assert_matches_cudnn_and_cpu(case, got, cudnn, fast_cpu, inputs, lengths, upstream):
+    """rnnfast's GPU outputs and gradients `got` against torch.nn's on the GPU and rnnfast's on
+    the CPU (the same inputs and upstream gradients)."""
     if DRY_RUN:
         C._set_gpu_emulation(False)
     cpu = run_on(case, fast_cpu, inputs, lengths, upstream, "cpu")
-    for name, other in (("torch.nn on " + DEVICE, want), ("rnnfast on the CPU", cpu)):
-        assert_all_close(got[0], other[0], dtype, f"output vs {name}")
-        assert_all_close(got[1], other[1], dtype, f"gradient vs {name}")
+    for name, other in (("torch.nn on " + DEVICE, cudnn), ("rnnfast on the CPU", cpu)):
+        assert_all_close(got[0], other[0], case.dtype, f"output vs {name}")
+        assert_all_close(got[1], other[1], case.dtype, f"gradient vs {name}")
 
 
-@cuda_only
-def test_tf32_default_against_float64():
-    """With TF32 allowed (torch's default for cuDNN RNNs) fp32 GEMMs round their inputs to 10
-    mantissa bits: within 10 * 2^-11 of float64, as cuDNN's own TF32 result."""
-    torch.backends.cudnn.allow_tf32 = True
+def lstm_fp32_on_gpu_and_float64():
+    """A 2-layer fp32 LSTM's outputs: torch.nn in float64 on the same values (CPU), rnnfast and
+    torch.nn (cuDNN) on the GPU."""
     case = big(Case("LSTM", num_layers=2), hidden_size=128, input_size=64, seq_len=50, dtype=torch.float32)
     reference, fast = case.build_pair()
     exact = dataclasses.replace(case, dtype=torch.float64).build(torch.nn)
@@ -164,9 +168,48 @@ def test_tf32_default_against_float64():
         want = flatten(exact(x.double(), (h0.double(), c0.double())))
         got = flatten(to_device(fast)(x.to(DEVICE), (h0.to(DEVICE), c0.to(DEVICE))))
         cudnn = flatten(to_device(reference)(x.to(DEVICE), (h0.to(DEVICE), c0.to(DEVICE))))
+    return want, got, cudnn
+
+
+@cuda_only
+def test_tf32_default_against_float64():
+    """With TF32 allowed (torch's default for cuDNN RNNs) fp32 GEMMs round their inputs to 10
+    mantissa bits: within 10 * 2^-11 of float64, as cuDNN's own TF32 result."""
+    torch.backends.cudnn.allow_tf32 = True
+    want, got, cudnn = lstm_fp32_on_gpu_and_float64()
     for g, c, w in zip(got, cudnn, want):
         assert relative_error(g.cpu(), w) <= 10 * 2.0**-11
         assert relative_error(c.cpu(), w) <= 10 * 2.0**-11  # (the bound holds for cuDNN too)
+
+
+def test_persistent_partial_last_block(device_setup):
+    """H=1001 (an H100 plans 8 units per block, 126 blocks, a last block of one unit), 17 rows
+    (two tiles; the backward's 4004-long columns: tiles of 4 rows), training, against cuDNN and
+    rnnfast on the CPU; the persistent kernels must have run it under the persistent path (in a
+    dry run the emulated device falls back)."""
+    case = big(Case("LSTM"), hidden_size=1001, input_size=64, batch=17, seq_len=9, dtype=torch.float32)
+    reference, fast = case.build_pair()
+    fast_cpu = case.build(rnnfast)
+    fast_cpu.load_state_dict(reference.state_dict())
+    inputs = case.make_inputs(requires_grad=False)
+    upstream = [torch.randn(o.shape) for o in case.call(reference, *inputs)]
+    launches = C._gpu_persistent_launches()
+    got = run_on(case, to_device(fast), inputs, None, upstream, DEVICE)
+    if device_setup == "persistent" and not DRY_RUN:
+        assert C._gpu_persistent_launches() - launches == 2, "forward and backward: one launch each"
+    want = run_on(case, to_device(reference), inputs, None, upstream, DEVICE)
+    assert_matches_cudnn_and_cpu(case, got, want, fast_cpu, inputs, None, upstream)
+
+
+@cuda_only
+def test_matmul_tf32_switch_does_not_apply():
+    """RNNs follow torch.backends.cudnn.allow_tf32, as torch.nn's: with it off, fp32 stays full
+    fp32 even when torch.backends.cuda.matmul.allow_tf32 (the cuBLAS handle's math mode) is on.
+    TF32 would give errors near 1e-3; full fp32 stays below 1e-5."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    want, got, _ = lstm_fp32_on_gpu_and_float64()
+    for g, w in zip(got, want):
+        assert relative_error(g.cpu(), w) <= 1e-5
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
