@@ -187,3 +187,81 @@ def test_gpu_path_setting():
     with pytest.raises(ValueError, match="'auto', 'cublas' or 'persistent'"):
         C._set_gpu_path("fast")
     assert C._gpu_path() == before
+
+
+def _layer_args(cell, I, packed, reverse, H=7, B=4, T=5, P=None):
+    """Random float64 arguments of the layer ops (the schema's order); P: proj_size or None."""
+    from rnnfast._cells import CELLS
+    G = CELLS[cell].gates
+    out = P or H
+    batch_sizes = torch.tensor([4, 4, 3, 2, 1]) if packed else None
+    N = int(batch_sizes.sum()) if packed else T * B
+    r = lambda *shape: torch.randn(*shape, dtype=torch.float64)  # noqa: E731
+    return (cell, r(N, I), batch_sizes, r(B, out), r(B, H) if CELLS[cell].cell_state else None,
+            r(G * H, I), r(G * H, out), r(G * H), r(G * H), r(out, H) if P else None, reverse)
+
+
+def _on_the_cpu_path(fn):
+    """fn() with the emulation switched off: the CPU loops, the independent reference here."""
+    was = C._gpu_emulation()
+    C._set_gpu_emulation(False)
+    try:
+        return fn()
+    finally:
+        C._set_gpu_emulation(was)
+
+
+@pytest.mark.parametrize("cell,proj", [("LSTM", None), ("LSTM", 3), ("GRU", None), ("RNN_TANH", None)])
+@pytest.mark.parametrize("packed,reverse", [(False, False), (True, True)], ids=["padded", "packed-rev"])
+def test_backward_reads_y_through_its_row_stride(cell, proj, packed, reverse, emulated):
+    """A direct layer_backward call whose y is a column slice of a wider buffer (the op lets such a
+    view through: its rows are P apart only in the slice's columns) gets the same gradients as with
+    a contiguous y, and as the CPU loops. The GPU loop once indexed y as if its row stride were P."""
+    args = _layer_args(cell, 6, packed, reverse, P=proj)
+    y, h_n, c_n, workspace = torch.ops.rnnfast.layer_forward_train(*args)
+    wide = torch.randn(y.size(0), y.size(1) + 5, dtype=y.dtype)
+    wide[:, 2:2 + y.size(1)] = y
+    y_view = wide[:, 2:2 + y.size(1)]
+    assert y_view.stride(0) != y.size(1) and y_view.stride(1) == 1
+    grads = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n) if c_n.numel() else None)
+    call = lambda y_: torch.ops.rnnfast.layer_backward(*args, y_, workspace, *grads, [True, True, True])  # noqa: E731
+    got = call(y_view)
+    want_cpu = _on_the_cpu_path(lambda: call(y))
+    want_gpu = call(y)
+    for k, (g, w, w2) in enumerate(zip(got, want_cpu, want_gpu)):
+        torch.testing.assert_close(g, w, **TOL[torch.float64], msg=lambda m: f"gradient #{k} vs CPU: {m}")
+        torch.testing.assert_close(g, w2, rtol=0, atol=0, msg=lambda m: f"gradient #{k} vs contiguous y: {m}")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "RNN_RELU"])
+def test_input_size_zero_is_an_empty_product(cell, emulated):
+    """input_size 0: x @ w_ih^T is an empty product (zeros), which the GPU loop writes itself; the
+    emulated executor refuses a k == 0 GEMM, so this fails if one reaches cuBLAS. Forward and every
+    gradient against the CPU loops."""
+    args = _layer_args(cell, 0, packed=True, reverse=False)
+    got = torch.ops.rnnfast.layer_forward_train(*args)
+    want = _on_the_cpu_path(lambda: torch.ops.rnnfast.layer_forward_train(*args))
+    for g, w in zip(got[:3], want[:3]):
+        torch.testing.assert_close(g, w, **TOL[torch.float64])
+    y, h_n, c_n, workspace = got
+    grads = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n) if c_n.numel() else None)
+    got_g = torch.ops.rnnfast.layer_backward(*args, y, workspace, *grads, [True, True, True])
+    want_g = _on_the_cpu_path(
+        lambda: torch.ops.rnnfast.layer_backward(*args, want[0], want[3], *grads, [True, True, True]))
+    for k, (g, w) in enumerate(zip(got_g, want_g)):
+        assert g.shape == w.shape, k
+        torch.testing.assert_close(g, w, **TOL[torch.float64], msg=lambda m: f"gradient #{k}: {m}")
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_cells_with_input_size_zero(kind, emulated):
+    """torch's cells accept input_size 0; under the GPU loop the input GEMM is an empty product."""
+    reference = getattr(torch.nn, kind)(0, 4, dtype=torch.float64)
+    fast = getattr(rnnfast, kind)(0, 4, dtype=torch.float64)
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(3, 0, dtype=torch.float64)
+    hx = torch.randn(3, 4, dtype=torch.float64)
+    state = (hx, torch.randn(3, 4, dtype=torch.float64)) if kind == "LSTMCell" else hx
+    want, got = reference(x, state), fast(x, state)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        torch.testing.assert_close(g, w, **TOL[torch.float64])

@@ -94,6 +94,13 @@ class CudaExec {
                                       CUBLAS_GEMM_DEFAULT));
   }
 
+  // Row-major C[rows, cols] (row stride ldc) = 0: the empty products of gemm_rm.
+  template <typename Out>
+  void zero_rows(int64_t rows, int64_t cols, Out* C, int64_t ldc) {
+    RNNFAST_CUDA_CHECK(cudaMemset2DAsync(C, size_t(ldc) * sizeof(Out), 0, size_t(cols) * sizeof(Out),
+                                         size_t(rows), stream_));
+  }
+
   template <typename S>
   void step_forward(const gpu::StepForwardArgs<S>& a, bool training) {
     RNNFAST_CUDA_CHECK(launch_step_forward<S>(a, training, stream_));

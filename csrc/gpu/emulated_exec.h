@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "path.h"
@@ -37,9 +38,17 @@ class EmulatedExec {
     const at::Tensor a = view(A, m, k, lda, trans_a, st).to(acc);
     const at::Tensor b = view(B, k, n, ldb, trans_b, st).to(acc);
     at::Tensor c = view(C, m, n, ldc, false, c10::CppTypeToScalarType<Out>::value);
-    at::Tensor result = k > 0 ? at::matmul(a, b) : at::zeros({m, n}, a.options());
+    // gemm_rm writes empty products itself: a GEMM with k == 0 here is a bug.
+    TORCH_INTERNAL_ASSERT(k > 0, "rnnfast: a GEMM with k == 0 reached the executor");
+    at::Tensor result = at::matmul(a, b);
     if (beta != Acc(0)) result = result + c.to(acc) * beta;  // C is not read when beta == 0
     c.copy_(result);
+  }
+
+  // Row-major C[rows, cols] (row stride ldc) = 0.
+  template <typename Out>
+  void zero_rows(int64_t rows, int64_t cols, Out* C, int64_t ldc) {
+    for (int64_t r = 0; r < rows; ++r) std::fill_n(C + r * ldc, cols, Out(0));
   }
 
   template <typename S>

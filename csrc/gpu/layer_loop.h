@@ -63,10 +63,20 @@ inline int64_t chunk_rows(int64_t B, int64_t row_bytes) {
 // Row-major C[M,N] = op(A)[M,K] @ op(B)[K,N] + beta*C through a column-major
 // GEMM: the same memory read column-major is the transpose, so this is
 // C^T = op(B)^T @ op(A)^T. Leading dimensions are row strides (at least 1).
+// An empty product (K == 0: input_size 0, say) never reaches the GEMM: C =
+// beta*C is written here (zeros for beta == 0), as torch does for empty
+// operands, instead of relying on a library's k == 0 behaviour with possibly
+// null operands.
 template <class Exec, typename S, typename Out>
 void gemm_rm(Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const S* A,
              int64_t lda, const S* B, int64_t ldb, acc_of<S> beta, Out* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    TORCH_INTERNAL_ASSERT(beta == acc_of<S>(0) || beta == acc_of<S>(1),
+                          "rnnfast: an empty product with beta other than 0 or 1");
+    if (beta == acc_of<S>(0)) ex.template zero_rows<Out>(M, N, C, ldc);
+    return;
+  }
   ex.template gemm_cm<S, Out>(trans_b, trans_a, N, M, K, B, std::max<int64_t>(ldb, 1), A,
                               std::max<int64_t>(lda, 1), beta, C, std::max<int64_t>(ldc, 1));
 }
@@ -265,7 +275,7 @@ class GpuBackwardLoop {
 
   GpuBackwardLoop(Exec& ex, const LayerBackwardInputs& b, const LayerDims& d)
       : ex_(ex), b_(b), in_(b.in), cell_(cell_info(b.in.cell)), plan_(make_step_plan(b.in, d)), d_(d),
-        saved_(SavedActivations::view(b.workspace, b.in.cell, d)) {}
+        saved_(SavedActivations::view(b.workspace, b.in.cell, d)), y_(rows_of_width(b.y, d.P)) {}
 
   LayerGrads run() {
     const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
@@ -298,7 +308,7 @@ class GpuBackwardLoop {
 
     const S* w_hh = in_.w.w_hh.template data_ptr<S>();
     const S* w_hr = d_.proj ? in_.w.w_hr->template data_ptr<S>() : nullptr;
-    const S* y = b_.y.template data_ptr<S>();
+    const S* y = y_.template data_ptr<S>();
     const S* dy = b_.dy.template data_ptr<S>();
     const int64_t ld_dy = b_.dy.stride(0);
     S* dg_p = dg.data_ptr<S>();
@@ -385,7 +395,7 @@ class GpuBackwardLoop {
     a.w_hh = in_.w.w_hh.template data_ptr<S>();
     a.gates = ptr_of<S>(saved_.gates);
     a.saved = ptr_of<S>(cell_.cell_state ? saved_.cell : saved_.hidden_n);
-    a.y = b_.y.template data_ptr<S>();
+    a.y = y_.template data_ptr<S>();
     const bool prev_cell = cell_.backward_prev == PrevState::kCell;
     a.prev = prev_cell ? saved_.cell.template data_ptr<S>() : a.y;
     a.prev_initial = prev_cell ? in_.c0->template data_ptr<S>() : in_.h0.template data_ptr<S>();
@@ -406,6 +416,10 @@ class GpuBackwardLoop {
     }
   }
 
+  static Tensor rows_of_width(const Tensor& y, int64_t P) {
+    return y.size(0) <= 1 || y.stride(0) == P ? y : y.contiguous();
+  }
+
   // LSTM c_{t-1} or GRU h_{t-1} of each row of the s-th processed step.
   TwoSourceRows<S> prev_state(int64_t s) const {
     TwoSourceRows<S> p;
@@ -415,7 +429,7 @@ class GpuBackwardLoop {
       p.initial = in_.c0->template data_ptr<S>();
       p.ld = d_.H;
     } else {
-      p.first = s == 0 ? nullptr : b_.y.template data_ptr<S>() + plan_.previous_offset(s) * d_.P;
+      p.first = s == 0 ? nullptr : y_.template data_ptr<S>() + plan_.previous_offset(s) * d_.P;
       p.initial = in_.h0.template data_ptr<S>();
       p.ld = d_.P;
     }
@@ -427,7 +441,7 @@ class GpuBackwardLoop {
   // (rows continuing from the previous step, then rows starting from h0).
   const S* chunk_h_prev(const StepPlan::Chunk& ch, const Tensor& hp) {
     const int64_t P = d_.P, B = plan_.B;
-    const S* y = b_.y.template data_ptr<S>();
+    const S* y = y_.template data_ptr<S>();
     if (!has(in_.batch_sizes) && ch.s0 > 0) return y + (plan_.reverse ? ch.lo + B : ch.lo - B) * P;
     S* dst = hp.data_ptr<S>();
     const S* h0 = in_.h0.template data_ptr<S>();
@@ -488,6 +502,10 @@ class GpuBackwardLoop {
   const StepPlan plan_;
   const LayerDims d_;
   const SavedActivations saved_;
+  // y [N, P] with row stride P: the loops, the persistent kernel and the
+  // contiguous h_{t-1} shortcut of chunk_h_prev all index it that way, while the
+  // op lets a column slice of a wider buffer through (ops.h's row_major).
+  const Tensor y_;
   Tensor ones_;  // [max chunk rows] of 1 (storage type), when the weight gradients are asked for
 };
 
