@@ -54,18 +54,22 @@ def _pair(mode, I, H, **kwargs):
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_parity_at_every_thread_count(mode, thread_count):
-    """More threads than cores is fine for correctness; the plan must say the work was split
-    (at most one slice per 16 hidden units, and at most the machine's cores at once)."""
+    """More threads than cores is fine for correctness; the plan never uses more slices than the
+    threads asked for or the machine's cores."""
     ref, fast = _pair(mode, 5, 64, bidirectional=True, num_layers=2)
     x = torch.randn(9, 4, 5, requires_grad=True)
     out_ref, _ = ref(x)
     out_fast, _ = fast(x)
     assert_close(out_fast, out_ref, "output")
+    # Threads beyond the machine's cores are never leased. How many of those are granted depends on
+    # the machine's load (a contention back-off puts calls on one thread, and it can start or end
+    # during the call), so that is all this can assert on any machine, busy or quiet; splitting
+    # is checked where it is forced (test_small_calls_split_when_forced).
     state = C.thread_policy_state()
-    # Threads beyond the machine's cores are not leased; a contention back-off (a busy machine)
-    # puts calls on one thread.
-    expected = 1 if state["serial_until_ns"] else min(thread_count, state["capacity"])
-    assert C.last_call_plan()["slices"] == expected, (C.last_call_plan(), state)
+    slices = C.last_call_plan()["slices"]
+    assert 1 <= slices <= min(thread_count, state["capacity"]), (C.last_call_plan(), state)
+    if thread_count == 1:
+        assert slices == 1
     (g_ref,) = torch.autograd.grad(out_ref.square().sum(), x)
     (g_fast,) = torch.autograd.grad(out_fast.square().sum(), x)
     assert_close(g_fast, g_ref, "input gradient")
