@@ -13,14 +13,36 @@
 
 
 // ---------------------------------------------------------------------------
-// Panel layout
+// Register blocking of the packed GEMM, per instruction set (simd.h vectors):
+// a tile of kRows rows x kPanelVectors vectors of C stays in registers for a
+// pass over k, with one broadcast of A per row and k and one load of B per
+// vector and k. kDepthBlock: k is taken in blocks of that many rows (0: all
+// of K at once), so that the block of a panel stays in L1 while every row
+// tile passes over it.
 // ---------------------------------------------------------------------------
-#if defined(CPU_CAPABILITY_AVX2)
-constexpr int kRows = 2;  // 16 vector registers
-#else
-constexpr int kRows = 4;  // 32 vector registers (AVX-512); the generic build is not tuned
-#endif
+#if defined(CPU_CAPABILITY_AVX512)
+// 32 registers: 4 x 4 accumulators, 4 of B, 1 of A. No k blocks: measured at
+// 77-83 % of peak on Zen 5 this way (the panel streams from L2).
+constexpr int kRows = 4;
 constexpr int kPanelVectors = 4;
+constexpr int64_t kDepthBlock = 0;
+#elif defined(CPU_CAPABILITY_AVX2)
+// 16 registers: 6 x 2 accumulators (12: enough independent FMA chains for two
+// 4-cycle pipes), 2 of B, 1 of A: the shape of BLIS's and OpenBLAS's Haswell
+// sgemm kernels. A block of 256 k of a 16-column panel is 16 KB: it stays in
+// a 32 KB L1 beside the rows of A streaming past (a whole panel of K = 512 is
+// 32 KB, and does not).
+constexpr int kRows = 6;
+constexpr int kPanelVectors = 2;
+constexpr int64_t kDepthBlock = 256;
+#else
+// The generic build (simd.h's 4-lane arrays, SSE2 on x86-64): 4 x 2
+// accumulators in 16 registers; not tuned further.
+constexpr int kRows = 4;
+constexpr int kPanelVectors = 2;
+constexpr int64_t kDepthBlock = 256;
+#endif
+static_assert(kDepthBlock % 2 == 0, "k blocks must keep bf16 k-pairs whole");
 
 #if defined(RNNFAST_NATIVE_BF16)
 template <typename S>
@@ -33,7 +55,7 @@ constexpr bool kPairedPanels = false;
 // Columns per panel (kPanelVectors accumulation vectors) and the panel element.
 template <typename S>
 constexpr int64_t panel_width() {
-  return kPanelVectors * Vectorized<acc_t<S>>::size();
+  return kPanelVectors * simd::Vec<acc_t<S>>::size;
 }
 template <typename S>
 using panel_t = std::conditional_t<kPairedPanels<S>, c10::BFloat16, acc_t<S>>;
@@ -272,19 +294,33 @@ void pack_b_rows(int64_t K, int64_t N, const S* const* row_ptrs, int64_t col0, v
 
 // ---------------------------------------------------------------------------
 // Packed GEMM: C[M,N] = A[M,K] @ B[K,N] + beta*C, row-major. Panels are the
-// outer loop so one panel stays in cache while all row blocks of A pass over
-// it. Register tile: R rows x kPanelVectors vectors; for one or two rows a
-// second set of accumulators (even/odd k) hides the FMA latency.
+// outer loop so one panel (or its k block) stays in cache while all row
+// blocks of A pass over it. Register tile: R rows x kPanelVectors vectors.
 // ---------------------------------------------------------------------------
+
+// Accumulator sets of an R-row tile: a tile of few rows has few independent
+// FMA chains, so it keeps Q sets (even/odd k, ...) and adds them at the end.
+// AVX-512: two sets up to 2 rows (8 and 16 chains); otherwise enough sets for
+// 8 chains (two FMA pipes of 4 cycles' latency), at most 4.
+template <int R>
+constexpr int accumulator_sets() {
+#if defined(CPU_CAPABILITY_AVX512)
+  return R <= 2 ? 2 : 1;
+#else
+  constexpr int chains = R * kPanelVectors;
+  return chains >= 8 ? 1 : std::min(4, (8 + chains - 1) / chains);
+#endif
+}
+
 template <typename S, int R>
 inline void panel_tile(int64_t K, const S* A_, int64_t lda, const acc_t<S>* panel, acc_t<S> beta,
                        acc_t<S>* Cm, int64_t ldc, int64_t ncols) {
   using T = acc_t<S>;
-  using V = Vectorized<T>;
-  constexpr int64_t W = V::size();
+  using V = simd::Vec<T>;
+  constexpr int W = V::size;
   constexpr int C = kPanelVectors;
   constexpr int64_t NR = C * W;
-  constexpr int Q = R <= 2 ? 2 : 1;  // accumulator sets
+  constexpr int Q = accumulator_sets<R>();
   V acc[Q][R][C];
   if (beta != T(0)) {
     // C is read and written after the k loop: fetch its lines (for writing)
@@ -297,36 +333,35 @@ inline void panel_tile(int64_t K, const S* A_, int64_t lda, const acc_t<S>* pane
   }
   for (int q = 0; q < Q; ++q)
     for (int r = 0; r < R; ++r)
-      for (int c = 0; c < C; ++c) acc[q][r][c] = V(T(0));
+      for (int c = 0; c < C; ++c) acc[q][r][c] = V::zero();
   int64_t k = 0;
   for (; k + Q <= K; k += Q) {
     for (int q = 0; q < Q; ++q) {
       const T* brow = panel + (k + q) * NR;
       V bv[C];
-      for (int c = 0; c < C; ++c) bv[c] = V::loadu(brow + c * W);
+      for (int c = 0; c < C; ++c) bv[c] = V::load(brow + c * W);
       for (int r = 0; r < R; ++r) {
-        const V av(Storage<S>::scalar(A_[r * lda + k + q]));
-        for (int c = 0; c < C; ++c) acc[q][r][c] = at::vec::fmadd(av, bv[c], acc[q][r][c]);
+        const V av = V::broadcast(Storage<S>::scalar(A_[r * lda + k + q]));
+        for (int c = 0; c < C; ++c) acc[q][r][c] = simd::fmadd(av, bv[c], acc[q][r][c]);
       }
     }
   }
   for (; k < K; ++k) {
     const T* brow = panel + k * NR;
     for (int r = 0; r < R; ++r) {
-      const V av(Storage<S>::scalar(A_[r * lda + k]));
-      for (int c = 0; c < C; ++c)
-        acc[0][r][c] = at::vec::fmadd(av, V::loadu(brow + c * W), acc[0][r][c]);
+      const V av = V::broadcast(Storage<S>::scalar(A_[r * lda + k]));
+      for (int c = 0; c < C; ++c) acc[0][r][c] = simd::fmadd(av, V::load(brow + c * W), acc[0][r][c]);
     }
   }
   for (int r = 0; r < R; ++r) {
     T* crow = Cm + r * ldc;
     for (int c = 0; c < C; ++c) {
-      const int64_t n = std::min<int64_t>(W, ncols - c * W);
+      const int n = int(std::min<int64_t>(W, ncols - c * W));
       if (n <= 0) break;
       V out = acc[0][r][c];
-      if constexpr (Q == 2) out = out + acc[1][r][c];
-      if (beta != T(0)) out = at::vec::fmadd(V(beta), load(crow + c * W, n), out);
-      store(crow + c * W, out, n);
+      for (int q = 1; q < Q; ++q) out = out + acc[q][r][c];
+      if (beta != T(0)) out = simd::fmadd(V::broadcast(beta), simd::load(crow + c * W, n), out);
+      simd::store(crow + c * W, out, n);
     }
   }
 }
@@ -380,8 +415,43 @@ inline void panel_tile_bf16(int64_t K, const c10::BFloat16* A_, int64_t lda,
 }
 #endif
 
+// Calls f(std::integral_constant<int, R>, m) for row tiles covering [m0, m1):
+// tiles of kRows rows, and the rest in at most two smaller tiles. With 6-row
+// tiles a rest of 1 or 2 rows joins the last full tile as two tiles (4 + 3,
+// 4 + 4): a 1- or 2-row tile has too few FMA chains to run at full rate.
+template <typename F>
+inline void for_each_row_tile(int64_t m0, int64_t m1, F&& f) {
+  auto call = [&](int rows, int64_t m) {
+    switch (rows) {
+      case 1: f(std::integral_constant<int, 1>(), m); break;
+      case 2: f(std::integral_constant<int, 2>(), m); break;
+      case 3: f(std::integral_constant<int, 3>(), m); break;
+      case 4: f(std::integral_constant<int, 4>(), m); break;
+      default:
+        if constexpr (kRows > 4) {
+          if (rows == 5) f(std::integral_constant<int, (kRows > 4 ? 5 : 1)>(), m);
+          if (rows == 6) f(std::integral_constant<int, (kRows > 5 ? 6 : 1)>(), m);
+        }
+    }
+  };
+  int64_t full = (m1 - m0) / kRows, left = (m1 - m0) % kRows;
+  if (kRows > 4 && full > 0 && left > 0 && left < 3) {
+    --full;
+    left += kRows;
+  }
+  int64_t m = m0;
+  for (int64_t i = 0; i < full; ++i, m += kRows) f(std::integral_constant<int, kRows>(), m);
+  while (left > 0) {
+    const int rows = left > kRows ? 4 : int(left);
+    call(rows, m);
+    m += rows;
+    left -= rows;
+  }
+}
+
 // Rows of A are taken in blocks of about 256 KB, so that a block stays in the
-// L2 cache while every panel of B passes over it.
+// L2 cache while every panel of B passes over it; k in blocks of kDepthBlock
+// (the later blocks add to C).
 template <typename S>
 void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const void* packed,
                  acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
@@ -391,28 +461,27 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, cons
   const P* Bp = static_cast<const P*>(packed);
   const int64_t block_rows = std::max<int64_t>(
       kRows, (int64_t(256 * 1024) / (sizeof(S) * std::max<int64_t>(K, 1))) / kRows * kRows);
+  const int64_t depth = kDepthBlock > 0 && !kPairedPanels<S> ? kDepthBlock : std::max<int64_t>(K, 1);
   for (int64_t m0 = 0; m0 < M; m0 += block_rows) {
     const int64_t m1 = std::min(M, m0 + block_rows);
-    for (int64_t j0 = 0; j0 < N; j0 += NR) {
-      const P* panel = Bp + j0 * KP;
-      const int64_t ncols = std::min(NR, N - j0);
-      auto tile = [&](auto rows, int64_t m) {
-        constexpr int Rows = decltype(rows)::value;
+    for (int64_t k0 = 0; k0 < std::max<int64_t>(K, 1); k0 += depth) {
+      const int64_t kn = std::min(depth, K - k0);
+      const acc_t<S> beta_k = k0 == 0 ? beta : acc_t<S>(1);
+      for (int64_t j0 = 0; j0 < N; j0 += NR) {
+        const P* panel = Bp + j0 * KP + k0 * NR;
+        const int64_t ncols = std::min(NR, N - j0);
+        for_each_row_tile(m0, m1, [&](auto rows, int64_t m) {
+          constexpr int Rows = decltype(rows)::value;
 #if defined(RNNFAST_NATIVE_BF16)
-        if constexpr (kPairedPanels<S>) {
-          panel_tile_bf16<Rows>(K, A_ + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
-          return;
-        }
+          if constexpr (kPairedPanels<S>) {
+            panel_tile_bf16<Rows>(K, A_ + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
+            return;
+          }
 #endif
-        if constexpr (!kPairedPanels<S>)
-          panel_tile<S, Rows>(K, A_ + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
-      };
-      int64_t m = m0;
-      for (; m + kRows <= m1; m += kRows) tile(std::integral_constant<int, kRows>(), m);
-      const int64_t left = m1 - m;
-      if (left == 3) tile(std::integral_constant<int, 3>(), m);
-      if (left == 2) tile(std::integral_constant<int, 2>(), m);
-      if (left == 1) tile(std::integral_constant<int, 1>(), m);
+          if constexpr (!kPairedPanels<S>)
+            panel_tile<S, Rows>(kn, A_ + m * lda + k0, lda, panel, beta_k, Cm + m * ldc + j0, ldc, ncols);
+        });
+      }
     }
   }
 }

@@ -8,6 +8,8 @@
 // out-of-line code shared with other translation units (no std::string, no
 // exceptions).
 //
+//   simd.h           the project's own vector layer (the GEMM's tiles; the
+//                    rest still uses at::vec, see issue 16)
 //   vec_math.h       exp/sigmoid/tanh, the Math policy of cell_math.h, loads,
 //                    stores, storage <-> accumulation conversions
 //   gemm_impl.h      packing, the GEMMs, helpers of the weight gradients
@@ -27,6 +29,7 @@
 
 #include "../cell_math.h"
 #include "kernels.h"
+#include "simd.h"
 
 namespace rnnfast::cpu::CPU_CAPABILITY {
 
