@@ -45,6 +45,7 @@ COMMON_SOURCES = [
     "csrc/cpu/backward_loop.cpp",
     "csrc/cpu/dispatch.cpp",
     "csrc/cpu/buffer_pool.cpp",
+    "csrc/cpu/panel_cache.cpp",
     "csrc/cpu/thread_policy.cpp",
     "csrc/cpu/gemm_bench.cpp",
     "csrc/gpu/emulated.cpp",
@@ -100,7 +101,7 @@ class BuildWithIsaKernels(BuildExtension):
                 output_dir=os.path.join(self.build_temp, f"isa_{isa}"),
                 include_dirs=ext.include_dirs,
                 extra_postargs=cxx_flags + ISA_FLAGS[isa],
-                depends=["csrc/cpu/kernels_impl.h", "csrc/cpu/kernels.h", "csrc/cpu/vec_math.h", "csrc/cpu/simd.h",
+                depends=["csrc/cpu/kernels_impl.h", "csrc/cpu/kernels.h", "csrc/cpu/vec_math.h", "csrc/cpu/simd.h", "csrc/cpu/fingerprint_impl.h",
                          "csrc/cpu/gemm_impl.h", "csrc/cpu/cell_rows_impl.h", "csrc/cell_math.h"],
             )
             ext.extra_objects.extend(objects)

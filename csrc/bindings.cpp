@@ -8,6 +8,7 @@
 #include <chrono>
 
 #include "cpu/buffer_pool.h"
+#include "cpu/panel_cache.h"
 #include "cpu/gemm_bench.h"
 #include "cpu/kernels.h"
 #include "cpu/thread_policy.h"
@@ -135,8 +136,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           gpu::emulated_device() = gpu::EmulatedDevice{sms, smem_per_block};
         }, py::arg("sms"), py::arg("smem_per_block"),
         "Tests: the device the emulated persistent kernel plans for (default 8 SMs, 227 KB per block).");
-  m.def("empty_cache", &cpu::pool_empty_cache,
-        "Free the cached buffers of the pool (see csrc/cpu/buffer_pool.h).");
+  m.def("empty_cache", [] {
+          cpu::pool_empty_cache();
+          cpu::panel_cache_clear();
+        },
+        "Free the cached buffers of the pool (csrc/cpu/buffer_pool.h) and the packed weight panels "
+        "kept across calls (csrc/cpu/panel_cache.h).");
+  m.def("panel_cache_stats", [] {
+    const cpu::PanelCacheStats s = cpu::panel_cache_stats();
+    py::dict d;
+    d["hits"] = s.hits;
+    d["packs"] = s.packs;
+    d["uncached"] = s.uncached;
+    d["entries"] = s.entries;
+    d["bytes"] = s.bytes;
+    d["capacity"] = s.capacity;
+    return d;
+  }, "The panel cache (csrc/cpu/panel_cache.h): reuses, packs, entries, bytes held, capacity.");
+  m.def("_release_panels", &cpu::panel_cache_release, py::arg("weight"),
+        "Drop the cached panels packed from this tensor's storage (a module's parameter, when it is freed).");
+  m.def("_set_panel_cache_capacity", &cpu::panel_cache_set_capacity, py::arg("bytes"),
+        "Tests: the panel cache's capacity in bytes (0 disables it); returns the previous one.");
   m.def("cached_bytes", &cpu::pool_cached_bytes, "Bytes of unused buffers the pool keeps.");
   m.def("cpu_capability", &cpu::cpu_capability, "Instruction set of the CPU kernels in use.");
   m.def("set_min_parallel_macs", &cpu::set_min_parallel_macs,

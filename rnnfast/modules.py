@@ -19,6 +19,8 @@ exporter), ``forward`` runs torch.nn's own ``forward`` on the same parameters, s
 graph has exactly the nodes torch.nn exports.
 """
 
+import weakref
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
@@ -42,6 +44,23 @@ except ImportError:  # another torch layout
     _exporting_to_onnx = torch.onnx.is_in_onnx_export
 
 _MISSING = object()
+
+
+def _release_panels(parameters: dict):
+    """Drops the packed weight panels rnnfast's CPU kernels keep for these parameters (the panel
+    cache, csrc/cpu/panel_cache.h). Called when the module owning them is garbage-collected."""
+    extension = require_extension()
+    for weight in parameters.values():
+        if weight is not None and weight.device.type == "cpu":
+            extension._release_panels(weight)
+
+
+def _release_panels_when_collected(module):
+    """The module's panels go with it: a finalizer over its parameter dict (not the module, which
+    it must not keep alive). Entries of weights replaced later, or of copies, are dropped once
+    their storage is freed, at the cache's next lookup."""
+    finalizer = weakref.finalize(module, _release_panels, module._parameters)
+    finalizer.atexit = False
 
 
 def _parameters(module, names):
@@ -114,6 +133,10 @@ class _RecurrentBase(nn.RNNBase):
 
     # torch.nn's own forward of the class (run while an ONNX exporter traces the module).
     _torch_forward = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _release_panels_when_collected(self)
 
     def _current_weights(self):
         """The weights in torch.nn's flat order, re-read if they were replaced (e.g. by
@@ -414,6 +437,7 @@ class _CellForward:
     def __init__(self, *args, **kwargs):
         require_extension()
         super().__init__(*args, **kwargs)
+        _release_panels_when_collected(self)
 
     def _mode(self) -> str:
         return self._cell_mode

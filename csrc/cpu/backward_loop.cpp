@@ -61,14 +61,20 @@ class BackwardLoop {
     if (cell_.cell_state) to_acc(a_.dc_n->template data_ptr<S>(), B * H_, dc_);
     if (proj_) dh_total_ = pooled_empty({rows_max, P_}, opts);
     // As in the forward, a call of a few rows reads the weights where they are
-    // instead of packing them.
+    // instead of packing them; the others go through the panel cache. Slice s
+    // owns columns p0..p1 of dh_{t-1} = dG_t @ w_hh, with projection units
+    // u0..u1 of dm_t = dh_t @ w_hr, and columns i0..i1 of dx = dG @ w_ih.
     const bool direct = plan_.N <= 4 * kRowsPerPackedPass;
-    auto panels = [&](int64_t K, std::vector<int64_t> widths) {
-      return direct ? SlicePanels<S>::direct(K, std::move(widths))
-                    : SlicePanels<S>(k_, K, std::move(widths), opts);
+    auto panels = [&](const Tensor& w, int64_t K, std::vector<int64_t> widths,
+                      const std::vector<int64_t>& cut) {
+      // Row-major weights: slice s is columns cut[s] .. cut[s+1] of every row.
+      std::vector<SliceSource> src(slicing_.count);
+      for (int sl = 0; sl < slicing_.count; ++sl) src[sl] = {0, w.size(1), ColumnMap{cut[sl], w.size(1), 0, 1}};
+      return direct ? SlicePanels<S>::direct(w, K, std::move(widths), std::move(src))
+                    : SlicePanels<S>::packed(k_, w, K, std::move(widths), std::move(src));
     };
-    w_hh_panels_ = panels(GH, slicing_.proj_widths());
-    if (proj_) w_hr_panels_ = panels(P_, slicing_.unit_widths(1));
+    w_hh_panels_ = panels(in_.w.w_hh, GH, slicing_.proj_widths(), slicing_.proj);
+    if (proj_) w_hr_panels_ = panels(*in_.w.w_hr, P_, slicing_.unit_widths(1), slicing_.unit);
     if (a_.need_dweights) {
       // Written (not accumulated) by the first chunk's products: no zeroing.
       dw_ih_ = pooled_empty(in_.w.w_ih.sizes(), acc_opts);
@@ -92,8 +98,8 @@ class BackwardLoop {
       std::vector<int64_t> widths(slicing_.count);
       for (int s = 0; s < slicing_.count; ++s) widths[s] = input_cut_[s + 1] - input_cut_[s];
       const int64_t shared = separate_ ? GH - H_ : GH;
-      w_ih_panels_ = panels(shared, widths);
-      if (separate_) w_in_panels_ = panels(H_, widths);
+      w_ih_panels_ = panels(in_.w.w_ih.narrow(0, 0, shared), shared, widths, input_cut_);
+      if (separate_) w_in_panels_ = panels(in_.w.w_ih.narrow(0, shared, H_), H_, widths, input_cut_);
     }
 
     last_call_plan() = CallPlan{true, slicing_.count, int64_t(chunks_.size()), rows_max, direct};
@@ -105,28 +111,17 @@ class BackwardLoop {
         barrier.wait(thread);  // the next chunk reuses the chunk buffers
       }
     });
+    for (SlicePanels<S>* p : {&w_hh_panels_, &w_hr_panels_, &w_ih_panels_, &w_in_panels_}) p->commit();
     return finish();
   }
 
  private:
   using Chunk = StepPlan::Chunk;
 
-  // Slice s owns columns p0..p1 of dh_{t-1} = dG_t @ w_hh, with projection
-  // units u0..u1 of dm_t = dh_t @ w_hr, and columns i0..i1 of dx = dG @ w_ih.
+  // Each thread packs its slices of the weights (or finds them in the panel cache).
   void pack_weights(int thread, int threads, SpinBarrier& barrier) {
-    for (int s = thread; s < slicing_.count; s += threads) {
-      w_hh_panels_.pack(k_, s, in_.w.w_hh.template data_ptr<S>(), P_,
-                        ColumnMap{slicing_.p0(s), P_, 0, 1});
-      if (proj_)
-        w_hr_panels_.pack(k_, s, in_.w.w_hr->template data_ptr<S>(), H_,
-                          ColumnMap{slicing_.u0(s), H_, 0, 1});
-      if (a_.need_dx) {
-        const S* w_ih = in_.w.w_ih.template data_ptr<S>();
-        const ColumnMap cols{input_cut_[s], I_, 0, 1};
-        w_ih_panels_.pack(k_, s, w_ih, I_, cols);
-        if (separate_) w_in_panels_.pack(k_, s, w_ih + (G_ - 1) * H_ * I_, I_, cols);
-      }
-    }
+    check_and_pack(k_, slicing_, thread, threads, barrier, w_hh_panels_, w_hr_panels_, w_ih_panels_,
+                   w_in_panels_);
     barrier.wait(thread);
   }
 

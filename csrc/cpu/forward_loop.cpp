@@ -83,19 +83,30 @@ class ForwardLoop {
     }
     // Packing costs about as much as one pass of GEMMs over the weights: not
     // repaid by a step or two of a small batch (e.g. one step at a time while
-    // decoding). Such calls read the weights where they are.
-    if (plan_.N <= 4 * kRowsPerPackedPass) {
-      w_ih_panels_ = SlicePanels<S>::direct(I_, slicing_.unit_widths(G_));
-      w_hh_panels_ = SlicePanels<S>::direct(P_, slicing_.unit_widths(G_));
-      if (proj_) w_hr_panels_ = SlicePanels<S>::direct(H_, slicing_.proj_widths());
-    } else {
-      w_ih_panels_ = SlicePanels<S>(k_, I_, slicing_.unit_widths(G_), opts);
-      w_hh_panels_ = SlicePanels<S>(k_, P_, slicing_.unit_widths(G_), opts);
-      if (proj_) w_hr_panels_ = SlicePanels<S>(k_, H_, slicing_.proj_widths(), opts);
+    // decoding). Such calls read the weights where they are; the others use
+    // panels from the panel cache, packed again only where a weight changed.
+    // Slice s multiplies by its columns of w_ih^T and w_hh^T, gate-blocked:
+    // column g*nu + j is row g*H + u0 + j of the weight, so one GEMM gives all
+    // gates of the slice's units. With projection it also owns columns
+    // p0..p1 of w_hr^T.
+    const bool direct = plan_.N <= 4 * kRowsPerPackedPass;
+    std::vector<SliceSource> ih(slicing_.count), hh(slicing_.count), hr(slicing_.count);
+    for (int s = 0; s < slicing_.count; ++s) {
+      const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
+      ih[s] = {0, 1, ColumnMap{u0 * I_, nu, H_ * I_, I_}};
+      hh[s] = {0, 1, ColumnMap{u0 * P_, nu, H_ * P_, P_}};
+      hr[s] = {0, 1, ColumnMap{slicing_.p0(s) * H_, P_, 0, H_}};
     }
+    auto panels = [&](const Tensor& w, int64_t K, std::vector<int64_t> widths, std::vector<SliceSource> src) {
+      return direct ? SlicePanels<S>::direct(w, K, std::move(widths), std::move(src))
+                    : SlicePanels<S>::packed(k_, w, K, std::move(widths), std::move(src));
+    };
+    w_ih_panels_ = panels(in_.w.w_ih, I_, slicing_.unit_widths(G_), std::move(ih));
+    w_hh_panels_ = panels(in_.w.w_hh, P_, slicing_.unit_widths(G_), std::move(hh));
+    if (proj_) w_hr_panels_ = panels(*in_.w.w_hr, H_, slicing_.proj_widths(), std::move(hr));
 
     last_call_plan() = CallPlan{false, slicing_.count, int64_t(chunks_.size()),
-                                StepPlan::max_rows(chunks_), plan_.N <= 4 * kRowsPerPackedPass};
+                                StepPlan::max_rows(chunks_), direct};
     run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
       for (const Chunk& c : chunks_) {
@@ -103,6 +114,9 @@ class ForwardLoop {
         for (int64_t s = c.s0; s < c.s1; ++s) step(s, c, thread, threads, barrier);
       }
     });
+    w_ih_panels_.commit();
+    w_hh_panels_.commit();
+    w_hr_panels_.commit();
     gather_h_n(out.h_n);
     // Rows keep c from their last step.
     if (cell_.cell_state) k_.to_storage(B, H_, c_, H_, out.c_n.template data_ptr<S>(), H_);
@@ -112,20 +126,15 @@ class ForwardLoop {
  private:
   using Chunk = StepPlan::Chunk;
 
-  // Slice s multiplies by its columns of w_ih^T and w_hh^T, gate-blocked:
-  // column g*nu + j is row g*H + u0 + j of the weight, so one GEMM gives all
-  // gates of the slice's units. With projection it also owns columns
-  // p0..p1 of w_hr^T.
+  // Each thread packs its slices of the weights (or finds them in the panel
+  // cache), then waits for all: every slice's panels are read by its owner
+  // only, but the barrier also orders the packing before the first step's
+  // reads of the previous state.
   void pack_weights(int thread, int threads, SpinBarrier& barrier) {
-    for (int s = thread; s < slicing_.count; s += threads) {
-      const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
-      w_ih_panels_.pack(k_, s, in_.w.w_ih.template data_ptr<S>(), 1,
-                        ColumnMap{u0 * I_, nu, H_ * I_, I_});
-      w_hh_panels_.pack(k_, s, in_.w.w_hh.template data_ptr<S>(), 1,
-                        ColumnMap{u0 * P_, nu, H_ * P_, P_});
-      if (proj_)
-        w_hr_panels_.pack(k_, s, in_.w.w_hr->template data_ptr<S>(), 1,
-                          ColumnMap{slicing_.p0(s) * H_, P_, 0, H_});
+    if (proj_) {
+      check_and_pack(k_, slicing_, thread, threads, barrier, w_ih_panels_, w_hh_panels_, w_hr_panels_);
+    } else {
+      check_and_pack(k_, slicing_, thread, threads, barrier, w_ih_panels_, w_hh_panels_);
     }
     barrier.wait(thread);
   }

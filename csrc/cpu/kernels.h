@@ -149,6 +149,8 @@ struct KernelTable {
   void (*to_storage)(int64_t rows, int64_t cols, const A* src, int64_t lds, S* dst, int64_t ldd);
   // Register-only FMA loop for measuring the peak (flops done in *flops).
   double (*fma_loop)(int64_t iterations, double* flops);
+  // 64-bit hash of `bytes` bytes, the same in every build (panel_cache.h).
+  uint64_t (*fingerprint)(const void* p, int64_t bytes);
   CellKernels<S> cells[kNumCellTypes];  // indexed by CellType
 };
 

@@ -14,6 +14,7 @@
 //                    stores, storage <-> accumulation conversions
 //   gemm_impl.h      packing, the GEMMs, helpers of the weight gradients
 //   cell_rows_impl.h the fused pointwise row kernels of every cell
+//   fingerprint_impl.h  the panel cache's hash of a weight block
 #pragma once
 
 #ifndef CPU_CAPABILITY
@@ -38,6 +39,7 @@ using at::vec::Vectorized;
 #include "vec_math.h"
 #include "gemm_impl.h"
 #include "cell_rows_impl.h"
+#include "fingerprint_impl.h"
 
 template <typename S>
 const KernelTable<S>* make_table(const char* isa) {
@@ -53,6 +55,7 @@ const KernelTable<S>* make_table(const char* isa) {
       &add_column_sums<S>,
       &to_storage<S>,
       &fma_loop<S>,
+      &fingerprint,
       {
           // Indexed by CellType: LSTM, GRU, RNN_TANH, RNN_RELU.
           {&lstm_forward_rows<S, true>, &lstm_forward_rows<S, false>, &lstm_backward_rows<S>},

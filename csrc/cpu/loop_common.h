@@ -24,6 +24,7 @@
 #include "barrier.h"
 #include "buffer_pool.h"
 #include "kernels.h"
+#include "panel_cache.h"
 #include "thread_policy.h"
 
 namespace rnnfast::cpu {
@@ -114,45 +115,92 @@ void run_parallel(int slices, const Body& body) {
   body(0, 1, solo);
 }
 
+// Where slice s of a weight's panels comes from: column n of the slice at
+// weight + offset + columns.offset(n), rows k at k_stride (elements).
+struct SliceSource {
+  int64_t offset = 0;
+  int64_t k_stride = 1;
+  ColumnMap columns;
+};
+
 // A matrix packed for gemm_packed separately for each column slice (slice s:
 // up to K_max rows, widths[s] columns): the weights of the time loop, or a
 // chunk of rows for the weight gradients. Allocated before the parallel
 // region; each thread packs its own slices inside it, so the panels are first
 // touched by the core that streams them. Panels are opaque bytes in the
 // layout of the build that packs them (kernels.h).
+//
+// Weights are packed through the panel cache (panel_cache.h): in the
+// parallel region every thread first fingerprints its share of the weight
+// (check), then, after a barrier, packs its slices only if the cache holds
+// no panels of this weight as it is now (pack); the call commits afterwards.
 template <typename S>
 class SlicePanels {
  public:
   using A = acc_t<S>;
   SlicePanels() = default;
+  // Scratch panels of `widths` columns and up to K_max rows, filled by pack_rows.
   SlicePanels(const KernelTable<S>& k, int64_t K_max, std::vector<int64_t> widths,
               const at::TensorOptions& opts)
-      : K_(widths.size(), K_max), widths_(std::move(widths)), offsets_(widths_.size() + 1, 0) {
-    for (size_t s = 0; s < widths_.size(); ++s)  // slices 64-byte aligned
-      offsets_[s + 1] = offsets_[s] + (k.packed_b_bytes(K_max, widths_[s]) + 63) / 64 * 64;
+      : K_(widths.size(), K_max), widths_(std::move(widths)), offsets_(layout(k, K_max, widths_)) {
     buffer_ = pooled_empty({std::max<int64_t>(offsets_.back(), 1)}, opts.dtype(at::kByte));
+    data_ = static_cast<uint8_t*>(buffer_.data_ptr());
   }
-  // Unpacked: gemm() reads the weights where they are, for calls too small to
-  // repay packing: transposed weights (k_stride 1: gemm_direct, a dot product
-  // per output) or row-major ones (contiguous columns of rows k_stride apart:
-  // gemm_rows).
-  static SlicePanels direct(int64_t K, std::vector<int64_t> widths) {
+  // The panels of `weight` ([rows, cols] contiguous, S), slice s packed from
+  // sources[s] with K rows: through the panel cache.
+  static SlicePanels packed(const KernelTable<S>& k, const Tensor& weight, int64_t K,
+                            std::vector<int64_t> widths, std::vector<SliceSource> sources) {
     SlicePanels p;
     p.K_.assign(widths.size(), K);
     p.widths_ = std::move(widths);
-    p.direct_.resize(p.widths_.size());
+    p.offsets_ = layout(k, K, p.widths_);
+    std::vector<int64_t> recipe{int64_t(reinterpret_cast<uintptr_t>(&k)), K, int64_t(p.widths_.size())};
+    for (size_t s = 0; s < p.widths_.size(); ++s) {
+      const SliceSource& src = sources[s];
+      recipe.insert(recipe.end(), {p.widths_[s], src.offset, src.k_stride, src.columns.base, src.columns.block,
+                                   src.columns.block_stride, src.columns.col_stride});
+    }
+    p.lease_ = PanelLease::acquire(weight, std::move(recipe), p.offsets_.back());
+    p.data_ = static_cast<uint8_t*>(p.lease_->data());
+    p.weight_ = weight.data_ptr<S>();
+    p.sources_ = std::move(sources);
     return p;
   }
-  // Packs slice s from column map `columns` of src (rows k at k_stride); in
-  // direct mode only remembers where the columns are.
-  void pack(const KernelTable<S>& k, int s, const S* src, int64_t k_stride, ColumnMap columns) {
-    if (!direct_.empty()) {
-      // Row-major sources are read as one run of columns per row.
-      TORCH_INTERNAL_ASSERT(k_stride == 1 || (columns.col_stride == 1 && columns.block >= widths_[s]));
-      direct_[s] = {src, columns, k_stride};
-      return;
-    }
-    k.pack_b(K_[s], widths_[s], src, k_stride, columns, data(s));
+  // Unpacked: gemm() reads the weight where it is, for calls too small to
+  // repay packing: transposed weights (k_stride 1: gemm_direct, a dot product
+  // per output) or row-major ones (contiguous columns of rows k_stride apart:
+  // gemm_rows).
+  static SlicePanels direct(const Tensor& weight, int64_t K, std::vector<int64_t> widths,
+                            std::vector<SliceSource> sources) {
+    SlicePanels p;
+    p.K_.assign(widths.size(), K);
+    p.widths_ = std::move(widths);
+    p.weight_ = weight.data_ptr<S>();
+    p.sources_ = std::move(sources);
+    p.direct_ = true;
+    for (size_t s = 0; s < p.sources_.size(); ++s)  // row-major sources are read as one run of columns per row
+      TORCH_INTERNAL_ASSERT(p.sources_[s].k_stride == 1 ||
+                            (p.sources_[s].columns.col_stride == 1 && p.sources_[s].columns.block >= p.widths_[s]));
+    return p;
+  }
+  // Whether the panel cache holds these panels (their weight is fingerprinted).
+  bool cached() const { return lease_ && lease_->cached(); }
+  // This thread's share of the weight's fingerprint (a barrier must follow
+  // before pack() reads the verdict).
+  void check(const KernelTable<S>& k, int thread, int threads) {
+    if (!cached()) return;
+    const int64_t n = lease_->blocks();
+    lease_->check_blocks(n * thread / threads, n * (thread + 1) / threads, k.fingerprint);
+  }
+  // Packs slice s, unless the cache holds it for the weight as it is.
+  void pack(const KernelTable<S>& k, int s) {
+    if (direct_ || sources_.empty() || (lease_ && !lease_->stale())) return;
+    const SliceSource& src = sources_[s];
+    k.pack_b(K_[s], widths_[s], weight_ + src.offset, src.k_stride, src.columns, data(s));
+  }
+  // After the parallel region: the cache entry holds what was packed.
+  void commit() {
+    if (lease_) lease_->commit();
   }
   // Packs slice s from K rows given by pointers (their columns col0 ...).
   void pack_rows(const KernelTable<S>& k, int s, int64_t K, const S* const* rows, int64_t col0) {
@@ -163,35 +211,55 @@ class SlicePanels {
   void gemm(const KernelTable<S>& k, int s, int64_t M, const S* A_, int64_t lda, A beta, A* C,
             int64_t ldc) const {
     if (M <= 0 || widths_[s] <= 0) return;  // (e.g. dx of a cell with input_size 0)
-    if (direct_.empty()) {
+    if (!direct_) {
       k.gemm_packed(M, widths_[s], K_[s], A_, lda, data(s), beta, C, ldc);
       return;
     }
-    const Direct& d = direct_[s];
+    const SliceSource& d = sources_[s];
+    const S* src = weight_ + d.offset;
     if (d.k_stride != 1) {
-      k.gemm_rows(M, widths_[s], K_[s], A_, lda, d.src + d.cols.offset(0), d.k_stride, beta, C, ldc);
+      k.gemm_rows(M, widths_[s], K_[s], A_, lda, src + d.columns.offset(0), d.k_stride, beta, C, ldc);
       return;
     }
     // Columns come in blocks of contiguous weight rows (gate blocks).
-    for (int64_t n0 = 0; n0 < widths_[s]; n0 += d.cols.block) {
-      const int64_t n = std::min(d.cols.block, widths_[s] - n0);
-      k.gemm_direct(M, n, K_[s], A_, lda, d.src + d.cols.offset(n0), d.cols.col_stride, beta, C + n0, ldc);
+    for (int64_t n0 = 0; n0 < widths_[s]; n0 += d.columns.block) {
+      const int64_t n = std::min(d.columns.block, widths_[s] - n0);
+      k.gemm_direct(M, n, K_[s], A_, lda, src + d.columns.offset(n0), d.columns.col_stride, beta, C + n0, ldc);
     }
   }
 
  private:
-  struct Direct {
-    const S* src = nullptr;
-    ColumnMap cols;
-    int64_t k_stride = 1;
-  };
-  void* data(int s) const { return static_cast<uint8_t*>(buffer_.data_ptr()) + offsets_[s]; }
-  std::vector<Direct> direct_;  // direct mode: where each slice's columns are
+  // Byte offsets of the slices' panels (each 64-byte aligned), and the total.
+  static std::vector<int64_t> layout(const KernelTable<S>& k, int64_t K, const std::vector<int64_t>& widths) {
+    std::vector<int64_t> offsets(widths.size() + 1, 0);
+    for (size_t s = 0; s < widths.size(); ++s)
+      offsets[s + 1] = offsets[s] + (k.packed_b_bytes(K, widths[s]) + 63) / 64 * 64;
+    return offsets;
+  }
+  void* data(int s) const { return data_ + offsets_[s]; }
+
   std::vector<int64_t> K_;
   std::vector<int64_t> widths_;
   std::vector<int64_t> offsets_;  // bytes
-  Tensor buffer_;
+  uint8_t* data_ = nullptr;       // the panels: buffer_ or the lease's
+  Tensor buffer_;                 // scratch panels
+  std::shared_ptr<PanelLease> lease_;  // a weight's panels
+  const S* weight_ = nullptr;
+  std::vector<SliceSource> sources_;
+  bool direct_ = false;
 };
+
+// Runs the fingerprint checks of a call's cached panels, then (after one
+// barrier, only where some panels are cached) packs this thread's slices of
+// each: the start of a time loop's parallel region. A barrier must follow
+// before any slice's panels are read.
+template <typename S, typename... Panels>
+void check_and_pack(const KernelTable<S>& k, const Slicing& slicing, int thread, int threads,
+                    SpinBarrier& barrier, Panels&... panels) {
+  (panels.check(k, thread, threads), ...);
+  if ((panels.cached() || ...)) barrier.wait(thread);
+  for (int s = thread; s < slicing.count; s += threads) (panels.pack(k, s), ...);
+}
 
 template <typename T>
 T* ptr(const Tensor& t) {

@@ -1,0 +1,226 @@
+#include "panel_cache.h"
+
+#include <c10/core/StorageImpl.h>
+#include <c10/util/Exception.h>
+#include <c10/util/intrusive_ptr.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <list>
+#include <mutex>
+#include <string>
+
+#include <pthread.h>
+
+#include "buffer_pool.h"
+
+namespace rnnfast::cpu {
+
+struct PanelCacheEntry {
+  explicit PanelCacheEntry(c10::weak_intrusive_ptr<c10::StorageImpl> s) : storage(std::move(s)) {}
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage;  // the weight's storage (weak: never keeps it alive)
+  const void* storage_key = nullptr;                  // its address, for lookups
+  int64_t offset_bytes = 0;                           // where the weight starts in it
+  int64_t weight_bytes = 0;
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  std::vector<int64_t> recipe;                        // everything the packing depends on
+  at::Tensor buffer;                                  // the panels
+  std::vector<uint64_t> fingerprints;                 // [blocks] of the weight they were packed from
+  bool packed = false;
+  std::atomic<bool> in_use{false};
+  uint64_t last_use = 0;
+};
+
+namespace {
+
+int64_t capacity_from_env() {
+  const char* env = std::getenv("RNNFAST_PANEL_CACHE_BYTES");
+  if (!env || !*env) return int64_t(512) << 20;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  TORCH_CHECK(end && *end == '\0' && v >= 0,
+              "rnnfast: RNNFAST_PANEL_CACHE_BYTES must be a number of bytes, got '", env, "'");
+  return v;
+}
+
+class Cache {
+ public:
+  static Cache& instance() {
+    static Cache* cache = [] {
+      Cache* c = new Cache();  // never destroyed: leases may outlive static destruction
+      // fork() while another thread holds the lock would leave it held in the child.
+      pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
+                     [] { instance().mutex_.unlock(); });
+      return c;
+    }();
+    return *cache;
+  }
+
+  // The entry for (weight, recipe), marked in use; nullptr when the cache is
+  // off, the entry is in use, or it would not fit.
+  std::shared_ptr<PanelCacheEntry> acquire(const at::Tensor& w, std::vector<int64_t>& recipe, int64_t bytes) {
+    const c10::StorageImpl* impl = w.storage().unsafeGetStorageImpl();
+    const int64_t offset = w.storage_offset() * int64_t(w.element_size());
+    std::vector<std::shared_ptr<PanelCacheEntry>> dropped;  // freed outside the lock
+    std::lock_guard<std::mutex> lock(mutex_);
+    drop_expired(dropped);
+    if (capacity_ <= 0 || bytes > capacity_) return nullptr;
+    for (auto& e : entries_) {
+      if (e->storage_key != impl || e->offset_bytes != offset || e->dtype != w.scalar_type() ||
+          e->weight_bytes != int64_t(w.nbytes()) || e->recipe != recipe)
+        continue;
+      if (e->in_use.exchange(true)) return nullptr;  // another call packs or reads it now
+      e->last_use = ++clock_;
+      return e;
+    }
+    // Room for a new entry: least recently used ones out first.
+    while (bytes_ + bytes > capacity_) {
+      auto victim = entries_.end();
+      for (auto it = entries_.begin(); it != entries_.end(); ++it)
+        if (!(*it)->in_use.load() && (victim == entries_.end() || (*it)->last_use < (*victim)->last_use))
+          victim = it;
+      if (victim == entries_.end()) return nullptr;  // all in use
+      bytes_ -= (*victim)->buffer.nbytes();
+      dropped.push_back(std::move(*victim));
+      entries_.erase(victim);
+    }
+    auto e = std::make_shared<PanelCacheEntry>(w.storage().getWeakStorageImpl());
+    e->storage_key = impl;
+    e->offset_bytes = offset;
+    e->weight_bytes = int64_t(w.nbytes());
+    e->dtype = w.scalar_type();
+    e->recipe = std::move(recipe);
+    e->buffer = cpu_empty({std::max<int64_t>(bytes, 1)}, at::TensorOptions().dtype(at::kByte));
+    e->in_use = true;
+    e->last_use = ++clock_;
+    bytes_ += e->buffer.nbytes();
+    entries_.push_back(e);
+    return e;
+  }
+
+  void release(const std::shared_ptr<PanelCacheEntry>& e) { e->in_use.store(false, std::memory_order_release); }
+
+  void count(bool hit, bool cached) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    (cached ? (hit ? hits_ : packs_) : uncached_) += 1;
+  }
+
+  PanelCacheStats stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {hits_, packs_, uncached_, int64_t(entries_.size()), bytes_, capacity_};
+  }
+
+  // Drops the entries matching `which` that no call uses now.
+  template <typename Pred>
+  void drop_if(Pred which) {
+    std::vector<std::shared_ptr<PanelCacheEntry>> dropped;
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end();) {
+      if (which(**it) && !(*it)->in_use.load()) {
+        bytes_ -= (*it)->buffer.nbytes();
+        dropped.push_back(std::move(*it));
+        it = entries_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  int64_t set_capacity(int64_t bytes) {
+    int64_t old;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      old = capacity_;
+      capacity_ = bytes;
+    }
+    drop_if([&](const PanelCacheEntry&) { return bytes_ > capacity_; });
+    return old;
+  }
+
+ private:
+  Cache() : capacity_(capacity_from_env()) {}
+
+  void drop_expired(std::vector<std::shared_ptr<PanelCacheEntry>>& dropped) {
+    for (auto it = entries_.begin(); it != entries_.end();) {
+      if ((*it)->storage.expired() && !(*it)->in_use.load()) {
+        bytes_ -= (*it)->buffer.nbytes();
+        dropped.push_back(std::move(*it));
+        it = entries_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  std::mutex mutex_;
+  std::list<std::shared_ptr<PanelCacheEntry>> entries_;
+  int64_t bytes_ = 0;
+  int64_t capacity_;
+  uint64_t clock_ = 0;
+  int64_t hits_ = 0, packs_ = 0, uncached_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<PanelLease> PanelLease::acquire(const at::Tensor& weight, std::vector<int64_t> recipe,
+                                                int64_t bytes) {
+  auto lease = std::make_unique<PanelLease>();
+  TORCH_INTERNAL_ASSERT(weight.is_contiguous());
+  lease->entry_ = Cache::instance().acquire(weight, recipe, bytes);
+  if (lease->entry_) {
+    lease->buffer_ = lease->entry_->buffer;
+    lease->weight_ = static_cast<const uint8_t*>(weight.data_ptr());
+    lease->weight_bytes_ = int64_t(weight.nbytes());
+    lease->blocks_ = (lease->weight_bytes_ + kFingerprintBlockBytes - 1) / kFingerprintBlockBytes;
+    lease->fingerprints_.resize(lease->blocks_);
+  } else {
+    lease->buffer_ = pooled_empty({std::max<int64_t>(bytes, 1)}, at::TensorOptions().dtype(at::kByte));
+  }
+  return lease;
+}
+
+PanelLease::~PanelLease() {
+  if (entry_) Cache::instance().release(entry_);
+}
+
+void PanelLease::check_blocks(int64_t b0, int64_t b1, uint64_t (*hash)(const void*, int64_t)) {
+  if (!entry_) return;
+  bool changed = false;
+  for (int64_t b = b0; b < std::min(b1, blocks_); ++b) {
+    const int64_t start = b * kFingerprintBlockBytes;
+    fingerprints_[b] = hash(weight_ + start, std::min(kFingerprintBlockBytes, weight_bytes_ - start));
+    changed |= !entry_->packed || fingerprints_[b] != entry_->fingerprints[b];
+  }
+  if (changed) changed_.store(true, std::memory_order_relaxed);
+}
+
+bool PanelLease::stale() const { return !entry_ || !entry_->packed || changed_.load(std::memory_order_relaxed); }
+
+void PanelLease::commit() {
+  if (!entry_) {
+    Cache::instance().count(false, false);
+    return;
+  }
+  const bool hit = !stale();
+  if (!hit) {
+    entry_->fingerprints = fingerprints_;
+    entry_->packed = true;
+  }
+  Cache::instance().count(hit, true);
+}
+
+PanelCacheStats panel_cache_stats() { return Cache::instance().stats(); }
+
+void panel_cache_clear() {
+  Cache::instance().drop_if([](const PanelCacheEntry&) { return true; });
+}
+
+void panel_cache_release(const at::Tensor& weight) {
+  if (!weight.defined() || !weight.has_storage()) return;
+  const void* key = weight.storage().unsafeGetStorageImpl();
+  Cache::instance().drop_if([key](const PanelCacheEntry& e) { return e.storage_key == key; });
+}
+
+int64_t panel_cache_set_capacity(int64_t bytes) { return Cache::instance().set_capacity(bytes); }
+
+}  // namespace rnnfast::cpu

@@ -1,0 +1,97 @@
+// Packed weight panels kept across calls.
+//
+// The time loops multiply by their weights through panels packed per column
+// slice (loop_common.h, SlicePanels): an inference call at T = 16 spends a few
+// per cent of its time packing, a one-step call of a batch of 32 a quarter.
+// The cache keeps the packed bytes of a weight for a recipe (the instruction
+// set's table, the storage type, K, the slices and their column maps: every
+// input of the packing) and hands them to the next call with the same weight.
+//
+// When is a weight unchanged? torch's version counter does not say: writes
+// through .data, numpy or DLPack, and the fused optimizers
+// (torch.optim.Adam(fused=True) steps without bumping it) all leave it as it
+// was. So every call reads the weight once and compares a 64-bit fingerprint
+// of each 16 KB block with the one taken when the panels were packed; the
+// call's own threads do it, in parallel, before the step loop (one pass over
+// the weights: cheaper than packing, which reads them and writes the panels).
+// Any difference packs again. The fingerprint is a multiply-rotate hash per
+// 32-bit lane (kernels_impl.h): a changed weight that keeps every block's
+// hash is a 2^-64 accident, not a pattern an optimizer or a user can make.
+//
+// Memory: at most RNNFAST_PANEL_CACHE_BYTES (default 512 MiB; 0 disables the
+// cache), least recently used entries evicted first. An entry holds a weak
+// reference to the weight's storage: once the weight is freed the entry is
+// dropped at the next lookup; the modules release their entries when they
+// are garbage-collected (rnnfast/modules.py), and rnnfast.empty_cache()
+// releases all. A concurrent call that finds an entry in use packs its own
+// panels (no waiting, no sharing of a buffer being written); so does a fork()
+// child for an entry that a thread of its parent was using.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace rnnfast::cpu {
+
+// Bytes of weight per fingerprint block.
+constexpr int64_t kFingerprintBlockBytes = 16 * 1024;
+
+struct PanelCacheEntry;
+
+// One call's use of a cache entry (or, uncached, of a private buffer): the
+// panel bytes, and whether the weight changed since they were packed.
+class PanelLease {
+ public:
+  PanelLease() = default;
+  ~PanelLease();
+  PanelLease(const PanelLease&) = delete;
+  PanelLease& operator=(const PanelLease&) = delete;
+
+  // The cache entry for (weight, recipe), or a private buffer of `bytes`.
+  static std::unique_ptr<PanelLease> acquire(const at::Tensor& weight, std::vector<int64_t> recipe,
+                                             int64_t bytes);
+
+  void* data() const { return buffer_.data_ptr(); }
+  bool cached() const { return entry_ != nullptr; }
+  int64_t blocks() const { return blocks_; }
+  // Fingerprints blocks [b0, b1) of the weight with `hash` (the kernel table's),
+  // recording whether any differs from the packed panels' (thread-safe: each
+  // thread its own blocks).
+  void check_blocks(int64_t b0, int64_t b1, uint64_t (*hash)(const void*, int64_t));
+  // Whether the panels must be packed: uncached, never packed, or a block changed.
+  // Valid after every block was checked (a barrier after check_blocks).
+  bool stale() const;
+  // After the call's panels are packed: the entry now holds this weight's panels.
+  void commit();
+
+ private:
+  std::shared_ptr<PanelCacheEntry> entry_;
+  at::Tensor buffer_;                 // [bytes] the panels
+  const uint8_t* weight_ = nullptr;   // the weight's first byte
+  int64_t weight_bytes_ = 0;
+  int64_t blocks_ = 0;
+  std::vector<uint64_t> fingerprints_;  // [blocks] of the weight as this call found it
+  std::atomic<bool> changed_{false};
+};
+
+struct PanelCacheStats {
+  int64_t hits = 0;        // calls that reused packed panels
+  int64_t packs = 0;       // cached entries (re)packed: new, or the weight changed
+  int64_t uncached = 0;    // calls that packed a private buffer (cache off, full, entry in use)
+  int64_t entries = 0;
+  int64_t bytes = 0;       // panel bytes held
+  int64_t capacity = 0;    // RNNFAST_PANEL_CACHE_BYTES
+};
+PanelCacheStats panel_cache_stats();
+// Drops every entry (rnnfast.empty_cache()).
+void panel_cache_clear();
+// Drops the entries packed from `weight`'s storage (a module's parameters, when it is freed).
+void panel_cache_release(const at::Tensor& weight);
+// Test hook: the capacity in bytes (0 disables); returns the previous one.
+int64_t panel_cache_set_capacity(int64_t bytes);
+
+}  // namespace rnnfast::cpu

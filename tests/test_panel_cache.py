@@ -1,0 +1,259 @@
+"""The panel cache (csrc/cpu/panel_cache.h): packed weight panels kept across calls.
+
+* reuse: a second call with the same weights packs nothing, and gives the same bits;
+* invalidation by every way a weight can change: in-place ops, ``.data`` and numpy writes (which
+  do not bump torch's version counter), ``load_state_dict``, the optimizers (foreach, and fused
+  Adam, whose step does not bump the version counter either), the smallest change (one element
+  by one ulp); after each, rnnfast matches torch.nn on the new weights;
+* training: several optimizer steps, every output and gradient against torch.nn;
+* memory: the capacity bounds what is kept (0 disables it), a module's entries go with it;
+* concurrency: threads sharing a module, a fork() child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import multiprocessing
+import threading
+
+import pytest
+import torch
+
+import rnnfast
+from rnnfast import _extension
+
+from conftest import assert_close
+
+C = _extension.require_extension()
+
+
+def stats():
+    return C.panel_cache_stats()
+
+
+@contextlib.contextmanager
+def capacity(nbytes):
+    previous = C._set_panel_cache_capacity(nbytes)
+    try:
+        yield
+    finally:
+        C._set_panel_cache_capacity(previous)
+
+
+def pair(kind, *args, **kwargs):
+    torch.manual_seed(0)
+    fast = getattr(rnnfast, kind)(*args, **kwargs)
+    reference = getattr(torch.nn, kind)(*args, **kwargs)
+    reference.load_state_dict(fast.state_dict())
+    return reference, fast
+
+
+def infer(module, x):
+    with torch.no_grad():
+        out = module(x)
+    return out[0] if isinstance(out, tuple) else out
+
+
+# Calls of more than 4 rows pack their weights (fewer read them in place).
+MODULES = [
+    ("LSTM", (12, 40), dict(num_layers=2, bidirectional=True)),
+    ("LSTM", (12, 40), dict(proj_size=9)),
+    ("GRU", (12, 40), dict(num_layers=2)),
+    ("RNN", (12, 40), dict(nonlinearity="relu")),
+]
+IDS = ["lstm-2layer-bidir", "lstm-proj", "gru-2layer", "rnn-relu"]
+
+
+@pytest.mark.parametrize("kind,args,kwargs", MODULES, ids=IDS)
+def test_second_call_reuses_the_panels(kind, args, kwargs):
+    _, fast = pair(kind, *args, **kwargs)
+    x = torch.randn(6, 5, args[0])
+    first = infer(fast, x)
+    before = stats()
+    second = infer(fast, x)
+    after = stats()
+    assert after["hits"] > before["hits"] and after["packs"] == before["packs"], (before, after)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+def _inplace(module):
+    with torch.no_grad():
+        module.weight_hh_l0.mul_(0.5)
+
+
+def _data(module):
+    module.weight_hh_l0.data[3, 2] += 1.0
+
+
+def _numpy(module):
+    module.weight_ih_l0.detach().numpy()[0, 0] += 1.0
+
+
+def _copy(module):
+    with torch.no_grad():
+        module.weight_ih_l0.copy_(torch.randn_like(module.weight_ih_l0))
+
+
+def _one_ulp(module):
+    w = module.weight_hh_l0.data
+    w[-1, -1] = torch.nextafter(w[-1, -1], torch.tensor(float("inf")))
+
+
+def _load_state_dict(module):
+    state = {k: torch.randn_like(v) for k, v in module.state_dict().items()}
+    module.load_state_dict(state)
+
+
+CHANGES = {"inplace": _inplace, "data": _data, "numpy": _numpy, "copy_": _copy, "one_ulp": _one_ulp,
+           "load_state_dict": _load_state_dict}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+@pytest.mark.parametrize("kind,args,kwargs", MODULES[:3], ids=IDS[:3])
+def test_any_change_of_a_weight_packs_again(kind, args, kwargs, change):
+    reference, fast = pair(kind, *args, **kwargs)
+    x = torch.randn(6, 5, args[0])
+    infer(fast, x)
+    infer(fast, x)  # cached now
+    CHANGES[change](fast)
+    reference.load_state_dict(fast.state_dict())
+    before = stats()
+    got = infer(fast, x)
+    assert stats()["packs"] > before["packs"]
+    # Bitwise what the same call computes without the cache, and torch.nn to rounding.
+    with capacity(0):
+        uncached = infer(fast, x)
+    torch.testing.assert_close(got, uncached, rtol=0, atol=0)
+    assert_close(got, infer(reference, x), "output")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd-foreach", "adam-fused", "adamw"])
+@pytest.mark.parametrize("kind,args,kwargs", MODULES, ids=IDS)
+def test_training_steps_match_torch(kind, args, kwargs, optimizer):
+    """Forward, backward and an optimizer step, four times (panels of both directions of the
+    training loop cached and invalidated each step), plus inference between steps."""
+    reference, fast = pair(kind, *args, **kwargs)
+
+    def make(module):
+        params = list(module.parameters())
+        if optimizer == "sgd-foreach":
+            return torch.optim.SGD(params, lr=0.1, momentum=0.9, foreach=True)
+        if optimizer == "adam-fused":
+            return torch.optim.Adam(params, lr=0.05, fused=True)
+        return torch.optim.AdamW(params, lr=0.05)
+
+    opts = [make(reference), make(fast)]
+    for step in range(4):
+        x = torch.randn(6, 5, args[0])
+        outs = []
+        for module, opt in zip((reference, fast), opts):
+            opt.zero_grad()
+            out = module(x)[0]
+            out.square().sum().backward()
+            outs.append((out.detach(), [p.grad.clone() for p in module.parameters()]))
+            opt.step()
+        assert_close(outs[1][0], outs[0][0], f"step {step} output")
+        for k, (g, w) in enumerate(zip(outs[1][1], outs[0][1])):
+            assert_close(g, w, f"step {step} gradient {k}")
+        assert_close(infer(fast, x), infer(reference, x), f"step {step} inference after the update")
+
+
+def test_cells_reuse_and_invalidate():
+    """A cell's calls (B = 8 rows: packed) reuse the panels; a fused Adam step is seen."""
+    reference, fast = pair("LSTMCell", 10, 24)
+    x, h, c = torch.randn(8, 10), torch.randn(8, 24), torch.randn(8, 24)
+    with torch.no_grad():
+        fast(x, (h, c))
+        before = stats()
+        fast(x, (h, c))
+        assert stats()["hits"] > before["hits"]
+    opt = torch.optim.Adam(fast.parameters(), lr=0.1, fused=True)
+    fast(x, (h, c))[0].sum().backward()
+    opt.step()
+    reference.load_state_dict(fast.state_dict())
+    with torch.no_grad():
+        for g, w in zip(fast(x, (h, c)), reference(x, (h, c))):
+            assert_close(g, w, "cell output after a fused Adam step")
+
+
+def test_capacity_bounds_the_cache_and_zero_disables_it():
+    _, fast = pair("LSTM", 16, 64)
+    x = torch.randn(6, 5, 16)
+    panels = 4 * 64 * 64 * 4  # one packed weight of this module is about this large
+    with capacity(panels * 3):
+        for _ in range(3):
+            infer(rnnfast.LSTM(16, 64), x)
+            assert stats()["bytes"] <= panels * 3
+    with capacity(0):
+        before = stats()
+        infer(fast, x)
+        infer(fast, x)
+        after = stats()
+        assert after["entries"] == 0 and after["bytes"] == 0
+        assert after["uncached"] >= before["uncached"] + 2 and after["hits"] == before["hits"]
+
+
+def test_entries_go_with_their_module():
+    C.empty_cache()
+    fast = rnnfast.GRU(12, 48, num_layers=2)
+    infer(fast, torch.randn(6, 5, 12))
+    assert stats()["entries"] == 4  # w_ih and w_hh of two layers
+    del fast
+    gc.collect()
+    assert stats()["entries"] == 0 and stats()["bytes"] == 0
+    # A replaced weight's entries are dropped once its storage is freed (at the next lookup).
+    fast = rnnfast.GRU(12, 48)
+    x = torch.randn(6, 5, 12)
+    infer(fast, x)
+    fast.weight_hh_l0 = torch.nn.Parameter(torch.randn_like(fast.weight_hh_l0))
+    infer(fast, x)
+    assert stats()["entries"] == 2
+    C.empty_cache()
+    assert stats()["entries"] == 0
+
+
+def test_threads_sharing_a_module():
+    reference, fast = pair("LSTM", 12, 40)
+    xs = [torch.randn(8, 5, 12) for _ in range(4)]
+    want = [infer(reference, x) for x in xs]
+    errors = []
+
+    def worker(k):
+        try:
+            for _ in range(20):
+                assert_close(infer(fast, xs[k]), want[k], f"thread {k}")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def _child(fast, x, want, queue):
+    try:
+        fast.weight_hh_l0.data.mul_(0.5)  # the child's own copy changes
+        got = infer(fast, x)
+        queue.put(float((got - want).abs().max()))
+    except Exception as e:  # noqa: BLE001 - reported to the parent
+        queue.put(repr(e))
+
+
+def test_fork_child_sees_its_own_weights():
+    reference, fast = pair("LSTM", 12, 40)
+    x = torch.randn(8, 5, 12)
+    infer(fast, x)  # cached in the parent
+    with torch.no_grad():
+        reference.weight_hh_l0.mul_(0.5)
+    want = infer(reference, x)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child, args=(fast, x, want, queue))
+    child.start()
+    result = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0 and isinstance(result, float) and result < 1e-5, result
