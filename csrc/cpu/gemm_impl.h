@@ -16,33 +16,26 @@
 // Register blocking of the packed GEMM, per instruction set (simd.h vectors):
 // a tile of kRows rows x kPanelVectors vectors of C stays in registers for a
 // pass over k, with one broadcast of A per row and k and one load of B per
-// vector and k. kDepthBlock: k is taken in blocks of that many rows (0: all
-// of K at once), so that the block of a panel stays in L1 while every row
-// tile passes over it.
+// vector and k.
 // ---------------------------------------------------------------------------
 #if defined(CPU_CAPABILITY_AVX512)
-// 32 registers: 4 x 4 accumulators, 4 of B, 1 of A. No k blocks: measured at
-// 77-83 % of peak on Zen 5 this way (the panel streams from L2).
+// 32 registers: 4 x 4 accumulators, 4 of B, 1 of A (77-83 % of peak on Zen 5).
 constexpr int kRows = 4;
 constexpr int kPanelVectors = 4;
-constexpr int64_t kDepthBlock = 0;
 #elif defined(CPU_CAPABILITY_AVX2)
 // 16 registers: 6 x 2 accumulators (12: enough independent FMA chains for two
 // 4-cycle pipes), 2 of B, 1 of A: the shape of BLIS's and OpenBLAS's Haswell
-// sgemm kernels. A block of 256 k of a 16-column panel is 16 KB: it stays in
-// a 32 KB L1 beside the rows of A streaming past (a whole panel of K = 512 is
-// 32 KB, and does not).
+// sgemm kernels. k is not blocked: on Zen 3 (32 KB L1, 512 KB L2) blocks of
+// 128 or 256 k (a 16 KB panel block kept in L1) measured no faster than whole
+// panels of K = 256..1024 streamed from L2, and 2-10 % slower in medians.
 constexpr int kRows = 6;
 constexpr int kPanelVectors = 2;
-constexpr int64_t kDepthBlock = 256;
 #else
 // The generic build (simd.h's 4-lane arrays, SSE2 on x86-64): 4 x 2
 // accumulators in 16 registers; not tuned further.
 constexpr int kRows = 4;
 constexpr int kPanelVectors = 2;
-constexpr int64_t kDepthBlock = 256;
 #endif
-static_assert(kDepthBlock % 2 == 0, "k blocks must keep bf16 k-pairs whole");
 
 #if defined(RNNFAST_NATIVE_BF16)
 template <typename S>
@@ -450,8 +443,7 @@ inline void for_each_row_tile(int64_t m0, int64_t m1, F&& f) {
 }
 
 // Rows of A are taken in blocks of about 256 KB, so that a block stays in the
-// L2 cache while every panel of B passes over it; k in blocks of kDepthBlock
-// (the later blocks add to C).
+// L2 cache while every panel of B passes over it.
 template <typename S>
 void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const void* packed,
                  acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
@@ -461,27 +453,22 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, cons
   const P* Bp = static_cast<const P*>(packed);
   const int64_t block_rows = std::max<int64_t>(
       kRows, (int64_t(256 * 1024) / (sizeof(S) * std::max<int64_t>(K, 1))) / kRows * kRows);
-  const int64_t depth = kDepthBlock > 0 && !kPairedPanels<S> ? kDepthBlock : std::max<int64_t>(K, 1);
   for (int64_t m0 = 0; m0 < M; m0 += block_rows) {
     const int64_t m1 = std::min(M, m0 + block_rows);
-    for (int64_t k0 = 0; k0 < std::max<int64_t>(K, 1); k0 += depth) {
-      const int64_t kn = std::min(depth, K - k0);
-      const acc_t<S> beta_k = k0 == 0 ? beta : acc_t<S>(1);
-      for (int64_t j0 = 0; j0 < N; j0 += NR) {
-        const P* panel = Bp + j0 * KP + k0 * NR;
-        const int64_t ncols = std::min(NR, N - j0);
-        for_each_row_tile(m0, m1, [&](auto rows, int64_t m) {
-          constexpr int Rows = decltype(rows)::value;
+    for (int64_t j0 = 0; j0 < N; j0 += NR) {
+      const P* panel = Bp + j0 * KP;
+      const int64_t ncols = std::min(NR, N - j0);
+      for_each_row_tile(m0, m1, [&](auto rows, int64_t m) {
+        constexpr int Rows = decltype(rows)::value;
 #if defined(RNNFAST_NATIVE_BF16)
-          if constexpr (kPairedPanels<S>) {
-            panel_tile_bf16<Rows>(K, A_ + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
-            return;
-          }
+        if constexpr (kPairedPanels<S>) {
+          panel_tile_bf16<Rows>(K, A_ + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
+          return;
+        }
 #endif
-          if constexpr (!kPairedPanels<S>)
-            panel_tile<S, Rows>(kn, A_ + m * lda + k0, lda, panel, beta_k, Cm + m * ldc + j0, ldc, ncols);
-        });
-      }
+        if constexpr (!kPairedPanels<S>)
+          panel_tile<S, Rows>(K, A_ + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
+      });
     }
   }
 }
