@@ -45,8 +45,8 @@ py::list cell_table() {
 // register-only FMA loop at once (fraction-of-peak reports): "float32",
 // "float64", or "bfloat16" (the bf16 dot-product instruction where the build
 // has it, else float32 FMAs).
-double fma_peak_gflops(int threads, const std::string& dtype) {
-  constexpr int64_t kIterations = 20'000'000;
+double fma_peak_gflops(int threads, const std::string& dtype, int64_t iterations) {
+  TORCH_CHECK(threads > 0 && iterations > 0, "rnnfast: fma_peak_gflops needs threads and iterations > 0");
   TORCH_CHECK(dtype == "float32" || dtype == "float64" || dtype == "bfloat16",
               "rnnfast: fma_peak_gflops dtype must be float32, float64 or bfloat16, got ", dtype);
   double seconds = 0, flops = 0;
@@ -54,9 +54,9 @@ double fma_peak_gflops(int threads, const std::string& dtype) {
   {
     double f = 0;
     const auto t0 = std::chrono::steady_clock::now();
-    const double checksum = dtype == "float64"    ? cpu::kernels<double>().fma_loop(kIterations, &f)
-                            : dtype == "bfloat16" ? cpu::kernels<c10::BFloat16>().fma_loop(kIterations, &f)
-                                                  : cpu::kernels<float>().fma_loop(kIterations, &f);
+    const double checksum = dtype == "float64"    ? cpu::kernels<double>().fma_loop(iterations, &f)
+                            : dtype == "bfloat16" ? cpu::kernels<c10::BFloat16>().fma_loop(iterations, &f)
+                                                  : cpu::kernels<float>().fma_loop(iterations, &f);
     seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     flops = checksum == checksum ? f : 0;  // (uses the checksum; NaN would mean a broken loop)
   }
@@ -104,8 +104,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cell_table", &cell_table, "The cell table of csrc/cells.h.");
   m.def("build_info", &build_info, "What this build of the extension contains.");
   m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("threads"), py::arg("dtype") = "float32",
-        py::call_guard<py::gil_scoped_release>(),
-        "Peak FMA GFLOP/s of `threads` threads on registers (the in-use instruction set).");
+        py::arg("iterations") = 20'000'000, py::call_guard<py::gil_scoped_release>(),
+        "Peak FMA GFLOP/s of `threads` threads on registers (the in-use instruction set); each "
+        "thread runs `iterations` rounds of 12 vector FMAs (benchmarks/load.py times short runs "
+        "as a probe of the machine's own delays).");
   m.def("time_bf16_gemm", [](const std::string& impl, int64_t M, int64_t N, int64_t K, int64_t reps) {
           cpu::GemmTiming t;
           {
@@ -183,6 +185,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["chunks"] = p.chunks;
     d["chunk_rows"] = p.chunk_rows;
     d["unpacked"] = p.unpacked;
+    d["waited_ns"] = p.waited_ns;
     return d;
   }, "What the last CPU layer call on this thread did: threads, chunks, unpacked weights.");
   m.def("set_cpu_capability", [](const std::string& name) { cpu::set_cpu_capability(name.c_str()); },

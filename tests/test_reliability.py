@@ -7,6 +7,7 @@ small calls split across threads) or asserts that the path ran (``last_call_plan
 
 import ctypes
 import multiprocessing
+import os
 import subprocess
 import sys
 import threading
@@ -222,6 +223,19 @@ def test_contention_sends_calls_to_one_thread(split_small_calls, two_threads):
             for h in hogs:
                 h.kill()
                 h.wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"), reason="no schedstat here")
+def test_parallel_calls_read_the_scheduler_waits(split_small_calls, two_threads):
+    """The contention signal is the kernel's run_delay: a parallel call knows how long its threads
+    waited for a CPU (never negative where schedstat exists); a serial call waited 0 by definition."""
+    fast = rnnfast.LSTM(8, 64)
+    with torch.no_grad():
+        C.reset_thread_policy()
+        fast(torch.randn(50, 4, 8))
+        plan = C.last_call_plan()
+        if plan["slices"] == 2:  # (a busy machine may keep it on one thread)
+            assert plan["waited_ns"] >= 0, plan
 
 
 # ---- fork --------------------------------------------------------------------------------------

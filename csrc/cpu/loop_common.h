@@ -93,20 +93,25 @@ void run_parallel(int slices, const Body& body) {
     SpinBarrier* barrier_ptr = nullptr;
     alignas(64) unsigned char storage[sizeof(SpinBarrier)];
     const auto start = std::chrono::steady_clock::now();
-    int64_t preemptions = 0;
-#pragma omp parallel num_threads(team) reduction(+ : preemptions)
+    int64_t preemptions = 0, waited_ns = 0, unknown = 0;
+#pragma omp parallel num_threads(team) reduction(+ : preemptions, waited_ns, unknown)
     {
-      const int64_t preempted_before = thread_preemptions();
+      const ThreadSchedule before = thread_schedule();
       const int threads = omp_get_num_threads();
 #pragma omp single
       barrier_ptr = new (storage) SpinBarrier(threads);
       // (implicit barrier after single)
       body(omp_get_thread_num(), threads, *barrier_ptr);
-      preemptions += thread_preemptions() - preempted_before;
+      const ThreadSchedule after = thread_schedule();
+      preemptions += after.preemptions - before.preemptions;
+      waited_ns += after.waited_ns - before.waited_ns;
+      unknown += before.waited_ns < 0 || after.waited_ns < 0;
     }
-    report_parallel_region(preemptions, std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                            std::chrono::steady_clock::now() - start)
-                                            .count());
+    last_call_plan().waited_ns = unknown ? -1 : waited_ns;
+    report_parallel_region(preemptions, unknown ? -1 : waited_ns, team,
+                           std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::steady_clock::now() - start)
+                               .count());
     barrier_ptr->~SpinBarrier();  // placement-new'd: frees its flags
     return;
   }

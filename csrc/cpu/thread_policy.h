@@ -9,16 +9,21 @@
 //   * concurrent calls: threads are leased from a process-wide budget of the
 //     machine's cores; a call that would oversubscribe them runs on one thread
 //     (no barrier to wait at);
-//   * contention: when the threads of recent parallel calls were preempted
-//     often (the scheduler gave their core to another runnable task: another
-//     process, or more threads than cores), the following calls run on one
-//     thread for a back-off period, which doubles while contention persists
-//     (50 ms up to 4 s) and resets after a clean call. Often: at least 4
-//     involuntary context switches and 150 per second of parallel time, over a
-//     window of the last 20-100 ms of it. Measured on the 2-core development
-//     VM: quiet, ~30 preemptions per second (kernel threads, microseconds
-//     each); one core busy with another process, 400-600 per second, each
-//     stalling a thread for a time slice (milliseconds). Neither sleeping
+//   * contention: when the threads of a parallel call waited for a CPU (the
+//     scheduler gave their core to another runnable task: another process, or
+//     more threads than cores), the following calls run on one thread for a
+//     back-off period, which doubles while contention persists (250 ms up to
+//     4 s) and resets after a clean call. The evidence is the kernel's own
+//     account of it, run_delay in /proc/thread-self/schedstat: a call whose
+//     threads waited at least 1 ms and a quarter of their time is contended. One
+//     such call is enough, so the first calls after a core becomes busy are
+//     the only ones to pay (a preempted thread stalls its partners at the
+//     step barrier for a time slice: milliseconds). Measured on a 2-core VM
+//     (thread_policy.cpp, kMinWaitNs): quiet, a call's threads wait at most
+//     1.5 ms and 16 % of their time; one core busy, 24-60 ms. Where schedstat
+//     is missing, the rate of involuntary
+//     context switches over the last 10-100 ms of parallel time (at least 6,
+//     and 250 per second; quiet: 30-40 per second) decides. Neither sleeping
 //     barrier waits nor idle time are a signal: a long phase of unequal work
 //     makes them on a quiet machine too.
 //   * fork: a child forked after OpenMP started must not enter a parallel
@@ -48,11 +53,19 @@ class ThreadLease {
   int reserved_ = 0;
 };
 
-// Involuntary context switches of the calling thread so far (getrusage).
-int64_t thread_preemptions();
+// What the scheduler did to the calling thread so far: involuntary context
+// switches (getrusage) and the time it waited runnable for a CPU (run_delay of
+// /proc/thread-self/schedstat, read through a descriptor the thread keeps
+// open; -1 where the kernel does not provide it).
+struct ThreadSchedule {
+  int64_t preemptions = 0;
+  int64_t waited_ns = 0;
+};
+ThreadSchedule thread_schedule();
 
-// A parallel call reports how often its threads were preempted, and its duration.
-void report_parallel_region(int64_t preemptions, int64_t duration_ns);
+// A parallel call reports how often its `threads` threads were preempted, how
+// long they waited for a CPU in all (negative: unknown), and its duration.
+void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads, int64_t duration_ns);
 
 // Test and tuning hooks (tests/test_reliability.py): the work threshold, and
 // the state of the policy.
@@ -78,6 +91,7 @@ struct CallPlan {
   int64_t chunks = 0;       // chunks of rows of the time-parallel GEMMs
   int64_t chunk_rows = 0;   // rows of the largest chunk
   bool unpacked = false;    // read the weights in place instead of packing them
+  int64_t waited_ns = 0;    // time its threads waited for a CPU (-1: unknown; 0 when serial)
 };
 CallPlan& last_call_plan();
 
