@@ -7,7 +7,8 @@
 #   3. device code for every kernel, dtype and arch (scripts/check_device_code.py);
 #   4. the module imports without a GPU, reports CUDA and its arches, and has CUDA kernels
 #      registered for every op;
-#   5. the CPU suite against this build;
+#   5. the suites of loading, dispatch and the operators' contract against this build (backend,
+#      ops, parity, errors, export, panel cache: the whole CPU suite runs against the in-place build);
 #   6. the GPU algorithm (csrc/gpu/layer_loop.h) emulated on the CPU (RNNFAST_GPU_EMULATION=1)
 #      over the parity, gradient, cell, low-precision and op suites, and tests/cuda's dry run.
 # What it cannot check: the CUDA runtime itself (kernels running on a device) - scripts/gpu_check.sh
@@ -77,9 +78,13 @@ run_tests() {
   (cd "$BUILD" && PYTHONPATH="$BUILD/lib" RNNFAST_EXPECT_CUDA=1 "$VENV/bin/python" -P -m pytest -q \
      -p no:cacheprovider --rootdir "$ROOT" -o pythonpath="$ROOT/tests" "$@")
 }
-echo "== cuda: the CPU suite against the CUDA build"
-run_tests "$ROOT/tests"
-lap "CPU suite"
+# The CPU kernels of this build are the in-place build's sources (the whole suite ran against
+# those); what this build changes is the torch it is built for (2.14.1) and the CUDA library
+# beside them: the suites of loading, dispatch and the operator contract run against it.
+echo "== cuda: loading, dispatch and the operators' contract against the CUDA build (torch 2.14.1)"
+run_tests "$ROOT/tests/test_backend.py" "$ROOT/tests/test_ops.py" "$ROOT/tests/test_parity.py" \
+  "$ROOT/tests/test_errors.py" "$ROOT/tests/test_export.py" "$ROOT/tests/test_panel_cache.py"
+lap "CPU suites"
 
 echo "== cuda: the GPU algorithm emulated on the CPU (RNNFAST_GPU_EMULATION=1)"
 RNNFAST_GPU_EMULATION=1 run_tests "$ROOT/tests/test_gpu_algorithm.py" "$ROOT/tests/test_parity.py" \
