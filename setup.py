@@ -164,7 +164,8 @@ def extension():
     builds = isa_builds()
     macros = [(f"RNNFAST_HAVE_{isa.upper()}", "1") for isa in builds if isa != "default"]
     sanitize_cxx, sanitize_link = sanitizer_flags()
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas",
+    # -Werror=switch: a new cell (cells.h) missing in a switch over CellType fails the build.
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Werror=switch", "-Wno-unused-function", "-Wno-unknown-pragmas",
            "-Wno-maybe-uninitialized"] + sanitize_cxx
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not with_cuda():

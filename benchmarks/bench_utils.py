@@ -37,7 +37,6 @@ import torch  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CELLS = ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell")
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1, "LSTMCell": 4, "GRUCell": 3, "RNNCell": 1}
 IMPLS = ("torch", "rnnfast")
 
 
@@ -74,6 +73,14 @@ def load_rnnfast():
             raise RuntimeError(f"rnnfast.{name} does not override torch.nn.{name}.forward: "
                                "benchmarking it would time torch against itself")
     return rnnfast
+
+
+def gates(cell: str) -> int:
+    """Gate blocks of a module's cell ("LSTM", "GRUCell", ...), from rnnfast's C++ cell table
+    (csrc/cells.h, exported as rnnfast._C.cell_table()): no copy of the table here."""
+    table = {entry["name"]: entry["gates"] for entry in load_rnnfast()._C.cell_table()}
+    mode = cell.removesuffix("Cell")
+    return table["RNN_TANH" if mode == "RNN" else mode]
 
 
 def rnnfast_backend_short(rnnfast) -> str:
@@ -165,7 +172,7 @@ def gemm_flops(cell: str, T: int, B: int, I: int, H: int, mode: str, proj_size: 
     Hr = the recurrent input width (proj_size if set, else H). With proj_size the projection
     GEMM 2*N*H*P is added. Pointwise work is not counted.
     """
-    G = GATES[cell]
+    G = gates(cell)
     N = steps_rows if steps_rows is not None else T * B
     D = 2 if bidirectional else 1
     Hr = proj_size or H
@@ -234,7 +241,7 @@ def roofline(cell: str, T: int, B: int, I: int, H: int, mode: str, device: torch
     overhead (~µs), which is what an implementation calling ATen per step pays; a kernel that avoids
     that overhead can exceed 100 % of this "roofline" at tiny batches.
     """
-    G = GATES[cell]
+    G = gates(cell)
     GH = G * H
     N = T * B
     t_in = _gemm_seconds(N, I, GH, False, True, device, min_time, dtype)

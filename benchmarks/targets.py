@@ -15,7 +15,10 @@ passes when ratio >= the required minimum. `ratio range` is the min..max of the 
 which other processes used > 0.25 cores are discarded and redone after waiting for quiet, and
 `bg load` is the worst other-process load among the kept rounds; `min/min` is the
 ratio of the fastest samples (noise only ever adds time, so it is a second, less noisy estimate;
-PASS/FAIL uses the medians).
+PASS/FAIL uses the medians). On the CPU in float32, `%peak` is rnnfast's GEMM flops per second
+over the machine's FMA peak (rnnfast._C.fma_peak_gflops, measured at the start), and `bound` the
+ratio a kernel at 100 % of that peak would reach against torch's measured time: where torch.nn
+itself runs near the peak, no implementation can reach a large ratio.
 Training = forward + backward of output and final states; inference = eval() + no_grad forward.
 With --dtype bfloat16 or float16 the rows are LOWP_TARGETS (torch.nn and rnnfast both in that
 dtype), followed by SELF_TARGETS: rnnfast in that dtype against rnnfast in float32, interleaved the
@@ -245,8 +248,10 @@ def table(results) -> str:
     persistent = any(r.get("persistent_ms") is not None for r in results)
     if persistent:
         native_hdr += f" {'persist ms':>10} {'ratio':>6} {'vs cuBLAS':>9} |"
+    peak = any(r.get("bound") is not None for r in results)
+    peak_hdr = f" {'%peak':>5} {'bound':>6} |" if peak else ""
     hdr = (f"{'case':34} | {'torch ms':>9} {'rnnfast ms':>10} | {'ratio':>6} {'range':>11} "
-           f"{'need':>5} |{native_hdr} {'':4} | {'min/min':>7} {'maxdiff':>8} {'bg load':>7}")
+           f"{'need':>5} |{native_hdr} {'':4} |{peak_hdr} {'min/min':>7} {'maxdiff':>8} {'bg load':>7}")
     lines = [hdr, "-" * len(hdr)]
     for r in results:
         load = "-" if r["other_load_cores"] is None else f"{r['other_load_cores']:.2f}"
@@ -256,10 +261,12 @@ def table(results) -> str:
         if persistent:
             native += (f" {r['persistent_ms']:>10.3f} {r['persistent_ratio']:>5.2f}x "
                        f"{r['persistent_vs_cublas']:>8.2f}x |")
+        frac = (f" {100 * r['rnnfast_peak_frac']:>4.0f}% {r['bound']:>5.2f}x |" if r.get("bound") is not None
+                else (f" {'-':>5} {'-':>6} |" if peak else ""))
         lines.append(
             f"{r['case']:34} | {r['torch_ms']:>9.3f} {r['rnnfast_ms']:>10.3f} | {r['ratio']:>5.2f}x "
             f"{r['round_ratio_min']:>5.2f}-{r['round_ratio_max']:<5.2f} {r['required']:>5.2f} |{native} "
-            f"{'PASS' if r['pass'] else 'FAIL':4} | {r['ratio_of_mins']:>6.2f}x {diff:>8} {load:>7}")
+            f"{'PASS' if r['pass'] else 'FAIL':4} |{frac} {r['ratio_of_mins']:>6.2f}x {diff:>8} {load:>7}")
     n_pass = sum(r["pass"] for r in results)
     lines.append(f"{n_pass}/{len(results)} targets met")
     return "\n".join(lines)
@@ -296,6 +303,8 @@ def main(argv=None) -> int:
     meta["dtype"] = a.dtype
     if dtype == torch.bfloat16:
         meta["peak_bf16_gflops"] = rnnfast._C.fma_peak_gflops(a.threads, "bfloat16")
+    if device.type == "cpu" and dtype == torch.float32:
+        meta["peak_fma_gflops"] = bu.measure_quiet(lambda: rnnfast._C.fma_peak_gflops(a.threads))[0]
     t0 = time.perf_counter()
     results = run_targets(rnnfast, device, a.repeats, a.min_sample, a.only,
                           max_discards=a.max_discards, wait_quiet=a.wait_quiet, dtype=dtype,
@@ -305,8 +314,15 @@ def main(argv=None) -> int:
         self_results = run_self_targets(rnnfast, device, dtype, a.repeats, a.min_sample, a.only,
                                         max_discards=a.max_discards, wait_quiet=a.wait_quiet)
     meta["wall_seconds"] = time.perf_counter() - t0
+    if "peak_fma_gflops" in meta:
+        # %peak: rnnfast's GEMM flops per second over the machine's FMA peak; bound: the ratio a
+        # kernel at 100 % of that peak would reach against this torch time (GEMM flops only).
+        for r in results:
+            r["rnnfast_peak_frac"] = r["rnnfast_gflops"] / meta["peak_fma_gflops"]
+            r["bound"] = meta["peak_fma_gflops"] / r["torch_gflops"]
     print()
-    print(f"dtype {a.dtype}")
+    print(f"dtype {a.dtype}" + (f", FMA peak {meta['peak_fma_gflops']:.0f} GFLOP/s ({a.threads} threads)"
+                                if "peak_fma_gflops" in meta else ""))
     print(table(results))
     if self_results:
         print()

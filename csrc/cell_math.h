@@ -2,9 +2,10 @@
 //
 // This header is the single source of truth for the cell equations. It is
 // compiled three ways and must stay free of any library dependency:
-//   * by g++ with V = float/double (scalar tails of the CPU loops, C++ unit test),
-//   * by g++ with V = at::vec::Vectorized<T> (the CPU vector loops, see
-//     cpu/vec_math.h for the matching Math policy),
+//   * by g++ with V = float/double (the GPU path's emulated executor, the C++
+//     unit test),
+//   * by g++ with V = at::vec::Vectorized<T> (the CPU row kernels, whole and
+//     partial vectors alike: cpu/vec_math.h has the matching Math policy),
 //   * by nvcc with V = float/double inside __global__ kernels (RNNFAST_HD).
 //
 // Every function is templated on a Math policy that supplies the transcendental

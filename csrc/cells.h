@@ -2,9 +2,21 @@
 //
 // Device-neutral (no ATen): the op layer, the CPU loops and the CUDA loops read
 // it, and rnnfast/_cells.py mirrors it for the Python side (the fake kernels
-// size the workspace from it; tests/test_ops.py checks both tables agree).
-// Adding a cell is an entry here, its math in cell_math.h, and its row
-// kernels; the loops branch on the properties below, never on the cell's name.
+// size the workspace from it). The loops branch on the properties below, never
+// on the cell's name. The per-element math cannot be data, so adding a cell
+// touches these places (each fails loudly when forgotten):
+//   csrc/cells.h               an entry here (kNumCellTypes)
+//   csrc/cell_math.h           its forward and backward math
+//   csrc/cpu/cell_rows_impl.h  its three row kernels, and their row in the table of
+//   csrc/cpu/kernels_impl.h    (a static_assert on kNumCellTypes)
+//   csrc/gpu/pointwise.h       its case in step_forward_element / step_backward_element
+//   csrc/layer_reference.cpp   its case in the differentiable reference step
+//                              (switches without default: -Werror=switch)
+//   rnnfast/_cells.py          the Python mirror (tests/test_ops.py: the tables agree)
+//   rnnfast/reference.py       its equations (cell_step)
+//   rnnfast/modules.py         a module (or a mode of one)
+// tests/test_ops.py::test_every_cell_is_complete runs each cell of this table
+// through the operators, the reference and a module.
 //
 // Saved activations. A training forward returns one flat workspace tensor,
 // [N * saved_width(cell, H, proj)], laid out as consecutive row-major blocks
@@ -17,7 +29,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 namespace rnnfast {
 
@@ -61,18 +72,6 @@ inline constexpr CellInfo kCells[kNumCellTypes] = {
 };
 
 inline const CellInfo& cell_info(CellType cell) { return kCells[static_cast<int>(cell)]; }
-
-// The cell of a mode string ("LSTM", "GRU", "RNN_TANH", "RNN_RELU"); false if
-// there is none.
-inline bool parse_cell(const char* name, CellType* out) {
-  for (const CellInfo& c : kCells) {
-    if (std::strcmp(c.name, name) == 0) {
-      *out = c.type;
-      return true;
-    }
-  }
-  return false;
-}
 
 // Columns of one saved block.
 inline int64_t saved_block_width(const CellInfo& c, SavedBlock b, int64_t H) {

@@ -75,7 +75,17 @@ struct SavedActivations {
 
   // Views of `workspace` ([N * saved_width]) for a layer of these dims.
   static SavedActivations view(const Tensor& workspace, CellType cell, const LayerDims& d);
+  // The [N, H] block of a cell's step state, which its fused kernels write in
+  // the forward and read in the backward as `saved` (LSTM c_t, GRU
+  // W_hn h + b_hn), by the cell table; undefined for a cell that has none.
+  const Tensor& step_state(CellType cell) const;
 };
+
+// The data of a tensor, or nullptr if it is undefined.
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
 
 struct LayerOutputs {
   Tensor y;          // [N, P]

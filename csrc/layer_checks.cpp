@@ -198,4 +198,14 @@ SavedActivations SavedActivations::view(const Tensor& workspace, CellType cell, 
   return s;
 }
 
+const Tensor& SavedActivations::step_state(CellType cell) const {
+  static const Tensor none;
+  const CellInfo& info = cell_info(cell);
+  for (int k = 0; k < info.num_saved; ++k) {
+    if (info.saved[k] == SavedBlock::kCell) return this->cell;
+    if (info.saved[k] == SavedBlock::kHiddenN) return hidden_n;
+  }
+  return none;
+}
+
 }  // namespace rnnfast

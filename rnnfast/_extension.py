@@ -25,7 +25,7 @@ except ImportError as exc:  # the extension is missing or does not load
     _IMPORT_ERROR = exc
     warnings.warn(
         f"rnnfast's compiled extension rnnfast._C could not be loaded ({exc}). "
-        f"rnnfast.LSTM and rnnfast.GRU will raise until it is built. {BUILD_HINT} "
+        f"rnnfast's modules (LSTM, GRU, RNN and their cells) raise until it is built. {BUILD_HINT} "
         "rnnfast.backend() reports the state of the build.",
         RuntimeWarning,
         stacklevel=2,

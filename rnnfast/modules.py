@@ -44,6 +44,8 @@ except ImportError:  # another torch layout
     _exporting_to_onnx = torch.onnx.is_in_onnx_export
 
 _MISSING = object()
+# The mode (cell of csrc/cells.h) of torch.nn.RNN's and RNNCell's nonlinearity.
+_RNN_MODES = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
 
 
 def _release_panels(parameters: dict):
@@ -156,9 +158,13 @@ class _RecurrentBase(nn.RNNBase):
                 break
         return self._flat_weights
 
+    def _out_size(self) -> int:
+        """Width of the output and of h: proj_size with a projection, else hidden_size."""
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
+
     def _zeros_hidden(self, input, batch):
         num_directions = 2 if self.bidirectional else 1
-        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        out_size = self._out_size()
         shape = (self.num_layers * num_directions, batch)
         h = torch.zeros(*shape, out_size, dtype=input.dtype, device=input.device)
         if self.mode != "LSTM":
@@ -214,7 +220,7 @@ class _RecurrentBase(nn.RNNBase):
         # (Dynamo wants a message closure without free variables.)
         torch._check(int(batch_sizes[0]) == batch, lambda: "PackedSequence batch size does not match hx's")
         shape = (self.num_layers * (2 if self.bidirectional else 1), batch)
-        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        out_size = self._out_size()
         if not is_lstm:
             self.check_hidden_size(hx, (*shape, out_size))
             return
@@ -333,7 +339,7 @@ class _RecurrentBase(nn.RNNBase):
     def _empty_batch_result(self, rows, h0, c0, weights):
         """Batch size 0: empty outputs, still connected to the graph like torch's."""
         D = 2 if self.bidirectional else 1
-        out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        out_size = self._out_size()
         anchor = rows.sum() * 0
         for w in weights:
             anchor = anchor + w.sum() * 0
@@ -393,11 +399,8 @@ class RNN(_RecurrentBase):
             args = args[:3] + args[4:]
         else:
             self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
-        if self.nonlinearity == "tanh":
-            mode = "RNN_TANH"
-        elif self.nonlinearity == "relu":
-            mode = "RNN_RELU"
-        else:
+        mode = _RNN_MODES.get(self.nonlinearity)
+        if mode is None:
             raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
         super().__init__(mode, *args, **kwargs)
 
@@ -442,16 +445,15 @@ class _CellForward:
     def _mode(self) -> str:
         return self._cell_mode
 
-    def _fast_step(self, input, hx):
-        """The common call, in eager mode: a 2-D input, hx given in full, every shape, dtype and
-        device as expected. Then one operator call and nothing else (a decoding loop calls a cell
-        once per token); returns None for anything else, which forward() handles in full."""
+    def _common_step(self, input, hx):
+        """The operator's arguments for the common call of a decoding loop, or None: a 2-D input,
+        hx given in full, every shape, dtype and device as the module expects, eager mode, no
+        autocast. Exactly the calls that _step_arguments' checks pass without converting anything
+        (tests/test_cells.py::test_common_step_agrees_with_the_checks compares the two over the
+        calls that come here); it only decides faster (one call per token in a decoder)."""
         if hx is None or input.dim() != 2 or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
             return None
-        params = self._parameters
-        w_ih, w_hh = params.get("weight_ih"), params.get("weight_hh")
-        if w_ih is None or w_hh is None:  # parametrized or otherwise moved: the full path
-            return None
+        w_ih, w_hh, b_ih, b_hh = _parameters(self, self._PARAMETER_NAMES)
         dtype = input.dtype
         device = input.device
         if dtype not in _SUPPORTED_DTYPES or w_ih.dtype != dtype or w_ih.device != device:
@@ -460,8 +462,7 @@ class _CellForward:
             return None
         batch, features = input.shape
         shape = (batch, self.hidden_size)
-        is_lstm = self._cell_mode == "LSTM"
-        if is_lstm:
+        if self._cell_mode == "LSTM":
             if type(hx) is not tuple or len(hx) != 2:
                 return None
             h, c = hx
@@ -473,19 +474,13 @@ class _CellForward:
                 return None
         if features != self.input_size or batch == 0 or self.hidden_size == 0 or h.device != device:
             return None
-        _, h, c = _ops.layer_forward(self._mode(), input, None, h, c, w_ih, w_hh,
-                                     params.get("bias_ih"), params.get("bias_hh"), None, False)
-        return (h, c) if is_lstm else h
+        return (self._mode(), input, h, c, w_ih, w_hh, b_ih, b_hh)
 
-    def forward(self, input, hx=None):
-        if _exporting_to_onnx():
-            return type(self)._torch_forward(self, input, hx)
-        require_extension()
-        result = self._fast_step(input, hx)
-        if result is not None:
-            return result
+    def _step_arguments(self, input, hx):
+        """torch.nn's checks and input forms of a cell call, in its order. Returns the operator's
+        arguments (mode, x [B, I], h [B, H], c [B, H] or None, w_ih, w_hh, b_ih, b_hh) and whether
+        the input was batched."""
         is_lstm = isinstance(self, nn.LSTMCell)
-        # torch.nn's checks and input forms, in its order.
         if input.dim() not in (1, 2):
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
@@ -535,11 +530,22 @@ class _CellForward:
             # lowers every cell.
             input, states = input.to(low), tuple(h.to(low) for h in states)
             w_ih, w_hh, b_ih, b_hh = (None if w is None else w.to(low) for w in (w_ih, w_hh, b_ih, b_hh))
-        if input.size(0) == 0 or self.hidden_size == 0:  # torch's cells accept both
-            h, c = _empty_cell_result(input, states, (w_ih, w_hh, b_ih, b_hh))
-        else:
-            h, c = functional.cell_step(mode, input, states[0], states[1] if is_lstm else None,
-                                        w_ih, w_hh, b_ih, b_hh)
+        return (mode, input, states[0], states[1] if is_lstm else None, w_ih, w_hh, b_ih, b_hh), is_batched
+
+    def forward(self, input, hx=None):
+        if _exporting_to_onnx():
+            return type(self)._torch_forward(self, input, hx)
+        require_extension()
+        is_lstm = self._cell_mode == "LSTM"
+        args = self._common_step(input, hx)
+        is_batched = True
+        if args is None:
+            args, is_batched = self._step_arguments(input, hx)
+        mode, x, h, c, w_ih, w_hh, b_ih, b_hh = args
+        if x.size(0) == 0 or self.hidden_size == 0:  # torch's cells accept both
+            h, c = _empty_cell_result(x, (h, c) if is_lstm else (h,), (w_ih, w_hh, b_ih, b_hh))
+        else:  # one fused operator call (functional.cell_step, inlined: a decoder calls it per token)
+            _, h, c = _ops.layer_forward(mode, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False)
         if not is_batched:
             h = h.squeeze(0)
             c = c.squeeze(0) if c is not None else None
@@ -564,8 +570,7 @@ class RNNCell(_CellForward, nn.RNNCell):
     _cell_mode = "RNN"  # RNN_TANH or RNN_RELU by the nonlinearity: see _mode
 
     def _mode(self) -> str:
-        if self.nonlinearity == "tanh":
-            return "RNN_TANH"
-        if self.nonlinearity == "relu":
-            return "RNN_RELU"
-        raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        mode = _RNN_MODES.get(self.nonlinearity)
+        if mode is None:  # torch.nn.RNNCell's message (its check runs at call time)
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        return mode

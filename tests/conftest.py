@@ -246,9 +246,14 @@ def assert_same_structure(expected, actual) -> None:
         assert a.dtype == e.dtype, f"{name} dtype {a.dtype} != {e.dtype}"
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str, **kwargs) -> None:
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str, scaled: bool | None = None,
+                 **kwargs) -> None:
+    """The suite's one comparison: TOL of the expected dtype, the absolute tolerance scaled by the
+    largest expected value (where `scaled`; by default for every dtype but float64)."""
     tol = dict(TOL[expected.dtype])
-    if expected.dtype != torch.float64 and expected.numel() and expected.isfinite().all():
+    if scaled is None:
+        scaled = expected.dtype != torch.float64
+    if scaled and expected.numel() and expected.isfinite().all():
         # A float32 element that is a small sum of large terms (a weight gradient summed over
         # hundreds of steps) carries an absolute rounding error proportional to those terms,
         # whatever its own size: the absolute tolerance scales with the tensor's magnitude.
@@ -297,6 +302,28 @@ def check_parity(reference: torch.nn.Module, fast: torch.nn.Module, inputs: Inpu
     for name in exp_grads:
         assert_close(act_grads[name], exp_grads[name], f"gradient of {name}")
     return expected, actual
+
+
+def run_concurrently(worker, count: int) -> None:
+    """worker(k) for k in range(count), each on its own Python thread, all at once; re-raises the
+    first exception any of them raised."""
+    import threading
+
+    errors = []
+
+    def guarded(k):
+        try:
+            worker(k)
+        except Exception as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def capture(fn):

@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import TOL
+from conftest import assert_close
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from module_cases import EVERY_MODULE, Case
 
@@ -35,13 +35,6 @@ F32_CASES = [Case("LSTM", num_layers=2, dtype=torch.float32), Case("GRUCell", dt
 
 def ids(cases):
     return [c.id for c in cases]
-
-
-def assert_close(actual, expected, name):
-    tol = dict(TOL[expected.dtype])
-    if expected.dtype == torch.float32:
-        tol["atol"] *= max(1.0, expected.abs().max().item())
-    torch.testing.assert_close(actual, expected, **tol, msg=lambda m: f"{name}:\n{m}")
 
 
 def assert_all_close(actual, expected, names):

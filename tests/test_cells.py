@@ -21,6 +21,7 @@ from collections.abc import Callable
 import pytest
 import torch
 from conftest import TOL, assert_close, assert_same_error, capture, origin
+from layouts import offset, strided, transposed
 
 import rnnfast
 
@@ -183,27 +184,6 @@ def test_cell_empty_batch_like_torch(kind, with_hx):
 
 
 # ---- memory layouts -------------------------------------------------------------------------------
-
-
-def strided(t: torch.Tensor) -> torch.Tensor:
-    """Same values, every other element of a twice-as-wide buffer along the last dim."""
-    buffer = torch.full((*t.shape[:-1], 2 * t.shape[-1]), float("nan"), dtype=t.dtype)
-    view = buffer[..., ::2]
-    view.copy_(t)
-    return view
-
-
-def transposed(t: torch.Tensor) -> torch.Tensor:
-    """Same values, column-major (a 2-D tensor)."""
-    return t.t().contiguous().t()
-
-
-def offset(t: torch.Tensor) -> torch.Tensor:
-    """Same values, contiguous but at a nonzero storage offset."""
-    buffer = torch.full((t.numel() + 7,), float("nan"), dtype=t.dtype)
-    view = buffer[7:].view(t.shape)
-    view.copy_(t)
-    return view
 
 
 @pytest.mark.parametrize("layout, batch", [(strided, 4), (transposed, 4), (offset, 4), (strided, None), (offset, None)],
@@ -768,3 +748,30 @@ def test_rnn_cell_square_2d_hx_with_1d_input_is_refused(nonlinearity):
     assert_close(expected, reference(x.expand(4, 3), hx), "torch's broadcast result")
     with pytest.raises(RuntimeError):
         fast(x, hx)
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_common_step_agrees_with_the_checks(kind):
+    """The cells decide the common call of a decoding loop without torch.nn's full checks
+    (_common_step); wherever they do, the full checks (_step_arguments) give the same operator
+    arguments, and where they do not, the full checks run. So the two cannot drift apart."""
+    import itertools
+
+    for dtype, batch, bias in itertools.product((torch.float32, torch.float64), (1, 3), (True, False)):
+        fast = getattr(rnnfast, kind)(5, 7, bias=bias, dtype=dtype)
+        x = torch.randn(batch, 5, dtype=dtype)
+        h = torch.randn(batch, 7, dtype=dtype)
+        hx = (h, torch.randn(batch, 7, dtype=dtype)) if kind == "LSTMCell" else h
+        common = fast._common_step(x, hx)
+        assert common is not None, (dtype, batch, bias)
+        full, is_batched = fast._step_arguments(x, hx)
+        assert is_batched and len(common) == len(full) == 8
+        assert common[0] == full[0]
+        for k, (a, b) in enumerate(zip(common[1:], full[1:])):
+            assert (a is None and b is None) or a is b or torch.equal(a, b), (k, dtype, batch, bias)
+        # Calls the common path leaves to the full checks.
+        state = (h, hx[1]) if kind == "LSTMCell" else h
+        assert fast._common_step(x[0], hx) is None  # unbatched
+        assert fast._common_step(x, None) is None  # no hx
+        assert fast._common_step(x.to(torch.float16), state) is None  # dtype
+        assert fast._common_step(torch.randn(batch, 4, dtype=dtype), state) is None  # input size

@@ -21,6 +21,8 @@ import pytest
 import torch
 from module_cases import EVERY_MODULE, Case, detached_params
 
+from rnnfast._cells import CELLS
+
 TIGHT = dict(rtol=1e-10, atol=1e-10)
 
 SMALL = dict(input_size=2, hidden_size=2, batch=2, seq_len=3)
@@ -148,7 +150,6 @@ def test_gradgradcheck_mixed_requires_grad():
 # ---- the operator ---------------------------------------------------------------------------
 
 OP_CELLS = [("LSTM", False), ("LSTM", True), ("GRU", False), ("RNN_TANH", False), ("RNN_RELU", False)]
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
@@ -156,7 +157,7 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 @pytest.mark.parametrize("cell, proj", OP_CELLS, ids=[c + ("_proj" if p else "") for c, p in OP_CELLS])
 def test_gradgradcheck_layer_forward_op(cell, proj, packed, reverse):
     I, H, P = 2, 2, (1 if proj else 2)
-    G = GATES[cell]
+    G = CELLS[cell].gates
     if packed:
         batch_sizes = torch.tensor([3, 2, 1], dtype=torch.int64)
         B, N = 3, 6

@@ -25,7 +25,7 @@ import torch
 import rnnfast
 from rnnfast import _extension
 
-from conftest import TOL
+from conftest import TOL, assert_close
 from module_cases import Case
 from test_low_precision import LOW_TOL, big, low_precision_setup, relative_error, run
 
@@ -103,10 +103,7 @@ def test_matches_torch(case, dtype, emulated):
     assert (C._gpu_persistent_launches() > launches) == persistent, "persistent launches"
     for what, g_list, w_list in (("output", got[0], want[0]), ("gradient", got[1], want[1])):
         for k, (g, w) in enumerate(zip(g_list, w_list)):
-            tol = dict(TOL[dtype])
-            if dtype == torch.float32:  # (as conftest.assert_close: sums of large terms)
-                tol["atol"] *= max(1.0, w.abs().max().item())
-            torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{what} #{k}: {m}")
+            assert_close(g, w, f"{what} #{k}")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])

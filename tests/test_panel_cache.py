@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing
-import threading
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ import torch
 import rnnfast
 from rnnfast import _extension
 
-from conftest import assert_close
+from conftest import assert_close, run_concurrently
 
 C = _extension.require_extension()
 
@@ -217,21 +216,12 @@ def test_threads_sharing_a_module():
     reference, fast = pair("LSTM", 12, 40)
     xs = [torch.randn(8, 5, 12) for _ in range(4)]
     want = [infer(reference, x) for x in xs]
-    errors = []
 
     def worker(k):
-        try:
-            for _ in range(20):
-                assert_close(infer(fast, xs[k]), want[k], f"thread {k}")
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        for _ in range(20):
+            assert_close(infer(fast, xs[k]), want[k], f"thread {k}")
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    run_concurrently(worker, 4)
 
 
 def _child(fast, x, want, queue):

@@ -29,6 +29,7 @@ from conftest import (
     kind_id,
     make_inputs,
 )
+from layouts import offset, strided, transposed
 
 DTYPES = (torch.float32, torch.float64)
 DTYPE_IDS = ("f32", "f64")
@@ -163,27 +164,6 @@ def test_parity_large(cfg, two_threads):
 
 
 # ---- memory layouts -----------------------------------------------------------------------------
-
-
-def strided(t: torch.Tensor) -> torch.Tensor:
-    """Same values, every other element of a twice-as-wide buffer along the last dim."""
-    buffer = torch.full((*t.shape[:-1], 2 * t.shape[-1]), float("nan"), dtype=t.dtype)
-    view = buffer[..., ::2]
-    view.copy_(t)
-    return view
-
-
-def transposed(t: torch.Tensor) -> torch.Tensor:
-    """Same values, first two dims swapped in memory."""
-    return t.transpose(0, 1).contiguous().transpose(0, 1)
-
-
-def offset(t: torch.Tensor) -> torch.Tensor:
-    """Same values, contiguous but at a nonzero storage offset."""
-    buffer = torch.full((t.numel() + 7,), float("nan"), dtype=t.dtype)
-    view = buffer[7:].view(t.shape)
-    view.copy_(t)
-    return view
 
 
 @pytest.mark.parametrize("form", ["padded", "unbatched", "packed_unsorted"])

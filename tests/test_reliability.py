@@ -19,7 +19,7 @@ import torch
 import rnnfast
 from rnnfast import _extension
 
-from conftest import TOL, assert_close
+from conftest import TOL, assert_close, run_concurrently
 
 C = _extension.require_extension()
 
@@ -168,22 +168,13 @@ def test_concurrent_python_threads_get_correct_results(split_small_calls, two_th
     inputs = [torch.randn(12, 3, 8) for _ in range(4)]
     with torch.no_grad():
         expected = [fast(x)[0] for x in inputs]
-    errors = []
 
     def worker(k):
-        try:
-            with torch.no_grad():
-                for _ in range(50):
-                    torch.testing.assert_close(fast(inputs[k])[0], expected[k], rtol=0, atol=0)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        with torch.no_grad():
+            for _ in range(50):
+                torch.testing.assert_close(fast(inputs[k])[0], expected[k], rtol=0, atol=0)
 
-    workers = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert not errors, errors[0]
+    run_concurrently(worker, 4)
     state = C.thread_policy_state()
     assert state["in_use"] == 0, state  # every lease returned
 

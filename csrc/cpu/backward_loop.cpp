@@ -64,7 +64,7 @@ class BackwardLoop {
     // instead of packing them; the others go through the panel cache. Slice s
     // owns columns p0..p1 of dh_{t-1} = dG_t @ w_hh, with projection units
     // u0..u1 of dm_t = dh_t @ w_hr, and columns i0..i1 of dx = dG @ w_ih.
-    const bool direct = plan_.N <= 4 * kRowsPerPackedPass;
+    const bool direct = plan_.N <= kMaxUnpackedRows;
     auto panels = [&](const Tensor& w, int64_t K, std::vector<int64_t> widths,
                       const std::vector<int64_t>& cut) {
       // Row-major weights: slice s is columns cut[s] .. cut[s+1] of every row.
@@ -168,7 +168,7 @@ class BackwardLoop {
     if (saved_.gates.defined()) {
       r.gates = saved_.gates.template data_ptr<S>() + off * GH; r.ld_gates = GH;
     }
-    const Tensor& step_state = cell_.cell_state ? saved_.cell : saved_.hidden_n;
+    const Tensor& step_state = saved_.step_state(in_.cell);
     if (step_state.defined()) {
       r.saved = step_state.template data_ptr<S>() + off * H_; r.ld_saved = H_;
     }

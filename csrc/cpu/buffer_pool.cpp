@@ -39,16 +39,6 @@ size_t block_bytes(size_t exact) {
   return (exact + unit - 1) / unit * unit;
 }
 
-size_t cap_from_env() {
-  const char* env = std::getenv("RNNFAST_POOL_BYTES");
-  if (!env || !*env) return size_t(1) << 30;
-  char* end = nullptr;
-  const unsigned long long v = std::strtoull(env, &end, 10);
-  TORCH_CHECK(end && *end == '\0', "rnnfast: RNNFAST_POOL_BYTES must be a number of bytes, got '",
-              env, "'");
-  return static_cast<size_t>(v);
-}
-
 class Pool {
  public:
   static Pool& instance() {
@@ -114,7 +104,7 @@ class Pool {
   }
 
  private:
-  Pool() : cap_(cap_from_env()) {}
+  Pool() : cap_(size_t(bytes_from_env("RNNFAST_POOL_BYTES", int64_t(1) << 30))) {}
   std::mutex mutex_;
   std::multimap<size_t, void*> free_;  // block size -> block
   size_t cached_ = 0;
@@ -148,6 +138,15 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
   c10::Storage storage(c10::Storage::use_byte_size_t(), exact, std::move(data),
                        c10::GetCPUAllocator(), /*resizable=*/true);
   return at::empty({0}, options).set_(std::move(storage), 0, sizes, c10::contiguous_strides(sizes));
+}
+
+int64_t bytes_from_env(const char* name, int64_t fallback) {
+  const char* env = std::getenv(name);
+  if (!env || !*env) return fallback;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  TORCH_CHECK(end && *end == '\0' && v >= 0, "rnnfast: ", name, " must be a number of bytes, got '", env, "'");
+  return v;
 }
 
 at::Tensor cpu_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {

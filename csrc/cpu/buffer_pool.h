@@ -32,6 +32,10 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
 // part of a one-step call, which allocates its outputs and scratch).
 at::Tensor cpu_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// A byte count from the environment variable `name` (a non-negative integer;
+// anything else raises), or `fallback` where it is unset or empty.
+int64_t bytes_from_env(const char* name, int64_t fallback);
+
 // Bytes held by the pool while not in use.
 size_t pool_cached_bytes();
 // Frees every cached block.

@@ -89,7 +89,7 @@ class ForwardLoop {
     // column g*nu + j is row g*H + u0 + j of the weight, so one GEMM gives all
     // gates of the slice's units. With projection it also owns columns
     // p0..p1 of w_hr^T.
-    const bool direct = plan_.N <= 4 * kRowsPerPackedPass;
+    const bool direct = plan_.N <= kMaxUnpackedRows;
     std::vector<SliceSource> ih(slicing_.count), hh(slicing_.count), hr(slicing_.count);
     for (int s = 0; s < slicing_.count; ++s) {
       const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
@@ -173,8 +173,9 @@ class ForwardLoop {
       const int64_t u0 = slicing_.u0(sl);
       A* gx_slice = gx + G_ * u0;
       // Recurrent GEMM: rows continuing from the previous step, then rows
-      // starting from h0 (only in the reverse direction of a packed batch),
-      // accumulated into the input part or kept apart (separate_hidden).
+      // starting from h0 (every row of the first step; later, only in the
+      // reverse direction of a packed batch), accumulated into the input part
+      // or kept apart (separate_hidden).
       A* rec = cell_.separate_hidden ? gh_ + G_ * u0 : gx_slice;
       const A beta = cell_.separate_hidden ? A(0) : A(1);
       const int64_t n1 = prev.n_first;
@@ -194,8 +195,7 @@ class ForwardLoop {
       r.h = m; r.ld_h = ld_m;
       if (training_) {
         r.gates = ptr<S>(saved_.gates) + off * GH; r.ld_gates = GH;
-        const Tensor& step_state = cell_.cell_state ? saved_.cell : saved_.hidden_n;
-        r.saved = ptr<S>(step_state) + off * H_; r.ld_saved = H_;
+        r.saved = ptr<S>(saved_.step_state(in_.cell)) + off * H_; r.ld_saved = H_;
         k_.cells[int(in_.cell)].forward_train(r);
       } else {
         k_.cells[int(in_.cell)].forward_infer(r);

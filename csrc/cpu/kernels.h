@@ -24,25 +24,9 @@
 
 #include "../acc_type.h"
 #include "../cells.h"
+#include "../loop_shared.h"
 
 namespace rnnfast::cpu {
-
-// The previous state of each row of a step: rows [0, n_first) continue a
-// sequence from the previous step (`first`), the others start from the
-// initial state (`initial`). Only the reverse direction of a packed batch has
-// rows of the second kind after its first step.
-template <typename T>
-struct PrevRows {
-  const T* first = nullptr;
-  int64_t ld_first = 0;
-  int64_t n_first = 0;
-  const T* initial = nullptr;
-  int64_t ld_initial = 0;
-
-  const T* row(int64_t b) const {
-    return b < n_first ? first + b * ld_first : initial + b * ld_initial;
-  }
-};
 
 // Forward buffers come in two layouts. Per-step scratch of the time loop is
 // *slice-blocked*: a slice's columns are contiguous, gate g of its unit

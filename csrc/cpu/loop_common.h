@@ -77,9 +77,6 @@ struct Slicing {
 // time at B=64, H=512 and in training. The backward chunk holds dG
 // ([rows, G*H]), read again by three GEMMs.
 constexpr int64_t kForwardChunkRows = 512;
-// Rows of A below which one GEMM pass over unpacked weights beats packing them
-// (calibrated at H=128: packing ~ 2.5 passes of a one-row GEMV).
-constexpr int64_t kRowsPerPackedPass = 1;
 constexpr int64_t kBackwardChunkRows = 512;
 
 // Runs body(thread, threads, barrier) on `slices` threads (a serial call when
@@ -266,11 +263,6 @@ void check_and_pack(const KernelTable<S>& k, const Slicing& slicing, int thread,
   for (int s = thread; s < slicing.count; s += threads) (panels.pack(k, s), ...);
 }
 
-template <typename T>
-T* ptr(const Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
 // Small buffers of the step loops (running cell state, recurrent gradients,
 // folded biases) are read and written next to the large pooled buffers, whose
 // rows all start at the same offsets modulo 4 KB. Where malloc puts a small
@@ -309,11 +301,11 @@ class SmallBuffers {
 };
 
 // Bias vectors folded for the fused kernels (zeros without bias), in the
-// accumulation type, written into a buffer of G*H + H elements: tensor ops
-// would cost microseconds of dispatch in a one-step call.
-//   bias    = b_ih + b_hh [G*H]; a separate_hidden cell (GRU) adds b_hh only
-//             outside its last block, whose b_hh goes to
-//   bias_hn = b_hh of the last block [H] (r multiplies W_hn h + b_hn).
+// accumulation type, written into a buffer of G*H + H elements by plain loops:
+// tensor ops would cost microseconds of dispatch in a one-step call. The rule
+// is loop_shared.h's folded_bias_columns:
+//   bias    = b_ih + b_hh [G*H], b_ih alone beyond the folded columns;
+//   bias_hn = b_hh of the last block [H] of a separate_hidden cell, else 0.
 template <typename S>
 class FoldedBias {
  public:
@@ -329,7 +321,7 @@ class FoldedBias {
     }
     const S* b_ih = w.b_ih->template data_ptr<S>();  // contiguous (checked)
     const S* b_hh = w.b_hh->template data_ptr<S>();
-    const int64_t hidden_part = cell.separate_hidden ? GH - H : GH;
+    const int64_t hidden_part = folded_bias_columns(cell, H);
     for (int64_t j = 0; j < GH; ++j)
       bias_[j] = j < hidden_part ? A(b_ih[j]) + A(b_hh[j]) : A(b_ih[j]);
     for (int64_t j = 0; j < H; ++j) bias_hn_[j] = cell.separate_hidden ? A(b_hh[hidden_part + j]) : A(0);

@@ -5,10 +5,8 @@
 #include <c10/util/intrusive_ptr.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <list>
 #include <mutex>
-#include <string>
 
 #include <pthread.h>
 
@@ -32,16 +30,6 @@ struct PanelCacheEntry {
 };
 
 namespace {
-
-int64_t capacity_from_env() {
-  const char* env = std::getenv("RNNFAST_PANEL_CACHE_BYTES");
-  if (!env || !*env) return int64_t(512) << 20;
-  char* end = nullptr;
-  const long long v = std::strtoll(env, &end, 10);
-  TORCH_CHECK(end && *end == '\0' && v >= 0,
-              "rnnfast: RNNFAST_PANEL_CACHE_BYTES must be a number of bytes, got '", env, "'");
-  return v;
-}
 
 class Cache {
  public:
@@ -138,7 +126,7 @@ class Cache {
   }
 
  private:
-  Cache() : capacity_(capacity_from_env()) {}
+  Cache() : capacity_(bytes_from_env("RNNFAST_PANEL_CACHE_BYTES", int64_t(512) << 20)) {}
 
   void drop_expired(std::vector<std::shared_ptr<PanelCacheEntry>>& dropped) {
     for (auto it = entries_.begin(); it != entries_.end();) {

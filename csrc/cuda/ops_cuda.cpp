@@ -74,8 +74,8 @@ class CudaExec {
 
   template <typename S, typename Out>
   void gemm_cm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
-               const S* B, int64_t ldb, gpu::acc_of<S> beta, Out* C, int64_t ldc) {
-    using Acc = gpu::acc_of<S>;
+               const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc) {
+    using Acc = acc_t<S>;
     const Acc alpha = Acc(1);
     cublasComputeType_t compute;
     if constexpr (std::is_same_v<S, double>) {

@@ -85,9 +85,9 @@ cudaError_t launch_add_rows(const gpu::AddRowsArgs<S>& a, cudaStream_t stream) {
   template cudaError_t launch_add_rows<S>(const gpu::AddRowsArgs<S>&, cudaStream_t);
 
 #define RNNFAST_INSTANTIATE_CONVERSIONS(S)                                                                 \
-  template cudaError_t launch_convert<S, gpu::acc_of<S>>(const gpu::ConvertArgs<S, gpu::acc_of<S>>&,     \
+  template cudaError_t launch_convert<S, acc_t<S>>(const gpu::ConvertArgs<S, acc_t<S>>&,     \
                                                          cudaStream_t);                                  \
-  template cudaError_t launch_convert<gpu::acc_of<S>, S>(const gpu::ConvertArgs<gpu::acc_of<S>, S>&,     \
+  template cudaError_t launch_convert<acc_t<S>, S>(const gpu::ConvertArgs<acc_t<S>, S>&,     \
                                                          cudaStream_t);
 
 }  // namespace rnnfast::cuda

@@ -25,8 +25,8 @@ class EmulatedExec {
  public:
   template <typename S, typename Out>
   void gemm_cm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
-               const S* B, int64_t ldb, acc_of<S> beta, Out* C, int64_t ldc) {
-    using Acc = acc_of<S>;
+               const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc) {
+    using Acc = acc_t<S>;
     const auto st = c10::CppTypeToScalarType<S>::value;
     const auto acc = c10::CppTypeToScalarType<Acc>::value;
     // Column-major X[r, c] with leading dimension ld: element (r, c) at r + c*ld.

@@ -20,7 +20,7 @@
 //   gemm_cm<S, Out>(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc)
 //       column-major C[m,n] = op(A)[m,k] @ op(B)[k,n] + beta*C, cuBLAS's
 //       semantics (C not read when beta == 0), A and B of type S, C of type
-//       Out (acc_of<S> or S), sums in acc_of<S>
+//       Out (acc_t<S> or S), sums in acc_t<S>
 //   step_forward<S>(StepForwardArgs<S>, training), step_backward<S>(StepBackwardArgs<S>)
 //   convert<To, From>(ConvertArgs), add_rows<S>(AddRowsArgs)
 //   plan_persistent<S>(kind, G, H, B) -> PersistentGeometry (blocks == 0: does not fit)
@@ -69,12 +69,12 @@ inline int64_t chunk_rows(int64_t B, int64_t row_bytes) {
 // null operands.
 template <class Exec, typename S, typename Out>
 void gemm_rm(Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const S* A,
-             int64_t lda, const S* B, int64_t ldb, acc_of<S> beta, Out* C, int64_t ldc) {
+             int64_t lda, const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
-    TORCH_INTERNAL_ASSERT(beta == acc_of<S>(0) || beta == acc_of<S>(1),
+    TORCH_INTERNAL_ASSERT(beta == acc_t<S>(0) || beta == acc_t<S>(1),
                           "rnnfast: an empty product with beta other than 0 or 1");
-    if (beta == acc_of<S>(0)) ex.template zero_rows<Out>(M, N, C, ldc);
+    if (beta == acc_t<S>(0)) ex.template zero_rows<Out>(M, N, C, ldc);
     return;
   }
   ex.template gemm_cm<S, Out>(trans_b, trans_a, N, M, K, B, std::max<int64_t>(ldb, 1), A,
@@ -92,15 +92,10 @@ inline PersistentStep persistent_step(const StepPlan& plan, int64_t s) {
   return st;
 }
 
-template <typename T>
-T* ptr_of(const Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
 template <class Exec, typename S>
 class GpuForwardLoop {
  public:
-  using A = acc_of<S>;
+  using A = acc_t<S>;
 
   GpuForwardLoop(Exec& ex, const LayerInputs& in, const LayerDims& d, bool training)
       : ex_(ex), in_(in), cell_(cell_info(in.cell)), plan_(make_step_plan(in, d)), d_(d),
@@ -169,21 +164,21 @@ class GpuForwardLoop {
         a.H = H;
         a.gx = gxs;
         a.ld_gx = GH;
-        a.gh = ptr_of<A>(gh);
+        a.gh = ptr<A>(gh);
         a.ld_gh = GH;
         a.bias = bias.data_ptr<A>();
         a.bias_hn = bias_hn.data_ptr<A>();
-        a.h_prev = TwoSourceRows<S>{prev, h0, n_first, P};
-        a.c = ptr_of<A>(c);
+        a.h_prev = PrevRows<S>{prev, P, n_first, h0, P};
+        a.c = ptr<A>(c);
         // The gate math writes h_t, or m_t (the input of w_hr) with a projection.
         S* m_t = !d_.proj ? y + off * P
                           : (training_ ? saved.proj_in.template data_ptr<S>() + off * H : m.template data_ptr<S>());
         a.h = m_t;
         a.ld_h = d_.proj ? H : P;
         if (training_) {
-          a.gates = ptr_of<S>(saved.gates) ? ptr_of<S>(saved.gates) + off * GH : nullptr;
-          const Tensor& step_state = cell_.cell_state ? saved.cell : saved.hidden_n;
-          a.saved = ptr_of<S>(step_state) ? ptr_of<S>(step_state) + off * H : nullptr;
+          a.gates = ptr<S>(saved.gates) ? ptr<S>(saved.gates) + off * GH : nullptr;
+          S* step_state = ptr<S>(saved.step_state(in_.cell));
+          a.saved = step_state ? step_state + off * H : nullptr;
         }
         ex_.step_forward(a, training_);
         if (d_.proj)  // h_t = m_t @ w_hr^T, rounded to storage by the GEMM
@@ -209,14 +204,14 @@ class GpuForwardLoop {
     a.bias = bias.data_ptr<A>();
     a.bias_hn = bias_hn.data_ptr<A>();
     a.h0 = in_.h0.template data_ptr<S>();
-    a.c = ptr_of<A>(c);
+    a.c = ptr<A>(c);
     a.y = y;
     a.gx = gx;
     a.chunk_lo = ch.lo;
-    a.gh = ptr_of<A>(gh);
+    a.gh = ptr<A>(gh);
     if (training_) {
-      a.gates = ptr_of<S>(saved.gates);
-      a.saved = ptr_of<S>(cell_.cell_state ? saved.cell : saved.hidden_n);
+      a.gates = ptr<S>(saved.gates);
+      a.saved = ptr<S>(saved.step_state(in_.cell));
     }
     a.geom = geom;
     for (int64_t s0 = ch.s0; s0 < ch.s1; s0 += kPersistentMaxSteps) {
@@ -228,8 +223,8 @@ class GpuForwardLoop {
     }
   }
 
-  // bias = b_ih + b_hh (a separate_hidden cell: b_ih alone in its last block,
-  // whose b_hh goes to bias_hn), in the accumulation type; zeros without bias.
+  // The folded biases (loop_shared.h): bias [G*H], bias_hn [H], in the
+  // accumulation type; zeros without bias.
   void fold_bias(const at::TensorOptions& acc_opts, Tensor& bias, Tensor& bias_hn) const {
     const int64_t GH = d_.G * d_.H, H = d_.H;
     if (!has(in_.w.b_ih)) {
@@ -238,13 +233,9 @@ class GpuForwardLoop {
       return;
     }
     const Tensor b_ih = in_.w.b_ih->to(acc_opts), b_hh = in_.w.b_hh->to(acc_opts);
-    if (cell_.separate_hidden) {
-      bias = at::cat({b_ih.narrow(0, 0, GH - H) + b_hh.narrow(0, 0, GH - H), b_ih.narrow(0, GH - H, H)});
-      bias_hn = b_hh.narrow(0, GH - H, H).contiguous();
-    } else {
-      bias = (b_ih + b_hh).contiguous();
-      bias_hn = at::zeros({H}, acc_opts);
-    }
+    const int64_t folded = folded_bias_columns(cell_, H);  // (loop_shared.h)
+    bias = at::cat({b_ih.narrow(0, 0, folded) + b_hh.narrow(0, 0, folded), b_ih.narrow(0, folded, GH - folded)});
+    bias_hn = cell_.separate_hidden ? b_hh.narrow(0, GH - H, H).contiguous() : at::zeros({H}, acc_opts);
   }
 
   // h_n[b] = y at row b of its sequence's last step: one copy per run of rows
@@ -270,7 +261,7 @@ class GpuForwardLoop {
 template <class Exec, typename S>
 class GpuBackwardLoop {
  public:
-  using A = acc_of<S>;
+  using A = acc_t<S>;
   static constexpr bool kConvert = !std::is_same_v<S, A>;
 
   GpuBackwardLoop(Exec& ex, const LayerBackwardInputs& b, const LayerDims& d)
@@ -332,9 +323,9 @@ class GpuBackwardLoop {
         a.cell = in_.cell;
         a.rows = rows;
         a.H = H;
-        a.gates = ptr_of<S>(saved_.gates) ? ptr_of<S>(saved_.gates) + off * GH : nullptr;
-        const Tensor& step_state = cell_.cell_state ? saved_.cell : saved_.hidden_n;
-        a.saved = ptr_of<S>(step_state) ? ptr_of<S>(step_state) + off * H : nullptr;
+        a.gates = ptr<S>(saved_.gates) ? ptr<S>(saved_.gates) + off * GH : nullptr;
+        S* step_state = ptr<S>(saved_.step_state(in_.cell));
+        a.saved = step_state ? step_state + off * H : nullptr;
         a.h = y + off * P;
         a.ld_h = P;
         a.prev = prev_state(s);
@@ -352,7 +343,7 @@ class GpuBackwardLoop {
           a.dh = dh_p;
           a.ld_dh = P;
         }
-        a.dc = ptr_of<A>(dc);
+        a.dc = ptr<A>(dc);
         a.dh_direct = dh_p;
         a.dg = dg_t;
         a.dgxn = cell_.separate_hidden ? dgxn.data_ptr<S>() + r0 * H : nullptr;
@@ -393,8 +384,8 @@ class GpuBackwardLoop {
     a.G = d_.G;
     a.H = d_.H;
     a.w_hh = in_.w.w_hh.template data_ptr<S>();
-    a.gates = ptr_of<S>(saved_.gates);
-    a.saved = ptr_of<S>(cell_.cell_state ? saved_.cell : saved_.hidden_n);
+    a.gates = ptr<S>(saved_.gates);
+    a.saved = ptr<S>(saved_.step_state(in_.cell));
     a.y = y_.template data_ptr<S>();
     const bool prev_cell = cell_.backward_prev == PrevState::kCell;
     a.prev = prev_cell ? saved_.cell.template data_ptr<S>() : a.y;
@@ -402,9 +393,9 @@ class GpuBackwardLoop {
     a.dy = b_.dy.template data_ptr<S>();
     a.ld_dy = b_.dy.stride(0);
     a.dh = dh.data_ptr<A>();
-    a.dc = ptr_of<A>(dc);
+    a.dc = ptr<A>(dc);
     a.dg = dg.data_ptr<S>();
-    a.dgxn = ptr_of<S>(dgxn);
+    a.dgxn = ptr<S>(dgxn);
     a.chunk_lo = ch.lo;
     a.geom = geom;
     for (int64_t s1 = ch.s1; s1 > ch.s0; s1 -= kPersistentMaxSteps) {
@@ -421,17 +412,17 @@ class GpuBackwardLoop {
   }
 
   // LSTM c_{t-1} or GRU h_{t-1} of each row of the s-th processed step.
-  TwoSourceRows<S> prev_state(int64_t s) const {
-    TwoSourceRows<S> p;
+  PrevRows<S> prev_state(int64_t s) const {
+    PrevRows<S> p;
     p.n_first = plan_.continuing_rows(s);
     if (cell_.backward_prev == PrevState::kCell) {
       p.first = s == 0 ? nullptr : saved_.cell.template data_ptr<S>() + plan_.previous_offset(s) * d_.H;
       p.initial = in_.c0->template data_ptr<S>();
-      p.ld = d_.H;
+      p.ld_first = p.ld_initial = d_.H;
     } else {
       p.first = s == 0 ? nullptr : y_.template data_ptr<S>() + plan_.previous_offset(s) * d_.P;
       p.initial = in_.h0.template data_ptr<S>();
-      p.ld = d_.P;
+      p.ld_first = p.ld_initial = d_.P;
     }
     return p;
   }
@@ -464,7 +455,7 @@ class GpuBackwardLoop {
     const int64_t H = d_.H, I = d_.I, P = d_.P, GH = d_.G * H, rows = ch.rows;
     const S* x = in_.x.template data_ptr<S>() + ch.lo * I;
     const S* dg_p = dg.data_ptr<S>();
-    const S* dgxn_p = ptr_of<S>(dgxn);
+    const S* dgxn_p = ptr<S>(dgxn);
     if (b_.need_dweights) {
       A* dw_ih_p = dw_ih.data_ptr<A>();
       // dw_ih += dG^T x (a separate_hidden cell's last block from its input side).

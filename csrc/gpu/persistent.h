@@ -83,7 +83,7 @@ enum class PersistentKind : int { kForward = 0, kBackward = 1 };
 template <typename S, class CoResident>
 PersistentGeometry plan_persistent(PersistentKind kind, int64_t G, int64_t H, int64_t B, size_t max_smem,
                                    CoResident co_resident) {
-  using A = acc_of<S>;
+  using A = acc_t<S>;
   PersistentGeometry g;
   const int64_t rows_per_unit = kind == PersistentKind::kForward ? G : 1;
   const int64_t len = kind == PersistentKind::kForward ? H : G * H;  // dot-product length
@@ -121,7 +121,7 @@ PersistentGeometry plan_persistent(PersistentKind kind, int64_t G, int64_t H, in
 // Arguments of one persistent launch (passed by value to the kernel).
 template <typename S>
 struct PersistentForwardArgs {
-  using A = acc_of<S>;
+  using A = acc_t<S>;
   CellType cell = CellType::kLSTM;
   bool separate_hidden = false;  // the cell's table entry (csrc/cells.h)
   int64_t G = 0, H = 0;
@@ -145,12 +145,12 @@ struct PersistentForwardArgs {
 template <typename S>
 struct PersistentSmem {
   S* w;              // [G*units, ld_w] rows g*H + u of w_hh for the block's units u
-  acc_of<S>* h;      // [row_tile, ld_w] h_{t-1} rows of the tile
-  acc_of<S>* part;   // [row_tile * G*units, k_split] partial dot products
+  acc_t<S>* h;      // [row_tile, ld_w] h_{t-1} rows of the tile
+  acc_t<S>* part;   // [row_tile * G*units, k_split] partial dot products
 };
 template <typename S>
 RNNFAST_HD PersistentSmem<S> persistent_smem(const PersistentGeometry& g, unsigned char* base) {
-  using A = acc_of<S>;
+  using A = acc_t<S>;
   return PersistentSmem<S>{reinterpret_cast<S*>(base), reinterpret_cast<A*>(base + g.w_bytes),
                            reinterpret_cast<A*>(base + g.w_bytes + g.h_bytes)};
 }
@@ -172,8 +172,8 @@ RNNFAST_HD void persistent_load_weights(const PersistentForwardArgs<S>& a, int b
 // Phase 1: h_{t-1} of rows r0 .. r0+row_tile of step st (zeros past its rows).
 template <typename S>
 RNNFAST_HD void persistent_load_rows(const PersistentForwardArgs<S>& a, const PersistentStep& st, int r0,
-                                     int tid, int nt, acc_of<S>* h) {
-  using A = acc_of<S>;
+                                     int tid, int nt, acc_t<S>* h) {
+  using A = acc_t<S>;
   const int H = int(a.H), n = a.geom.row_tile * H, ld = int(a.geom.ld_w);
   for (int i = tid; i < n; i += nt) {
     const int b = i / H, k = i - b * H, r = r0 + b;
@@ -190,8 +190,8 @@ RNNFAST_HD void persistent_load_rows(const PersistentForwardArgs<S>& a, const Pe
 // j = b * G*units + o (row b of the tile, gate column o of the block).
 template <typename S>
 RNNFAST_HD void persistent_partial_dots(const PersistentForwardArgs<S>& a, int tid, int nt, const S* w,
-                                        const acc_of<S>* h, acc_of<S>* part) {
-  using A = acc_of<S>;
+                                        const acc_t<S>* h, acc_t<S>* part) {
+  using A = acc_t<S>;
   const int H = int(a.H), GU = int(a.G) * a.geom.units, KS = a.geom.k_split, ld = int(a.geom.ld_w);
   const int n = a.geom.row_tile * GU * KS;
   for (int i = tid; i < n; i += nt) {
@@ -207,8 +207,8 @@ RNNFAST_HD void persistent_partial_dots(const PersistentForwardArgs<S>& a, int t
 // Phase 3: the partials summed in a fixed order, added to the step's gx (or written to gh).
 template <typename S>
 RNNFAST_HD void persistent_store_products(const PersistentForwardArgs<S>& a, const PersistentStep& st, int r0,
-                                          int block, int tid, int nt, const acc_of<S>* part) {
-  using A = acc_of<S>;
+                                          int block, int tid, int nt, const acc_t<S>* part) {
+  using A = acc_t<S>;
   const int H = int(a.H), U = a.geom.units, GU = int(a.G) * U, KS = a.geom.k_split, u0 = block * U;
   const int64_t GH = a.G * a.H;
   const int n = a.geom.row_tile * GU;
@@ -240,7 +240,7 @@ RNNFAST_HD StepForwardArgs<S> persistent_step_args(const PersistentForwardArgs<S
   s.ld_gh = GH;
   s.bias = a.bias;
   s.bias_hn = a.bias_hn;
-  s.h_prev = TwoSourceRows<S>{st.prev_off >= 0 ? a.y + int64_t(st.prev_off) * H : nullptr, a.h0, st.n_first, H};
+  s.h_prev = PrevRows<S>{st.prev_off >= 0 ? a.y + int64_t(st.prev_off) * H : nullptr, H, st.n_first, a.h0, H};
   s.c = a.c;
   s.h = a.y + int64_t(st.off) * H;
   s.ld_h = H;

@@ -23,7 +23,7 @@ namespace rnnfast::gpu {
 
 template <typename S>
 struct PersistentBackwardArgs {
-  using A = acc_of<S>;
+  using A = acc_t<S>;
   CellType cell = CellType::kLSTM;
   bool separate_hidden = false;
   int64_t G = 0, H = 0;
@@ -70,8 +70,8 @@ RNNFAST_HD StepBackwardArgs<S> persistent_backward_step_args(const PersistentBac
   s.saved = a.saved ? a.saved + off * H : nullptr;
   s.h = a.y + off * H;
   s.ld_h = H;
-  s.prev = TwoSourceRows<S>{st.prev_off >= 0 ? a.prev + int64_t(st.prev_off) * H : nullptr, a.prev_initial,
-                            st.n_first, H};
+  s.prev = PrevRows<S>{st.prev_off >= 0 ? a.prev + int64_t(st.prev_off) * H : nullptr, H, st.n_first,
+                       a.prev_initial, H};
   s.dy = a.dy + off * a.ld_dy;
   s.ld_dy = a.ld_dy;
   s.dh = a.dh;
@@ -98,8 +98,8 @@ RNNFAST_HD void persistent_backward_gates(const PersistentBackwardArgs<S>& a, co
 // Phase B1: dG_t rows r0 .. r0+row_tile -> shared memory (zeros past the step's rows).
 template <typename S>
 RNNFAST_HD void persistent_backward_load_rows(const PersistentBackwardArgs<S>& a, const PersistentStep& st, int r0,
-                                              int tid, int nt, acc_of<S>* rows) {
-  using A = acc_of<S>;
+                                              int tid, int nt, acc_t<S>* rows) {
+  using A = acc_t<S>;
   const int GH = int(a.G * a.H), n = a.geom.row_tile * GH, ld = int(a.geom.ld_w);
   const S* dg = a.dg + (int64_t(st.off) - a.chunk_lo) * GH;
   for (int i = tid; i < n; i += nt) {
@@ -112,8 +112,8 @@ RNNFAST_HD void persistent_backward_load_rows(const PersistentBackwardArgs<S>& a
 // q = b * units + o (row b of the tile, unit o of the block).
 template <typename S>
 RNNFAST_HD void persistent_backward_partial_dots(const PersistentBackwardArgs<S>& a, int tid, int nt, const S* w,
-                                                 const acc_of<S>* rows, acc_of<S>* part) {
-  using A = acc_of<S>;
+                                                 const acc_t<S>* rows, acc_t<S>* part) {
+  using A = acc_t<S>;
   const int GH = int(a.G * a.H), U = a.geom.units, KS = a.geom.k_split, ld = int(a.geom.ld_w);
   const int n = a.geom.row_tile * U * KS;
   for (int i = tid; i < n; i += nt) {
@@ -130,8 +130,8 @@ RNNFAST_HD void persistent_backward_partial_dots(const PersistentBackwardArgs<S>
 // the direct part that phase A left in dh).
 template <typename S>
 RNNFAST_HD void persistent_backward_store_dh(const PersistentBackwardArgs<S>& a, const PersistentStep& st, int r0,
-                                             int block, int tid, int nt, const acc_of<S>* part) {
-  using A = acc_of<S>;
+                                             int block, int tid, int nt, const acc_t<S>* part) {
+  using A = acc_t<S>;
   const int H = int(a.H), U = a.geom.units, KS = a.geom.k_split, u0 = block * U, n = a.geom.row_tile * U;
   for (int q = tid; q < n; q += nt) {
     const int b = q / U, r = r0 + b, u = u0 + (q - b * U);

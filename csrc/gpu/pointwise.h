@@ -20,28 +20,14 @@
 #include "../acc_type.h"
 #include "../cell_math.h"
 #include "../cells.h"
+#include "../loop_shared.h"
 
 namespace rnnfast::gpu {
-
-template <typename S>
-using acc_of = acc_t<S>;  // (acc_type.h)
-
-// Rows of a step from two places: [0, n_first) continue from the previous
-// step (`first`), the rest start from the initial state (`initial`); both with
-// row stride ld.
-template <typename T>
-struct TwoSourceRows {
-  const T* first = nullptr;
-  const T* initial = nullptr;
-  int64_t n_first = 0;
-  int64_t ld = 0;
-  RNNFAST_HD const T* row(int64_t b) const { return b < n_first ? first + b * ld : initial + b * ld; }
-};
 
 // One step of the forward gate math. Buffers point at the step's first row.
 template <typename S>
 struct StepForwardArgs {
-  using A = acc_of<S>;
+  using A = acc_t<S>;
   CellType cell = CellType::kLSTM;
   int64_t rows = 0, H = 0;
   const A* gx = nullptr;       // [rows, G*H] x @ w_ih^T (+ h @ w_hh^T unless separate_hidden)
@@ -50,7 +36,7 @@ struct StepForwardArgs {
   int64_t ld_gh = 0;
   const A* bias = nullptr;     // [G*H] b_ih + b_hh (separate_hidden: b_ih only in the last block)
   const A* bias_hn = nullptr;  // separate_hidden: [H] b_hh of the last block
-  TwoSourceRows<S> h_prev;     // separate_hidden: h_{t-1} of each row
+  PrevRows<S> h_prev;     // separate_hidden: h_{t-1} of each row
   A* c = nullptr;              // cell_state: [rows, H] (row stride H) in c_{t-1}, out c_t
   S* h = nullptr;              // [rows, ld_h] out: h_t (LSTM with projection: m_t)
   int64_t ld_h = 0;
@@ -60,7 +46,7 @@ struct StepForwardArgs {
 
 template <typename S, bool Training>
 RNNFAST_HD void step_forward_element(const StepForwardArgs<S>& a, int64_t b, int64_t u) {
-  using A = acc_of<S>;
+  using A = acc_t<S>;
   using M = ScalarMath<A>;
   const int64_t H = a.H;
   const A* gx = a.gx + b * a.ld_gx;
@@ -112,14 +98,14 @@ RNNFAST_HD void step_forward_element(const StepForwardArgs<S>& a, int64_t b, int
 // One step of the backward gate math.
 template <typename S>
 struct StepBackwardArgs {
-  using A = acc_of<S>;
+  using A = acc_t<S>;
   CellType cell = CellType::kLSTM;
   int64_t rows = 0, H = 0;
   const S* gates = nullptr;  // [rows, G*H] saved activated gates
   const S* saved = nullptr;  // [rows, H] saved LSTM c_t, GRU W_hn h + b_hn
   const S* h = nullptr;      // RNN: [rows, ld_h] the step's output (its activation)
   int64_t ld_h = 0;
-  TwoSourceRows<S> prev;     // LSTM c_{t-1}, GRU h_{t-1} of each row
+  PrevRows<S> prev;     // LSTM c_{t-1}, GRU h_{t-1} of each row
   const S* dy = nullptr;     // the gradient w.r.t. h_t (LSTM: m_t) is dy + dh, dy may be null
   int64_t ld_dy = 0;         //   (with a projection dh carries all of it)
   const A* dh = nullptr;     // [rows, ld_dh]
@@ -132,7 +118,7 @@ struct StepBackwardArgs {
 
 template <typename S>
 RNNFAST_HD void step_backward_element(const StepBackwardArgs<S>& a, int64_t b, int64_t u) {
-  using A = acc_of<S>;
+  using A = acc_t<S>;
   using M = ScalarMath<A>;
   const int64_t H = a.H;
   const A grad = (a.dy ? A(a.dy[b * a.ld_dy + u]) : A(0)) + a.dh[b * a.ld_dh + u];
@@ -184,7 +170,7 @@ struct ConvertArgs {
 };
 template <typename To, typename From>
 RNNFAST_HD void convert_element(const ConvertArgs<To, From>& a, int64_t r, int64_t c) {
-  using Acc = acc_of<To>;  // To == From for plain copies
+  using Acc = acc_t<To>;  // To == From for plain copies
   a.dst[r * a.ldd + c] = To(static_cast<Acc>(a.src[r * a.lds + c]));
 }
 
@@ -195,14 +181,14 @@ struct AddRowsArgs {
   int64_t rows = 0, cols = 0;
   const S* x = nullptr;
   int64_t ldx = 0;
-  const acc_of<S>* y = nullptr;
+  const acc_t<S>* y = nullptr;
   int64_t ldy = 0;
   S* dst = nullptr;
   int64_t ldd = 0;
 };
 template <typename S>
 RNNFAST_HD void add_rows_element(const AddRowsArgs<S>& a, int64_t r, int64_t c) {
-  using A = acc_of<S>;
+  using A = acc_t<S>;
   a.dst[r * a.ldd + c] = S(A(a.x[r * a.ldx + c]) + a.y[r * a.ldy + c]);
 }
 
