@@ -186,6 +186,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["chunk_rows"] = p.chunk_rows;
     d["unpacked"] = p.unpacked;
     d["waited_ns"] = p.waited_ns;
+    d["batch_split"] = p.batch_split;
     return d;
   }, "What the last CPU layer call on this thread did: threads, chunks, unpacked weights.");
   m.def("set_cpu_capability", [](const std::string& name) { cpu::set_cpu_capability(name.c_str()); },

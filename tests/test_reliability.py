@@ -77,6 +77,29 @@ def test_parity_at_every_thread_count(mode, thread_count):
     assert C.last_call_plan()["backward"]
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_batch_split_forward_matches_torch(mode, two_threads):
+    """A padded batch of 16+ rows per thread runs its forward split by rows (each thread whole
+    steps of its sequences, no barrier per step): outputs and every gradient against torch.nn,
+    two layers, both directions, an odd batch (33: 16 + 17 rows)."""
+    ref, fast = _pair(mode, 7, 40, bidirectional=True, num_layers=2)
+    x = torch.randn(11, 33, 7, requires_grad=True)
+    h0 = torch.randn(4, 33, 40)  # (random initial states: each thread's rows start from their own)
+    hx = (h0, torch.randn(4, 33, 40)) if mode == "LSTM" else h0
+    C.reset_thread_policy()
+    out_fast, h_fast = fast(x, hx)
+    plan = C.last_call_plan()
+    assert plan["batch_split"] == (plan["slices"] == 2), plan  # (a busy machine may run one thread)
+    out_ref, h_ref = ref(x, hx)
+    assert_close(out_fast, out_ref, "output")
+    for a, b in zip(h_fast if isinstance(h_fast, tuple) else (h_fast,), h_ref if isinstance(h_ref, tuple) else (h_ref,)):
+        assert_close(a, b, "final state")
+    grads_fast = torch.autograd.grad(out_fast.square().sum(), [x, *fast.parameters()])
+    grads_ref = torch.autograd.grad(out_ref.square().sum(), [x, *ref.parameters()])
+    for k, (a, b) in enumerate(zip(grads_fast, grads_ref)):
+        assert_close(a, b, f"gradient {k}")
+
+
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_small_calls_split_when_forced(mode, split_small_calls, two_threads):
     ref, fast = _pair(mode, 3, 48)

@@ -19,6 +19,25 @@ namespace {
 // allocation (a one-step call then allocates its scratch once).
 constexpr int64_t kSmallGxBytes = 16 * 1024;
 
+// Whether the threads of a forward split its batch rather than its hidden
+// units. A slice of the units needs every unit of h_{t-1}: one barrier per
+// step, and on a shared VM a thread the host delays stalls the other there
+// (measured: 5-10 % of an LSTM inference at B=32, H=256 waiting). Split by
+// rows, each thread runs whole steps of its own sequences without waiting,
+// but streams all the weights every step instead of its slice. Used for a
+// padded batch of at least kMinSplitRows rows per thread whose weights fit
+// kMaxSplitWeightBytes (streamed from L3 by every thread); packed batches
+// (rows leave as sequences end) and projections keep the slices.
+constexpr int64_t kMinSplitRows = 16;
+constexpr int64_t kMaxSplitWeightBytes = int64_t(4) << 20;
+
+bool split_batch(const StepPlan& plan, const LayerInputs& in, const LayerDims& d, int threads) {
+  static const int64_t max_bytes = bytes_from_env("RNNFAST_SPLIT_WEIGHT_BYTES", kMaxSplitWeightBytes);
+  const int64_t weight_bytes = d.G * d.H * (d.I + d.P) * int64_t(in.x.element_size());
+  return threads > 1 && !has(in.batch_sizes) && !d.proj && plan.B >= kMinSplitRows * threads &&
+         weight_bytes <= max_bytes;
+}
+
 template <typename S>
 class ForwardLoop {
  public:
@@ -36,7 +55,8 @@ class ForwardLoop {
         proj_(d.proj),
         training_(training),
         lease_(wanted_threads(H_, plan_.B * G_ * H_ * P_, plan_.N * G_ * H_ * (I_ + P_))),
-        slicing_(H_, P_, lease_.threads()) {}
+        batch_split_(split_batch(plan_, in, d, lease_.threads())),
+        slicing_(H_, P_, batch_split_ ? 1 : lease_.threads()) {}
 
   LayerOutputs run() {
     const int64_t N = plan_.N, B = plan_.B, GH = G_ * H_;
@@ -105,10 +125,20 @@ class ForwardLoop {
     w_hh_panels_ = panels(in_.w.w_hh, P_, slicing_.unit_widths(G_), std::move(hh));
     if (proj_) w_hr_panels_ = panels(*in_.w.w_hr, H_, slicing_.proj_widths(), std::move(hr));
 
-    last_call_plan() = CallPlan{false, slicing_.count, int64_t(chunks_.size()),
-                                StepPlan::max_rows(chunks_), direct};
-    run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
+    const int team = batch_split_ ? lease_.threads() : slicing_.count;
+    last_call_plan() = CallPlan{false, team, int64_t(chunks_.size()), StepPlan::max_rows(chunks_), direct};
+    last_call_plan().batch_split = batch_split_;
+    run_parallel(team, [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
+      if (batch_split_) {
+        // Each thread runs whole steps for its own sequences: no barrier per step.
+        const int64_t b0 = plan_.B * thread / threads, b1 = plan_.B * (thread + 1) / threads;
+        for (const Chunk& c : chunks_) {
+          project_input_rows(c, b0, b1);
+          for (int64_t s = c.s0; s < c.s1; ++s) step_slice(s, c, 0, b0, b1);
+        }
+        return;
+      }
       for (const Chunk& c : chunks_) {
         project_input(c, thread, threads);
         for (int64_t s = c.s0; s < c.s1; ++s) step(s, c, thread, threads, barrier);
@@ -147,63 +177,83 @@ class ForwardLoop {
       w_ih_panels_.gemm(k_, s, c.rows, x, I_, A(0), gx_ + G_ * slicing_.u0(s), G_ * H_);
   }
 
-  // Previous hidden state of each row of the s-th processed step: the
+  // Batch split: gx rows [b0, b1) of every step of the chunk, all columns
+  // (one slice), a GEMM per step (the thread's rows of a chunk are not one
+  // strided block).
+  void project_input_rows(const Chunk& c, int64_t b0, int64_t b1) {
+    const S* x = in_.x.template data_ptr<S>();
+    for (int64_t s = c.s0; s < c.s1; ++s) {
+      const int64_t off = plan_.offset(plan_.step(s));
+      w_ih_panels_.gemm(k_, 0, b1 - b0, x + (off + b0) * I_, I_, A(0), gx_ + (off - c.lo + b0) * G_ * H_,
+                        G_ * H_);
+    }
+  }
+
+  // Previous hidden state of rows [b0, ...) of the s-th processed step: the
   // previous step's output rows, or h0 for rows that start here.
-  PrevRows<S> h_prev(int64_t s) const {
+  PrevRows<S> h_prev(int64_t s, int64_t b0 = 0) const {
     PrevRows<S> p;
-    p.n_first = plan_.continuing_rows(s);
-    p.first = s == 0 ? nullptr : y_ + plan_.previous_offset(s) * P_;
+    p.n_first = std::max<int64_t>(plan_.continuing_rows(s) - b0, 0);
+    p.first = s == 0 ? nullptr : y_ + (plan_.previous_offset(s) + b0) * P_;
     p.ld_first = P_;
-    p.initial = in_.h0.template data_ptr<S>();
+    p.initial = in_.h0.template data_ptr<S>() + b0 * P_;
     p.ld_initial = P_;
     return p;
   }
 
+  // Output rows of the gate math from row `row` of the step at `off`: h_t
+  // itself, or m_t (the input of w_hr).
+  S* gate_output(int64_t off, int64_t row) const {
+    if (!proj_) return y_ + (off + row) * P_;
+    return (training_ ? saved_.proj_in.template data_ptr<S>() + off * H_ : m_scratch_) + row * H_;
+  }
+
+  // Step s for the units of slice sl and the step's rows [b0, b1): the
+  // recurrent GEMM and the fused gate math.
+  void step_slice(int64_t s, const Chunk& chunk, int sl, int64_t b0, int64_t b1) {
+    const int64_t t = plan_.step(s), off = plan_.offset(t), rows = b1 - b0;
+    const int64_t GH = G_ * H_;
+    const PrevRows<S> prev = h_prev(s, b0);
+    A* gx = gx_ + (off - chunk.lo + b0) * GH;  // this step's rows
+    const int64_t u0 = slicing_.u0(sl);
+    A* gx_slice = gx + G_ * u0;
+    // Recurrent GEMM: rows continuing from the previous step, then rows
+    // starting from h0 (every row of the first step; later, only in the
+    // reverse direction of a packed batch), accumulated into the input part
+    // or kept apart (separate_hidden).
+    A* rec = cell_.separate_hidden ? gh_ + b0 * GH + G_ * u0 : gx_slice;
+    const A beta = cell_.separate_hidden ? A(0) : A(1);
+    const int64_t n1 = std::min(prev.n_first, rows);
+    w_hh_panels_.gemm(k_, sl, n1, prev.first, P_, beta, rec, GH);
+    w_hh_panels_.gemm(k_, sl, rows - n1, prev.initial + n1 * P_, P_, beta, rec + n1 * GH, GH);
+
+    CellForwardRows<S> r;
+    r.rows = rows; r.u0 = u0; r.u1 = slicing_.u1(sl); r.H = H_;
+    r.gx = gx_slice; r.ld_gx = GH;
+    r.gh = rec; r.ld_gh = GH;
+    r.bias = bias_.bias();
+    r.bias_hn = bias_.bias_hn();
+    r.h_prev = prev;
+    if (cell_.cell_state) {
+      r.c = c_ + b0 * H_; r.ld_c = H_;
+    }
+    r.h = gate_output(off, b0); r.ld_h = proj_ ? H_ : P_;
+    if (training_) {
+      r.gates = ptr<S>(saved_.gates) + (off + b0) * GH; r.ld_gates = GH;
+      r.saved = ptr<S>(saved_.step_state(in_.cell)) + (off + b0) * H_; r.ld_saved = H_;
+      k_.cells[int(in_.cell)].forward_train(r);
+    } else {
+      k_.cells[int(in_.cell)].forward_infer(r);
+    }
+  }
+
   void step(int64_t s, const Chunk& chunk, int thread, int threads, SpinBarrier& barrier) {
     const int64_t t = plan_.step(s), rows = plan_.bs(t), off = plan_.offset(t);
-    const int64_t GH = G_ * H_;
-    const PrevRows<S> prev = h_prev(s);
-    A* gx = gx_ + (off - chunk.lo) * GH;  // this step's rows
-    // Output of the gate math: h_t itself, or m_t (the input of w_hr).
-    S* m = !proj_ ? y_ + off * P_
-                  : (training_ ? saved_.proj_in.template data_ptr<S>() + off * H_ : m_scratch_);
-    const int64_t ld_m = proj_ ? H_ : P_;
-
-    for (int sl = thread; sl < slicing_.count; sl += threads) {
-      const int64_t u0 = slicing_.u0(sl);
-      A* gx_slice = gx + G_ * u0;
-      // Recurrent GEMM: rows continuing from the previous step, then rows
-      // starting from h0 (every row of the first step; later, only in the
-      // reverse direction of a packed batch), accumulated into the input part
-      // or kept apart (separate_hidden).
-      A* rec = cell_.separate_hidden ? gh_ + G_ * u0 : gx_slice;
-      const A beta = cell_.separate_hidden ? A(0) : A(1);
-      const int64_t n1 = prev.n_first;
-      w_hh_panels_.gemm(k_, sl, n1, prev.first, P_, beta, rec, GH);
-      w_hh_panels_.gemm(k_, sl, rows - n1, prev.initial + n1 * P_, P_, beta, rec + n1 * GH, GH);
-
-      CellForwardRows<S> r;
-      r.rows = rows; r.u0 = u0; r.u1 = slicing_.u1(sl); r.H = H_;
-      r.gx = gx_slice; r.ld_gx = GH;
-      r.gh = rec; r.ld_gh = GH;
-      r.bias = bias_.bias();
-      r.bias_hn = bias_.bias_hn();
-      r.h_prev = prev;
-      if (cell_.cell_state) {
-        r.c = c_; r.ld_c = H_;
-      }
-      r.h = m; r.ld_h = ld_m;
-      if (training_) {
-        r.gates = ptr<S>(saved_.gates) + off * GH; r.ld_gates = GH;
-        r.saved = ptr<S>(saved_.step_state(in_.cell)) + off * H_; r.ld_saved = H_;
-        k_.cells[int(in_.cell)].forward_train(r);
-      } else {
-        k_.cells[int(in_.cell)].forward_infer(r);
-      }
-    }
+    for (int sl = thread; sl < slicing_.count; sl += threads) step_slice(s, chunk, sl, 0, rows);
     barrier.wait(thread);
     if (!proj_) return;
     // h_t = m_t @ w_hr^T, each slice its columns of the projection.
+    const S* m = gate_output(off, 0);
     for (int sl = thread; sl < slicing_.count; sl += threads) {
       const int64_t p0 = slicing_.p0(sl);
       if constexpr (std::is_same_v<S, A>) {
@@ -232,6 +282,9 @@ class ForwardLoop {
   const int64_t G_, H_, I_, P_;
   const bool proj_, training_;
   const ThreadLease lease_;  // held for the whole call
+  // Threads split the batch (each runs whole steps for its sequences) instead
+  // of the hidden units (slices meeting at a barrier every step).
+  const bool batch_split_;
   const Slicing slicing_;
   FoldedBias<S> bias_;
   std::vector<Chunk> chunks_;

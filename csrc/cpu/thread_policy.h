@@ -92,6 +92,7 @@ struct CallPlan {
   int64_t chunk_rows = 0;   // rows of the largest chunk
   bool unpacked = false;    // read the weights in place instead of packing them
   int64_t waited_ns = 0;    // time its threads waited for a CPU (-1: unknown; 0 when serial)
+  bool batch_split = false; // forward: the threads split the batch, not the hidden units
 };
 CallPlan& last_call_plan();
 
