@@ -16,7 +16,8 @@ which other processes used > 0.25 cores are discarded and redone after waiting f
 `bg load` is the worst other-process load among the kept rounds; `min/min` is the
 ratio of the fastest samples (noise only ever adds time, so it is a second, less noisy estimate;
 PASS/FAIL uses the medians). On the CPU in float32, `%peak` is rnnfast's GEMM flops per second
-over the machine's FMA peak (rnnfast._C.fma_peak_gflops, measured at the start), and `bound` the
+over the machine's FMA peak (rnnfast._C.fma_peak_gflops, probed before every case; the fastest
+probe counts, since a shared host's speed drifts), and `bound` the
 ratio a kernel at 100 % of that peak would reach against torch's measured time: where torch.nn
 itself runs near the peak, no implementation can reach a large ratio.
 Training = forward + backward of output and final states; inference = eval() + no_grad forward.
@@ -139,6 +140,7 @@ def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | No
     else:
         table_rows = TARGETS if dtype == torch.float32 else LOWP_TARGETS
     rows = [t for t in table_rows if not only or only.lower() in t[0].lower()]
+    peak_probes.clear()
     it = rows
     if progress:
         from tqdm import tqdm
@@ -150,6 +152,8 @@ def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | No
         extra = dict(extra)
         row_dtype = getattr(torch, extra.pop("dtype")) if "dtype" in extra else dtype
         fallback = extra.pop("fallback", False)
+        if device.type == "cpu":  # the machine's FMA peak, probed before every case (max kept: main)
+            peak_probes.append(rnnfast._C.fma_peak_gflops(torch.get_num_threads(), "float32", 300_000))
         case = bu.build_case(cell, mode, T, B, H, H, rnnfast, device, dtype=row_dtype, **extra)
         if not bu.gpu_series(device):
             impls = bu.IMPLS
@@ -242,6 +246,11 @@ def self_table(results) -> str:
     return "\n".join(lines)
 
 
+# FMA-peak probes of the last run_targets (a shared host's speed drifts: one probe at the start can
+# catch a slow minute, so the fastest of the probes before every case is the machine's peak).
+peak_probes: list = []
+
+
 def table(results) -> str:
     gpu = any(r.get("native_ratio") is not None for r in results)
     native_hdr = f" {'native ms':>9} {'ratio':>6} |" if gpu else ""
@@ -303,8 +312,6 @@ def main(argv=None) -> int:
     meta["dtype"] = a.dtype
     if dtype == torch.bfloat16:
         meta["peak_bf16_gflops"] = rnnfast._C.fma_peak_gflops(a.threads, "bfloat16")
-    if device.type == "cpu" and dtype == torch.float32:
-        meta["peak_fma_gflops"] = bu.measure_quiet(lambda: rnnfast._C.fma_peak_gflops(a.threads))[0]
     t0 = time.perf_counter()
     results = run_targets(rnnfast, device, a.repeats, a.min_sample, a.only,
                           max_discards=a.max_discards, wait_quiet=a.wait_quiet, dtype=dtype,
@@ -314,6 +321,9 @@ def main(argv=None) -> int:
         self_results = run_self_targets(rnnfast, device, dtype, a.repeats, a.min_sample, a.only,
                                         max_discards=a.max_discards, wait_quiet=a.wait_quiet)
     meta["wall_seconds"] = time.perf_counter() - t0
+    if device.type == "cpu" and dtype == torch.float32 and peak_probes:
+        meta["peak_fma_gflops"] = max(peak_probes)
+        meta["peak_fma_probes"] = list(peak_probes)
     if "peak_fma_gflops" in meta:
         # %peak: rnnfast's GEMM flops per second over the machine's FMA peak; bound: the ratio a
         # kernel at 100 % of that peak would reach against this torch time (GEMM flops only).
