@@ -16,14 +16,13 @@ variant column says which ran). GFLOP/s relative to the bf16 dot-product peak of
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_utils as bu  # noqa: E402
+import provenance  # noqa: E402
 
 SHAPES = [  # (what, M, N, K)
     ("LSTM step B64 H512 (2 slices)", 64, 1024, 512),
@@ -41,10 +40,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    rnnfast = bu.load_rnnfast()
+    rnnfast = provenance.load_rnnfast()
     C = rnnfast._C
     peak = C.fma_peak_gflops(1, "bfloat16")
-    print(f"cpu: {bu.cpu_model()}, rnnfast capability {C.cpu_capability()}, bf16 peak (1 core) {peak:.0f} GFLOP/s")
+    print(f"cpu: {provenance.cpu_model()}, rnnfast capability {C.cpu_capability()}, bf16 peak (1 core) {peak:.0f} GFLOP/s")
     rows = []
     hdr = f"{'shape':32} {'M':>4} {'N':>5} {'K':>4} | {'rnnfast us':>10} {'GFLOP/s':>7} {'peak':>5} | {'brgemm us':>9} {'GFLOP/s':>7} | {'ratio':>6} | brgemm variant"
     print(hdr)
@@ -63,8 +62,7 @@ def main(argv=None) -> int:
                 print(f"ERROR: {k} differs from the fp32 matmul by {v['max_error']:.2e}", file=sys.stderr)
                 return 1
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"meta": bu.machine_info(rnnfast, 1, torch.device("cpu")), "results": rows}, f, indent=1)
+        provenance.write_json(a.json, {"meta": provenance.machine_info(rnnfast, 1, torch.device("cpu")), "results": rows})
     return 0
 
 

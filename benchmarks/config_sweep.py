@@ -7,7 +7,7 @@ Usage:
 The speed-target table (targets.py) and the sequence-length scan (seq_scaling.py) look at a few
 large shapes; this sweep covers the corners: one-step calls (decoding loops), batch 1, tiny and
 large hidden sizes, large batch with a small hidden size, input size != hidden size, float64,
-PackedSequence. Same method as targets.py (bench_utils.build_case / time_interleaved: identical
+PackedSequence. Same method as targets.py (bench_cases.build_case / time_interleaved: identical
 weights, interleaved rounds, median; rounds disturbed by other processes are redone). Prints one
 row per configuration with the ratio torch/rnnfast and marks the rows below 1.0; exit status 0
 either way (a row below 1.0 within the noise of the per-round ratios is reported, not hidden).
@@ -15,14 +15,15 @@ either way (a row below 1.0 within the noise of the per-round ratios is reported
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_utils as bu  # noqa: E402
+import bench_cases  # noqa: E402
+import provenance  # noqa: E402
+import timing  # noqa: E402
 
 # (T, B, I, H, extra) for each cell and mode
 SHAPES = [
@@ -60,10 +61,10 @@ def main() -> int:
     p.add_argument("--only", default=None, help="run the rows whose name contains this")
     p.add_argument("--json", default=None)
     a = p.parse_args()
-    rnnfast = bu.load_rnnfast()
-    device = bu.setup_device("cpu", a.threads)
-    print(f"torch {torch.__version__}, {bu.rnnfast_backend_short(rnnfast)}, "
-          f"threads {torch.get_num_threads()}, {bu.cpu_model()}")
+    rnnfast = provenance.load_rnnfast()
+    device = timing.setup_device("cpu", a.threads)
+    print(f"torch {torch.__version__}, {provenance.rnnfast_backend_short(rnnfast)}, "
+          f"threads {torch.get_num_threads()}, {provenance.cpu_model()}")
     rows = []
     header = f"{'configuration':42s} | {'torch ms':>9s} {'rnnfast ms':>10s} | {'ratio':>6s} {'range':>11s}"
     print(header)
@@ -74,8 +75,8 @@ def main() -> int:
                 name = case_name(cell, mode, T, B, I, H, extra)
                 if a.only and a.only.lower() not in name.lower():
                     continue
-                case = bu.build_case(cell, mode, T, B, I, H, rnnfast, device, **extra)
-                tm = bu.time_interleaved(case, a.repeats, warmup=1, min_sample_s=a.min_sample,
+                case = bench_cases.build_case(cell, mode, T, B, I, H, rnnfast, device, **extra)
+                tm = timing.time_interleaved(case, a.repeats, warmup=1, min_sample_s=a.min_sample,
                                          device=device, wait_quiet_s=30.0)
                 t_ms, f_ms = tm["torch"]["ms_median"], tm["rnnfast"]["ms_median"]
                 ratio = t_ms / f_ms
@@ -94,10 +95,7 @@ def main() -> int:
     print(f"\n{len(rows)} configurations; slower than torch.nn (median ratio < 1): "
           f"{', '.join(slower) if slower else 'none'}")
     if a.json:
-        meta = bu.machine_info(rnnfast, a.threads, device)
-        with open(a.json, "w") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=1)
-        print(f"wrote {a.json}")
+        provenance.write_json(a.json, {"meta": provenance.machine_info(rnnfast, a.threads, device), "results": rows})
     return 0
 
 

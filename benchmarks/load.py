@@ -24,7 +24,6 @@ machine's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -35,7 +34,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_utils as bu  # noqa: E402
+import machine_load  # noqa: E402
+import provenance  # noqa: E402
+import timing  # noqa: E402
 
 
 def percentiles(samples_us: list) -> dict:
@@ -72,7 +73,7 @@ def quiet_and_loaded(fn, calls: int, blocks: int = 4):
     host) weighs on both alike."""
     quiet, loaded = [], []
     for _ in range(blocks):
-        bu.wait_quiet(30)
+        machine_load.wait_quiet(30)
         quiet += call_times(fn, calls // blocks)
         with BusyCore():
             loaded += call_times(fn, calls // blocks)
@@ -108,8 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--H", type=int, default=64)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    bu.setup_device("cpu", a.threads)
-    rnnfast = bu.load_rnnfast()
+    timing.setup_device("cpu", a.threads)
+    rnnfast = provenance.load_rnnfast()
     torch.manual_seed(0)
     ref = torch.nn.LSTM(a.H, a.H).eval()
     fast = rnnfast.LSTM(a.H, a.H).eval()
@@ -130,14 +131,14 @@ def main(argv=None) -> int:
     results = {"case": f"LSTM infer T={a.T} B={a.B} I=H={a.H}", "threads": a.threads,
                "calls": a.calls, "py_threads": a.py_threads, "max_abs_diff": diff}
     print(f"{results['case']}, torch.set_num_threads({a.threads}), {a.calls} calls each; "
-          f"cpu: {bu.cpu_model()}, {os.cpu_count()} logical CPUs")
+          f"cpu: {provenance.cpu_model()}, {os.cpu_count()} logical CPUs")
     state = getattr(rnnfast._C, "thread_policy_state", None)
     for name, run in runs.items():
         if hasattr(rnnfast._C, "reset_thread_policy"):
             rnnfast._C.reset_thread_policy()
         quiet, loaded = quiet_and_loaded(run, a.calls)
         policy_after_load = state() if state else None
-        bu.wait_quiet(30)
+        machine_load.wait_quiet(30)
         if hasattr(rnnfast._C, "reset_thread_policy"):
             rnnfast._C.reset_thread_policy()
         t_seq = time.perf_counter()
@@ -177,11 +178,8 @@ def main(argv=None) -> int:
     print(f"targets: p99 busy <= 3x quiet p50: {'PASS' if ok_p99 else 'FAIL'}; "
           f"concurrent >= 0.8x sequential: {'PASS' if ok_conc else 'FAIL'}")
     if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        results["meta"] = bu.machine_info(rnnfast, a.threads, torch.device("cpu"))
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=1)
-        print(f"wrote {a.json}")
+        results["meta"] = provenance.machine_info(rnnfast, a.threads, torch.device("cpu"))
+        provenance.write_json(a.json, results)
     return 0
 
 

@@ -20,7 +20,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_utils as bu  # noqa: E402
+import provenance  # noqa: E402
+import timing  # noqa: E402
 
 
 def median_us(fn, calls: int, rounds: int = 7) -> float:
@@ -40,8 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--hidden", default="64,128")
     a = p.parse_args(argv)
-    bu.setup_device("cpu", a.threads)
-    rnnfast = bu.load_rnnfast()
+    timing.setup_device("cpu", a.threads)
+    rnnfast = provenance.load_rnnfast()
     torch.manual_seed(0)
     parts = []
     for mode in ("LSTM", "GRU"):

@@ -5,7 +5,7 @@ Usage:
     python benchmarks/peak_fraction.py [--isa avx2,default] [--rounds 15] [--threads 2] [--json OUT]
 
 Rows: LSTM and GRU, training and inference, B=32, I=H=256, T=64, 256, 1024 (the GEMM-bound rows
-of seq_scaling.py). GFLOP/s count the GEMM flops (bench_utils.gemm_flops: forward
+of seq_scaling.py). GFLOP/s count the GEMM flops (flop_model.gemm_flops: forward
 2*T*B*G*H*(I+H), training 3x).
 
 Why a benchmark of its own: a shared VM's speed drifts (other tenants of the host take cycles
@@ -20,16 +20,17 @@ min..max, and the median absolute GFLOP/s. --isa forces each instruction-set bui
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_utils as bu  # noqa: E402
+import bench_cases  # noqa: E402
+import flop_model  # noqa: E402
+import provenance  # noqa: E402
+import timing  # noqa: E402
 
 ROWS = [(cell, mode, T) for cell in ("LSTM", "GRU") for mode in ("infer", "train") for T in (64, 256, 1024)]
 
@@ -43,8 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--H", type=int, default=256)
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    device = bu.setup_device("cpu", a.threads)
-    rnnfast = bu.load_rnnfast()
+    device = timing.setup_device("cpu", a.threads)
+    rnnfast = provenance.load_rnnfast()
     C = rnnfast._C
     isas = a.isa.split(",") if a.isa else [C.cpu_capability()]
     probe_iters = 300_000  # ~40 ms of FMAs per thread on a Zen 3 core
@@ -52,17 +53,17 @@ def main(argv=None) -> int:
     def peak():
         return C.fma_peak_gflops(a.threads, "float32", probe_iters)
 
-    results = {"meta": bu.machine_info(rnnfast, a.threads, device), "rows": []}
-    print(f"rnnfast fraction of the FMA peak, {a.threads} threads, B={a.B} I=H={a.H}, cpu: {bu.cpu_model()}")
+    results = {"meta": provenance.machine_info(rnnfast, a.threads, device), "rows": []}
+    print(f"rnnfast fraction of the FMA peak, {a.threads} threads, B={a.B} I=H={a.H}, cpu: {provenance.cpu_model()}")
     print(f"{'isa':8} {'row':18} | {'GFLOP/s':>8} {'peak':>6} | {'fraction':>8} {'min..max':>11}")
     previous = C.cpu_capability()
     try:
         for isa in isas:
             C.set_cpu_capability(isa)
             for cell, mode, T in ROWS:
-                case = bu.build_case(cell, mode, T, a.B, a.H, a.H, rnnfast, device)
+                case = bench_cases.build_case(cell, mode, T, a.B, a.H, a.H, rnnfast, device)
                 run = case.runs["rnnfast"]
-                flops = bu.gemm_flops(cell, T, a.B, a.H, a.H, mode)
+                flops = flop_model.gemm_flops(cell, T, a.B, a.H, a.H, mode)
                 for _ in range(2):
                     run()
                 fractions, gflops, peaks = [], [], []
@@ -87,10 +88,7 @@ def main(argv=None) -> int:
     finally:
         C.set_cpu_capability(previous)
     if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=1)
-        print(f"wrote {a.json}")
+        provenance.write_json(a.json, results)
     return 0
 
 

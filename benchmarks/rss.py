@@ -19,7 +19,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_utils as bu  # noqa: E402
+import provenance  # noqa: E402
+import timing  # noqa: E402
 
 
 class MallInfo2(ctypes.Structure):
@@ -48,8 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=100_000)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
-    bu.setup_device("cpu", a.threads)
-    rnnfast = bu.load_rnnfast()
+    timing.setup_device("cpu", a.threads)
+    rnnfast = provenance.load_rnnfast()
     model = rnnfast.LSTM(32, 128)
     x = torch.randn(16, 8, 32, requires_grad=True)
 

@@ -31,7 +31,7 @@ GFLOP/s: GEMM flops only, forward 2*T*B*G*H*(I+H) (G = 4 LSTM, 3 GRU), training 
 Roofline: the same GEMM shapes timed with torch.mm / torch.addmm (out=, fastest of a few operand
 layouts) at the same thread count
 (input [T*B,I]x[I,G*H] once + T x step [B,H]x[H,G*H]; training adds the backward shapes); see
-bench_utils.roofline; peak_frac relates GFLOP/s to torch.mm 2048^3 (meta: peak_sgemm_gflops).
+flop_model.roofline; peak_frac relates GFLOP/s to torch.mm 2048^3 (meta: peak_sgemm_gflops).
 The roofline includes ATen's per-call overhead, so >100 % is possible, notably at tiny
 shapes (a fused kernel that skips that overhead or a better GEMM, e.g. oneDNN's, beats it).
 
@@ -55,7 +55,12 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_utils as bu  # noqa: E402
+import bench_cases  # noqa: E402
+import flop_model  # noqa: E402
+import machine_load  # noqa: E402
+import memory_use  # noqa: E402
+import provenance  # noqa: E402
+import timing  # noqa: E402
 
 QUICK_LENGTHS = "16,64,256,1024"
 
@@ -90,8 +95,8 @@ def parse_args(argv=None):
     a.cells = [c.strip().upper() for c in a.cells.split(",") if c.strip()]
     a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     for c in a.cells:
-        if c not in bu.CELLS:
-            p.error(f"unknown cell {c!r} (choose from {','.join(bu.CELLS)})")
+        if c not in provenance.CELLS:
+            p.error(f"unknown cell {c!r} (choose from {','.join(provenance.CELLS)})")
     for m in a.modes:
         if m not in ("train", "infer"):
             p.error(f"unknown mode {m!r} (train, infer)")
@@ -103,25 +108,25 @@ def parse_args(argv=None):
 
 
 def run(args) -> tuple[list, dict]:
-    device = bu.setup_device(args.device, args.threads)
-    rnnfast = bu.load_rnnfast()
+    device = timing.setup_device(args.device, args.threads)
+    rnnfast = provenance.load_rnnfast()
     print(f"torch {torch.__version__}, threads pinned: torch.get_num_threads() = {torch.get_num_threads()}, "
-          f"device {device}, rnnfast backend: {bu.rnnfast_backend(rnnfast)}", flush=True)
-    meta = bu.machine_info(rnnfast, args.threads, device)
-    meta["rnnfast_backend_short"] = bu.rnnfast_backend_short(rnnfast)
+          f"device {device}, rnnfast backend: {provenance.rnnfast_backend(rnnfast)}", flush=True)
+    meta = provenance.machine_info(rnnfast, args.threads, device)
+    meta["rnnfast_backend_short"] = provenance.rnnfast_backend_short(rnnfast)
     if not args.no_memory:
-        meta["memory_method_check"] = bu.validate_peak_alloc(device)
+        meta["memory_method_check"] = memory_use.validate_peak_alloc(device)
         print(f"memory method check: 100 MiB allocation measured as "
               f"{meta['memory_method_check']['measured_bytes'] / 2**20:.2f} MiB", flush=True)
-    startup_load = bu.LoadMonitor()
+    startup_load = machine_load.LoadMonitor()
     time.sleep(1.0)
     meta["other_load_cores_at_start"] = startup_load.other_cores()
-    if (meta["other_load_cores_at_start"] or 0) > bu.BUSY_CORES:
+    if (meta["other_load_cores_at_start"] or 0) > machine_load.BUSY_CORES:
         print(f"WARNING: other processes are using {meta['other_load_cores_at_start']:.2f} cores: timings "
               "on a 2-core machine will be disturbed (busy configurations are retried).", file=sys.stderr)
     dtype = getattr(torch, args.dtype)
     meta["dtype"] = args.dtype
-    meta["peak_sgemm_gflops"] = bu.measure_quiet(lambda: bu.peak_sgemm_gflops(device, dtype=dtype))[0]
+    meta["peak_sgemm_gflops"] = machine_load.measure_quiet(lambda: flop_model.peak_sgemm_gflops(device, dtype=dtype))[0]
     print(f"reference GEMM rate: torch.mm 2048^3 ({args.dtype}) = {meta['peak_sgemm_gflops']:.0f} GFLOP/s",
           flush=True)
     if device.type == "cpu" and args.dtype in ("float32", "float64", "bfloat16"):
@@ -141,19 +146,19 @@ def run(args) -> tuple[list, dict]:
     # On CUDA, torch.nn is timed twice: through cuDNN ("torch") and through its own non-cuDNN
     # CUDA kernels ("torch_native", cuDNN disabled); rnnfast twice: its per-step cuBLAS loop
     # ("rnnfast") and its persistent kernel ("rnnfast_persistent").
-    impls = bu.IMPLS + (("rnnfast_persistent", "torch_native") if bu.gpu_series(device) else ())
+    impls = timing.IMPLS + (("rnnfast_persistent", "torch_native") if timing.gpu_series(device) else ())
     for cell, mode, T in bar:
         bar.set_postfix_str(f"{cell} {mode} T={T}")
-        case = bu.build_case(cell, mode, T, B, I, H, rnnfast, device, dtype=dtype)
-        tm = bu.time_interleaved(case, args.repeats, warmup=1, min_sample_s=args.min_sample,
+        case = bench_cases.build_case(cell, mode, T, B, I, H, rnnfast, device, dtype=dtype)
+        tm = timing.time_interleaved(case, args.repeats, warmup=1, min_sample_s=args.min_sample,
                                  device=device, max_discards=args.max_discards,
                                  wait_quiet_s=args.wait_quiet, impls=impls)
         other = tm["other_load_cores"]
-        roof, _, _ = bu.measure_quiet(
-            lambda: bu.roofline(cell, T, B, I, H, mode, device, min_time=min(0.05, args.min_sample),
+        roof, _, _ = machine_load.measure_quiet(
+            lambda: flop_model.roofline(cell, T, B, I, H, mode, device, min_time=min(0.05, args.min_sample),
                                 dtype=dtype),
             retries=2, max_wait_s=args.wait_quiet)
-        mem = {} if args.no_memory else bu.measure_memory(case, device)
+        mem = {} if args.no_memory else memory_use.measure_memory(case, device)
         flops = case.flops
         torch_ms = tm["torch"]["ms_median"]
         for impl in impls:
@@ -183,7 +188,7 @@ def run(args) -> tuple[list, dict]:
                 rec["round_ratios"] = tm["round_ratios"]
             records.append(rec)
         _warn_odd(records[-len(impls):][:2])
-        if tm["other_load_max"] is not None and tm["other_load_max"] > bu.BUSY_CORES:
+        if tm["other_load_max"] is not None and tm["other_load_max"] > machine_load.BUSY_CORES:
             busy.append(f"{cell} {mode} T={T}: {tm['other_load_max']:.2f}")
         del case
     meta["wall_seconds"] = time.perf_counter() - t_start
@@ -234,7 +239,7 @@ def table(records) -> str:
             f"{cell:4} {mode:5} {T:>5} | {t['ms_median']:>9.3f} {f['ms_median']:>10.3f} "
             f"{t['ms_median'] / f['ms_median']:>6.2f}x | {t['gflops']:>9.1f} {f['gflops']:>9.1f} "
             f"{t['roofline_gflops']:>6.0f} {100 * t['roofline_frac']:>6.0f}% {100 * f['roofline_frac']:>6.0f}% | "
-            f"{bu.fmt_mb(t['peak_mem_bytes']):>9} {bu.fmt_mb(f['peak_mem_bytes']):>9} | "
+            f"{provenance.fmt_mb(t['peak_mem_bytes']):>9} {provenance.fmt_mb(f['peak_mem_bytes']):>9} | "
             f"{_fmt_load(t.get('other_load_max')):>7}{extra}")
     return "\n".join(lines)
 
@@ -288,7 +293,7 @@ def plot(records, path: str, title: str) -> None:
         ax.set_ylabel("total ms per call")
         if has_mem:
             ax = axes[2][j]
-            for impl in bu.IMPLS:
+            for impl in timing.IMPLS:
                 ax.plot(Ts, [(r["peak_mem_bytes"] or 0) / 2**20 for r in sel[impl]], label=labels[impl],
                         **style[impl])
             ax.set_yscale("log")

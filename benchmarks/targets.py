@@ -8,7 +8,7 @@ Usage:
     python benchmarks/targets.py --device cuda --table persistent   # issue 9's table
 
 Each row: --dtype (default float32), torch.set_num_threads(--threads), torch.nn.<cell> and rnnfast.<cell> with identical
-weights and input (see bench_utils.build_case), one warm-up each, then --repeats interleaved rounds
+weights and input (see bench_cases.build_case), one warm-up each, then --repeats interleaved rounds
 (ABBA order), median time per implementation. ratio = median torch ms / median rnnfast ms; the row
 passes when ratio >= the required minimum. `ratio range` is the min..max of the per-round ratios
 (each round times both implementations back to back), a direct view of the noise; rounds during
@@ -23,14 +23,13 @@ itself runs near the peak, no implementation can reach a large ratio.
 Training = forward + backward of output and final states; inference = eval() + no_grad forward.
 With --dtype bfloat16 or float16 the rows are LOWP_TARGETS (torch.nn and rnnfast both in that
 dtype), followed by SELF_TARGETS: rnnfast in that dtype against rnnfast in float32, interleaved the
-same way (speed ratio) and peak training memory through torch's allocator (bench_utils.measure_memory).
+same way (speed ratio) and peak training memory through torch's allocator (memory_use.measure_memory).
 The same rows exist as pytest-benchmark tests in test_speed.py (pytest benchmarks/ --benchmark-only).
 Fails if rnnfast or its compiled extension cannot be imported.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -38,7 +37,12 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_utils as bu  # noqa: E402
+import bench_cases  # noqa: E402
+import flop_model  # noqa: E402
+import machine_load  # noqa: E402
+import memory_use  # noqa: E402
+import provenance  # noqa: E402
+import timing  # noqa: E402
 
 # name, cell, mode, T, B, I=H, extra, required minimum ratio torch/rnnfast
 TARGETS = [
@@ -54,7 +58,7 @@ TARGETS = [
     ("LSTM train proj128 T256 B32 H256", "LSTM", "train", 256, 32, 256, {"proj_size": 128}, 1.4),
     ("RNN train T100 B64 H512", "RNN", "train", 100, 64, 512, {}, 1.5),
     ("RNN relu train T100 B64 H512", "RNN", "train", 100, 64, 512, {"nonlinearity": "relu"}, 1.5),
-    # Cells: a decoder-style Python loop of T steps (bench_utils._cell_loop).
+    # Cells: a decoder-style Python loop of T steps (bench_cases._cell_loop).
     ("LSTMCell infer T32 B1 H128", "LSTMCell", "infer", 32, 1, 128, {}, 2.0),
     ("LSTMCell train T32 B1 H128", "LSTMCell", "train", 32, 1, 128, {}, 2.0),
     ("LSTMCell infer T8 B64 H512", "LSTMCell", "infer", 8, 64, 512, {}, 1.3),
@@ -135,7 +139,7 @@ def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | No
                 persistent_table: bool = False) -> list:
     if persistent_table:
         table_rows = PERSISTENT_TARGETS
-    elif bu.gpu_series(device):
+    elif timing.gpu_series(device):
         table_rows = GPU_TARGETS
     else:
         table_rows = TARGETS if dtype == torch.float32 else LOWP_TARGETS
@@ -154,14 +158,14 @@ def run_targets(rnnfast, device, repeats: int, min_sample: float, only: str | No
         fallback = extra.pop("fallback", False)
         if device.type == "cpu":  # the machine's FMA peak, probed before every case (max kept: main)
             peak_probes.append(rnnfast._C.fma_peak_gflops(torch.get_num_threads(), "float32", 300_000))
-        case = bu.build_case(cell, mode, T, B, H, H, rnnfast, device, dtype=row_dtype, **extra)
-        if not bu.gpu_series(device):
-            impls = bu.IMPLS
+        case = bench_cases.build_case(cell, mode, T, B, H, H, rnnfast, device, dtype=row_dtype, **extra)
+        if not timing.gpu_series(device):
+            impls = timing.IMPLS
         elif persistent_table:
             impls = ("torch", "rnnfast", "rnnfast_persistent")
         else:
             impls = ("torch", "rnnfast", "rnnfast_persistent", "torch_native")
-        tm = bu.time_interleaved(case, repeats, warmup=1, min_sample_s=min_sample, device=device,
+        tm = timing.time_interleaved(case, repeats, warmup=1, min_sample_s=min_sample, device=device,
                                  impls=impls, max_discards=max_discards, wait_quiet_s=wait_quiet)
         other = tm["other_load_max"]
         t_ms, f_ms = tm["torch"]["ms_median"], tm["rnnfast"]["ms_median"]
@@ -207,14 +211,14 @@ def run_self_targets(rnnfast, device, dtype: torch.dtype, repeats: int, min_samp
     for name, cell, T, B, H, extra, need_speed, max_mem in SELF_TARGETS:
         if only and only.lower() not in name.lower():
             continue
-        cases = {"float32": bu.build_case(cell, "train", T, B, H, H, rnnfast, device, **extra),
-                 low: bu.build_case(cell, "train", T, B, H, H, rnnfast, device, dtype=dtype, **extra)}
-        both = bu.Case(cell, "train", T, B, H, H)
+        cases = {"float32": bench_cases.build_case(cell, "train", T, B, H, H, rnnfast, device, **extra),
+                 low: bench_cases.build_case(cell, "train", T, B, H, H, rnnfast, device, dtype=dtype, **extra)}
+        both = bench_cases.Case(cell, "train", T, B, H, H)
         both.runs = {k: c.runs["rnnfast"] for k, c in cases.items()}
-        tm = bu.time_interleaved(both, repeats, warmup=1, min_sample_s=min_sample, device=device,
+        tm = timing.time_interleaved(both, repeats, warmup=1, min_sample_s=min_sample, device=device,
                                  impls=("float32", low), max_discards=max_discards,
                                  wait_quiet_s=wait_quiet)
-        mem = {k: bu.measure_memory(c, device, impls=("rnnfast",), rss=False)["rnnfast"]["peak_mem_bytes"]
+        mem = {k: memory_use.measure_memory(c, device, impls=("rnnfast",), rss=False)["rnnfast"]["peak_mem_bytes"]
                for k, c in cases.items()}
         speed = tm["float32"]["ms_median"] / tm[low]["ms_median"]
         mem_ratio = mem[low] / mem["float32"]
@@ -302,12 +306,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.table == "persistent" and a.device != "cuda":
         p.error("--table persistent needs --device cuda")
-    device = bu.setup_device(a.device, a.threads)
-    rnnfast = bu.load_rnnfast()
+    device = timing.setup_device(a.device, a.threads)
+    rnnfast = provenance.load_rnnfast()
     print(f"torch {torch.__version__}, threads pinned: torch.get_num_threads() = {torch.get_num_threads()}, "
-          f"rnnfast backend: {bu.rnnfast_backend(rnnfast)}, cpu: {bu.cpu_model()}", flush=True)
-    meta = bu.machine_info(rnnfast, a.threads, device)
-    meta["peak_sgemm_gflops"] = bu.measure_quiet(lambda: bu.peak_sgemm_gflops(device))[0]
+          f"rnnfast backend: {provenance.rnnfast_backend(rnnfast)}, cpu: {provenance.cpu_model()}", flush=True)
+    meta = provenance.machine_info(rnnfast, a.threads, device)
+    meta["peak_sgemm_gflops"] = machine_load.measure_quiet(lambda: flop_model.peak_sgemm_gflops(device))[0]
     dtype = getattr(torch, a.dtype)
     meta["dtype"] = a.dtype
     if dtype == torch.bfloat16:
@@ -338,15 +342,12 @@ def main(argv=None) -> int:
         print()
         print(self_table(self_results))
     results_all = results + self_results
-    busy = [r["case"] for r in results if (r["other_load_cores"] or 0) > bu.BUSY_CORES]
+    busy = [r["case"] for r in results if (r["other_load_cores"] or 0) > machine_load.BUSY_CORES]
     if busy:
         print(f"WARNING: other processes used CPU while timing {busy}: rerun on a quiet machine.",
               file=sys.stderr)
     if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump({"meta": meta, "results": results, "self_results": self_results}, f, indent=1)
-        print(f"wrote {a.json}")
+        provenance.write_json(a.json, {"meta": meta, "results": results, "self_results": self_results})
     return 1 if a.strict and not all(r["pass"] for r in results_all) else 0
 
 

@@ -21,10 +21,12 @@ except ImportError as exc:
     raise ImportError("benchmarks/test_speed.py needs pytest-benchmark (pip install pytest-benchmark)") from exc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_utils as bu  # noqa: E402
+import bench_cases  # noqa: E402
+import provenance  # noqa: E402
+import timing  # noqa: E402
 from targets import TARGETS  # noqa: E402
 
-rnnfast = bu.load_rnnfast()  # raises loudly: never benchmark torch against itself
+rnnfast = provenance.load_rnnfast()  # raises loudly: never benchmark torch against itself
 
 _CASES = {}
 
@@ -34,7 +36,7 @@ def _case(name):
     if name not in _CASES:
         _CASES.clear()  # keep one case in memory at a time
         _, cell, mode, T, B, H, extra, _need = next(t for t in TARGETS if t[0] == name)
-        _CASES[name] = bu.build_case(cell, mode, T, B, H, H, rnnfast, torch.device("cpu"), **extra)
+        _CASES[name] = bench_cases.build_case(cell, mode, T, B, H, H, rnnfast, torch.device("cpu"), **extra)
     return _CASES[name]
 
 
@@ -45,14 +47,14 @@ def _pin_threads(request):
     assert torch.get_num_threads() == n
 
 
-@pytest.mark.parametrize("impl", bu.IMPLS)
+@pytest.mark.parametrize("impl", timing.IMPLS)
 @pytest.mark.parametrize("name", [t[0] for t in TARGETS], ids=[t[0].replace(" ", "-") for t in TARGETS])
 def test_speed(benchmark, name, impl):
     case = _case(name)
     need = next(t[7] for t in TARGETS if t[0] == name)
     benchmark.group = f"{name} (need torch/rnnfast >= {need})"
     benchmark.extra_info.update(impl=impl, gemm_flops=case.flops, threads=torch.get_num_threads(),
-                                rnnfast_backend=bu.rnnfast_backend(rnnfast))
+                                rnnfast_backend=provenance.rnnfast_backend(rnnfast))
     run = case.runs[impl]
     run()  # warm-up outside the measurement
     benchmark(run)

@@ -63,6 +63,14 @@ double fma_peak_gflops(int threads, const std::string& dtype, int64_t iterations
   return flops / seconds / 1e9;
 }
 
+// A Python dict of named values (the state structs of the thread policy, the
+// panel cache, the last call's plan).
+py::dict named(std::initializer_list<std::pair<const char*, py::object>> items) {
+  py::dict d;
+  for (const auto& [key, value] : items) d[key] = value;
+  return d;
+}
+
 py::dict build_info() {
   py::dict d;
   d["torch_version"] = TORCH_VERSION;
@@ -146,14 +154,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "kept across calls (csrc/cpu/panel_cache.h).");
   m.def("panel_cache_stats", [] {
     const cpu::PanelCacheStats s = cpu::panel_cache_stats();
-    py::dict d;
-    d["hits"] = s.hits;
-    d["packs"] = s.packs;
-    d["uncached"] = s.uncached;
-    d["entries"] = s.entries;
-    d["bytes"] = s.bytes;
-    d["capacity"] = s.capacity;
-    return d;
+    return named({{"hits", py::cast(s.hits)}, {"packs", py::cast(s.packs)}, {"uncached", py::cast(s.uncached)},
+                  {"entries", py::cast(s.entries)}, {"bytes", py::cast(s.bytes)}, {"capacity", py::cast(s.capacity)}});
   }, "The panel cache (csrc/cpu/panel_cache.h): reuses, packs, entries, bytes held, capacity.");
   m.def("_release_panels", &cpu::panel_cache_release, py::arg("weight"),
         "Drop the cached panels packed from this tensor's storage (a module's parameter, when it is freed).");
@@ -166,28 +168,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("min_parallel_macs", &cpu::min_parallel_macs);
   m.def("thread_policy_state", [] {
     const cpu::ThreadPolicyState s = cpu::thread_policy_state();
-    py::dict d;
-    d["capacity"] = s.capacity;
-    d["in_use"] = s.in_use;
-    d["forked_child"] = s.forked_child;
-    d["serial_until_ns"] = s.serial_until_ns;
-    d["contended_calls"] = s.contended_calls;
-    d["leases_denied"] = s.leases_denied;
-    return d;
+    return named({{"capacity", py::cast(s.capacity)}, {"in_use", py::cast(s.in_use)},
+                  {"forked_child", py::cast(s.forked_child)}, {"serial_until_ns", py::cast(s.serial_until_ns)},
+                  {"contended_calls", py::cast(s.contended_calls)}, {"leases_denied", py::cast(s.leases_denied)}});
   }, "The CPU thread policy's state (csrc/cpu/thread_policy.h).");
   m.def("reset_thread_policy", &cpu::reset_thread_policy,
         "Clear the contention back-off and the policy's counters.");
   m.def("last_call_plan", [] {
     const cpu::CallPlan& p = cpu::last_call_plan();
-    py::dict d;
-    d["backward"] = p.backward;
-    d["slices"] = p.slices;
-    d["chunks"] = p.chunks;
-    d["chunk_rows"] = p.chunk_rows;
-    d["unpacked"] = p.unpacked;
-    d["waited_ns"] = p.waited_ns;
-    d["batch_split"] = p.batch_split;
-    return d;
+    return named({{"backward", py::cast(p.backward)}, {"slices", py::cast(p.slices)}, {"chunks", py::cast(p.chunks)},
+                  {"chunk_rows", py::cast(p.chunk_rows)}, {"unpacked", py::cast(p.unpacked)},
+                  {"waited_ns", py::cast(p.waited_ns)}, {"batch_split", py::cast(p.batch_split)}});
   }, "What the last CPU layer call on this thread did: threads, chunks, unpacked weights.");
   m.def("set_cpu_capability", [](const std::string& name) { cpu::set_cpu_capability(name.c_str()); },
         "Use the CPU kernels of another instruction set (avx512, avx2, default).");

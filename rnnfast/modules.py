@@ -449,7 +449,7 @@ class _CellForward:
         """The operator's arguments for the common call of a decoding loop, or None: a 2-D input,
         hx given in full, every shape, dtype and device as the module expects, eager mode, no
         autocast. Exactly the calls that _step_arguments' checks pass without converting anything
-        (tests/test_cells.py::test_common_step_agrees_with_the_checks compares the two over the
+        (tests/test_errors.py::test_common_step_agrees_with_the_checks compares the two over the
         calls that come here); it only decides faster (one call per token in a decoder)."""
         if hx is None or input.dim() != 2 or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
             return None

@@ -17,14 +17,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import assert_close
+from cases import EVERY_MODULE, Case, assert_all_close, assert_close, ids
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
-from module_cases import EVERY_MODULE, Case
 
 import rnnfast
 
 STRUCTURES = [
-    Case("LSTM", num_layers=2, bidirectional=True, proj_size=2, form="packed", batch=3),
+    Case("LSTM", num_layers=2, bidirectional=True, proj_size=2, form="packed_unsorted", batch=3),
     Case("GRU", num_layers=2, batch_first=True, bias=False),
     Case("RNN", nonlinearity="relu", bidirectional=True, form="unbatched"),
     Case("LSTMCell", form="unbatched"),
@@ -33,24 +32,13 @@ ALL_CASES = EVERY_MODULE + STRUCTURES
 F32_CASES = [Case("LSTM", num_layers=2, dtype=torch.float32), Case("GRUCell", dtype=torch.float32)]
 
 
-def ids(cases):
-    return [c.id for c in cases]
-
-
-def assert_all_close(actual, expected, names):
-    actual, expected, names = list(actual), list(expected), list(names)
-    assert len(actual) == len(expected) == len(names)
-    for a, e, n in zip(actual, expected, names):
-        assert_close(a, e, n)
-
-
 class Setup:
     """A torch.nn / rnnfast pair with the same weights, inputs, lengths and output cotangents."""
 
     def __init__(self, case: Case):
         self.case = case
         self.reference, self.fast = case.build_pair()
-        self.inputs = case.make_inputs(requires_grad=False)
+        self.inputs = case.tensors(requires_grad=False)
         self.lengths = case.make_lengths()
         with torch.no_grad():
             outputs = case.call(self.reference, *self.inputs, lengths=self.lengths)
@@ -547,7 +535,7 @@ def test_parameter_hooks_fire_once_with_the_gradient(case):
         assert torch.equal(accumulated[name][0], seen[name][0]), name
 
 
-UNPACKED_CASES = [c for c in ALL_CASES if c.form != "packed"]
+UNPACKED_CASES = [c for c in ALL_CASES if not c.form.startswith("packed")]
 
 
 @pytest.mark.parametrize("case", UNPACKED_CASES, ids=ids(UNPACKED_CASES))

@@ -9,12 +9,12 @@ Every error sample must raise the exception type and message regex the sample sp
 
 import pytest
 import torch
-from conftest import (
+from cases import (
     Inputs,
     assert_close,
     assert_outputs_close,
     fast_module_class,
-    flat_outputs,
+    flatten,
     gradients,
     torch_module_class,
 )
@@ -72,7 +72,7 @@ def flat(mode: str, result) -> list[torch.Tensor]:
     """All output tensors of a call: [output, h_n(, c_n)] of a network, [h'(, c')] of a cell."""
     if mode in CELLS:
         return list(result) if isinstance(result, tuple) else [result]
-    return flat_outputs(result)
+    return flatten(result)
 
 
 def assert_results_close(mode: str, expected, actual) -> None:

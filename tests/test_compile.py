@@ -4,7 +4,7 @@ Every module is embedded in a small user model (a Linear before and after it; th
 decoder-style Python loop) and compiled with ``fullgraph=True``: any graph break is an error.
 The compiled model is compared with the same model run eagerly with rnnfast and with torch.nn
 (same weights through ``load_state_dict``): outputs and every gradient (input, initial states, all
-parameters), float32, conftest.TOL.
+parameters), float32, cases.TOL.
 
 Dynamic shapes: a second call with a new batch size and a new sequence length may recompile once
 (Dynamo's automatic dynamic shapes turn the changed sizes into symbols); further new sizes must
@@ -22,10 +22,8 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
-import rnnfast
-from conftest import assert_close, random_lengths
+from cases import Case, assert_all_close, assert_close, ids
 
 DTYPE = torch.float32
 LAYER_FORWARD = torch.ops.rnnfast.layer_forward.default
@@ -78,127 +76,83 @@ def _flat_hidden(hidden) -> tuple[torch.Tensor, ...]:
 class SequenceModel(nn.Module):
     """Linear -> recurrent network -> Linear; returns (out, h_n[, c_n])."""
 
-    def __init__(self, rnn: nn.Module, features: int):
+    def __init__(self, rnn: nn.Module):
         super().__init__()
         directions = 2 if rnn.bidirectional else 1
         out_size = rnn.proj_size if rnn.proj_size > 0 else rnn.hidden_size
-        self.pre = nn.Linear(features, rnn.input_size, dtype=DTYPE)
+        self.pre = nn.Linear(rnn.input_size, rnn.input_size, dtype=DTYPE)
         self.rnn = rnn
-        self.post = nn.Linear(directions * out_size, features, dtype=DTYPE)
+        self.post = nn.Linear(directions * out_size, rnn.input_size, dtype=DTYPE)
 
     def forward(self, x, hx=None):
         y, hidden = self.rnn(torch.tanh(self.pre(x)), hx)
         return (self.post(y), *_flat_hidden(hidden))
 
 
+DECODER_STEPS = 3
+
+
 class DecoderModel(nn.Module):
     """A decoder loop over a cell: each step's output is fed back as the next step's input."""
 
-    def __init__(self, cell: nn.Module, features: int, steps: int = 3):
+    def __init__(self, cell: nn.Module):
         super().__init__()
-        self.steps = steps
-        self.pre = nn.Linear(features, cell.input_size, dtype=DTYPE)
+        self.pre = nn.Linear(cell.input_size, cell.input_size, dtype=DTYPE)
         self.cell = cell
-        self.post = nn.Linear(cell.hidden_size, features, dtype=DTYPE)
+        self.post = nn.Linear(cell.hidden_size, cell.input_size, dtype=DTYPE)
 
     def forward(self, x, hx=None):
         state = hx
         outputs = []
-        for _ in range(self.steps):
+        for _ in range(DECODER_STEPS):
             state = self.cell(torch.tanh(self.pre(x)), state)
             x = self.post(state[0] if isinstance(state, tuple) else state)
             outputs.append(x)
         return (torch.stack(outputs), *_flat_hidden(state))
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    name: str
-    cls: str  # class name in rnnfast and torch.nn
-    kwargs: tuple = ()  # constructor keyword arguments, as (key, value) pairs
-    input_size: int = 4
-    hidden_size: int = 6
-    features: int = 3
-
-    @property
-    def is_cell(self) -> bool:
-        return self.cls.endswith("Cell")
-
-    def build(self, library) -> nn.Module:
-        module = getattr(library, self.cls)(self.input_size, self.hidden_size, dtype=DTYPE, **dict(self.kwargs))
-        wrapper = DecoderModel if self.is_cell else SequenceModel
-        return wrapper(module, self.features)
-
-    def build_pair(self, training: bool):
-        """(rnnfast model, torch.nn model) with identical weights."""
-        fast = self.build(rnnfast)
-        reference = self.build(torch.nn)
-        reference.load_state_dict(fast.state_dict(), strict=True)
-        return fast.train(training), reference.train(training)
-
-    def layer_calls(self) -> int:
-        """rnnfast::layer_forward calls one forward makes."""
-        if self.is_cell:
-            return 3  # DecoderModel.steps
-        kw = dict(self.kwargs)
-        return kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
-
-    def inputs(self, batch: int, seq_len: int, with_hx: bool, requires_grad: bool):
-        """(x, hx, leaves): x in the module's layout, hx or None, the tensors to differentiate."""
-        kw = dict(self.kwargs)
-        if self.is_cell:
-            x = torch.randn(batch, self.features, dtype=DTYPE)
-            state_shape = (batch, self.hidden_size)
-            states = 2 if self.cls == "LSTMCell" else 1
-            out_shape = state_shape
-        else:
-            shape = (batch, seq_len) if kw.get("batch_first") else (seq_len, batch)
-            x = torch.randn(*shape, self.features, dtype=DTYPE)
-            layers = kw.get("num_layers", 1) * (2 if kw.get("bidirectional") else 1)
-            state_shape = (layers, batch, self.hidden_size)
-            out_shape = (layers, batch, kw.get("proj_size") or self.hidden_size)
-            states = 2 if self.cls == "LSTM" else 1
-        x.requires_grad_(requires_grad)
-        leaves = [x] if requires_grad else []
-        if not with_hx:
-            return x, None, leaves
-        h = torch.randn(*out_shape, dtype=DTYPE, requires_grad=requires_grad)
-        if states == 1:
-            return x, h, leaves + ([h] if requires_grad else [])
-        c = torch.randn(*state_shape, dtype=DTYPE, requires_grad=requires_grad)
-        return x, (h, c), leaves + ([h, c] if requires_grad else [])
+def build_models(case: Case, training: bool):
+    """(torch.nn model, rnnfast model): the case's modules in a user model, identical weights."""
+    reference, fast = case.build_pair(training)
+    wrapper = DecoderModel if case.is_cell else SequenceModel
+    reference, fast = wrapper(reference), wrapper(fast)
+    reference.load_state_dict(fast.state_dict(), strict=True)
+    return reference.train(training), fast.train(training)
 
 
+def layer_calls(case: Case) -> int:
+    """rnnfast::layer_forward calls one forward of the case's model makes."""
+    return DECODER_STEPS if case.is_cell else case.layer_calls
+
+
+def model_inputs(case: Case, batch: int, seq_len: int, with_hx: bool, requires_grad: bool):
+    """(x, hx, leaves): fresh inputs of the given sizes, the tensors to differentiate."""
+    sized = dataclasses.replace(case, batch=batch, seq_len=seq_len, with_hx=with_hx, input_requires_grad=requires_grad)
+    inputs = sized.inputs()
+    return inputs.input, inputs.hx, inputs.leaves
+
+
+SIZES = dict(dtype=DTYPE, input_size=4, hidden_size=6)
 CASES = [
-    Case("LSTM", "LSTM"),
-    Case("LSTM_proj", "LSTM", (("proj_size", 2),)),
-    Case("LSTM_bi_2layers", "LSTM", (("num_layers", 2), ("bidirectional", True))),
-    Case("LSTM_batch_first", "LSTM", (("batch_first", True),)),
-    Case("GRU_bi_2layers_batch_first", "GRU", (("num_layers", 2), ("bidirectional", True), ("batch_first", True))),
-    Case("RNN_tanh_2layers", "RNN", (("num_layers", 2), ("nonlinearity", "tanh"))),
-    Case("RNN_relu_bi", "RNN", (("bidirectional", True), ("nonlinearity", "relu"))),
-    Case("LSTMCell", "LSTMCell"),
-    Case("GRUCell", "GRUCell"),
-    Case("RNNCell_tanh", "RNNCell", (("nonlinearity", "tanh"),)),
-    Case("RNNCell_relu", "RNNCell", (("nonlinearity", "relu"),)),
+    Case("LSTM", **SIZES),
+    Case("LSTM", proj_size=2, **SIZES),
+    Case("LSTM", num_layers=2, bidirectional=True, **SIZES),
+    Case("LSTM", batch_first=True, **SIZES),
+    Case("GRU", num_layers=2, bidirectional=True, batch_first=True, **SIZES),
+    Case("RNN", num_layers=2, nonlinearity="tanh", **SIZES),
+    Case("RNN", bidirectional=True, nonlinearity="relu", **SIZES),
+    Case("LSTMCell", **SIZES),
+    Case("GRUCell", **SIZES),
+    Case("RNNCell", nonlinearity="tanh", **SIZES),
+    Case("RNNCell", nonlinearity="relu", **SIZES),
 ]
-CASE_IDS = [case.name for case in CASES]
-ALL_OPTIONS = Case(
-    "LSTM_proj_bi_2layers_batch_first",
-    "LSTM",
-    (("proj_size", 2), ("num_layers", 2), ("bidirectional", True), ("batch_first", True)),
-)
+CASE_IDS = ids(CASES)
+ALL_OPTIONS = Case("LSTM", proj_size=2, num_layers=2, bidirectional=True, batch_first=True, **SIZES)
 
 # (batch, seq_len) of successive calls: the second and third change both sizes. Sizes 0 and 1
 # are avoided: Dynamo specializes them. Cells run a fixed number of decoder steps (an unrolled
 # Python loop), so only their batch size varies.
 SHAPES = [(3, 5), (5, 7), (4, 2)]
-
-
-def compare(actual, expected, what: str) -> None:
-    assert len(actual) == len(expected), f"{what}: {len(actual)} tensors, expected {len(expected)}"
-    for k, (a, e) in enumerate(zip(actual, expected)):
-        assert_close(a, e, f"{what}[{k}]")
 
 
 def forward_and_grads(model, x, hx, leaves, grad_outputs):
@@ -211,12 +165,12 @@ def forward_and_grads(model, x, hx, leaves, grad_outputs):
 def run_and_check(case: Case, backend: str, training: bool, with_hx: bool):
     """Compile case's model, call it on SHAPES, compare each call with eager rnnfast and
     torch.nn, and return the compilation count after each call."""
-    fast, reference = case.build_pair(training)
+    reference, fast = build_models(case, training)
     counter = CountingBackend(backend)
     compiled = torch.compile(fast, fullgraph=True, backend=counter)
     counts = []
     for batch, seq_len in SHAPES:
-        x, hx, leaves = case.inputs(batch, seq_len, with_hx, requires_grad=training)
+        x, hx, leaves = model_inputs(case, batch, seq_len, with_hx, requires_grad=training)
         if training:
             eager_out = fast(x, hx)
             grad_outputs = [torch.randn_like(t) for t in eager_out]
@@ -235,12 +189,12 @@ def run_and_check(case: Case, backend: str, training: bool, with_hx: bool):
                 eager_out = fast(x, hx)
                 ref_out = reference(x, hx)
             assert not any(t.requires_grad for t in out)
-        compare(out, eager_out, "output (compiled vs eager rnnfast)")
-        compare(out, ref_out, "output (compiled vs torch.nn)")
+        assert_all_close(out, eager_out, "output (compiled vs eager rnnfast)")
+        assert_all_close(out, ref_out, "output (compiled vs torch.nn)")
         counts.append(counter.compilations)
         # Dynamo's own count agrees with the backend's (no graph was compiled behind its back).
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == counter.compilations
-        assert counter.rnnfast_calls() == case.layer_calls(), "the compiled graph lost rnnfast::layer_forward"
+        assert counter.rnnfast_calls() == layer_calls(case), "the compiled graph lost rnnfast::layer_forward"
     return counts
 
 
@@ -266,7 +220,7 @@ def test_training(case):
     assert_dynamic_recompiles(counts)
 
 
-@pytest.mark.parametrize("case", [ALL_OPTIONS, CASES[8]], ids=[ALL_OPTIONS.name, CASES[8].name])
+@pytest.mark.parametrize("case", [ALL_OPTIONS, CASES[8]], ids=ids([ALL_OPTIONS, CASES[8]]))
 def test_training_no_hx(case):
     """train(), forward + backward, hx=None: the zero initial states are made inside the graph."""
     counts = run_and_check(case, "aot_eager", training=True, with_hx=False)
@@ -302,17 +256,17 @@ def test_training_uses_fused_backward():
 
         return compiler
 
-    fast, _ = ALL_OPTIONS.build_pair(training=True)
+    _, fast = build_models(ALL_OPTIONS, training=True)
     backend = aot_autograd(fw_compiler=recorder("forward"), bw_compiler=recorder("backward"))
     compiled = torch.compile(fast, fullgraph=True, backend=backend)
-    x, hx, leaves = ALL_OPTIONS.inputs(3, 5, with_hx=True, requires_grad=True)
+    x, hx, leaves = model_inputs(ALL_OPTIONS, 3, 5, with_hx=True, requires_grad=True)
     out = compiled(x, hx)
     torch.autograd.grad(sum(t.sum() for t in out), [*leaves, *fast.parameters()])
 
     def targets(kind):
         return [n.target for n in graphs[kind].graph.nodes if n.op == "call_function"]
 
-    calls = ALL_OPTIONS.layer_calls()
+    calls = layer_calls(ALL_OPTIONS)
     assert targets("forward").count(torch.ops.rnnfast.layer_forward_train.default) == calls
     assert targets("backward").count(torch.ops.rnnfast.layer_backward.default) == calls
 
@@ -326,12 +280,9 @@ def test_packed_sequence_input(mode, with_hx, enforce_sorted):
     """A PackedSequence made outside the compiled function (torch.nn.utils.rnn.pack_padded_sequence
     itself is on Dynamo's skip list, for torch.nn too) passed to the compiled model; outputs and
     gradients compared with eager rnnfast and torch.nn, then new lengths and batch size."""
-    kwargs = dict(num_layers=2, bidirectional=True, dtype=DTYPE)
-    if mode == "LSTM":
-        kwargs["proj_size"] = 2
-    fast = getattr(rnnfast, mode)(3, 5, **kwargs)
-    reference = getattr(torch.nn, mode)(3, 5, **kwargs)
-    reference.load_state_dict(fast.state_dict())
+    case = Case(mode, num_layers=2, bidirectional=True, proj_size=2 if mode == "LSTM" else 0, with_hx=with_hx,
+                form="packed_sorted" if enforce_sorted else "packed_unsorted", **SIZES)
+    reference, fast = case.build_pair()
 
     def model(rnn, packed, hx):
         output, hidden = rnn(packed, hx)
@@ -340,17 +291,8 @@ def test_packed_sequence_input(mode, with_hx, enforce_sorted):
     counter = CountingBackend("aot_eager")
     compiled = torch.compile(model, fullgraph=True, backend=counter)
     for batch, seq_len in SHAPES:
-        x = torch.randn(seq_len, batch, 3, dtype=DTYPE, requires_grad=True)
-        lengths = random_lengths(batch, seq_len, sort=enforce_sorted)
-        packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
-        hx, leaves = None, [x]
-        if with_hx:
-            out_size = 2 if mode == "LSTM" else 5
-            hx = torch.randn(4, batch, out_size, dtype=DTYPE, requires_grad=True)
-            leaves.append(hx)
-            if mode == "LSTM":
-                hx = (hx, torch.randn(4, batch, 5, dtype=DTYPE, requires_grad=True))
-                leaves.append(hx[1])
+        inputs = dataclasses.replace(case, batch=batch, seq_len=seq_len).inputs()
+        packed, hx, leaves = inputs.input, inputs.hx, inputs.leaves
         expected = model(reference, packed, hx)
         eager = model(fast, packed, hx)
         grad_outputs = [torch.randn_like(t) for t in expected]
@@ -358,9 +300,9 @@ def test_packed_sequence_input(mode, with_hx, enforce_sorted):
         ref_grads = torch.autograd.grad(expected, [*leaves, *reference.parameters()], grad_outputs, retain_graph=True)
         eager_grads = torch.autograd.grad(eager, [*leaves, *fast.parameters()], grad_outputs, retain_graph=True)
         actual = compiled(fast, packed, hx)
-        compare(actual, eager, "packed output (compiled vs eager rnnfast)")
-        compare(actual, expected, "packed output (compiled vs torch.nn)")
+        assert_all_close(actual, eager, "packed output (compiled vs eager rnnfast)")
+        assert_all_close(actual, expected, "packed output (compiled vs torch.nn)")
         grads = torch.autograd.grad(actual, [*leaves, *fast.parameters()], grad_outputs)
-        compare(grads, eager_grads, "packed gradients (compiled vs eager rnnfast)")
-        compare(grads, ref_grads, "packed gradients (compiled vs torch.nn)")
+        assert_all_close(grads, eager_grads, "packed gradients (compiled vs eager rnnfast)")
+        assert_all_close(grads, ref_grads, "packed gradients (compiled vs torch.nn)")
     assert counter.compilations <= 2, f"{counter.compilations} compilations"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from module_cases import EVERY_MODULE, Case, detached_params
+from cases import EVERY_MODULE, Case, detached_params
 
 from rnnfast._cells import CELLS
 
@@ -33,20 +33,20 @@ GRADGRAD_CASES = [
     Case("LSTM", num_layers=2, **SMALL),
     Case("LSTM", batch_first=True, **SMALL),
     Case("LSTM", bias=False, **SMALL),
-    Case("LSTM", form="packed", **{**SMALL, "batch": 3}),
+    Case("LSTM", form="packed_unsorted", **{**SMALL, "batch": 3}),
     Case("LSTM", form="unbatched", **SMALL),
-    Case("LSTM", proj_size=1, num_layers=2, bidirectional=True, bias=False, form="packed",
+    Case("LSTM", proj_size=1, num_layers=2, bidirectional=True, bias=False, form="packed_unsorted",
          **{**SMALL, "batch": 3, "seq_len": 2}),
-    Case("LSTM", proj_size=1, bidirectional=True, bias=False, form="packed", batch_first=True,
+    Case("LSTM", proj_size=1, bidirectional=True, bias=False, form="packed_unsorted", batch_first=True,
          **{**SMALL, "batch": 3}),
     Case("GRU", **SMALL),
     Case("GRU", num_layers=2, bidirectional=True, batch_first=True, **SMALL),
     Case("GRU", bidirectional=True, batch_first=True, **SMALL),
-    Case("GRU", form="packed", bias=False, **{**SMALL, "batch": 3}),
+    Case("GRU", form="packed_unsorted", bias=False, **{**SMALL, "batch": 3}),
     Case("GRU", form="unbatched", **SMALL),
     Case("RNN", nonlinearity="tanh", **SMALL),
-    Case("RNN", nonlinearity="tanh", num_layers=2, bidirectional=True, form="packed", **{**SMALL, "batch": 3}),
-    Case("RNN", nonlinearity="tanh", bidirectional=True, form="packed", **{**SMALL, "batch": 3}),
+    Case("RNN", nonlinearity="tanh", num_layers=2, bidirectional=True, form="packed_unsorted", **{**SMALL, "batch": 3}),
+    Case("RNN", nonlinearity="tanh", bidirectional=True, form="packed_unsorted", **{**SMALL, "batch": 3}),
     Case("RNN", nonlinearity="relu", **SMALL),
     Case("RNN", nonlinearity="relu", bidirectional=True, bias=False, batch_first=True, **SMALL),
     Case("LSTMCell", **SMALL),
@@ -63,7 +63,7 @@ def test_gradgradcheck_module(case):
     _, fast = case.build_pair()
     lengths = case.make_lengths()
     function, _ = case.params_function(fast, lengths)
-    args = (*case.make_inputs(), *detached_params(fast))
+    args = (*case.tensors(), *detached_params(fast))
     # The first-order check as well: gradgradcheck assumes the gradient is right.
     assert torch.autograd.gradcheck(function, args)
     assert torch.autograd.gradgradcheck(function, args)
@@ -78,7 +78,7 @@ def test_gradgradcheck_module_without_states(case):
     def function(x, *weights):
         return case.call(fast, x, params=dict(zip(names, weights)))
 
-    args = (case.make_inputs()[0], *detached_params(fast))
+    args = (case.tensors()[0], *detached_params(fast))
     assert torch.autograd.gradgradcheck(function, args)
 
 
@@ -88,7 +88,7 @@ def test_gradgradcheck_weights_only(case):
     double backward must not need gradients w.r.t. the constants."""
     _, fast = case.build_pair()
     function, _ = case.params_function(fast)
-    constants = case.make_inputs(requires_grad=False)
+    constants = case.tensors(requires_grad=False)
 
     def weights_function(*weights):
         return function(*constants, *weights)
@@ -105,7 +105,7 @@ def test_gradgradcheck_inputs_only(case):
     def function(x, *states):
         return case.call(fast, x, *states)
 
-    assert torch.autograd.gradgradcheck(function, case.make_inputs())
+    assert torch.autograd.gradgradcheck(function, case.tensors())
 
 
 @pytest.mark.parametrize("keep", ["output", "h_n", "c_n"])
@@ -120,7 +120,7 @@ def test_gradgradcheck_of_one_output(keep):
     def one_output(*args):
         return function(*args)[index]
 
-    assert torch.autograd.gradgradcheck(one_output, (*case.make_inputs(), *detached_params(fast)))
+    assert torch.autograd.gradgradcheck(one_output, (*case.tensors(), *detached_params(fast)))
 
 
 def test_gradgradcheck_mixed_requires_grad():
@@ -129,7 +129,7 @@ def test_gradgradcheck_mixed_requires_grad():
     case = Case("LSTM", **SMALL)
     _, fast = case.build_pair()
     fast.bias_ih_l0.requires_grad_(False)
-    x, h0, c0 = case.make_inputs()
+    x, h0, c0 = case.tensors()
     c0 = c0.detach()
 
     def function(x, h0):
@@ -193,7 +193,7 @@ PENALTY_CASES = [
     Case("LSTM", input_size=3, hidden_size=4, batch=3, seq_len=5),
     Case("LSTM", bidirectional=True, proj_size=2, input_size=3, hidden_size=4, batch=3, seq_len=4),
     Case("LSTM", num_layers=2, bidirectional=True, proj_size=2, input_size=3, hidden_size=4, batch=3, seq_len=4),
-    Case("LSTM", form="packed", batch_first=True, input_size=3, hidden_size=4, batch=3, seq_len=4),
+    Case("LSTM", form="packed_unsorted", batch_first=True, input_size=3, hidden_size=4, batch=3, seq_len=4),
     Case("GRU", input_size=3, hidden_size=4, batch=3, seq_len=4),
     Case("GRU", num_layers=2, input_size=3, hidden_size=4, batch=3, seq_len=4),
     Case("RNN", nonlinearity="tanh", bidirectional=True, input_size=3, hidden_size=4, batch=3, seq_len=4),
@@ -218,7 +218,7 @@ def penalty_gradients(case, module, inputs, lengths, loss_of_outputs):
 def compare_penalty(case, make_loss):
     reference, fast = case.build_pair()
     lengths = case.make_lengths()
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     with torch.no_grad():
         shapes = [o.shape for o in case.call(reference, *inputs, lengths=lengths)]
     loss_of_outputs = make_loss([torch.randn(s, dtype=case.dtype) for s in shapes])
@@ -256,7 +256,7 @@ def test_gradient_penalty_on_weight_gradients_matches_torch():
     second derivative w.r.t. the weights."""
     case = Case("LSTM", num_layers=2, input_size=3, hidden_size=4, batch=2, seq_len=4)
     reference, fast = case.build_pair()
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
 
     def run(module):
         outputs = case.call(module, *inputs)
@@ -274,7 +274,7 @@ def test_double_backward_through_backward_call():
     """.backward() on a penalty (not torch.autograd.grad) accumulates the same .grad as torch.nn."""
     case = Case("GRU", bidirectional=True, input_size=3, hidden_size=4, batch=2, seq_len=4)
     reference, fast = case.build_pair()
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     grads = {}
     for name, module in (("torch", reference), ("rnnfast", fast)):
         x = inputs[0].clone().requires_grad_()
@@ -290,7 +290,7 @@ def test_double_backward_through_backward_call_linear_loss():
     """As above with a loss linear in the output (constant cotangents): .grad matches torch.nn."""
     case = Case("GRU", bidirectional=True, input_size=3, hidden_size=4, batch=2, seq_len=4)
     reference, fast = case.build_pair()
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     w = torch.randn(case.seq_len, case.batch, 2 * case.hidden_size, dtype=case.dtype)
     grads = {}
     for name, module in (("torch", reference), ("rnnfast", fast)):
@@ -307,7 +307,7 @@ def test_double_backward_through_backward_call_linear_loss():
 
 FIRST_ORDER_CASES = [
     Case("LSTM", num_layers=2, bidirectional=True, proj_size=2, input_size=3, hidden_size=4, batch=3, seq_len=5),
-    Case("GRU", form="packed", input_size=3, hidden_size=4, batch=3, seq_len=5),
+    Case("GRU", form="packed_unsorted", input_size=3, hidden_size=4, batch=3, seq_len=5),
     Case("RNN", nonlinearity="relu", input_size=3, hidden_size=4, batch=3, seq_len=5),
     Case("LSTMCell", input_size=3, hidden_size=4, batch=3),
     Case("GRUCell", input_size=3, hidden_size=4, batch=3, dtype=torch.float32),
@@ -329,7 +329,7 @@ def test_first_order_gradient_same_under_create_graph(case):
     fused rnnfast::layer_backward (recorded in the graph as its double-backward node)."""
     _, fast = case.build_pair()
     lengths = case.make_lengths()
-    inputs = case.make_inputs()
+    inputs = case.tensors()
     outputs = case.call(fast, *inputs, lengths=lengths)
     cotangents = [torch.randn_like(o) for o in outputs]
     wrt = [*inputs, *fast.parameters()]
@@ -341,7 +341,7 @@ def test_first_order_gradient_same_under_create_graph(case):
         assert torch.equal(p, g), f"gradient {k} differs under create_graph: {(p - g).abs().max()}"
     # The input gradient of a one-layer, one-direction network or a cell is an output of
     # layer_backward itself (seen through the module's reshapes).
-    if case.is_cell or (case.num_layers == 1 and not case.bidirectional and case.form != "packed"):
+    if case.is_cell or (case.num_layers == 1 and not case.bidirectional and not case.form.startswith("packed")):
         assert made_by_layer_backward(graphed[0]), graphed[0].grad_fn
 
 
@@ -350,7 +350,7 @@ def test_fused_backward_runs_under_create_graph():
     the first order stays fused."""
     case = Case("LSTM", num_layers=2, input_size=3, hidden_size=4, batch=3, seq_len=5)
     _, fast = case.build_pair()
-    inputs = case.make_inputs()
+    inputs = case.tensors()
     outputs = case.call(fast, *inputs)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         torch.autograd.grad(outputs[0].sum(), inputs[0], create_graph=True)
@@ -369,7 +369,7 @@ def test_third_order_matches_torch(case):
     case = Case(case.kind, nonlinearity=case.nonlinearity, proj_size=case.proj_size and 1,
                 input_size=2, hidden_size=2, batch=2, seq_len=2)
     reference, fast = case.build_pair()
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     with torch.no_grad():
         weights = [torch.randn_like(o) for o in case.call(reference, *inputs)]
 

@@ -1,6 +1,7 @@
 """Exception type and message parity with torch.nn for bad constructor arguments and bad inputs.
 
-Each case runs torch.nn and rnnfast.  The exception type must always match.  The message must
+All six modules: the networks first, then the cells (whose torch versions validate nothing in
+their constructors and little in Python).  Each case runs torch.nn and rnnfast.  The exception type must always match.  The message must
 match exactly when torch raises it from Python (torch/nn/modules/rnn.py, a ``raise`` statement
 there); when torch's error comes out of an ATen kernel the message is torch's implementation
 detail (oneDNN or GEMM wording) and only the type is compared.  Each case declares its origin and
@@ -29,16 +30,21 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import (
+from cases import (
+    CELL_OUTPUT_NAMES,
     MODES,
+    Case,
+    assert_close,
     assert_outputs_close,
+    assert_raises_like_torch,
     assert_same_error,
     capture,
     fast_module_class,
-    origin,
     torch_module_class,
 )
 from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnfast
 
 
 # ---- constructor ------------------------------------------------------------------------------
@@ -296,13 +302,8 @@ def test_forward_error(case_id):
     fast = fast_module_class(case.mode)(3, 4, **kwargs)
     fast.load_state_dict(reference.state_dict())
     args = case.make_args()
-    expected = capture(lambda: reference(*args))
-    actual = capture(lambda: fast(*args))
-    assert expected[0] == "raised", "torch.nn did not raise: the case is wrong"
-    assert origin(expected[1]) == case.origin, (
-        f"torch raises this from {origin(expected[1])}, the case says {case.origin}: {expected[1]}"
-    )
-    assert_same_error(expected, actual, compare_message=case.origin == "python")
+    assert_raises_like_torch(lambda: reference(*args), lambda: fast(*args), case.origin,
+                             compare_message=case.origin == "python")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="device mismatch needs a CUDA device")
@@ -351,3 +352,240 @@ def test_lenient_input_accepted_like_torch(case_id):
     actual = capture(lambda: fast(*args))
     assert actual[0] == "ok", f"rnnfast raised where torch.nn does not: {type(actual[1]).__name__}: {actual[1]}"
     assert_outputs_close(expected[1], actual[1])
+
+
+# ---- the cells: constructor errors ---------------------------------------------------------------------------
+
+# torch's cells validate nothing themselves: bad arguments fail in torch.empty or in the call.
+CELL_CONSTRUCTOR_CASES = {
+    "input_size_negative": ((-1, 5), {}),
+    "hidden_size_negative": ((3, -2), {}),
+    "input_size_float": ((3.0, 5), {}),
+    "hidden_size_str": ((3, "5"), {}),
+    "unknown_keyword": ((3, 5), {"foo": 1}),
+    "missing_sizes": ((), {}),
+    "missing_hidden_size": ((3,), {}),
+    "too_many_positional": ((3, 5, True, "tanh", None, None, 1), {}),
+    "dtype_not_a_dtype": ((3, 5), {"dtype": "float32"}),
+    "num_layers": ((3, 5), {"num_layers": 2}),
+}
+RNN_CELL_CONSTRUCTOR_CASES = {"nonlinearity_positional_extra": ((3, 5, True, "relu", None, None, 7), {})}
+CELL_CONSTRUCTOR_IDS = [(name, case) for name in ("LSTMCell", "GRUCell", "RNNCell") for case in CELL_CONSTRUCTOR_CASES]
+CELL_CONSTRUCTOR_IDS += [("RNNCell", case) for case in RNN_CELL_CONSTRUCTOR_CASES]
+
+
+@pytest.mark.parametrize("name, case", CELL_CONSTRUCTOR_IDS, ids=[f"{n}-{c}" for n, c in CELL_CONSTRUCTOR_IDS])
+def test_cell_constructor_error(name, case):
+    args, kwargs = {**CELL_CONSTRUCTOR_CASES, **RNN_CELL_CONSTRUCTOR_CASES}[case]
+    expected = capture(lambda: getattr(torch.nn, name)(*args, **kwargs))
+    actual = capture(lambda: getattr(rnnfast, name)(*args, **kwargs))
+    assert_same_error(expected, actual, compare_message=True)
+
+
+@pytest.mark.parametrize("args, kwargs", [((3, 5, False, "relu"), {}), ((3, 5), {"nonlinearity": "relu", "bias": False}),
+                                          ((3, 5, True, "gelu"), {})], ids=["positional", "keyword", "unknown"])
+def test_rnn_cell_arguments_read_like_torch(args, kwargs):
+    """RNNCell(input_size, hidden_size, bias, nonlinearity): torch validates the nonlinearity only
+    when called, so an unknown one constructs (and fails in forward, see the error cases)."""
+    torch.manual_seed(0)
+    reference = torch.nn.RNNCell(*args, **kwargs)
+    torch.manual_seed(0)
+    fast = rnnfast.RNNCell(*args, **kwargs)
+    assert (fast.bias, fast.nonlinearity) == (reference.bias, reference.nonlinearity)
+    assert [n for n, _ in fast.named_parameters()] == [n for n, _ in reference.named_parameters()]
+
+
+# ---- forward errors -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CellErrorCase:
+    """Call a cell (input_size 3, hidden_size 4, float32 unless `kwargs` say otherwise) badly."""
+
+    name: str  # LSTMCell, GRUCell, RNNCell
+    origin: str  # where torch raises: "python" (a raise in rnn.py) or "aten"
+    make_args: Callable[[], tuple]
+    kwargs: tuple = ()  # constructor kwargs as (name, value) pairs
+    nonlinearity_after: str | None = None  # assigned to both modules after construction
+    replicated: bool = False  # an ATen message rnnfast replicates (rnnfast/modules.py): compared too
+
+
+def _cases_for_single_state(name: str, extra=()) -> dict:
+    """The cases GRUCell and RNNCell share (one state tensor)."""
+    p = name + ("_relu" if extra else "")
+
+    def C(origin, make_args, kwargs=(), **more):
+        return CellErrorCase(name, origin, make_args, kwargs=extra + kwargs, **more)
+
+    return {
+        f"{p}_input_3d": C("python", lambda: (randn(2, 2, 3),)),
+        f"{p}_input_0d": C("python", lambda: (randn(()),)),
+        f"{p}_hx_3d": C("python", lambda: (randn(2, 3), randn(1, 2, 4))),
+        f"{p}_hx_0d": C("python", lambda: (randn(2, 3), randn(()))),
+        f"{p}_input_3d_and_hx_3d": C("python", lambda: (randn(2, 2, 3), randn(1, 2, 4))),
+        f"{p}_input_size": C("aten", lambda: (randn(2, 7),), replicated=True),
+        f"{p}_input_size_unbatched": C("aten", lambda: (randn(7),), replicated=True),
+        f"{p}_input_size_and_hx_size": C("aten", lambda: (randn(2, 7), randn(2, 5)), replicated=True),
+        f"{p}_hx_batch": C("aten", lambda: (randn(2, 3), randn(3, 4)), replicated=True),
+        f"{p}_hx_size": C("aten", lambda: (randn(2, 3), randn(2, 5)), replicated=True),
+        f"{p}_hx_1d_input_2d": C("aten", lambda: (randn(2, 3), randn(4)), replicated=True),
+        f"{p}_hx_1d_input_2d_same_batch": C("aten", lambda: (randn(4, 3), randn(4)), replicated=True),  # IndexError
+        f"{p}_hx_2d_input_1d": C("aten", lambda: (randn(3), randn(1, 4)), replicated=True),
+        f"{p}_hx_unbatched_size": C("aten", lambda: (randn(3), randn(5)), replicated=True),
+        f"{p}_hx_2d_input_1d_hx_rows_match": C("aten", lambda: (randn(3), randn(2, 4)), replicated=True),
+        f"{p}_hx_tuple": C("aten", lambda: (randn(2, 3), lstm_hx((2, 4), (2, 4)))),  # AttributeError: no .dim()
+        f"{p}_double_input": C("aten", lambda: (randn(2, 3, dtype=torch.float64),)),
+        f"{p}_double_input_and_hx": C("aten", lambda: (randn(2, 3, dtype=torch.float64), randn(2, 4, dtype=torch.float64))),
+        f"{p}_double_hx": C("aten", lambda: (randn(2, 3), randn(2, 4, dtype=torch.float64))),
+        f"{p}_float_input_double_module": C("aten", lambda: (randn(2, 3),), kwargs=F64),
+        f"{p}_float_hx_double_module": C("aten", lambda: (randn(2, 3, dtype=torch.float64), randn(2, 4)), kwargs=F64),
+        f"{p}_int_input": C("aten", lambda: (torch.randint(-3, 3, (2, 3)),)),
+        f"{p}_half_input": C("aten", lambda: (randn(2, 3, dtype=torch.float16),)),
+    }
+
+
+CELL_ERROR_CASES = {
+    **_cases_for_single_state("GRUCell"),
+    **_cases_for_single_state("RNNCell"),
+    **_cases_for_single_state("RNNCell", RELU),
+    # LSTMCell: the (h, c) pair
+    "LSTMCell_input_3d": CellErrorCase("LSTMCell", "python", lambda: (randn(2, 2, 3),)),
+    "LSTMCell_input_0d": CellErrorCase("LSTMCell", "python", lambda: (randn(()),)),
+    "LSTMCell_h_3d": CellErrorCase("LSTMCell", "python", lambda: (randn(2, 3), lstm_hx((1, 2, 4), (2, 4)))),
+    "LSTMCell_c_3d": CellErrorCase("LSTMCell", "python", lambda: (randn(2, 3), lstm_hx((2, 4), (1, 2, 4)))),
+    "LSTMCell_c_0d": CellErrorCase("LSTMCell", "python", lambda: (randn(2, 3), (randn(2, 4), randn(())))),
+    "LSTMCell_third_state_3d": CellErrorCase("LSTMCell", "python", lambda: (randn(2, 3), (randn(2, 4), randn(2, 4), randn(1, 1, 4)))),
+    "LSTMCell_input_size": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 7),), replicated=True),
+    "LSTMCell_input_size_unbatched": CellErrorCase("LSTMCell", "aten", lambda: (randn(7), lstm_hx((4,), (4,))), replicated=True),
+    "LSTMCell_h_batch": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3), lstm_hx((3, 4), (2, 4))), replicated=True),
+    "LSTMCell_h_size": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3), lstm_hx((2, 5), (2, 4))), replicated=True),
+    "LSTMCell_c_batch": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3), lstm_hx((2, 4), (3, 4))), replicated=True),
+    "LSTMCell_c_size": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3), lstm_hx((2, 4), (2, 5))), replicated=True),
+    "LSTMCell_c_unbatched_size": CellErrorCase("LSTMCell", "aten", lambda: (randn(3), lstm_hx((4,), (5,))), replicated=True),
+    "LSTMCell_h_1d_input_2d": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3), lstm_hx((4,), (2, 4))), replicated=True),
+    "LSTMCell_c_1d_input_2d_same_batch": CellErrorCase("LSTMCell", "aten", lambda: (randn(4, 3), lstm_hx((4, 4), (4,))),
+                                                       replicated=True),  # IndexError
+    "LSTMCell_h_2d_input_1d": CellErrorCase("LSTMCell", "aten", lambda: (randn(3), lstm_hx((1, 4), (4,))), replicated=True),
+    "LSTMCell_hx_2d_square_input_1d": CellErrorCase("LSTMCell", "aten", lambda: (randn(3), lstm_hx((4, 4), (4, 4)))),
+    "GRUCell_hx_2d_square_input_1d": CellErrorCase("GRUCell", "aten", lambda: (randn(3), randn(4, 4))),
+    "LSTMCell_hx_three_states": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3), (randn(2, 4), randn(2, 4), randn(2, 4))),
+                                              replicated=True),
+    "LSTMCell_hx_one_state": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3), (randn(2, 4),)), replicated=True),
+    "LSTMCell_hx_empty_tuple": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3), ()), replicated=True),
+    "LSTMCell_hx_one_state_unbatched": CellErrorCase("LSTMCell", "aten", lambda: (randn(3), (randn(4),))),  # IndexError
+    "LSTMCell_hx_a_tensor": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3), randn(2, 2, 4))),  # TypeError
+    "LSTMCell_hx_none_in_tuple": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3), (randn(2, 4), None))),
+    "LSTMCell_double_input": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3, dtype=torch.float64),)),
+    "LSTMCell_double_h": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3), lstm_hx((2, 4), (2, 4), h_dtype=torch.float64))),
+    "LSTMCell_float_input_double_module": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3),), kwargs=F64),
+    "LSTMCell_float_h_double_module": CellErrorCase("LSTMCell", "aten", lambda: (
+        randn(2, 3, dtype=torch.float64), lstm_hx((2, 4), (2, 4), c_dtype=torch.float64)), kwargs=F64),
+    "LSTMCell_int_input": CellErrorCase("LSTMCell", "aten", lambda: (torch.randint(-3, 3, (2, 3)),)),
+    "LSTMCell_half_input": CellErrorCase("LSTMCell", "aten", lambda: (randn(2, 3, dtype=torch.float16),)),
+    # RNNCell's nonlinearity set to an unknown value after construction: torch checks the ranks of
+    # input and hx first, then the nonlinearity, and never reaches ATen's size checks.
+    "RNNCell_unknown_nonlinearity": CellErrorCase("RNNCell", "python", lambda: (randn(2, 3),), nonlinearity_after="gelu"),
+    "RNNCell_unknown_nonlinearity_unbatched": CellErrorCase("RNNCell", "python", lambda: (randn(3), randn(4)),
+                                                            nonlinearity_after="Tanh"),
+    "RNNCell_unknown_nonlinearity_and_input_size": CellErrorCase("RNNCell", "python", lambda: (randn(2, 7),),
+                                                                 nonlinearity_after="sigmoid"),
+    "RNNCell_unknown_nonlinearity_in_constructor": CellErrorCase("RNNCell", "python", lambda: (randn(2, 3), randn(2, 4)),
+                                                                 kwargs=(("nonlinearity", "gelu"),)),
+    "RNNCell_unknown_nonlinearity_and_input_3d": CellErrorCase("RNNCell", "python", lambda: (randn(2, 2, 3),),
+                                                               nonlinearity_after="gelu"),
+    "RNNCell_unknown_nonlinearity_and_hx_3d": CellErrorCase("RNNCell", "python", lambda: (randn(2, 3), randn(1, 2, 4)),
+                                                            nonlinearity_after="gelu"),
+}
+
+def _cell_error_param(case_id):
+    return pytest.param(case_id, id=case_id)
+
+
+def build_error_pair(case: CellErrorCase):
+    kwargs = dict(case.kwargs)
+    reference = getattr(torch.nn, case.name)(3, 4, **kwargs)
+    fast = getattr(rnnfast, case.name)(3, 4, **kwargs)
+    fast.load_state_dict(reference.state_dict())
+    if case.nonlinearity_after is not None:
+        reference.nonlinearity = fast.nonlinearity = case.nonlinearity_after
+    return reference, fast
+
+
+@pytest.mark.parametrize("case_id", [_cell_error_param(c) for c in CELL_ERROR_CASES])
+def test_cell_forward_error(case_id):
+    case = CELL_ERROR_CASES[case_id]
+    reference, fast = build_error_pair(case)
+    args = case.make_args()
+    assert_raises_like_torch(lambda: reference(*args), lambda: fast(*args), case.origin,
+                             compare_message=case.origin == "python" or case.replicated)
+
+
+# ---- inputs torch accepts although they look wrong -------------------------------------------
+
+CELL_LENIENT_CASES = {
+    # hx as a list, or (unbatched input) as one [2, H] tensor: torch.nn.LSTMCell indexes hx[0], hx[1].
+    "LSTMCell_hx_list": ("LSTMCell", lambda: (randn(2, 3), [randn(2, 4), randn(2, 4)])),
+    "LSTMCell_hx_stacked_tensor_unbatched": ("LSTMCell", lambda: (randn(3), randn(2, 4))),
+    # Unbatched input with a 3-tuple hx: torch.nn.LSTMCell uses hx[0], hx[1] and drops the third.
+    "LSTMCell_hx_three_states_unbatched": ("LSTMCell", lambda: (randn(3), (randn(4), randn(4), randn(4)))),
+    # A float32 cx with a float64 module: torch promotes f * cx.
+    "LSTMCell_float_c_double_module": ("LSTMCell", lambda: (randn(2, 3, dtype=torch.float64),
+                                                            lstm_hx((2, 4), (2, 4), h_dtype=torch.float64))),
+}
+@pytest.mark.parametrize("case_id", list(CELL_LENIENT_CASES))
+def test_cell_lenient_input_accepted_like_torch(case_id):
+    name, make_args = CELL_LENIENT_CASES[case_id]
+    dtype = torch.float64 if "double_module" in case_id else torch.float32
+    reference, fast = Case(name, input_size=3, hidden_size=4, dtype=dtype).build_pair()
+    args = make_args()
+    expected = capture(lambda: reference(*args))
+    assert expected[0] == "ok", f"torch.nn now raises {expected[1]!r}: move the case to CELL_ERROR_CASES"
+    actual = capture(lambda: fast(*args))
+    assert actual[0] == "ok", f"rnnfast raised where torch.nn does not: {type(actual[1]).__name__}: {actual[1]}"
+    assert_outputs_close(expected[1], actual[1], CELL_OUTPUT_NAMES)
+
+
+# ---- documented divergences -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_cell_square_2d_hx_with_1d_input_is_refused(nonlinearity):
+    """Unbatched input with a 2-D [H, H] hx: torch.nn.RNNCell unsqueezes both, ATen's checks
+    (batch 1 == 1, hx.size(1) == H) pass on the 3-D hx, and broadcasting returns an [H, H] result:
+    the input applied to each row of hx as a batch.  torch's LSTMCell / GRUCell fail on the same
+    call (see the error cases).  rnnfast refuses it with a RuntimeError rather than copy a shape
+    rule that torch has by accident."""
+    reference, fast = Case("RNNCell", nonlinearity=nonlinearity, input_size=3, hidden_size=4).build_pair()
+    x, hx = torch.randn(3, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
+    expected = reference(x, hx)
+    assert expected.shape == (4, 4), "torch.nn.RNNCell changed: compare with rnnfast instead"
+    assert_close(expected, reference(x.expand(4, 3), hx), "torch's broadcast result")
+    with pytest.raises(RuntimeError):
+        fast(x, hx)
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_common_step_agrees_with_the_checks(kind):
+    """The cells decide the common call of a decoding loop without torch.nn's full checks
+    (_common_step); wherever they do, the full checks (_step_arguments) give the same operator
+    arguments, and where they do not, the full checks run. So the two cannot drift apart."""
+    import itertools
+
+    for dtype, batch, bias in itertools.product((torch.float32, torch.float64), (1, 3), (True, False)):
+        fast = getattr(rnnfast, kind)(5, 7, bias=bias, dtype=dtype)
+        x = torch.randn(batch, 5, dtype=dtype)
+        h = torch.randn(batch, 7, dtype=dtype)
+        hx = (h, torch.randn(batch, 7, dtype=dtype)) if kind == "LSTMCell" else h
+        common = fast._common_step(x, hx)
+        assert common is not None, (dtype, batch, bias)
+        full, is_batched = fast._step_arguments(x, hx)
+        assert is_batched and len(common) == len(full) == 8
+        assert common[0] == full[0]
+        for k, (a, b) in enumerate(zip(common[1:], full[1:])):
+            assert (a is None and b is None) or a is b or torch.equal(a, b), (k, dtype, batch, bias)
+        # Calls the common path leaves to the full checks.
+        state = (h, hx[1]) if kind == "LSTMCell" else h
+        assert fast._common_step(x[0], hx) is None  # unbatched
+        assert fast._common_step(x, None) is None  # no hx
+        assert fast._common_step(x.to(torch.float16), state) is None  # dtype
+        assert fast._common_step(torch.randn(batch, 4, dtype=dtype), state) is None  # input size

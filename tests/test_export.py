@@ -11,7 +11,7 @@ torch.jit.trace.
 * torch.jit.trace: passes its own check (check_trace, with extra check_inputs) and the traced
   module reproduces eager rnnfast on a new input of the same shape.
 
-All float32, conftest.TOL.
+All float32, cases.TOL.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 import rnnfast
-from conftest import assert_close, capture
+from cases import Case, assert_all_close, capture, ids
 
 DTYPE = torch.float32
+SIZES = dict(dtype=DTYPE, input_size=3, hidden_size=5)
 LAYER_FORWARD = torch.ops.rnnfast.layer_forward.default
 
 # The exporters' and the tracer's own deprecation notices and torch.nn's TracerWarnings are not
@@ -61,63 +62,29 @@ def quiet_onnx_logs():
 # ---- models and inputs ----------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    name: str
-    cls: str  # class name in rnnfast and torch.nn
-    kwargs: tuple = ()  # constructor keyword arguments as (key, value) pairs
-    input_size: int = 3
-    hidden_size: int = 5
+def sized_inputs(case: Case, batch: int, seq_len: int) -> tuple[torch.Tensor, ...]:
+    """(x, h0[, c0]) of the given sizes, fresh random values, in the module's layout."""
+    return dataclasses.replace(case, batch=batch, seq_len=seq_len).tensors(requires_grad=False)
 
-    @property
-    def is_cell(self) -> bool:
-        return self.cls.endswith("Cell")
 
-    @property
-    def num_states(self) -> int:
-        return 2 if self.cls.startswith("LSTM") else 1
+def input_names(case: Case) -> list[str]:
+    return ["x", "h0", "c0"][: 1 + len(case.state_shapes())]
 
-    def option(self, key, default=None):
-        return dict(self.kwargs).get(key, default)
 
-    def module(self, library) -> nn.Module:
-        return getattr(library, self.cls)(self.input_size, self.hidden_size, dtype=DTYPE, **dict(self.kwargs))
+def input_dims(case: Case) -> dict[str, dict[int, str]]:
+    """Name of each dynamic dimension of each input: "B" batch, "T" sequence length."""
+    if case.is_cell:
+        return {name: {0: "B"} for name in input_names(case)}
+    batch_dim = 0 if case.batch_first else 1
+    dims = {"x": {batch_dim: "B", 1 - batch_dim: "T"}}
+    for name in input_names(case)[1:]:
+        dims[name] = {1: "B"}
+    return dims
 
-    def layer_calls(self, steps: int = 1) -> int:
-        if self.is_cell:
-            return steps
-        return self.option("num_layers", 1) * (2 if self.option("bidirectional") else 1)
 
-    def batch_dim(self) -> int:
-        return 0 if self.is_cell or self.option("batch_first") else 1
-
-    def inputs(self, batch: int, seq_len: int) -> tuple[torch.Tensor, ...]:
-        """(x, h0[, c0]), fresh random values, in the module's layout."""
-        if self.is_cell:
-            x = torch.randn(batch, self.input_size, dtype=DTYPE)
-            states = [torch.randn(batch, self.hidden_size, dtype=DTYPE) for _ in range(self.num_states)]
-            return (x, *states)
-        shape = (batch, seq_len) if self.option("batch_first") else (seq_len, batch)
-        x = torch.randn(*shape, self.input_size, dtype=DTYPE)
-        layers = self.layer_calls()
-        out_size = self.option("proj_size") or self.hidden_size
-        h0 = torch.randn(layers, batch, out_size, dtype=DTYPE)
-        if self.num_states == 1:
-            return x, h0
-        return x, h0, torch.randn(layers, batch, self.hidden_size, dtype=DTYPE)
-
-    def input_names(self) -> list[str]:
-        return ["x", "h0", "c0"][: 1 + self.num_states]
-
-    def dims(self) -> dict[str, dict[int, str]]:
-        """Name of each dynamic dimension of each input: "B" batch, "T" sequence length."""
-        if self.is_cell:
-            return {name: {0: "B"} for name in self.input_names()}
-        batch_dim = self.batch_dim()
-        dims = {"x": {batch_dim: "B", 1 - batch_dim: "T"}}
-        for name in self.input_names()[1:]:
-            dims[name] = {1: "B"}
-        return dims
+def layer_calls(case: Case, steps: int = 1) -> int:
+    """rnnfast::layer_forward calls of one forward (a cell's: one per decoder step)."""
+    return steps if case.is_cell else case.layer_calls
 
 
 def _flat(hidden) -> tuple[torch.Tensor, ...]:
@@ -163,18 +130,17 @@ class Decoder(nn.Module):
 
 
 def build_pair(case: Case, wrapper=Flat):
-    """(rnnfast model, torch.nn model) in eval mode with identical weights."""
-    fast = wrapper(case.module(rnnfast))
-    reference = wrapper(case.module(torch.nn))
+    """(torch.nn model, rnnfast model) in eval mode with identical weights."""
+    reference, fast = case.build_pair(training=False)
+    reference, fast = wrapper(reference), wrapper(fast)
     reference.load_state_dict(fast.state_dict(), strict=True)
-    return fast.eval(), reference.eval()
+    return reference.eval(), fast.eval()
 
 
 def compare(actual, expected, what: str) -> None:
-    assert len(actual) == len(expected), f"{what}: {len(actual)} outputs, expected {len(expected)}"
-    for k, (a, e) in enumerate(zip(actual, expected)):
-        a = torch.from_numpy(a) if isinstance(a, np.ndarray) else a
-        assert_close(a, e.detach(), f"{what}[{k}]")
+    """Outputs of an exported program (tensors, or ONNX Runtime's arrays) against eager ones."""
+    actual = [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in actual]
+    assert_all_close(actual, [e.detach() for e in expected], what)
 
 
 def assert_outputs_differ(first, second, what: str) -> None:
@@ -186,25 +152,21 @@ def assert_outputs_differ(first, second, what: str) -> None:
 
 
 CASES = [
-    Case("LSTM", "LSTM"),
-    Case("LSTM_bi_2layers", "LSTM", (("num_layers", 2), ("bidirectional", True))),
-    Case("LSTM_proj", "LSTM", (("proj_size", 2),)),
-    Case("LSTM_batch_first", "LSTM", (("batch_first", True),)),
-    Case("GRU", "GRU"),
-    Case("GRU_bi_2layers_batch_first", "GRU", (("num_layers", 2), ("bidirectional", True), ("batch_first", True))),
-    Case("RNN_tanh_2layers", "RNN", (("num_layers", 2),)),
-    Case("RNN_relu_bi_batch_first", "RNN", (("nonlinearity", "relu"), ("bidirectional", True), ("batch_first", True))),
-    Case("LSTMCell", "LSTMCell"),
-    Case("GRUCell", "GRUCell"),
-    Case("RNNCell_tanh", "RNNCell"),
-    Case("RNNCell_relu", "RNNCell", (("nonlinearity", "relu"),)),
+    Case("LSTM", **SIZES),
+    Case("LSTM", num_layers=2, bidirectional=True, **SIZES),
+    Case("LSTM", proj_size=2, **SIZES),
+    Case("LSTM", batch_first=True, **SIZES),
+    Case("GRU", **SIZES),
+    Case("GRU", num_layers=2, bidirectional=True, batch_first=True, **SIZES),
+    Case("RNN", num_layers=2, **SIZES),
+    Case("RNN", nonlinearity="relu", bidirectional=True, batch_first=True, **SIZES),
+    Case("LSTMCell", **SIZES),
+    Case("GRUCell", **SIZES),
+    Case("RNNCell", **SIZES),
+    Case("RNNCell", nonlinearity="relu", **SIZES),
 ]
-CASE_IDS = [case.name for case in CASES]
-ALL_OPTIONS = Case(
-    "LSTM_proj_bi_2layers_batch_first",
-    "LSTM",
-    (("proj_size", 2), ("num_layers", 2), ("bidirectional", True), ("batch_first", True)),
-)
+CASE_IDS = ids(CASES)
+ALL_OPTIONS = Case("LSTM", proj_size=2, num_layers=2, bidirectional=True, batch_first=True, **SIZES)
 
 EXAMPLE = (3, 4)  # (batch, seq_len) of the example inputs
 FRESH = [(5, 6), (2, 3)]  # (batch, seq_len) of the inputs the exported programs are run on
@@ -216,12 +178,12 @@ FRESH = [(5, 6), (2, 3)]  # (batch, seq_len) of the inputs the exported programs
 def dynamic_shapes(case: Case) -> dict:
     """torch.export's dynamic_shapes of the inputs (x, h0[, c0]) by name."""
     dims = {name: torch.export.Dim(name, min=2, max=256) for name in ("B", "T")}
-    shapes = {name: {dim: dims[label] for dim, label in spec.items()} for name, spec in case.dims().items()}
+    shapes = {name: {dim: dims[label] for dim, label in spec.items()} for name, spec in input_dims(case).items()}
     return shapes
 
 
 def export(case: Case, model: nn.Module):
-    return torch.export.export(model, case.inputs(*EXAMPLE), dynamic_shapes=dynamic_shapes(case))
+    return torch.export.export(model, sized_inputs(case, *EXAMPLE), dynamic_shapes=dynamic_shapes(case))
 
 
 def rnnfast_calls(graph) -> int:
@@ -231,7 +193,7 @@ def rnnfast_calls(graph) -> int:
 def check_exported_module(module, fast, reference, case) -> None:
     results = []
     for batch, seq_len in FRESH:
-        inputs = case.inputs(batch, seq_len)
+        inputs = sized_inputs(case, batch, seq_len)
         actual = module(*inputs)
         with torch.no_grad():
             compare(actual, fast(*inputs), "exported vs eager rnnfast")
@@ -240,22 +202,22 @@ def check_exported_module(module, fast, reference, case) -> None:
     assert_outputs_differ(*results, "exported output")
 
 
-@pytest.mark.parametrize("case", CASES + [ALL_OPTIONS], ids=CASE_IDS + [ALL_OPTIONS.name])
+@pytest.mark.parametrize("case", CASES + [ALL_OPTIONS], ids=ids(CASES + [ALL_OPTIONS]))
 def test_torch_export(case):
-    fast, reference = build_pair(case)
+    reference, fast = build_pair(case)
     ep = export(case, fast)
-    assert rnnfast_calls(ep.graph) == case.layer_calls(), ep.graph_module.code
+    assert rnnfast_calls(ep.graph) == layer_calls(case), ep.graph_module.code
     check_exported_module(ep.module(), fast, reference, case)
 
 
-@pytest.mark.parametrize("case", [ALL_OPTIONS, CASES[9]], ids=[ALL_OPTIONS.name, CASES[9].name])
+@pytest.mark.parametrize("case", [ALL_OPTIONS, CASES[9]], ids=ids([ALL_OPTIONS, CASES[9]]))
 def test_torch_export_decompositions_and_save_load(case):
     """run_decompositions() keeps rnnfast's operator (it has no decomposition; the ATen graph
     calls it), and an exported program survives torch.export.save / load."""
     wrapper = Decoder if case.is_cell else Flat
-    fast, reference = build_pair(case, wrapper)
+    reference, fast = build_pair(case, wrapper)
     ep = export(case, fast)
-    calls = case.layer_calls(steps=3)
+    calls = layer_calls(case, steps=3)
     assert rnnfast_calls(ep.graph) == calls
     decomposed = ep.run_decompositions()
     assert rnnfast_calls(decomposed.graph) == calls, decomposed.graph_module.code
@@ -271,15 +233,15 @@ def test_torch_export_decompositions_and_save_load(case):
 def test_torch_export_training_gradients():
     """An exported program of a train() model runs rnnfast's autograd: gradients through
     ep.module() w.r.t. the inputs and every parameter equal eager rnnfast's and torch.nn's."""
-    fast, reference = build_pair(ALL_OPTIONS)
+    reference, fast = build_pair(ALL_OPTIONS)
     fast.train()
     reference.train()
     ep = export(ALL_OPTIONS, fast)
-    assert rnnfast_calls(ep.graph) == ALL_OPTIONS.layer_calls()
+    assert rnnfast_calls(ep.graph) == layer_calls(ALL_OPTIONS)
     module = ep.module()
     names = [name for name, _ in fast.named_parameters()]
     assert sorted(name for name, _ in module.named_parameters()) == sorted(names)
-    inputs = [t.requires_grad_() for t in ALL_OPTIONS.inputs(5, 6)]
+    inputs = [t.requires_grad_() for t in sized_inputs(ALL_OPTIONS, 5, 6)]
     actual = module(*inputs)
     grad_outputs = [torch.randn_like(t) for t in actual]
     results = {}
@@ -305,16 +267,16 @@ def test_torch_export_without_initial_state():
             output, (h, c) = self.rnn(x)
             return output, h, c
 
-    fast = NoState(ALL_OPTIONS.module(rnnfast)).eval()
-    reference = NoState(ALL_OPTIONS.module(torch.nn)).eval()
+    fast = NoState(ALL_OPTIONS.build(rnnfast)).eval()
+    reference = NoState(ALL_OPTIONS.build(torch.nn)).eval()
     reference.load_state_dict(fast.state_dict())
     B, T = torch.export.Dim("B", min=2, max=256), torch.export.Dim("T", min=2, max=256)
-    x = ALL_OPTIONS.inputs(*EXAMPLE)[0]
+    x = sized_inputs(ALL_OPTIONS, *EXAMPLE)[0]
     ep = torch.export.export(fast, (x,), dynamic_shapes=({0: B, 1: T},))
-    assert rnnfast_calls(ep.graph) == ALL_OPTIONS.layer_calls()
+    assert rnnfast_calls(ep.graph) == layer_calls(ALL_OPTIONS)
     results = []
     for batch, seq_len in FRESH:
-        x = ALL_OPTIONS.inputs(batch, seq_len)[0]
+        x = sized_inputs(ALL_OPTIONS, batch, seq_len)[0]
         actual = ep.module()(x)
         with torch.no_grad():
             compare(actual, fast(x), "exported vs eager rnnfast")
@@ -339,8 +301,8 @@ def _clear_rnn_dispatch_caches() -> None:
 
 def onnx_export(model: nn.Module, case: Case, dynamo: bool) -> onnx.ModelProto:
     """Export with dynamic batch (and sequence) sizes; the exporters' progress output silenced."""
-    inputs = case.inputs(*EXAMPLE)
-    names = case.input_names()
+    inputs = sized_inputs(case, *EXAMPLE)
+    names = input_names(case)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
@@ -350,7 +312,7 @@ def onnx_export(model: nn.Module, case: Case, dynamo: bool) -> onnx.ModelProto:
             )
             return program.model_proto
         buffer = io.BytesIO()
-        torch.onnx.export(model, inputs, buffer, dynamo=False, input_names=names, dynamic_axes=case.dims(), verbose=False)
+        torch.onnx.export(model, inputs, buffer, dynamo=False, input_names=names, dynamic_axes=input_dims(case), verbose=False)
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -381,7 +343,7 @@ def ort_session(proto: onnx.ModelProto) -> onnxruntime.InferenceSession:
 
 
 def ort_run(session, case: Case, inputs):
-    feeds = {name: t.numpy() for name, t in zip(case.input_names(), inputs)}
+    feeds = {name: t.numpy() for name, t in zip(input_names(case), inputs)}
     return session.run(None, feeds)
 
 
@@ -393,10 +355,10 @@ EXPORTERS = [pytest.param(False, id="torchscript"), pytest.param(True, id="dynam
 
 
 @pytest.mark.parametrize("dynamo", EXPORTERS)
-@pytest.mark.parametrize("case", CASES + [ALL_OPTIONS], ids=CASE_IDS + [ALL_OPTIONS.name])
+@pytest.mark.parametrize("case", CASES + [ALL_OPTIONS], ids=ids(CASES + [ALL_OPTIONS]))
 def test_onnx_export(case, dynamo):
-    fast, reference = build_pair(case)
-    if case.option("proj_size") and not dynamo:
+    reference, fast = build_pair(case)
+    if case.proj_size and not dynamo:
         # torch.nn.LSTM with projections cannot be exported by the TorchScript exporter; rnnfast
         # must fail the same way (same exception type and message), not export something else.
         with pytest.raises(Exception) as expected:
@@ -411,17 +373,17 @@ def test_onnx_export(case, dynamo):
     onnx.checker.check_model(proto)
     expected_ops, ops = op_types(expected_proto), op_types(proto)
     assert ops == expected_ops, f"ONNX op types {sorted(ops)} != torch.nn's {sorted(expected_ops)}"
-    if not case.is_cell and ("ai.onnx", RNN_OP[case.cls]) in expected_ops:
-        assert ("ai.onnx", RNN_OP[case.cls]) in ops
+    if not case.is_cell and ("ai.onnx", RNN_OP[case.kind]) in expected_ops:
+        assert ("ai.onnx", RNN_OP[case.kind]) in ops
     assert all(domain == "ai.onnx" for domain, _ in ops), f"non-standard ONNX domains: {sorted(ops)}"
     session = capture(lambda: ort_session(proto))
     if session[0] == "ok":
-        assert [i.name for i in session[1].get_inputs()] == case.input_names(), "an input was folded away"
+        assert [i.name for i in session[1].get_inputs()] == input_names(case), "an input was folded away"
     reference_session = capture(lambda: ort_session(expected_proto))
 
     results, torch_failures = [], []
     for batch, seq_len in ONNX_FRESH:
-        inputs = case.inputs(batch, seq_len)
+        inputs = sized_inputs(case, batch, seq_len)
         expected = capture(lambda: ort_run(reference_session[1], case, inputs)) if reference_session[0] == "ok" else reference_session
         actual = capture(lambda: ort_run(session[1], case, inputs)) if session[0] == "ok" else session
         if expected[0] == "raised":
@@ -450,18 +412,18 @@ def test_onnx_export(case, dynamo):
 TRACE_CASES = [ALL_OPTIONS, CASES[5], CASES[7], CASES[8], CASES[10]]
 
 
-@pytest.mark.parametrize("case", TRACE_CASES, ids=[case.name for case in TRACE_CASES])
+@pytest.mark.parametrize("case", TRACE_CASES, ids=ids(TRACE_CASES))
 def test_jit_trace(case):
     wrapper = Decoder if case.is_cell else Flat
-    fast, reference = build_pair(case, wrapper)
-    example = case.inputs(*EXAMPLE)
-    check_inputs = [case.inputs(*EXAMPLE) for _ in range(2)]
+    reference, fast = build_pair(case, wrapper)
+    example = sized_inputs(case, *EXAMPLE)
+    check_inputs = [sized_inputs(case, *EXAMPLE) for _ in range(2)]
     traced = torch.jit.trace(fast, example, check_trace=True, check_inputs=check_inputs)
     graph = str(traced.inlined_graph)
-    assert graph.count("rnnfast::layer_forward") == case.layer_calls(steps=3), graph
+    assert graph.count("rnnfast::layer_forward") == layer_calls(case, steps=3), graph
     results = []
     for _ in range(2):
-        inputs = case.inputs(*EXAMPLE)
+        inputs = sized_inputs(case, *EXAMPLE)
         actual = traced(*inputs)
         with torch.no_grad():
             compare(actual, fast(*inputs), "traced vs eager rnnfast")

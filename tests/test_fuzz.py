@@ -11,16 +11,15 @@ dtype). Properties:
   data's rows), which torch.nn may accept silently, gets a clear error from rnnfast;
 * where torch.nn leaves a call unchecked and crashes or returns garbage (torch_unchecked), rnnfast
   raises.
-bfloat16 and float16 values compare with the low-precision tolerance of conftest.TOL.
+bfloat16 and float16 values compare with the low-precision tolerance of cases.TOL.
 """
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from conftest import assert_outputs_close, capture
+from cases import assert_outputs_close, capture
 
 import rnnfast
 

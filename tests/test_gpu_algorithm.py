@@ -8,7 +8,7 @@ the GEMM arguments (row-major to column-major), the row bookkeeping of padded an
 both directions, the chunking of the time-parallel GEMMs (small chunks here), the weight-gradient
 and bias accumulations, the conversions between storage and accumulation types.
 
-References: torch.nn (float64: to rounding; float32: conftest.TOL), and for bfloat16 / float16
+References: torch.nn (float64: to rounding; float32: cases.TOL), and for bfloat16 / float16
 float64 on the same rounded values within test_low_precision.LOW_TOL.  The same loops also run
 under the whole parity suite in CI (``RNNFAST_GPU_EMULATION=1``, scripts/test.sh).
 """
@@ -25,8 +25,8 @@ import torch
 import rnnfast
 from rnnfast import _extension
 
-from conftest import TOL, assert_close
-from module_cases import Case
+from cases import TOL, assert_close
+from cases import Case
 from test_low_precision import LOW_TOL, big, low_precision_setup, relative_error, run
 
 C = _extension.require_extension()
@@ -70,13 +70,13 @@ def emulated(request):
 CASES = [
     big(Case("LSTM", num_layers=2, bidirectional=True)),
     big(Case("LSTM", batch_first=True, bias=False)),
-    big(Case("LSTM", bidirectional=True, form="packed")),
-    big(Case("LSTM", proj_size=9, bidirectional=True, form="packed")),
+    big(Case("LSTM", bidirectional=True, form="packed_unsorted")),
+    big(Case("LSTM", proj_size=9, bidirectional=True, form="packed_unsorted")),
     big(Case("LSTM", proj_size=9)),
     big(Case("LSTM", form="unbatched")),
-    big(Case("GRU", num_layers=2, bidirectional=True, form="packed")),
+    big(Case("GRU", num_layers=2, bidirectional=True, form="packed_unsorted")),
     big(Case("GRU", bias=False)),
-    big(Case("RNN", nonlinearity="tanh", bidirectional=True, form="packed")),
+    big(Case("RNN", nonlinearity="tanh", bidirectional=True, form="packed_unsorted")),
     big(Case("RNN", nonlinearity="relu", num_layers=2)),
     big(Case("LSTMCell")),
     big(Case("GRUCell", form="unbatched")),
@@ -89,7 +89,7 @@ CASES = [
 def test_matches_torch(case, dtype, emulated):
     case = dataclasses.replace(case, dtype=dtype)
     reference, fast = case.build_pair()
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     lengths = case.make_lengths()
     with torch.no_grad():
         shapes = [o.shape for o in case.call(reference, *inputs, lengths=lengths)]
@@ -122,7 +122,7 @@ def assert_float64_training_matches_torch(case: Case, context=contextlib.nullcon
     """Outputs and every gradient of rnnfast (run inside `context()`) against torch.nn, float64.
     `launches`: the persistent launches the rnnfast run must make."""
     reference, fast = case.build_pair()
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     lengths = case.make_lengths()
     upstream = [torch.randn(o.shape, dtype=torch.float64)
                 for o in case.call(reference, *inputs, lengths=lengths)]
@@ -139,7 +139,7 @@ def assert_float64_training_matches_torch(case: Case, context=contextlib.nullcon
 def test_long_sequence_many_chunks(emulated):
     """T=300 with the chunk override: hundreds of chunk boundaries, packed and reversed."""
     assert_float64_training_matches_torch(
-        big(Case("LSTM", bidirectional=True, form="packed"), seq_len=300, batch=4, dtype=torch.float64))
+        big(Case("LSTM", bidirectional=True, form="packed_unsorted"), seq_len=300, batch=4, dtype=torch.float64))
 
 
 @pytest.mark.skipif(os.environ.get("RNNFAST_GPU_EMULATION") == "1", reason="emulation switched on for the run")
@@ -156,7 +156,7 @@ def test_persistent_tiles_launches_and_partial_blocks(cell):
     """The persistent forward and backward over 37 rows (tiles of 16, 16, 5), T=600 (two launches
     of at most 512 steps each way), packed and reversed, on 5 emulated SMs (H=23: 5 units per
     block, a last block of 3), float64, against torch.nn (outputs and every gradient)."""
-    case = big(Case(cell, bidirectional=True, form="packed"), seq_len=600, batch=37, hidden_size=23,
+    case = big(Case(cell, bidirectional=True, form="packed_unsorted"), seq_len=600, batch=37, hidden_size=23,
                dtype=torch.float64)
     # forward and backward of each direction: 2 launches each (600 steps)
     assert_float64_training_matches_torch(case, lambda: emulating(0, "persistent", 5), launches=2 * 2 * 2)
@@ -167,7 +167,7 @@ def test_persistent_falls_back_where_the_weights_do_not_fit():
     persistent setting runs the cuBLAS loop (never a failure), with the same result."""
     case = big(Case("GRU"), dtype=torch.float64)
     reference, fast = case.build_pair()
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     with torch.no_grad():
         want = case.call(reference, *inputs)
         with emulating(0, "persistent", 8, smem_per_block=1024):

@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnfast
 from rnnfast import _extension
 
-from conftest import TOL
+from cases import assert_all_close
 
 C = _extension.require_extension()
 CAPABILITIES = rnnfast.backend()["cpu_capabilities"]
@@ -61,12 +61,6 @@ def run_both(mode, T, B, I, H, dtype, packed=False, infer=False, **kwargs):
     return results
 
 
-def assert_all_close(ref, fast, dtype):
-    assert len(ref) == len(fast)
-    for i, (a, b) in enumerate(zip(ref, fast)):
-        torch.testing.assert_close(b, a, **TOL[dtype], msg=lambda m: f"tensor #{i}: {m}")
-
-
 @pytest.mark.parametrize("capability", CAPABILITIES, indirect=True)
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_every_instruction_set(capability, threads, mode):
@@ -75,19 +69,19 @@ def test_every_instruction_set(capability, threads, mode):
     for dtype in (torch.float32, torch.float64):
         ref, fast = run_both(mode, 6, 9, 5, 40, dtype, packed=True, bidirectional=True,
                              num_layers=2)
-        assert_all_close(ref, fast, dtype)
+        assert_all_close(fast, ref, "tensor")
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_small_hidden_is_not_split(threads, mode):
     ref, fast = run_both(mode, 5, 3, 4, 3, torch.float64, packed=True, bidirectional=True)
-    assert_all_close(ref, fast, torch.float64)
+    assert_all_close(fast, ref, "tensor")
 
 
 def test_projection_split_across_threads(threads):
     ref, fast = run_both("LSTM", 7, 6, 9, 48, torch.float64, packed=True, bidirectional=True,
                          proj_size=35)
-    assert_all_close(ref, fast, torch.float64)
+    assert_all_close(fast, ref, "tensor")
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
@@ -96,7 +90,7 @@ def test_long_inference_uses_several_input_chunks(mode, packed):
     # 8192 rows per chunk: T*B = 12800 rows gives two chunks (both directions).
     ref, fast = run_both(mode, 400, 32, 3, 8, torch.float64, packed=packed, infer=True,
                          bidirectional=True)
-    assert_all_close(ref, fast, torch.float64)
+    assert_all_close(fast, ref, "tensor")
 
 
 @pytest.mark.parametrize("proj_size", [0, 5])
@@ -109,7 +103,7 @@ def test_training_over_several_row_chunks(threads, mode, proj_size):
         pytest.skip("projection is LSTM-only")
     kwargs = dict(bidirectional=True, proj_size=proj_size) if proj_size else dict(bidirectional=True)
     ref, fast = run_both(mode, 150, 16, 7, 33, torch.float64, packed=True, **kwargs)
-    assert_all_close(ref, fast, torch.float64)
+    assert_all_close(fast, ref, "tensor")
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])

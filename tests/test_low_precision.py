@@ -31,7 +31,7 @@ import torch
 import rnnfast
 from rnnfast import _extension
 
-from module_cases import Case, flatten
+from cases import Case, flatten
 
 C = _extension.require_extension()
 
@@ -53,14 +53,14 @@ def big(case: Case, **kw) -> Case:
 CASES = [
     big(Case("LSTM")),
     big(Case("LSTM", batch_first=True, bias=False)),
-    big(Case("LSTM", num_layers=2, bidirectional=True, form="packed")),
+    big(Case("LSTM", num_layers=2, bidirectional=True, form="packed_unsorted")),
     big(Case("LSTM", proj_size=9, bidirectional=True)),
-    big(Case("LSTM", proj_size=9, form="packed")),
+    big(Case("LSTM", proj_size=9, form="packed_unsorted")),
     big(Case("LSTM", form="unbatched"), seq_len=40),
     big(Case("GRU", num_layers=2, bidirectional=True)),
-    big(Case("GRU", form="packed", bias=False)),
+    big(Case("GRU", form="packed_unsorted", bias=False)),
     big(Case("GRU", form="unbatched")),
-    big(Case("RNN", nonlinearity="tanh", bidirectional=True, form="packed")),
+    big(Case("RNN", nonlinearity="tanh", bidirectional=True, form="packed_unsorted")),
     big(Case("RNN", nonlinearity="relu", num_layers=2)),
     big(Case("LSTMCell")),
     big(Case("GRUCell", bias=False)),
@@ -106,7 +106,7 @@ def low_precision_setup(case: Case) -> LowPrecisionSetup:
     reference, fast = case.build_pair()  # same weights, already in the case's dtype (rounded)
     exact = dataclasses.replace(case, dtype=torch.float64).build(torch.nn)
     exact.load_state_dict({k: v.double() for k, v in reference.state_dict().items()})
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     lengths = case.make_lengths()
     with torch.no_grad():
         shapes = [o.shape for o in case.call(exact, *[t.double() for t in inputs], lengths=lengths)]
@@ -154,7 +154,7 @@ def test_inference_matches_training_forward():
     """no_grad inference and the training forward give the same bf16 outputs."""
     case = big(Case("LSTM", num_layers=2, proj_size=9), dtype=torch.bfloat16)
     _, fast = case.build_pair()
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     train = case.call(fast, *inputs)
     with torch.no_grad():
         infer = case.call(fast.eval(), *inputs)
@@ -183,7 +183,7 @@ def test_long_sequence_bf16():
     reference, fast = case.build_pair()
     exact = dataclasses.replace(case, dtype=torch.float64).build(torch.nn)
     exact.load_state_dict({k: v.double() for k, v in reference.state_dict().items()})
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     with torch.no_grad():
         got = case.call(fast, *inputs)
         want = case.call(exact, *[t.double() for t in inputs])
@@ -194,14 +194,14 @@ def test_long_sequence_bf16():
 
 AUTOCAST_CASES = [
     big(Case("LSTM"), dtype=torch.float32),
-    big(Case("LSTM", form="packed"), dtype=torch.float32),
+    big(Case("LSTM", form="packed_unsorted"), dtype=torch.float32),
     big(Case("LSTM", proj_size=9), dtype=torch.float32),
-    big(Case("LSTM", proj_size=9, form="packed"), dtype=torch.float32),
+    big(Case("LSTM", proj_size=9, form="packed_unsorted"), dtype=torch.float32),
     big(Case("LSTM", form="unbatched"), dtype=torch.float32),
     big(Case("GRU"), dtype=torch.float32),
-    big(Case("GRU", form="packed"), dtype=torch.float32),
+    big(Case("GRU", form="packed_unsorted"), dtype=torch.float32),
     big(Case("RNN", nonlinearity="tanh"), dtype=torch.float32),
-    big(Case("RNN", nonlinearity="relu", form="packed"), dtype=torch.float32),
+    big(Case("RNN", nonlinearity="relu", form="packed_unsorted"), dtype=torch.float32),
     big(Case("LSTMCell"), dtype=torch.float32),
     big(Case("GRUCell"), dtype=torch.float32),
     big(Case("RNNCell", nonlinearity="tanh"), dtype=torch.float32),
@@ -235,7 +235,7 @@ def test_autocast_matches_torch(case, dtype):
     torch 2.13's oneDNN LSTM has no float16 primitive anywhere and no bfloat16 one without
     AVX512-BF16 ("could not create a primitive descriptor"); rnnfast runs both (README)."""
     reference, fast = case.build_pair()
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     lengths = case.make_lengths()
     with torch.no_grad():
         shapes = [o.shape for o in case.call(reference, *inputs, lengths=lengths)]
@@ -268,7 +268,7 @@ def test_autocast_matches_torch(case, dtype):
 def test_autocast_leaves_float64_alone():
     case = big(Case("GRU"), dtype=torch.float64)
     reference, fast = case.build_pair()
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = case.call(fast, *inputs)
     assert all(o.dtype == torch.float64 for o in out)
@@ -291,7 +291,7 @@ def test_compile_fullgraph_bf16_and_autocast():
     torch._dynamo.reset()
     case = big(Case("LSTM", num_layers=2), dtype=torch.bfloat16)
     _, fast = case.build_pair()
-    x, h0, c0 = case.make_inputs(requires_grad=False)
+    x, h0, c0 = case.tensors(requires_grad=False)
     compiled = torch.compile(fast, fullgraph=True)
     torch.testing.assert_close(flatten(compiled(x, (h0, c0))), flatten(fast(x, (h0, c0))), rtol=0, atol=0)
 

@@ -11,7 +11,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import assert_close
+from cases import assert_close
 
 import rnnfast
 

@@ -20,7 +20,7 @@ import rnnfast
 from rnnfast import _extension, reference
 from rnnfast._cells import CELLS
 
-from conftest import TOL
+from cases import TOL
 
 C = _extension.require_extension()
 OPS = torch.ops.rnnfast

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import Config, assert_close, check_parity, make_inputs, torch_module_class
+from cases import Case, assert_close, check_parity
 
 from rnnfast import reference
 
@@ -17,14 +17,9 @@ from rnnfast import reference
 CELL_VARIANTS = [("LSTM", "tanh", 0), ("LSTM", "tanh", 2), ("GRU", "tanh", 0), ("RNN", "tanh", 0), ("RNN", "relu", 0)]
 
 
-def torch_module(cfg: Config) -> torch.nn.Module:
-    args, kwargs = cfg.module_args()
-    return torch_module_class(cfg.mode)(*args, **kwargs)
-
-
-def check_reference(cfg: Config, training: bool = True) -> None:
-    module = torch_module(cfg).train(training)
-    check_parity(module, module, make_inputs(cfg), fast_forward=lambda x, hx: reference.forward(module, x, hx))
+def check_reference(cfg: Case, training: bool = True) -> None:
+    module = cfg.build(torch.nn).train(training)
+    check_parity(module, module, cfg.inputs(), fast_forward=lambda x, hx: reference.forward(module, x, hx))
 
 
 @pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
@@ -36,8 +31,8 @@ def check_reference(cfg: Config, training: bool = True) -> None:
 @pytest.mark.parametrize("variant", CELL_VARIANTS, ids=lambda v: f"{v[0]}_{v[1]}_proj{v[2]}")
 def test_reference_matches_torch(variant, num_layers, bidirectional, form, batch_first, bias, with_hx):
     mode, nonlinearity, proj_size = variant
-    cfg = Config(
-        mode=mode,
+    cfg = Case(
+        kind=mode,
         nonlinearity=nonlinearity,
         proj_size=proj_size,
         num_layers=num_layers,
@@ -58,21 +53,21 @@ def test_reference_matches_torch(variant, num_layers, bidirectional, form, batch
 @pytest.mark.parametrize("form", ["padded", "packed_unsorted"])
 def test_reference_long_sequence(variant, form):
     mode, nonlinearity, proj_size = variant
-    cfg = Config(
-        mode=mode, nonlinearity=nonlinearity, proj_size=proj_size, num_layers=2, bidirectional=True,
+    cfg = Case(
+        kind=mode, nonlinearity=nonlinearity, proj_size=proj_size, num_layers=2, bidirectional=True,
         form=form, input_size=7, hidden_size=9, batch=5, seq_len=60,
     )
     check_reference(cfg)
 
 
 def test_reference_eval_mode_ignores_dropout():
-    cfg = Config(mode="LSTM", num_layers=3, dropout=0.5, bidirectional=True, form="packed_unsorted")
+    cfg = Case(kind="LSTM", num_layers=3, dropout=0.5, bidirectional=True, form="packed_unsorted")
     check_reference(cfg, training=False)
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_reference_rejects_training_dropout(mode):
-    module = torch_module(Config(mode=mode, num_layers=2, dropout=0.5)).train()
+    module = Case(kind=mode, num_layers=2, dropout=0.5).build(torch.nn).train()
     with pytest.raises(NotImplementedError, match="dropout"):
         reference.forward(module, torch.randn(4, 3, 3, dtype=torch.float64))
 

@@ -19,7 +19,7 @@ import torch
 import rnnfast
 from rnnfast import _extension
 
-from conftest import TOL, assert_close, run_concurrently
+from cases import TOL, assert_close, run_concurrently
 
 C = _extension.require_extension()
 

@@ -1,14 +1,17 @@
-"""The module contract around the numbers: parameters, state_dict, init, repr, pickling, dtype moves."""
+"""The module contract around the numbers, for all six modules: class relation, parameters,
+state_dict, init, repr, copying and pickling, dtype moves, weights read at call time."""
 
 import copy
 import inspect
 import io
+import pickle
 
 import pytest
 import torch
-from conftest import assert_close, fast_module_class, torch_module_class
+from cases import assert_close, fast_module_class, torch_module_class
 
-# (mode, constructor kwargs): the options that change the parameter set.
+# (module, constructor kwargs): the options that change the parameter set or the repr, for all
+# six modules.
 VARIANTS = [
     ("LSTM", dict()),
     ("LSTM", dict(num_layers=3, bidirectional=True)),
@@ -20,10 +23,23 @@ VARIANTS = [
     ("RNN", dict()),
     ("RNN", dict(nonlinearity="relu", num_layers=2, bidirectional=True)),
     ("RNN", dict(num_layers=2, bias=False, batch_first=True, dropout=0.3)),
+    ("LSTMCell", dict()),
+    ("LSTMCell", dict(bias=False)),
+    ("GRUCell", dict()),
+    ("GRUCell", dict(bias=False)),
+    ("RNNCell", dict()),
+    ("RNNCell", dict(nonlinearity="relu")),
+    ("RNNCell", dict(bias=False, nonlinearity="relu")),
 ]
 VARIANT_IDS = [f"{m}-" + "-".join(f"{k}={v}" for k, v in kw.items()) for m, kw in VARIANTS]
 
 parametrize_variants = pytest.mark.parametrize("mode, kwargs", VARIANTS, ids=VARIANT_IDS)
+NETWORKS = [(m, kw) for m, kw in VARIANTS if not m.endswith("Cell")]
+parametrize_networks = pytest.mark.parametrize("mode, kwargs", NETWORKS, ids=[i for i in VARIANT_IDS if "Cell" not in i])
+
+
+def is_cell(module) -> bool:
+    return isinstance(module, torch.nn.RNNCellBase)
 
 
 def construct(mode, kwargs, seed=0):
@@ -35,24 +51,42 @@ def construct(mode, kwargs, seed=0):
     return reference, fast
 
 
-def forward_matches(reference, fast, dtype=torch.float32):
+def sample_input(module, dtype=torch.float32):
+    """A batch of 3 (a cell) or 4 steps x 3 sequences in the module's layout."""
+    if is_cell(module):
+        return torch.randn(3, 5, dtype=dtype)
     x = torch.randn(4, 3, 5, dtype=dtype)
-    if reference.batch_first:
-        x = x.transpose(0, 1)
+    return x.transpose(0, 1) if module.batch_first else x
+
+
+def first_output(result):
+    """The output (networks) or h' (cells)."""
+    return result[0] if isinstance(result, tuple) else result
+
+
+def forward_matches(reference, fast, dtype=torch.float32, **call):
+    x = sample_input(reference, dtype)
     reference.eval()
     fast.eval()
-    expected, actual = reference(x), fast(x)
-    assert_close(actual[0], expected[0], "output")
+    expected, actual = reference(x, **call), fast(x, **call)
+    assert_close(first_output(actual), first_output(expected), "output")
+    if is_cell(reference) and isinstance(expected, tuple):
+        assert_close(actual[1], expected[1], "c'")
 
 
 @parametrize_variants
 def test_class_relation_to_torch_module(mode, kwargs):
-    """A torch.nn.RNNBase with torch's mode, but not an instance of torch.nn.LSTM/GRU/RNN:
-    TorchDynamo refuses every instance of those (see rnnfast/modules.py and the README)."""
+    """Cells: an instance of torch's cell class. Networks: a torch.nn.RNNBase with torch's mode,
+    but not an instance of torch.nn.LSTM/GRU/RNN: TorchDynamo refuses every instance of those (see
+    rnnfast/modules.py and the README)."""
     reference, fast = construct(mode, kwargs)
-    assert isinstance(fast, torch.nn.RNNBase)
-    assert not isinstance(fast, (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN))
-    assert fast.mode == reference.mode
+    assert type(fast) is fast_module_class(mode) and type(fast) is not type(reference)
+    if is_cell(reference):
+        assert isinstance(fast, type(reference)) and isinstance(fast, torch.nn.RNNCellBase)
+    else:
+        assert isinstance(fast, torch.nn.RNNBase)
+        assert not isinstance(fast, (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN))
+        assert fast.mode == reference.mode
     assert getattr(fast, "nonlinearity", None) == getattr(reference, "nonlinearity", None)
 
 
@@ -67,6 +101,12 @@ def test_same_parameters_and_init_from_same_seed(mode, kwargs):
         assert isinstance(actual, torch.nn.Parameter), name
         assert actual.shape == expected.shape and actual.dtype == expected.dtype, name
         assert torch.equal(actual, expected), f"{name} initialised differently"
+    for attribute in ("input_size", "hidden_size", "bias", "nonlinearity", "num_layers", "proj_size"):
+        assert getattr(fast, attribute, None) == getattr(reference, attribute, None), attribute
+    if is_cell(fast):
+        if not fast.bias:
+            assert fast.bias_ih is None and fast.bias_hh is None
+        return
     assert fast._flat_weights_names == reference._flat_weights_names
     assert [[p.shape for p in layer] for layer in fast.all_weights] == [[p.shape for p in layer] for layer in reference.all_weights]
 
@@ -121,10 +161,12 @@ def test_save_and_load_whole_module(mode, kwargs):
     forward_matches(fast, loaded)
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 @parametrize_variants
-def test_deepcopy(mode, kwargs):
+def test_copy_and_pickle(mode, kwargs, how):
     _, fast = construct(mode, kwargs)
-    clone = copy.deepcopy(fast)
+    clone = copy.deepcopy(fast) if how == "deepcopy" else pickle.loads(pickle.dumps(fast))
+    assert repr(clone) == repr(fast)
     assert type(clone) is type(fast)
     for (name, a), (_, e) in zip(clone.named_parameters(), fast.named_parameters()):
         assert torch.equal(a, e) and a.data_ptr() != e.data_ptr(), name
@@ -155,13 +197,14 @@ def test_dtype_conversion_then_forward(mode, kwargs, convert):
 def test_parameters_are_read_at_call_time(mode, kwargs):
     """Weights changed in place or replaced after construction are used by the next forward."""
     reference, fast = construct(mode, kwargs)
+    w_hh, w_ih = ("weight_hh", "weight_ih") if is_cell(reference) else ("weight_hh_l0", "weight_ih_l0")
     with torch.no_grad():
         for module in (reference, fast):
-            module.weight_hh_l0.mul_(2.0)
+            getattr(module, w_hh).mul_(2.0)
     forward_matches(reference, fast)
-    replacement = torch.nn.Parameter(torch.randn_like(reference.weight_ih_l0))
-    reference.weight_ih_l0 = replacement
-    fast.weight_ih_l0 = torch.nn.Parameter(replacement.detach().clone())
+    replacement = torch.nn.Parameter(torch.randn_like(getattr(reference, w_ih)))
+    setattr(reference, w_ih, replacement)
+    setattr(fast, w_ih, torch.nn.Parameter(replacement.detach().clone()))
     forward_matches(reference, fast)
 
 
@@ -169,17 +212,13 @@ def test_parameters_are_read_at_call_time(mode, kwargs):
 def test_forward_signature_and_keywords(mode, kwargs):
     reference, fast = construct(mode, kwargs)
     assert list(inspect.signature(fast.forward).parameters) == list(inspect.signature(reference.forward).parameters)
-    x = torch.randn(3, 2, 5)
-    if reference.batch_first:
-        x = x.transpose(0, 1)
+    x = sample_input(reference)
     reference.eval()
     fast.eval()
-    expected = reference(input=x, hx=None)
-    actual = fast(input=x, hx=None)
-    assert_close(actual[0], expected[0], "output")
+    assert_close(first_output(fast(input=x, hx=None)), first_output(reference(input=x, hx=None)), "output")
 
 
-@parametrize_variants
+@parametrize_networks
 def test_flatten_parameters_is_harmless(mode, kwargs):
     reference, fast = construct(mode, kwargs)
     fast.flatten_parameters()
@@ -191,12 +230,13 @@ def test_parametrized_weights_are_used(mode, kwargs):
     """A parametrization turns a weight into a computed property (not in _parameters):
     every forward must read its current value, as torch.nn does."""
     reference, fast = construct(mode, kwargs)
+    w_hh = "weight_hh" if is_cell(reference) else "weight_hh_l0"
     for module in (reference, fast):
-        torch.nn.utils.parametrizations.weight_norm(module, "weight_hh_l0")
+        torch.nn.utils.parametrizations.weight_norm(module, w_hh)
     forward_matches(reference, fast)
     with torch.no_grad():
         for module in (reference, fast):
-            module.parametrizations.weight_hh_l0.original0.mul_(1.5)
+            getattr(module.parametrizations, w_hh).original0.mul_(1.5)
     forward_matches(reference, fast)
 
 
@@ -207,10 +247,8 @@ def test_functional_call_with_other_weights(mode, kwargs):
     reference.eval()
     fast.eval()
     other = {name: torch.randn_like(p) for name, p in reference.named_parameters()}
-    x = torch.randn(4, 3, 5)
-    if reference.batch_first:
-        x = x.transpose(0, 1)
+    x = sample_input(reference)
     expected = torch.func.functional_call(reference, other, (x,))
     actual = torch.func.functional_call(fast, other, (x,))
-    assert_close(actual[0], expected[0], "output with swapped weights")
-    assert_close(fast(x)[0], reference(x)[0], "output with the module's own weights again")
+    assert_close(first_output(actual), first_output(expected), "output with swapped weights")
+    assert_close(first_output(fast(x)), first_output(reference(x)), "output with the module's own weights again")

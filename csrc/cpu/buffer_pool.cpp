@@ -41,17 +41,7 @@ size_t block_bytes(size_t exact) {
 
 class Pool {
  public:
-  static Pool& instance() {
-    static Pool* pool = [] {
-      Pool* p = new Pool();  // never destroyed: tensors may outlive static destruction
-      // fork() while another thread holds the lock would leave it held forever
-      // in the child: the lock is taken around fork() and released on both sides.
-      pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
-                     [] { instance().mutex_.unlock(); });
-      return p;
-    }();
-    return *pool;
-  }
+  static Pool& instance() { return process_instance<Pool>(); }
 
   void* take(size_t bytes) {
     {
@@ -104,6 +94,8 @@ class Pool {
   }
 
  private:
+  template <typename T>
+  friend T& ::rnnfast::cpu::process_instance();
   Pool() : cap_(size_t(bytes_from_env("RNNFAST_POOL_BYTES", int64_t(1) << 30))) {}
   std::mutex mutex_;
   std::multimap<size_t, void*> free_;  // block size -> block

@@ -19,7 +19,10 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <pthread.h>
+
 #include <cstddef>
+#include <cstdint>
 
 namespace rnnfast::cpu {
 
@@ -35,6 +38,21 @@ at::Tensor cpu_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
 // A byte count from the environment variable `name` (a non-negative integer;
 // anything else raises), or `fallback` where it is unset or empty.
 int64_t bytes_from_env(const char* name, int64_t fallback);
+
+// The process-wide instance of T, made on first use and never destroyed
+// (tensors and leases may outlive static destruction), whose `mutex_` is held
+// across fork() and released on both sides: a child must not inherit it
+// locked by a thread it does not have. T befriends this function.
+template <typename T>
+T& process_instance() {
+  static T* instance = [] {
+    T* p = new T();
+    pthread_atfork([] { process_instance<T>().mutex_.lock(); }, [] { process_instance<T>().mutex_.unlock(); },
+                   [] { process_instance<T>().mutex_.unlock(); });
+    return p;
+  }();
+  return *instance;
+}
 
 // Bytes held by the pool while not in use.
 size_t pool_cached_bytes();

@@ -33,16 +33,7 @@ namespace {
 
 class Cache {
  public:
-  static Cache& instance() {
-    static Cache* cache = [] {
-      Cache* c = new Cache();  // never destroyed: leases may outlive static destruction
-      // fork() while another thread holds the lock would leave it held in the child.
-      pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
-                     [] { instance().mutex_.unlock(); });
-      return c;
-    }();
-    return *cache;
-  }
+  static Cache& instance() { return process_instance<Cache>(); }
 
   // The entry for (weight, recipe), marked in use; nullptr when the cache is
   // off, the entry is in use, or it would not fit.
@@ -126,6 +117,8 @@ class Cache {
   }
 
  private:
+  template <typename T>
+  friend T& ::rnnfast::cpu::process_instance();
   Cache() : capacity_(bytes_from_env("RNNFAST_PANEL_CACHE_BYTES", int64_t(512) << 20)) {}
 
   void drop_expired(std::vector<std::shared_ptr<PanelCacheEntry>>& dropped) {

@@ -27,8 +27,7 @@ import torch
 import rnnfast
 from rnnfast import _extension
 
-from conftest import TOL
-from module_cases import Case, flatten
+from cases import TOL, Case, assert_all_close, flatten
 from test_low_precision import LOW_TOL, big, low_precision_setup, relative_error
 
 DEVICE = os.environ.get("RNNFAST_TEST_DEVICE", "cuda")
@@ -102,24 +101,16 @@ def run_on(case, module, inputs, lengths, upstream, device):
     return [t.detach().cpu() for t in outs], [g.detach().cpu() for g in grads]
 
 
-def assert_all_close(got, want, dtype, what):
-    for k, (g, w) in enumerate(zip(got, want)):
-        tol = dict(TOL[dtype])
-        if dtype != torch.float64:
-            tol["atol"] *= max(1.0, w.abs().max().item())
-        torch.testing.assert_close(g, w, **tol, msg=lambda m: f"{what} #{k}: {m}")
-
-
 MATRIX = [
     big(Case("LSTM")),
     big(Case("LSTM", num_layers=2, bidirectional=True, batch_first=True)),
-    big(Case("LSTM", bidirectional=True, form="packed")),
-    big(Case("LSTM", proj_size=9, num_layers=2, form="packed")),
+    big(Case("LSTM", bidirectional=True, form="packed_unsorted")),
+    big(Case("LSTM", proj_size=9, num_layers=2, form="packed_unsorted")),
     big(Case("LSTM", bias=False, form="unbatched")),
-    big(Case("GRU", num_layers=2, bidirectional=True, form="packed")),
+    big(Case("GRU", num_layers=2, bidirectional=True, form="packed_unsorted")),
     big(Case("GRU", bias=False, batch_first=True)),
     big(Case("RNN", nonlinearity="tanh", bidirectional=True)),
-    big(Case("RNN", nonlinearity="relu", form="packed")),
+    big(Case("RNN", nonlinearity="relu", form="packed_unsorted")),
     big(Case("LSTMCell")),
     big(Case("GRUCell", bias=False)),
     big(Case("RNNCell", nonlinearity="tanh", form="unbatched")),
@@ -135,7 +126,7 @@ def test_parity_with_cudnn_and_cpu(case, dtype):
     reference, fast = case.build_pair()
     fast_cpu = case.build(rnnfast)
     fast_cpu.load_state_dict(reference.state_dict())
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     lengths = case.make_lengths()
     with torch.no_grad():
         shapes = [o.shape for o in case.call(reference, *inputs, lengths=lengths)]
@@ -152,8 +143,8 @@ def assert_matches_cudnn_and_cpu(case, got, cudnn, fast_cpu, inputs, lengths, up
         C._set_gpu_emulation(False)
     cpu = run_on(case, fast_cpu, inputs, lengths, upstream, "cpu")
     for name, other in (("torch.nn on " + DEVICE, cudnn), ("rnnfast on the CPU", cpu)):
-        assert_all_close(got[0], other[0], case.dtype, f"output vs {name}")
-        assert_all_close(got[1], other[1], case.dtype, f"gradient vs {name}")
+        assert_all_close(got[0], other[0], f"output vs {name}")
+        assert_all_close(got[1], other[1], f"gradient vs {name}")
 
 
 def lstm_fp32_on_gpu_and_float64():
@@ -163,7 +154,7 @@ def lstm_fp32_on_gpu_and_float64():
     reference, fast = case.build_pair()
     exact = dataclasses.replace(case, dtype=torch.float64).build(torch.nn)
     exact.load_state_dict({k: v.double() for k, v in reference.state_dict().items()})
-    x, h0, c0 = case.make_inputs(requires_grad=False)
+    x, h0, c0 = case.tensors(requires_grad=False)
     with torch.no_grad():
         want = flatten(exact(x.double(), (h0.double(), c0.double())))
         got = flatten(to_device(fast)(x.to(DEVICE), (h0.to(DEVICE), c0.to(DEVICE))))
@@ -191,7 +182,7 @@ def test_persistent_partial_last_block(device_setup):
     reference, fast = case.build_pair()
     fast_cpu = case.build(rnnfast)
     fast_cpu.load_state_dict(reference.state_dict())
-    inputs = case.make_inputs(requires_grad=False)
+    inputs = case.tensors(requires_grad=False)
     upstream = [torch.randn(o.shape) for o in case.call(reference, *inputs)]
     launches = C._gpu_persistent_launches()
     got = run_on(case, to_device(fast), inputs, None, upstream, DEVICE)
@@ -214,12 +205,12 @@ def test_matmul_tf32_switch_does_not_apply():
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_gradcheck_and_gradgradcheck_float64(kind):
-    case = Case(kind, bidirectional=True, form="packed", input_size=3, hidden_size=4, batch=3, seq_len=4,
+    case = Case(kind, bidirectional=True, form="packed_unsorted", input_size=3, hidden_size=4, batch=3, seq_len=4,
                 dtype=torch.float64)
     fast = to_device(case.build(rnnfast))
     lengths = case.make_lengths()
     function, _ = case.params_function(fast, lengths=lengths)
-    args = [t.to(DEVICE).requires_grad_() for t in case.make_inputs(requires_grad=False)]
+    args = [t.to(DEVICE).requires_grad_() for t in case.tensors(requires_grad=False)]
     args += [p.detach().clone().requires_grad_() for p in fast.parameters()]
     assert torch.autograd.gradcheck(function, args)
     assert torch.autograd.gradgradcheck(function, args)
@@ -247,7 +238,7 @@ def test_low_precision(case, dtype):
 def test_autocast_result_dtypes_match_torch(case):
     case = dataclasses.replace(case, dtype=torch.float32)
     reference, fast = case.build_pair()
-    inputs = [t.to(DEVICE) for t in case.make_inputs(requires_grad=False)]
+    inputs = [t.to(DEVICE) for t in case.tensors(requires_grad=False)]
     lengths = case.make_lengths()
     with torch.autocast("cuda", dtype=torch.float16):
         want = case.call(to_device(reference), *inputs, lengths=lengths)
