@@ -1,42 +1,55 @@
 """A benchmark case: a torch.nn module and an rnnfast module with identical weights, one input,
 and a zero-argument ``run()`` per implementation (one training or inference step).
+
+What a module is (kind, options, sizes) is the test suite's case model, tests/cases.py's Case:
+the benchmarks time the same modules the tests check, built the same way.
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 
+import torch
 
-import torch  # noqa: E402
+from flop_model import gemm_flops
+from provenance import REPO_ROOT
+from timing import gpu_series
 
-from flop_model import gemm_flops  # noqa: E402
-from timing import gpu_series  # noqa: E402
-
+sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
+import cases  # noqa: E402  (tests/cases.py)
 
 
 @dataclass
-class Case:
-    """One benchmark configuration: per implementation a module and a zero-argument run()."""
-    cell: str
+class TimedCase:
+    """One benchmark configuration: the modules' case (tests/cases.py), training or inference, and
+    per implementation a module and a zero-argument run()."""
+    spec: cases.Case
     mode: str  # "train" | "infer"
-    T: int
-    B: int
-    I: int
-    H: int
-    proj_size: int = 0
     packed: bool = False
     rows: int = 0  # rows actually processed (sum of lengths for packed input)
     leaf: torch.Tensor | None = None  # the input tensor (its .grad is cleared like the parameters')
-    num_layers: int = 1
-    bidirectional: bool = False
     modules: dict = field(default_factory=dict)
     runs: dict = field(default_factory=dict)
     outputs: dict = field(default_factory=dict)
 
     @property
+    def cell(self) -> str:
+        return self.spec.kind
+
+    @property
     def flops(self) -> float:
-        return gemm_flops(self.cell, self.T, self.B, self.I, self.H, self.mode,
-                          proj_size=self.proj_size, num_layers=self.num_layers,
-                          bidirectional=self.bidirectional, steps_rows=self.rows)
+        s = self.spec
+        return gemm_flops(s.kind, s.seq_len, s.batch, s.input_size, s.hidden_size, self.mode,
+                          proj_size=s.proj_size, num_layers=s.num_layers,
+                          bidirectional=s.bidirectional, steps_rows=self.rows)
+
+
+def spec_of(cell: str, T: int, B: int, I: int, H: int, dtype: torch.dtype = torch.float32,
+            nonlinearity: str | None = None, **options) -> cases.Case:
+    """The case model of a benchmark configuration (options: proj_size, num_layers, bidirectional)."""
+    return cases.Case(kind=cell, nonlinearity=nonlinearity or "tanh", dtype=dtype, input_size=I, hidden_size=H,
+                      batch=B, seq_len=T, **options)
 
 
 def _flat_out(result) -> list:
@@ -62,7 +75,7 @@ def _cell_loop(mod, x):
 def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, device: torch.device,
                proj_size: int = 0, packed: bool = False, seed: int = 0,
                dtype: torch.dtype = torch.float32, nonlinearity: str | None = None,
-               num_layers: int = 1, bidirectional: bool = False) -> Case:
+               num_layers: int = 1, bidirectional: bool = False) -> TimedCase:
     """Build torch.nn.<cell> and rnnfast.<cell> with identical weights (load_state_dict, strict) and one input.
 
     train: forward, then backward of the output and final states with fixed random upstream
@@ -73,14 +86,9 @@ def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, de
     back-propagates from every step's outputs.
     """
     torch.manual_seed(seed)
-    kw = {"proj_size": proj_size} if proj_size else {}
-    if num_layers != 1 or bidirectional:
-        kw.update(num_layers=num_layers, bidirectional=bidirectional)
-    if nonlinearity is not None:
-        kw["nonlinearity"] = nonlinearity
-    ref = getattr(torch.nn, cell)(I, H, **kw).to(device=device, dtype=dtype)
-    fast = getattr(rnnfast, cell)(I, H, **kw).to(device=device, dtype=dtype)
-    fast.load_state_dict(ref.state_dict(), strict=True)
+    spec = spec_of(cell, T, B, I, H, dtype, nonlinearity, proj_size=proj_size, num_layers=num_layers,
+                   bidirectional=bidirectional)
+    ref, fast = (m.to(device) for m in spec.build_pair(training=mode == "train"))
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(T, B, I, generator=g, dtype=dtype).to(device)
     rows = T * B
@@ -96,7 +104,7 @@ def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, de
     else:
         inp = x.requires_grad_(mode == "train")
         leaf = x
-    case = Case(cell, mode, T, B, I, H, proj_size, packed, rows, leaf, num_layers, bidirectional)
+    case = TimedCase(spec, mode, packed, rows, leaf)
 
     is_cell = cell.endswith("Cell")
     flat = (lambda mod: _cell_loop(mod, inp)) if is_cell else (lambda mod: _flat_out(mod(inp)))

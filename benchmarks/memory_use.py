@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from timing import IMPLS, sync  # noqa: E402
 
 if TYPE_CHECKING:
-    from bench_cases import Case
+    from bench_cases import TimedCase
 
 
 
@@ -132,14 +132,14 @@ def validate_peak_alloc(device: torch.device, tol: float = 0.02) -> dict:
     return res
 
 
-def _clear_grads(case: Case, mod: torch.nn.Module) -> None:
+def _clear_grads(case: TimedCase, mod: torch.nn.Module) -> None:
     for p in mod.parameters():
         p.grad = None
     if case.leaf is not None:
         case.leaf.grad = None
 
 
-def measure_memory(case: Case, device: torch.device, impls=IMPLS, rss: bool = True) -> dict:
+def measure_memory(case: TimedCase, device: torch.device, impls=IMPLS, rss: bool = True) -> dict:
     """Per implementation: one profiled run for peak allocated bytes (+ one plain run for the RSS hint)."""
     res = {}
     for impl in impls:

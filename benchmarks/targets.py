@@ -213,7 +213,7 @@ def run_self_targets(rnnfast, device, dtype: torch.dtype, repeats: int, min_samp
             continue
         cases = {"float32": bench_cases.build_case(cell, "train", T, B, H, H, rnnfast, device, **extra),
                  low: bench_cases.build_case(cell, "train", T, B, H, H, rnnfast, device, dtype=dtype, **extra)}
-        both = bench_cases.Case(cell, "train", T, B, H, H)
+        both = bench_cases.TimedCase(cases["float32"].spec, "train")
         both.runs = {k: c.runs["rnnfast"] for k, c in cases.items()}
         tm = timing.time_interleaved(both, repeats, warmup=1, min_sample_s=min_sample, device=device,
                                  impls=("float32", low), max_discards=max_discards,

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 from machine_load import BUSY_CORES, LoadMonitor, wait_quiet  # noqa: E402
 
 if TYPE_CHECKING:
-    from bench_cases import Case
+    from bench_cases import TimedCase
 
 # The implementations a case times, in the order of every result table.
 IMPLS = ("torch", "rnnfast")
@@ -80,7 +80,7 @@ def timed_ms(run: Callable[[], object], inner: int, device: torch.device) -> flo
     return (time.perf_counter() - t0) / inner * 1e3
 
 
-def time_interleaved(case: Case, repeats: int, warmup: int = 1, min_sample_s: float = 0.05,
+def time_interleaved(case: TimedCase, repeats: int, warmup: int = 1, min_sample_s: float = 0.05,
                      device: torch.device = torch.device("cpu"), impls=IMPLS,
                      max_discards: int | None = None, wait_quiet_s: float = 120.0) -> dict:
     """Warm up every implementation, then `repeats` rounds that alternate them (ABBA order).

@@ -20,8 +20,6 @@ import threading
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-import rnnfast
-
 # Relative / absolute tolerance of a comparison, per dtype.  float64 is tight: rnnfast and torch do
 # the same arithmetic up to summation order.  The float32 numbers were calibrated on torch float32
 # vs torch float64 (LSTM/GRU, T=300, 3 layers, gradients included): torch's own float32 error
@@ -62,6 +60,8 @@ SMALL = dict(input_size=2, hidden_size=3, batch=2, seq_len=3)
 
 def fast_module_class(kind: str) -> type:
     """The rnnfast module class under test, e.g. ``rnnfast.LSTM`` for "LSTM"."""
+    import rnnfast  # here: the benchmarks import this module before they import rnnfast
+
     return getattr(rnnfast, kind)
 
 
@@ -187,6 +187,8 @@ class Case:
     def build_pair(self, training: bool = True) -> tuple[torch.nn.Module, torch.nn.Module]:
         """(torch.nn module, rnnfast module): the rnnfast one loaded from the torch one's
         state_dict (strict), both in the same train/eval mode."""
+        import rnnfast
+
         reference = self.build(torch.nn)
         fast = self.build(rnnfast)
         fast.load_state_dict(reference.state_dict(), strict=True)
