@@ -40,7 +40,7 @@ ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 run_instrumented -m pytest -q -p no
   --rootdir "$ROOT" "$ROOT/tests/test_parity.py" "$ROOT/tests/test_ops.py" "$ROOT/tests/test_errors.py" \
   "$ROOT/tests/test_kernels.py" "$ROOT/tests/test_gradcheck.py" "$ROOT/tests/test_numerics.py" \
   "$ROOT/tests/test_double_backward.py" "$ROOT/tests/test_low_precision.py" \
-  "$ROOT/tests/test_reliability.py" -k "not leak and not fork and not dataloader"
+  "$ROOT/tests/test_reliability.py" "$ROOT/tests/test_state_dict.py" -k "not leak and not fork and not dataloader"
 echo "== sanitize: tests took $(( $(date +%s) - start )) s"
 
 start=$(date +%s)
