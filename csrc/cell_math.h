@@ -4,7 +4,7 @@
 // compiled three ways and must stay free of any library dependency:
 //   * by g++ with V = float/double (the GPU path's emulated executor, the C++
 //     unit test),
-//   * by g++ with V = at::vec::Vectorized<T> (the CPU row kernels, whole and
+//   * by g++ with V = simd::Vec<T> (cpu/simd.h: the CPU row kernels, whole and
 //     partial vectors alike: cpu/vec_math.h has the matching Math policy),
 //   * by nvcc with V = float/double inside __global__ kernels (RNNFAST_HD).
 //

@@ -7,10 +7,10 @@
 
 // The gradient w.r.t. the step's output, dy + dh (either may be absent).
 template <typename S>
-inline Vectorized<acc_t<S>> step_gradient(const CellBackwardRows<S>& a, int64_t b, int64_t u,
+inline simd::Vec<acc_t<S>> step_gradient(const CellBackwardRows<S>& a, int64_t b, int64_t u,
                                           int64_t n) {
-  using V = Vectorized<acc_t<S>>;
-  V d = a.dy ? Storage<S>::load(a.dy + b * a.ld_dy + u, n) : V(acc_t<S>(0));
+  using V = simd::Vec<acc_t<S>>;
+  V d = a.dy ? Storage<S>::load(a.dy + b * a.ld_dy + u, n) : V::zero();
   if (a.dh) d = d + load(a.dh + b * a.ld_dh + u, n);
   return d;
 }
@@ -19,7 +19,7 @@ inline Vectorized<acc_t<S>> step_gradient(const CellBackwardRows<S>& a, int64_t 
 template <typename S, bool Training>
 void lstm_forward_rows(const CellForwardRows<S>& a) {
   using T = acc_t<S>;
-  using V = Vectorized<T>;
+  using V = simd::Vec<T>;
   using IO = Storage<S>;
   const int64_t H = a.H;
   const int64_t nu = a.u1 - a.u0;
@@ -53,7 +53,7 @@ void lstm_forward_rows(const CellForwardRows<S>& a) {
 template <typename S>
 void lstm_backward_rows(const CellBackwardRows<S>& a) {
   using T = acc_t<S>;
-  using V = Vectorized<T>;
+  using V = simd::Vec<T>;
   using IO = Storage<S>;
   const int64_t H = a.H;
   for (int64_t b = 0; b < a.rows; ++b) {
@@ -82,7 +82,7 @@ void lstm_backward_rows(const CellBackwardRows<S>& a) {
 template <typename S, bool Training>
 void gru_forward_rows(const CellForwardRows<S>& a) {
   using T = acc_t<S>;
-  using V = Vectorized<T>;
+  using V = simd::Vec<T>;
   using IO = Storage<S>;
   const int64_t H = a.H;
   const int64_t nu = a.u1 - a.u0;
@@ -115,7 +115,7 @@ void gru_forward_rows(const CellForwardRows<S>& a) {
 template <typename S>
 void gru_backward_rows(const CellBackwardRows<S>& a) {
   using T = acc_t<S>;
-  using V = Vectorized<T>;
+  using V = simd::Vec<T>;
   using IO = Storage<S>;
   const int64_t H = a.H;
   for (int64_t b = 0; b < a.rows; ++b) {

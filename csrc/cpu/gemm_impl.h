@@ -141,8 +141,8 @@ inline void pack_b_paired(int64_t K, int64_t N, const BF16* src, int64_t k_strid
         if (columns.offset(j0 + c + 15) - first != 15 * stride) break;  // crosses a block
         int64_t p = 0;
         for (; p + 16 <= K / 2; p += 16)
-          at::vec::transpose_mxn<float, 16, 16>(reinterpret_cast<const float*>(src + first + 2 * p),
-                                                stride / 2, words + p * NR + c, NR);
+          simd::transpose_16x16(reinterpret_cast<const float*>(src + first + 2 * p), stride / 2,
+                                words + p * NR + c, NR);
         for (; p < pairs; ++p)
           for (int64_t q = 0; q < 16; ++q) {
             const BF16* col = src + first + q * stride;
@@ -175,8 +175,8 @@ void pack_b_acc(int64_t K, int64_t N, const S* src, int64_t k_stride, ColumnMap 
 #if defined(RNNFAST_INLINE_FLOAT_MATH)
     // Weights stored transposed (k contiguous, w_ih^T and w_hh^T): 16x16 blocks
     // through a register transpose instead of one scalar store per element
-    // (16-bit weights: at::vec's 16-bit transpose, then converted; the AVX2
-    // build transposes float only).
+    // (16-bit weights in the AVX-512 builds: converted to float, then
+    // transposed; the AVX2 build transposes float only).
 #if defined(CPU_CAPABILITY_AVX512)
     constexpr bool kBlocks = !std::is_same_v<S, double>;
 #else
@@ -191,11 +191,11 @@ void pack_b_acc(int64_t K, int64_t N, const S* src, int64_t k_stride, ColumnMap 
           int64_t k = 0;
           for (; k + 16 <= K; k += 16) {
             if constexpr (std::is_same_v<S, float>) {
-              at::vec::transpose_mxn<float, 16, 16>(src + first + k, stride, panel + k * NR + c, NR);
+              simd::transpose_16x16(src + first + k, stride, panel + k * NR + c, NR);
             } else {
-              alignas(64) S block[16][16];  // [k][column]
-              at::vec::transpose_mxn<S, 16, 16>(src + first + k, stride, &block[0][0], 16);
-              for (int64_t kk = 0; kk < 16; ++kk) Storage<S>::load(block[kk], 16).store(panel + (k + kk) * NR + c);
+              alignas(64) float block[16][16];  // [column][k]
+              for (int64_t q = 0; q < 16; ++q) Storage<S>::load(src + first + q * stride + k, 16).store(block[q]);
+              simd::transpose_16x16(&block[0][0], 16, panel + k * NR + c, NR);
             }
           }
           for (; k < K; ++k)
@@ -209,14 +209,14 @@ void pack_b_acc(int64_t K, int64_t N, const S* src, int64_t k_stride, ColumnMap 
     const int64_t run = std::min(NR, N - j0);
     if (c == 0 && columns.col_stride == 1 && k_stride != 1 &&
         columns.offset(j0 + run - 1) - columns.offset(j0) == run - 1) {
-      using V = Vectorized<acc_t<S>>;
+      using V = simd::Vec<acc_t<S>>;
       const S* first = src + columns.offset(j0);
       for (int64_t k = 0; k < K; ++k) {
         const S* row = first + k * k_stride;
         P* dst = panel + k * NR;
         for_each_vector<acc_t<S>>(0, NR, [&](int64_t q, int64_t n) {
           const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(n, run - q));
-          store(dst + q, valid == 0 ? V(acc_t<S>(0)) : Storage<S>::load(row + q, valid), n);
+          store(dst + q, valid == 0 ? V::zero() : Storage<S>::load(row + q, valid), n);
         });
       }
       continue;
@@ -275,7 +275,7 @@ void pack_b_rows(int64_t K, int64_t N, const S* const* row_ptrs, int64_t col0, v
         P* dst = panel + k * NR;
         for_each_vector<acc_t<S>>(0, NR, [&](int64_t q, int64_t w) {
           const int64_t valid = std::max<int64_t>(0, std::min<int64_t>(w, n - q));
-          store(dst + q, valid == 0 ? Vectorized<P>(P(0)) : Storage<S>::load(src + q, valid), w);
+          store(dst + q, valid == 0 ? simd::Vec<P>::zero() : Storage<S>::load(src + q, valid), w);
         });
       } else {
         for (int64_t c = 0; c < n; ++c) panel[panel_index<S>(k, c)] = to_panel<S>(src[c]);
@@ -399,9 +399,8 @@ inline void panel_tile_bf16(int64_t K, const c10::BFloat16* A_, int64_t lda,
     for (int c = 0; c < C; ++c) {
       const int64_t n = std::min<int64_t>(16, ncols - c * 16);
       if (n <= 0) break;
-      Vectorized<float> out(acc[r][c]);
-      if (beta != 0.f)
-        out = at::vec::fmadd(Vectorized<float>(beta), load(crow + c * 16, n), out);
+      simd::Vec<float> out{acc[r][c]};
+      if (beta != 0.f) out = simd::fmadd(simd::Vec<float>::broadcast(beta), load(crow + c * 16, n), out);
       store(crow + c * 16, out, n);
     }
   }
@@ -526,9 +525,9 @@ inline int64_t gemm_direct_16(int64_t N, int64_t K, const S* a, const S* Wt, int
 #endif
     for (; k < K; k += 16) {
       const int64_t n = std::min<int64_t>(16, K - k);
-      const __m512 av = __m512(Storage<S>::load(a + k, n));
+      const __m512 av = Storage<S>::load(a + k, n).v;
       for (int j = 0; j < 16; ++j)
-        acc[j] = _mm512_fmadd_ps(av, __m512(Storage<S>::load(w + j * ldw + k, n)), acc[j]);
+        acc[j] = _mm512_fmadd_ps(av, Storage<S>::load(w + j * ldw + k, n).v, acc[j]);
     }
     __m512 sums = sum_lanes_of_16(acc);
     if (beta != 0.f) sums = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_loadu_ps(c + n0), sums);
@@ -562,9 +561,9 @@ inline int64_t gemm_direct_8(int64_t N, int64_t K, const S* a, const S* Wt, int6
     const S* w = Wt + n0 * ldw;
     for (int64_t k = 0; k < K; k += 8) {
       const int64_t n = std::min<int64_t>(8, K - k);
-      const __m256 av = __m256(Storage<S>::load(a + k, n));
+      const __m256 av = Storage<S>::load(a + k, n).v;
       for (int j = 0; j < 8; ++j)
-        acc[j] = _mm256_fmadd_ps(av, __m256(Storage<S>::load(w + j * ldw + k, n)), acc[j]);
+        acc[j] = _mm256_fmadd_ps(av, Storage<S>::load(w + j * ldw + k, n).v, acc[j]);
     }
     __m256 sums = sum_lanes_of_8(acc);
     if (beta != 0.f) sums = _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(c + n0), sums);
@@ -582,7 +581,7 @@ template <typename S>
 void gemm_direct(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* Wt,
                  int64_t ldw, acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
   using T = acc_t<S>;
-  using V = Vectorized<T>;
+  using V = simd::Vec<T>;
   constexpr int J = 4;  // outputs at a time (independent accumulators)
   for (int64_t m = 0; m < M; ++m) {
     const S* a = A_ + m * lda;
@@ -595,14 +594,14 @@ void gemm_direct(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, cons
     for (int64_t n0 = first; n0 < N; n0 += J) {
       const int64_t nj = std::min<int64_t>(J, N - n0);
       V acc[J];
-      for (int j = 0; j < J; ++j) acc[j] = V(T(0));
+      for (int j = 0; j < J; ++j) acc[j] = V::zero();
       for_each_vector<T>(0, K, [&](int64_t k, int64_t n) {
         const V av = Storage<S>::load(a + k, n);
         for (int j = 0; j < nj; ++j)
-          acc[j] = at::vec::fmadd(av, Storage<S>::load(Wt + (n0 + j) * ldw + k, n), acc[j]);
+          acc[j] = simd::fmadd(av, Storage<S>::load(Wt + (n0 + j) * ldw + k, n), acc[j]);
       });
       for (int j = 0; j < nj; ++j) {
-        T dot = at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, acc[j]);
+        const T dot = simd::reduce_add(acc[j]);
         T* c = Cm + m * ldc + n0 + j;
         *c = beta == T(0) ? dot : dot + beta * *c;
       }
@@ -617,29 +616,29 @@ template <typename S>
 void gemm_rows(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* Bm,
                int64_t ldb, acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
   using T = acc_t<S>;
-  using V = Vectorized<T>;
-  constexpr int64_t W = V::size();
+  using V = simd::Vec<T>;
+  constexpr int64_t W = V::size;
   constexpr int C = kPanelVectors;
   for (int64_t m = 0; m < M; ++m) {
     const S* a = A_ + m * lda;
     T* c = Cm + m * ldc;
     for (int64_t n0 = 0; n0 < N; n0 += C * W) {
       V acc[C];
-      for (int q = 0; q < C; ++q) acc[q] = V(T(0));
+      for (int q = 0; q < C; ++q) acc[q] = V::zero();
       for (int64_t k = 0; k < K; ++k) {
-        const V av(Storage<S>::scalar(a[k]));
+        const V av = V::broadcast(Storage<S>::scalar(a[k]));
         const S* b = Bm + k * ldb + n0;
         for (int q = 0; q < C; ++q) {
           const int64_t n = std::min<int64_t>(W, N - n0 - q * W);
           if (n <= 0) break;
-          acc[q] = at::vec::fmadd(av, Storage<S>::load(b + q * W, n), acc[q]);
+          acc[q] = simd::fmadd(av, Storage<S>::load(b + q * W, n), acc[q]);
         }
       }
       for (int q = 0; q < C; ++q) {
         const int64_t n = std::min<int64_t>(W, N - n0 - q * W);
         if (n <= 0) break;
         V out = acc[q];
-        if (beta != T(0)) out = at::vec::fmadd(V(beta), load(c + n0 + q * W, n), out);
+        if (beta != T(0)) out = simd::fmadd(V::broadcast(beta), load(c + n0 + q * W, n), out);
         store(c + n0 + q * W, out, n);
       }
     }
@@ -665,8 +664,18 @@ void transpose(int64_t rows, int64_t cols, const S* src, int64_t lds, S* dst, in
   if constexpr (kBlocks) {
     for (; r0 + 16 <= rows; r0 += 16) {
       int64_t c0 = 0;
-      for (; c0 + 16 <= cols; c0 += 16)
-        at::vec::transpose_mxn<S, 16, 16>(src + r0 * lds + c0, lds, dst + c0 * ldd + r0, ldd);
+      for (; c0 + 16 <= cols; c0 += 16) {
+        const S* in = src + r0 * lds + c0;
+        S* out = dst + c0 * ldd + r0;
+        if constexpr (std::is_same_v<S, float>) {
+          simd::transpose_16x16(in, lds, out, ldd);
+        } else {  // 16-bit (AVX-512 builds): through float, exact both ways
+          alignas(64) float rows_f[16][16], cols_f[16][16];
+          for (int r = 0; r < 16; ++r) Storage<S>::load(in + r * lds, 16).store(rows_f[r]);
+          simd::transpose_16x16(&rows_f[0][0], 16, &cols_f[0][0], 16);
+          for (int c = 0; c < 16; ++c) Storage<S>::store(out + c * ldd, simd::Vec<float>::load(cols_f[c]), 16);
+        }
+      }
       for (; c0 < cols; ++c0)
         for (int64_t r = r0; r < r0 + 16; ++r) dst[c0 * ldd + r] = src[r * lds + c0];
     }
@@ -703,7 +712,7 @@ void to_storage(int64_t rows, int64_t cols, const acc_t<S>* src, int64_t lds, S*
 template <typename S>
 double fma_loop(int64_t iterations, double* flops) {
   using T = acc_t<S>;
-  using V = Vectorized<T>;
+  using V = simd::Vec<T>;
   constexpr int kChains = 12;
 #if defined(RNNFAST_NATIVE_BF16)
   if constexpr (std::is_same_v<S, c10::BFloat16>) {
@@ -719,12 +728,12 @@ double fma_loop(int64_t iterations, double* flops) {
   }
 #endif
   V acc[kChains];
-  for (int j = 0; j < kChains; ++j) acc[j] = V(T(1) + T(j) * T(1e-3));
-  const V m(T(0.9999999)), a(T(1e-7));
+  for (int j = 0; j < kChains; ++j) acc[j] = V::broadcast(T(1) + T(j) * T(1e-3));
+  const V m = V::broadcast(T(0.9999999)), a = V::broadcast(T(1e-7));
   for (int64_t i = 0; i < iterations; ++i)
-    for (int j = 0; j < kChains; ++j) acc[j] = at::vec::fmadd(acc[j], m, a);
+    for (int j = 0; j < kChains; ++j) acc[j] = simd::fmadd(acc[j], m, a);
   V sum = acc[0];
   for (int j = 1; j < kChains; ++j) sum = sum + acc[j];
-  *flops = 2.0 * kChains * V::size() * double(iterations);
-  return double(at::vec::vec_reduce_all<T>([](V& x, V& y) { return x + y; }, sum));
+  *flops = 2.0 * kChains * V::size * double(iterations);
+  return double(simd::reduce_add(sum));
 }

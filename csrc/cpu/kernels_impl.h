@@ -1,15 +1,16 @@
 // Bodies of the per-instruction-set CPU kernels declared in cpu/kernels.h.
 //
 // Included once by each cpu/kernels_<isa>.cpp, which is compiled with that
-// instruction set's flags and CPU_CAPABILITY=<ISA>. at::vec puts Vectorized<T>
-// into the inline namespace at::vec::CPU_CAPABILITY, and this file puts the
-// kernels into rnnfast::cpu::CPU_CAPABILITY, so the builds never share a
-// symbol. Keep the included files free of anything that could emit
-// out-of-line code shared with other translation units (no std::string, no
-// exceptions).
+// instruction set's flags and CPU_CAPABILITY=<ISA>. simd.h puts its vectors
+// into the inline namespace rnnfast::simd::CPU_CAPABILITY, and this file puts
+// the kernels into rnnfast::cpu::CPU_CAPABILITY, so the builds never share a
+// symbol. No torch vector header (at::vec) is included: the stable ABI
+// (issue 16) refuses them. Keep the included files free of anything that
+// could emit out-of-line code shared with other translation units (no
+// std::string, no exceptions).
 //
-//   simd.h           the project's own vector layer (the GEMM's tiles; the
-//                    rest still uses at::vec, see issue 16)
+//   simd.h           the project's own vector layer: every vector operation
+//                    of the kernels below
 //   vec_math.h       exp/sigmoid/tanh, the Math policy of cell_math.h, loads,
 //                    stores, storage <-> accumulation conversions
 //   gemm_impl.h      packing, the GEMMs, helpers of the weight gradients
@@ -21,9 +22,6 @@
 #error "kernels_impl.h must be included from a kernels_<isa>.cpp compiled with CPU_CAPABILITY set"
 #endif
 
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
-
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -33,8 +31,6 @@
 #include "simd.h"
 
 namespace rnnfast::cpu::CPU_CAPABILITY {
-
-using at::vec::Vectorized;
 
 #include "vec_math.h"
 #include "gemm_impl.h"
