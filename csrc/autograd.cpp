@@ -60,21 +60,21 @@ NodePtr self_ptr(NodeT& node) {
 }
 
 // Typed handles of the ops, looked up once.
-const c10::TypedOperatorHandle<ForwardResult(c10::string_view, const Tensor&, const OptTensor&,
+const c10::TypedOperatorHandle<ForwardResult(int64_t, const Tensor&, const OptTensor&,
                                              const Tensor&, const OptTensor&, const Tensor&,
                                              const Tensor&, const OptTensor&, const OptTensor&,
                                              const OptTensor&, bool)>&
 forward_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("rnnfast::layer_forward", "")
-                             .typed<ForwardResult(c10::string_view, const Tensor&, const OptTensor&,
+                             .typed<ForwardResult(int64_t, const Tensor&, const OptTensor&,
                                                   const Tensor&, const OptTensor&, const Tensor&,
                                                   const Tensor&, const OptTensor&,
                                                   const OptTensor&, const OptTensor&, bool)>();
   return op;
 }
 
-const c10::TypedOperatorHandle<ForwardTrainResult(c10::string_view, const Tensor&,
+const c10::TypedOperatorHandle<ForwardTrainResult(int64_t, const Tensor&,
                                                   const OptTensor&, const Tensor&,
                                                   const OptTensor&, const Tensor&, const Tensor&,
                                                   const OptTensor&, const OptTensor&,
@@ -83,13 +83,13 @@ forward_train_op() {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("rnnfast::layer_forward_train", "")
-          .typed<ForwardTrainResult(c10::string_view, const Tensor&, const OptTensor&,
+          .typed<ForwardTrainResult(int64_t, const Tensor&, const OptTensor&,
                                     const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
                                     const OptTensor&, const OptTensor&, const OptTensor&, bool)>();
   return op;
 }
 
-using BackwardSignature = BackwardResult(c10::string_view, const Tensor&, const OptTensor&,
+using BackwardSignature = BackwardResult(int64_t, const Tensor&, const OptTensor&,
                                          const Tensor&, const OptTensor&, const Tensor&,
                                          const Tensor&, const OptTensor&, const OptTensor&,
                                          const OptTensor&, bool, const Tensor&, const Tensor&,
@@ -110,14 +110,14 @@ OptTensor opt(const Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor()
 constexpr int kNumLayerInputs = 8;  // x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
 
 struct SavedLayerInputs {
-  std::string cell;
+  int64_t cell = 0;  // CellType code
   Tensor batch_sizes;  // int64 CPU, never differentiable (undefined: padded)
   bool reverse = false;
   std::array<SavedVariable, kNumLayerInputs> v;
 
-  void save(c10::string_view cell_name, const OptTensor& bs, bool rev,
+  void save(int64_t cell_code, const OptTensor& bs, bool rev,
             const std::array<Tensor, kNumLayerInputs>& inputs) {
-    cell.assign(cell_name.data(), cell_name.size());
+    cell = cell_code;
     batch_sizes = value(bs);
     reverse = rev;
     for (int k = 0; k < kNumLayerInputs; ++k) v[k] = SavedVariable(inputs[k], /*is_output=*/false);
@@ -281,14 +281,14 @@ std::array<Tensor, kNumLayerInputs> layer_tensors(const Tensor& x, const Tensor&
 // Records the first-order node around a training forward, or returns null
 // when no input needs a gradient.
 auto make_forward_node(
-    c10::string_view cell, const OptTensor& batch_sizes, bool reverse,
+    int64_t cell, const OptTensor& batch_sizes, bool reverse,
     const std::array<Tensor, kNumLayerInputs>& t) {
   decltype(make_node<LayerForwardBackward>()) node;
   if (!compute_requires_grad(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7])) return node;
   node = make_node<LayerForwardBackward>();
   node->set_next_edges(collect_next_edges(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]));
   node->in.save(cell, batch_sizes, reverse, t);
-  node->cell_state = cell_info(parse_cell_or_throw(cell)).cell_state;
+  node->cell_state = cell_info(cell_from_code(cell)).cell_state;
   return node;
 }
 
@@ -306,7 +306,7 @@ void finish_forward_node(LayerForwardBackward& node, const Tensor& y, const Tens
   node.workspace = SavedVariable(workspace, /*is_output=*/false);
 }
 
-ForwardTrainResult run_forward_train(c10::string_view cell, const Tensor& x,
+ForwardTrainResult run_forward_train(int64_t cell, const Tensor& x,
                                      const OptTensor& batch_sizes, const Tensor& h0,
                                      const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                                      const OptTensor& b_ih, const OptTensor& b_hh,
@@ -322,7 +322,7 @@ ForwardTrainResult run_forward_train(c10::string_view cell, const Tensor& x,
   return r;
 }
 
-ForwardResult layer_forward_autograd(c10::DispatchKeySet ks, c10::string_view cell,
+ForwardResult layer_forward_autograd(c10::DispatchKeySet ks, int64_t cell,
                                      const Tensor& x, const OptTensor& batch_sizes,
                                      const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                                      const Tensor& w_hh, const OptTensor& b_ih,
@@ -344,7 +344,7 @@ ForwardResult layer_forward_autograd(c10::DispatchKeySet ks, c10::string_view ce
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
 }
 
-ForwardTrainResult layer_forward_train_autograd(c10::DispatchKeySet ks, c10::string_view cell,
+ForwardTrainResult layer_forward_train_autograd(c10::DispatchKeySet ks, int64_t cell,
                                                 const Tensor& x, const OptTensor& batch_sizes,
                                                 const Tensor& h0, const OptTensor& c0,
                                                 const Tensor& w_ih, const Tensor& w_hh,
@@ -362,7 +362,7 @@ ForwardTrainResult layer_forward_train_autograd(c10::DispatchKeySet ks, c10::str
                            node.get());
 }
 
-BackwardResult layer_backward_autograd(c10::DispatchKeySet ks, c10::string_view cell,
+BackwardResult layer_backward_autograd(c10::DispatchKeySet ks, int64_t cell,
                                        const Tensor& x, const OptTensor& batch_sizes,
                                        const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                                        const Tensor& w_hh, const OptTensor& b_ih,

@@ -29,6 +29,7 @@ py::list cell_table() {
   for (const CellInfo& c : kCells) {
     py::dict d;
     d["name"] = c.name;
+    d["code"] = static_cast<int>(c.type);  // the ops' `int cell`
     d["gates"] = c.gates;
     d["cell_state"] = c.cell_state;
     d["projection"] = c.projection;

@@ -11,11 +11,12 @@
 
 namespace rnnfast {
 
-CellType parse_cell_or_throw(c10::string_view cell) {
-  for (const CellInfo& c : kCells)
-    if (cell == c10::string_view(c.name)) return c.type;
-  TORCH_CHECK(false, "rnnfast: unknown cell '", std::string(cell.data(), cell.size()),
-              "' (expected LSTM, GRU, RNN_TANH or RNN_RELU)");
+CellType cell_from_code(int64_t cell) {
+  // The message names the code through std::to_string: no integer is
+  // formatted by TORCH_CHECK itself (docs/ARCHITECTURE.md: the GPU machine's quirk).
+  TORCH_CHECK(cell >= 0 && cell < kNumCellTypes, "rnnfast: unknown cell code ", std::to_string(cell),
+              " (expected 0 LSTM, 1 GRU, 2 RNN_TANH or 3 RNN_RELU)");
+  return static_cast<CellType>(cell);
 }
 
 namespace {
@@ -24,13 +25,13 @@ OptTensor contiguous(const OptTensor& t) {
 }
 }  // namespace
 
-LayerInputs make_layer_inputs(c10::string_view cell, const Tensor& x, const OptTensor& batch_sizes,
+LayerInputs make_layer_inputs(int64_t cell, const Tensor& x, const OptTensor& batch_sizes,
                               const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                               const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                               const OptTensor& w_hr, bool reverse) {
   TORCH_CHECK(x.defined() && h0.defined() && w_ih.defined() && w_hh.defined(),
               "rnnfast: x, h0, w_ih and w_hh are required");
-  return LayerInputs{parse_cell_or_throw(cell),
+  return LayerInputs{cell_from_code(cell),
                      x.contiguous(),
                      contiguous(batch_sizes),
                      h0.contiguous(),
@@ -46,9 +47,12 @@ Tensor or_empty(const Tensor& t, const Tensor& like) {
 
 }  // namespace rnnfast
 
-// One schema argument list for the layer inputs of every op.
+// One schema argument list for the layer inputs of every op. `cell` is a
+// CellType code (cells.h; rnnfast/_cells.py's Cell.code), not the mode string:
+// torch 2.13's stable-ABI boxing leaks ~48 bytes per call of a str argument
+// (pytorch#191340), and an int costs no parse per call.
 #define RNNFAST_LAYER_ARGS                                                                     \
-  "str cell, Tensor x, Tensor? batch_sizes, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, " \
+  "int cell, Tensor x, Tensor? batch_sizes, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, " \
   "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse"
 
 TORCH_LIBRARY(rnnfast, m) {

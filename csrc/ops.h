@@ -15,7 +15,6 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <c10/util/string_view.h>
 
 #include <array>
 #include <tuple>
@@ -29,11 +28,12 @@ using ForwardTrainResult = std::tuple<Tensor, Tensor, Tensor, Tensor>;
 using BackwardResult =
     std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-CellType parse_cell_or_throw(c10::string_view cell);
+// The cell of a CellType code (the ops' `int cell`); unknown codes raise.
+CellType cell_from_code(int64_t cell);
 
 // The op arguments as LayerInputs: every tensor made contiguous (a no-op for
 // the usual inputs), batch_sizes kept where given.
-LayerInputs make_layer_inputs(c10::string_view cell, const Tensor& x, const OptTensor& batch_sizes,
+LayerInputs make_layer_inputs(int64_t cell, const Tensor& x, const OptTensor& batch_sizes,
                               const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                               const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                               const OptTensor& w_hr, bool reverse);
@@ -45,7 +45,7 @@ Tensor or_empty(const Tensor& t, const Tensor& like);
 template <LayerOutputs (*Forward)(const LayerInputs&, bool),
           LayerGrads (*Backward)(const LayerBackwardInputs&)>
 struct DeviceOps {
-  static ForwardResult forward(c10::string_view cell, const Tensor& x, const OptTensor& batch_sizes,
+  static ForwardResult forward(int64_t cell, const Tensor& x, const OptTensor& batch_sizes,
                                const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                                const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                const OptTensor& w_hr, bool reverse) {
@@ -55,7 +55,7 @@ struct DeviceOps {
     return {o.y, o.h_n, o.c_n};
   }
 
-  static ForwardTrainResult forward_train(c10::string_view cell, const Tensor& x,
+  static ForwardTrainResult forward_train(int64_t cell, const Tensor& x,
                                           const OptTensor& batch_sizes, const Tensor& h0,
                                           const OptTensor& c0, const Tensor& w_ih,
                                           const Tensor& w_hh, const OptTensor& b_ih,
@@ -67,7 +67,7 @@ struct DeviceOps {
     return {o.y, o.h_n, o.c_n, o.workspace};
   }
 
-  static BackwardResult backward(c10::string_view cell, const Tensor& x,
+  static BackwardResult backward(int64_t cell, const Tensor& x,
                                  const OptTensor& batch_sizes, const Tensor& h0,
                                  const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                                  const OptTensor& b_ih, const OptTensor& b_hh,

@@ -13,6 +13,7 @@ import dataclasses
 @dataclasses.dataclass(frozen=True)
 class Cell:
     name: str  # torch.nn's mode string: "LSTM", "GRU", "RNN_TANH", "RNN_RELU"
+    code: int  # CellType in cells.h: the ops' `int cell` argument
     gates: int  # gate blocks of H rows in weight_ih / weight_hh
     cell_state: bool  # carries c next to h
     projection: bool  # may have weight_hr (proj_size)
@@ -28,9 +29,11 @@ class Cell:
 CELLS: dict[str, Cell] = {
     cell.name: cell
     for cell in (
-        Cell("LSTM", 4, cell_state=True, projection=True, separate_hidden=False, saved=("gates", "cell")),
-        Cell("GRU", 3, cell_state=False, projection=False, separate_hidden=True, saved=("gates", "hidden_n")),
-        Cell("RNN_TANH", 1, cell_state=False, projection=False, separate_hidden=False, saved=()),
-        Cell("RNN_RELU", 1, cell_state=False, projection=False, separate_hidden=False, saved=()),
+        Cell("LSTM", 0, 4, cell_state=True, projection=True, separate_hidden=False, saved=("gates", "cell")),
+        Cell("GRU", 1, 3, cell_state=False, projection=False, separate_hidden=True, saved=("gates", "hidden_n")),
+        Cell("RNN_TANH", 2, 1, cell_state=False, projection=False, separate_hidden=False, saved=()),
+        Cell("RNN_RELU", 3, 1, cell_state=False, projection=False, separate_hidden=False, saved=()),
     )
 }
+
+CELL_OF_CODE: dict[int, Cell] = {cell.code: cell for cell in CELLS.values()}

@@ -5,7 +5,9 @@ autograd in ``csrc/autograd.cpp``) and registered when ``rnnfast._C`` is importe
 
 ``rnnfast::layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
 -> (y, h_n, c_n)``
-    One layer-direction on the time-major packed layout: ``x: [N, I]`` rows of all steps,
+    One layer-direction on the time-major packed layout. ``cell`` is the cell's code
+    (``_cells.Cell.code``: 0 LSTM, 1 GRU, 2 RNN_TANH, 3 RNN_RELU; an int, not the mode string, because
+    the stable ABI's boxing of a ``str`` argument leaks in torch 2.13). ``x: [N, I]`` rows of all steps,
     ``batch_sizes: [T]`` int64 CPU (or None for a padded input: T = N / B steps of B rows),
     ``h0: [B, P]``, ``c0: [B, H]`` (LSTM) or None; weights in torch.nn's layout. Returns
     ``y: [N, P]``, ``h_n: [B, P]``, ``c_n: [B, H]`` (``[0]`` for cells without a cell state).
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from ._cells import CELLS
+from ._cells import CELL_OF_CODE
 from ._extension import _C
 
 layer_forward = layer_forward_train = layer_backward = None
@@ -35,9 +37,10 @@ if _C is not None:
     layer_forward_train = torch.ops.rnnfast.layer_forward_train.default
     layer_backward = torch.ops.rnnfast.layer_backward.default
 
-    def _cell(name: str):
-        cell = CELLS.get(name)
-        torch._check(cell is not None, lambda: f"rnnfast: unknown cell '{name}'")
+    def _cell(code: int):
+        cell = CELL_OF_CODE.get(code)
+        torch._check(cell is not None, lambda: f"rnnfast: unknown cell code {code} "
+                     "(expected 0 LSTM, 1 GRU, 2 RNN_TANH or 3 RNN_RELU)")
         return cell
 
     def _fake_forward_outputs(cell, x, h0, w_ih):

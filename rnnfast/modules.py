@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _ops, functional
+from ._cells import CELLS
 from ._extension import build_info, require_extension
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -545,7 +546,7 @@ class _CellForward:
         if x.size(0) == 0 or self.hidden_size == 0:  # torch's cells accept both
             h, c = _empty_cell_result(x, (h, c) if is_lstm else (h,), (w_ih, w_hh, b_ih, b_hh))
         else:  # one fused operator call (functional.cell_step, inlined: a decoder calls it per token)
-            _, h, c = _ops.layer_forward(mode, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False)
+            _, h, c = _ops.layer_forward(CELLS[mode].code, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False)
         if not is_batched:
             h = h.squeeze(0)
             c = c.squeeze(0) if c is not None else None

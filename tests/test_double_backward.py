@@ -179,7 +179,8 @@ def test_gradgradcheck_layer_forward_op(cell, proj, packed, reverse):
         it = iter(rest)
         c = next(it) if c0 is not None else None
         hr = next(it) if w_hr is not None else None
-        y, h_n, c_n = torch.ops.rnnfast.layer_forward(cell, x, batch_sizes, h0, c, w_ih, w_hh, b_ih, b_hh, hr, reverse)
+        y, h_n, c_n = torch.ops.rnnfast.layer_forward(CELLS[cell].code, x, batch_sizes, h0, c, w_ih, w_hh, b_ih, b_hh, hr,
+                                                       reverse)
         return (y, h_n, c_n) if cell == "LSTM" else (y, h_n)
 
     args = (x, h0, w_ih, w_hh, b_ih, b_hh, *optional)

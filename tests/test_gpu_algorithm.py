@@ -194,7 +194,7 @@ def _layer_args(cell, I, packed, reverse, H=7, B=4, T=5, P=None):
     batch_sizes = torch.tensor([4, 4, 3, 2, 1]) if packed else None
     N = int(batch_sizes.sum()) if packed else T * B
     r = lambda *shape: torch.randn(*shape, dtype=torch.float64)  # noqa: E731
-    return (cell, r(N, I), batch_sizes, r(B, out), r(B, H) if CELLS[cell].cell_state else None,
+    return (CELLS[cell].code, r(N, I), batch_sizes, r(B, out), r(B, H) if CELLS[cell].cell_state else None,
             r(G * H, I), r(G * H, out), r(G * H), r(G * H), r(out, H) if P else None, reverse)
 
 

@@ -18,7 +18,7 @@ from torch.library import opcheck
 
 import rnnfast
 from rnnfast import _extension, reference
-from rnnfast._cells import CELLS
+from rnnfast._cells import CELL_OF_CODE, CELLS
 
 from cases import TOL
 
@@ -40,7 +40,7 @@ def layer_args(cell, packed=False, reverse=False, proj=False, bias=True, dtype=t
         return torch.randn(*shape, dtype=dtype, requires_grad=requires_grad)
 
     return (
-        cell, r(N, I), batch_sizes, r(B, P), r(B, H) if CELLS[cell].cell_state else None,
+        CELLS[cell].code, r(N, I), batch_sizes, r(B, P), r(B, H) if CELLS[cell].cell_state else None,
         r(G * H, I), r(G * H, P), r(G * H) if bias else None, r(G * H) if bias else None,
         r(P, H) if proj else None, reverse,
     )
@@ -64,6 +64,7 @@ def test_cell_tables_agree():
     assert list(table) == list(CELLS)
     for name, cell in CELLS.items():
         entry = table[name]
+        assert entry["code"] == cell.code, name
         assert entry["gates"] == cell.gates, name
         assert entry["cell_state"] == cell.cell_state, name
         assert entry["projection"] == cell.projection, name
@@ -132,7 +133,8 @@ def opcheck_forward_and_backward(cell, dtype, device="cpu"):
 
 def reference_layer(args):
     """rnnfast.reference.layer_direction on the same arguments: (y, h_n, c_n or None)."""
-    cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = args
+    code, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = args
+    cell = CELL_OF_CODE[code].name
     steps = batch_sizes.tolist() if batch_sizes is not None else [h0.size(0)] * (x.size(0) // h0.size(0))
     state0 = (h0, c0) if CELLS[cell].cell_state else (h0,)
     weights = dict(w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
@@ -229,7 +231,7 @@ def lstm_args(**override):
     """Valid LSTM arguments by name (N=5 rows: batch_sizes [3, 2]), with overrides."""
     Hh, Ii, Bb = 4, 3, 3
     args = dict(
-        cell="LSTM", x=torch.randn(5, Ii), batch_sizes=torch.tensor([3, 2]), h0=torch.randn(Bb, Hh),
+        cell=CELLS["LSTM"].code, x=torch.randn(5, Ii), batch_sizes=torch.tensor([3, 2]), h0=torch.randn(Bb, Hh),
         c0=torch.randn(Bb, Hh), w_ih=torch.randn(4 * Hh, Ii), w_hh=torch.randn(4 * Hh, Hh),
         b_ih=torch.randn(4 * Hh), b_hh=torch.randn(4 * Hh), w_hr=None, reverse=False,
     )
@@ -238,7 +240,7 @@ def lstm_args(**override):
 
 
 BAD_FORWARD_ARGS = {
-    "unknown cell": (dict(cell="LSTMX"), "unknown cell 'LSTMX'"),
+    "unknown cell": (dict(cell=7), "unknown cell code 7"),
     "x rank": (dict(x=torch.randn(5, 3, 1)), "x must be a 2-D"),
     "x dtype": (dict(x=torch.randint(0, 3, (5, 3))), "only float32, float64, bfloat16 and float16"),
     "batch_sizes increasing": (dict(batch_sizes=torch.tensor([2, 3])), "non-increasing"),
@@ -259,10 +261,10 @@ BAD_FORWARD_ARGS = {
     "one bias": (dict(b_hh=None), "both biases or neither"),
     "w_hr shape": (dict(w_hr=torch.randn(2, 5), w_hh=torch.randn(16, 2), h0=torch.randn(3, 2)),
                    r"w_hr must have shape \[2, 4\]"),
-    "w_hr for GRU": (dict(cell="GRU", c0=None, w_ih=torch.randn(12, 3), w_hh=torch.randn(12, 2),
+    "w_hr for GRU": (dict(cell=CELLS["GRU"].code, c0=None, w_ih=torch.randn(12, 3), w_hh=torch.randn(12, 2),
                           b_ih=None, b_hh=None, w_hr=torch.randn(2, 4), h0=torch.randn(3, 2)),
                      "w_hr is only valid for LSTM"),
-    "c0 for GRU": (dict(cell="GRU", w_ih=torch.randn(12, 3), w_hh=torch.randn(12, 4), b_ih=None,
+    "c0 for GRU": (dict(cell=CELLS["GRU"].code, w_ih=torch.randn(12, 3), w_hh=torch.randn(12, 4), b_ih=None,
                         b_hh=None), "GRU has no cell state: c0 must be None"),
 }
 
