@@ -727,9 +727,14 @@ double fma_loop(int64_t iterations, double* flops) {
     return double(_mm512_reduce_add_ps(sum));
   }
 #endif
+  // Start values read through volatile: with compile-time constants the
+  // compiler evaluates the first rounds itself, finds a fixed point (in float,
+  // x * 0.9999999 + 1e-7 rounds back to x near 1) and drops the loop (the
+  // generic build's array vectors measured 3x the machine's peak that way).
+  volatile T start = T(1), scale = T(0.9999999), add = T(1e-7);
   V acc[kChains];
-  for (int j = 0; j < kChains; ++j) acc[j] = V::broadcast(T(1) + T(j) * T(1e-3));
-  const V m = V::broadcast(T(0.9999999)), a = V::broadcast(T(1e-7));
+  for (int j = 0; j < kChains; ++j) acc[j] = V::broadcast(start + T(j) * T(1e-3));
+  const V m = V::broadcast(scale), a = V::broadcast(add);
   for (int64_t i = 0; i < iterations; ++i)
     for (int j = 0; j < kChains; ++j) acc[j] = simd::fmadd(acc[j], m, a);
   V sum = acc[0];
