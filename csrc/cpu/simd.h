@@ -12,10 +12,10 @@
 //                             (SSE2 through the compiler's loops; no FMA instruction)
 //   DEFAULT, elsewhere        4 / 2 scalars   (the compiler vectorizes what it can)
 //
-// NaN rules: maximum/minimum return NaN when either input is NaN (torch's);
-// max_ordered/min_ordered are the bare instructions, which return their
-// second operand when either is NaN (so max_ordered(constant, x) keeps a NaN
-// x in one instruction); comparisons are ordered (false for NaN), so
+// NaN rules: max_ordered/min_ordered are the bare instructions, which return
+// their second operand when either is NaN (so max_ordered(constant, x) keeps
+// a NaN x in one instruction, as torch.relu and a clamp must); comparisons
+// are ordered (false for NaN), so
 // select(cmp_le(y, 0), 0, dh) keeps dh where y is NaN, as the scalar
 // `y <= 0 ? 0 : dh` does.
 //
@@ -98,8 +98,6 @@ inline F::Mask cmp_lt(F a, F b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ
 inline D::Mask cmp_lt(D a, D b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ); }
 inline F::Mask cmp_le(F a, F b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LE_OQ); }
 inline D::Mask cmp_le(D a, D b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_LE_OQ); }
-inline F::Mask is_unordered(F a, F b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_UNORD_Q); }
-inline D::Mask is_unordered(D a, D b) { return _mm512_cmp_pd_mask(a.v, b.v, _CMP_UNORD_Q); }
 // Lanes of t where m is set, of f elsewhere.
 inline F select(F::Mask m, F t, F f) { return {_mm512_mask_blend_ps(m, f.v, t.v)}; }
 inline D select(D::Mask m, D t, D f) { return {_mm512_mask_blend_pd(m, f.v, t.v)}; }
@@ -174,8 +172,6 @@ inline F::Mask cmp_lt(F a, F b) { return _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ); }
 inline D::Mask cmp_lt(D a, D b) { return _mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ); }
 inline F::Mask cmp_le(F a, F b) { return _mm256_cmp_ps(a.v, b.v, _CMP_LE_OQ); }
 inline D::Mask cmp_le(D a, D b) { return _mm256_cmp_pd(a.v, b.v, _CMP_LE_OQ); }
-inline F::Mask is_unordered(F a, F b) { return _mm256_cmp_ps(a.v, b.v, _CMP_UNORD_Q); }
-inline D::Mask is_unordered(D a, D b) { return _mm256_cmp_pd(a.v, b.v, _CMP_UNORD_Q); }
 inline F select(F::Mask m, F t, F f) { return {_mm256_blendv_ps(f.v, t.v, m)}; }
 inline D select(D::Mask m, D t, D f) { return {_mm256_blendv_pd(f.v, t.v, m)}; }
 inline F max_ordered(F a, F b) { return {_mm256_max_ps(a.v, b.v)}; }
@@ -250,10 +246,6 @@ inline typename Vec<T>::Mask cmp_lt(Vec<T> a, Vec<T> b) { return compare(a, b, [
 template <typename T>
 inline typename Vec<T>::Mask cmp_le(Vec<T> a, Vec<T> b) { return compare(a, b, [](T x, T y) { return x <= y; }); }
 template <typename T>
-inline typename Vec<T>::Mask is_unordered(Vec<T> a, Vec<T> b) {
-  return compare(a, b, [](T x, T y) { return x != x || y != y; });
-}
-template <typename T>
 inline Vec<T> select(typename Vec<T>::Mask m, Vec<T> t, Vec<T> f) {
   for (int i = 0; i < Vec<T>::size; ++i) f.v[i] = m.v[i] ? t.v[i] : f.v[i];
   return f;
@@ -267,17 +259,6 @@ inline Vec<T> min_ordered(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) 
 // ---------------------------------------------------------------------------
 // Every build
 // ---------------------------------------------------------------------------
-
-// max(a, b) and min(a, b), NaN where either is NaN (torch.maximum's rule;
-// the bare instructions return their second operand then).
-template <typename T>
-inline Vec<T> maximum(Vec<T> a, Vec<T> b) {
-  return select(is_unordered(a, b), a + b, max_ordered(a, b));
-}
-template <typename T>
-inline Vec<T> minimum(Vec<T> a, Vec<T> b) {
-  return select(is_unordered(a, b), a + b, min_ordered(a, b));
-}
 
 // A full vector, or the first n lanes (zeros beyond on load; memory beyond
 // untouched on store).

@@ -82,8 +82,8 @@ struct VecMath {
 #endif
     return simd::map(x, [](T v) { return scalar_tanh(v); });
   }
-  // NaN propagates, as in torch.relu.
-  static V relu(V x) { return simd::maximum(x, zero()); }
+  // NaN propagates, as in torch.relu (x is the bare instruction's second operand).
+  static V relu(V x) { return simd::max_ordered(zero(), x); }
   static V relu_backward(V y, V dh) { return simd::select(simd::cmp_le(y, zero()), zero(), dh); }
 };
 
