@@ -35,7 +35,6 @@ except ImportError as exc:  # pragma: no cover - build-environment guard
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 COMMON_SOURCES = [
-    "csrc/bindings.cpp",
     "csrc/ops.cpp",
     "csrc/autograd.cpp",
     "csrc/layer_checks.cpp",
@@ -43,14 +42,20 @@ COMMON_SOURCES = [
     "csrc/cpu/ops_cpu.cpp",
     "csrc/cpu/forward_loop.cpp",
     "csrc/cpu/backward_loop.cpp",
-    "csrc/cpu/dispatch.cpp",
     "csrc/cpu/buffer_pool.cpp",
     "csrc/cpu/panel_cache.cpp",
-    "csrc/cpu/thread_policy.cpp",
     "csrc/cpu/gemm_bench.cpp",
     "csrc/gpu/emulated.cpp",
     "csrc/gpu/path.cpp",
 ]
+# Sources on torch's stable ABI alone (issue 16), compiled with STABLE_FLAGS: a header outside
+# torch/headeronly and torch/csrc/stable fails their build. The kernels_<isa>.cpp builds too.
+STABLE_SOURCES = ["csrc/cpu/dispatch.cpp", "csrc/cpu/fma_peak.cpp", "csrc/cpu/thread_policy.cpp"]
+# torch 2.11.0, the oldest release the stable build targets: [major][minor][patch][tag]
+STABLE_FLAGS = ["-DTORCH_TARGET_VERSION=0x020b000000000000"]
+# The Python bindings include no torch header at all: compiled without torch's include
+# directory, beside pybind11's (torch's copy, linked into the build folder alone).
+BINDINGS_SOURCE = "csrc/bindings.cpp"
 
 # The CUDA kernels: host code (the executor, op registration) and one device file per dtype.
 CUDA_SOURCES = ["csrc/cuda/ops_cuda.cpp"] + [f"csrc/cuda/pointwise_{d}.cu" for d in ("f32", "f64", "bf16", "f16")]
@@ -85,26 +90,37 @@ def isa_builds():
 
 
 class BuildWithIsaKernels(BuildExtension):
-    """torch's BuildExtension, plus per-file flags for the instruction-set kernels.
+    """torch's BuildExtension, plus per-file flags: the instruction-set kernels, the sources on
+    the stable ABI, and the bindings without torch's headers.
 
-    setuptools compiles all sources of an extension with the same flags, so the
-    kernels_<isa>.cpp objects are compiled first, each with its own flags, and
-    linked in as extra objects.
+    setuptools compiles all sources of an extension with the same flags, so these objects are
+    compiled first, each with its own flags, and linked in as extra objects.
     """
 
     def build_extension(self, ext):
         cxx_flags = list(ext.extra_compile_args["cxx"]) if isinstance(ext.extra_compile_args, dict) \
             else list(ext.extra_compile_args)
+        macros = ext.define_macros
+        kernel_headers = ["csrc/cpu/kernels_impl.h", "csrc/cpu/kernels.h", "csrc/cpu/vec_math.h", "csrc/cpu/simd.h",
+                          "csrc/cpu/fingerprint_impl.h", "csrc/cpu/gemm_impl.h", "csrc/cpu/cell_rows_impl.h",
+                          "csrc/cell_math.h", "csrc/acc_type.h", "csrc/controls.h"]
         for isa in isa_builds():
-            objects = self.compiler.compile(
-                [f"csrc/cpu/kernels_{isa}.cpp"],
-                output_dir=os.path.join(self.build_temp, f"isa_{isa}"),
-                include_dirs=ext.include_dirs,
-                extra_postargs=cxx_flags + ISA_FLAGS[isa],
-                depends=["csrc/cpu/kernels_impl.h", "csrc/cpu/kernels.h", "csrc/cpu/vec_math.h", "csrc/cpu/simd.h", "csrc/cpu/fingerprint_impl.h",
-                         "csrc/cpu/gemm_impl.h", "csrc/cpu/cell_rows_impl.h", "csrc/cell_math.h"],
-            )
-            ext.extra_objects.extend(objects)
+            ext.extra_objects.extend(self.compiler.compile(
+                [f"csrc/cpu/kernels_{isa}.cpp"], output_dir=os.path.join(self.build_temp, f"isa_{isa}"),
+                include_dirs=ext.include_dirs, macros=macros,
+                extra_postargs=cxx_flags + STABLE_FLAGS + ISA_FLAGS[isa], depends=kernel_headers))
+        ext.extra_objects.extend(self.compiler.compile(
+            STABLE_SOURCES, output_dir=os.path.join(self.build_temp, "stable"), include_dirs=ext.include_dirs,
+            macros=macros, extra_postargs=cxx_flags + STABLE_FLAGS, depends=kernel_headers))
+        pybind_only = os.path.join(os.path.abspath(self.build_temp), "pybind11_only")
+        os.makedirs(pybind_only, exist_ok=True)
+        link = os.path.join(pybind_only, "pybind11")
+        if not os.path.islink(link):
+            os.symlink(os.path.join(os.path.dirname(torch.__file__), "include", "pybind11"), link)
+        ext.extra_objects.extend(self.compiler.compile(
+            [BINDINGS_SOURCE], output_dir=os.path.join(self.build_temp, "bindings"),
+            include_dirs=[os.path.join(ROOT, "csrc"), pybind_only], macros=macros,
+            extra_postargs=cxx_flags, depends=["csrc/controls.h", "csrc/cells.h", "csrc/cpu/thread_policy.h"]))
         super().build_extension(ext)
 
 
@@ -163,6 +179,7 @@ def cuda_library_paths():
 def extension():
     builds = isa_builds()
     macros = [(f"RNNFAST_HAVE_{isa.upper()}", "1") for isa in builds if isa != "default"]
+    macros.append(("RNNFAST_BUILT_WITH_TORCH", '"%s"' % torch.__version__.split("+")[0]))
     sanitize_cxx, sanitize_link = sanitizer_flags()
     # -Werror=switch: a new cell (cells.h) missing in a switch over CellType fails the build.
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Werror=switch", "-Wno-unused-function", "-Wno-unknown-pragmas",

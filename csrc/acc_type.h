@@ -4,8 +4,11 @@
 // GPU path; host and device code.
 #pragma once
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
+// torch's header-only 16-bit types (c10::BFloat16, c10::Half): stable-ABI
+// headers, which pull in no ATen vector code (c10/util/Half.h would, in the
+// AVX2 and AVX-512 builds).
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 namespace rnnfast {
 

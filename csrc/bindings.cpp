@@ -2,20 +2,27 @@
 // contents, the cell table, the buffer pool and the CPU instruction set. The
 // kernels themselves are dispatcher operators (ops.cpp), registered when this
 // module is imported.
-#include <torch/extension.h>
-#include <torch/version.h>
+//
+// No torch header: only pybind11 and the library's torch-free headers
+// (controls.h and the plain structs of cells.h, cpu/thread_policy.h,
+// cpu/gemm_bench.h). setup.py and CMake compile this file without torch's
+// include directory, so a torch include fails the build (issue 16: this module
+// is to be tied to the Python version only).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
-#include <chrono>
+#include <algorithm>
+#include <string>
 
-#include "cpu/buffer_pool.h"
-#include "cpu/panel_cache.h"
-#include "cpu/gemm_bench.h"
-#include "cpu/kernels.h"
-#include "cpu/thread_policy.h"
-#include "gpu/emulated.h"
-#include "gpu/layer_loop.h"
-#include "gpu/path.h"
 #include "cells.h"
+#include "controls.h"
+#include "cpu/gemm_bench.h"
+#include "cpu/thread_policy.h"
+
+// The torch release the library was compiled against (setup.py / CMake).
+#ifndef RNNFAST_BUILT_WITH_TORCH
+#error "RNNFAST_BUILT_WITH_TORCH (the torch version of the build) must be defined"
+#endif
 
 namespace rnnfast {
 namespace {
@@ -42,28 +49,6 @@ py::list cell_table() {
   return cells;
 }
 
-// Peak FMA rate of `threads` threads running the in-use instruction set's
-// register-only FMA loop at once (fraction-of-peak reports): "float32",
-// "float64", or "bfloat16" (the bf16 dot-product instruction where the build
-// has it, else float32 FMAs).
-double fma_peak_gflops(int threads, const std::string& dtype, int64_t iterations) {
-  TORCH_CHECK(threads > 0 && iterations > 0, "rnnfast: fma_peak_gflops needs threads and iterations > 0");
-  TORCH_CHECK(dtype == "float32" || dtype == "float64" || dtype == "bfloat16",
-              "rnnfast: fma_peak_gflops dtype must be float32, float64 or bfloat16, got ", dtype);
-  double seconds = 0, flops = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : flops) reduction(max : seconds)
-  {
-    double f = 0;
-    const auto t0 = std::chrono::steady_clock::now();
-    const double checksum = dtype == "float64"    ? cpu::kernels<double>().fma_loop(iterations, &f)
-                            : dtype == "bfloat16" ? cpu::kernels<c10::BFloat16>().fma_loop(iterations, &f)
-                                                  : cpu::kernels<float>().fma_loop(iterations, &f);
-    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    flops = checksum == checksum ? f : 0;  // (uses the checksum; NaN would mean a broken loop)
-  }
-  return flops / seconds / 1e9;
-}
-
 // A Python dict of named values (the state structs of the thread policy, the
 // panel cache, the last call's plan).
 py::dict named(std::initializer_list<std::pair<const char*, py::object>> items) {
@@ -74,7 +59,7 @@ py::dict named(std::initializer_list<std::pair<const char*, py::object>> items) 
 
 py::dict build_info() {
   py::dict d;
-  d["torch_version"] = TORCH_VERSION;
+  d["torch_version"] = RNNFAST_BUILT_WITH_TORCH;
 #ifdef RNNFAST_WITH_CUDA
   d["cuda"] = true;
   py::list arches;  // TORCH_CUDA_ARCH_LIST at build time, e.g. "8.0;9.0+PTX"
@@ -94,11 +79,7 @@ py::dict build_info() {
   py::list avail;
   for (int i = 0; i < n; ++i) avail.append(caps[i]);
   d["cpu_capabilities"] = avail;
-#ifdef _OPENMP
-  d["openmp"] = true;
-#else
-  d["openmp"] = false;
-#endif
+  d["openmp"] = cpu::built_with_openmp();
   return d;
 }
 
@@ -112,7 +93,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
   m.def("cell_table", &cell_table, "The cell table of csrc/cells.h.");
   m.def("build_info", &build_info, "What this build of the extension contains.");
-  m.def("fma_peak_gflops", &fma_peak_gflops, py::arg("threads"), py::arg("dtype") = "float32",
+  m.def("fma_peak_gflops", &cpu::fma_peak_gflops, py::arg("threads"), py::arg("dtype") = "float32",
         py::arg("iterations") = 20'000'000, py::call_guard<py::gil_scoped_release>(),
         "Peak FMA GFLOP/s of `threads` threads on registers (the in-use instruction set); each "
         "thread runs `iterations` rounds of 12 vector FMAs (benchmarks/load.py times short runs "
@@ -142,10 +123,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_gpu_path", &gpu::gpu_path_name);
   m.def("_gpu_persistent_launches", &gpu::persistent_launches,
         "Persistent-kernel launches so far (CUDA and emulated).");
-  m.def("_set_emulated_device", [](int sms, int64_t smem_per_block) {
-          TORCH_CHECK_VALUE(sms > 0 && smem_per_block > 0, "rnnfast: the emulated device needs SMs and shared memory");
-          gpu::emulated_device() = gpu::EmulatedDevice{sms, smem_per_block};
-        }, py::arg("sms"), py::arg("smem_per_block"),
+  m.def("_set_emulated_device", &gpu::set_emulated_device, py::arg("sms"), py::arg("smem_per_block"),
         "Tests: the device the emulated persistent kernel plans for (default 8 SMs, 227 KB per block).");
   m.def("empty_cache", [] {
           cpu::pool_empty_cache();
@@ -158,8 +136,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return named({{"hits", py::cast(s.hits)}, {"packs", py::cast(s.packs)}, {"uncached", py::cast(s.uncached)},
                   {"entries", py::cast(s.entries)}, {"bytes", py::cast(s.bytes)}, {"capacity", py::cast(s.capacity)}});
   }, "The panel cache (csrc/cpu/panel_cache.h): reuses, packs, entries, bytes held, capacity.");
-  m.def("_release_panels", &cpu::panel_cache_release, py::arg("weight"),
-        "Drop the cached panels packed from this tensor's storage (a module's parameter, when it is freed).");
+  m.def("_release_panels", [](uintptr_t storage_data) {
+          cpu::panel_cache_release(reinterpret_cast<const void*>(storage_data));
+        }, py::arg("storage_data"),
+        "Drop the cached panels packed from the storage at this address (weight.untyped_storage()"
+        ".data_ptr() of a module's parameter, when it is freed).");
   m.def("_set_panel_cache_capacity", &cpu::panel_cache_set_capacity, py::arg("bytes"),
         "Tests: the panel cache's capacity in bytes (0 disables it); returns the previous one.");
   m.def("cached_bytes", &cpu::pool_cached_bytes, "Bytes of unused buffers the pool keeps.");

@@ -55,7 +55,7 @@ def _release_panels(parameters: dict):
     extension = require_extension()
     for weight in parameters.values():
         if weight is not None and weight.device.type == "cpu":
-            extension._release_panels(weight)
+            extension._release_panels(weight.untyped_storage().data_ptr())
 
 
 def _release_panels_when_collected(module):

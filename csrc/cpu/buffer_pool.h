@@ -24,6 +24,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../controls.h"
+
 namespace rnnfast::cpu {
 
 // An uninitialised CPU tensor; from 128 KB up backed by a pooled block (a
@@ -54,9 +56,6 @@ T& process_instance() {
   return *instance;
 }
 
-// Bytes held by the pool while not in use.
-size_t pool_cached_bytes();
-// Frees every cached block.
-void pool_empty_cache();
+// pool_cached_bytes and pool_empty_cache: controls.h.
 
 }  // namespace rnnfast::cpu

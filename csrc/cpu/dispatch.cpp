@@ -4,13 +4,13 @@
 // set_cpu_capability() (tests run every build this machine can execute).
 #include "kernels.h"
 
-#include <c10/util/Exception.h>
-
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <strings.h>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 
 namespace rnnfast::cpu {
 
@@ -127,16 +127,18 @@ const char* cpu_capability() { return kBuilds[choice()].name; }
 
 void set_cpu_capability(const char* name) {
   const char* canonical = lowercase_name(name);
-  TORCH_CHECK(canonical, "rnnfast: unknown CPU capability '", name,
-              "' (expected avx512_bf16, avx512, avx2 or default)");
+  if (!canonical)
+    throw std::runtime_error(std::string("rnnfast: unknown CPU capability '") + (name ? name : "") +
+                             "' (expected avx512_bf16, avx512, avx2 or default)");
   for (int i = 0; i < kNumBuilds; ++i) {
     if (strcmp(kBuilds[i].name, canonical) != 0) continue;
-    TORCH_CHECK(kBuilds[i].supported(), "rnnfast: this CPU does not support ", canonical);
+    if (!kBuilds[i].supported())
+      throw std::runtime_error(std::string("rnnfast: this CPU does not support ") + canonical);
     std::lock_guard<std::mutex> lock(g_mutex);
     g_choice.store(i, std::memory_order_release);
     return;
   }
-  TORCH_CHECK(false, "rnnfast: the ", canonical, " kernels are not compiled into this build");
+  throw std::runtime_error(std::string("rnnfast: the ") + canonical + " kernels are not compiled into this build");
 }
 
 const char* const* available_cpu_capabilities(int* count) {

@@ -17,12 +17,10 @@
 // buffer has its own row stride (ld_*) in elements.
 #pragma once
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-
 #include <cstdint>
 
 #include "../acc_type.h"
+#include "../controls.h"
 #include "../cells.h"
 #include "../loop_shared.h"
 
@@ -142,12 +140,10 @@ struct KernelTable {
 template <typename S>
 const KernelTable<S>& kernels();
 
-// Chosen instruction set: "avx512_bf16", "avx512", "avx2" or "default". The
-// environment variable RNNFAST_CPU_CAPABILITY (or set_cpu_capability) can
-// lower it, e.g. to test the generic build on an AVX-512 machine.
-const char* cpu_capability();
-void set_cpu_capability(const char* name);  // throws on an unsupported name
-// Instruction sets compiled into this build and supported by this CPU.
-const char* const* available_cpu_capabilities(int* count);
+// The chosen instruction set (cpu_capability, set_cpu_capability,
+// available_cpu_capabilities: controls.h): "avx512_bf16", "avx512", "avx2" or
+// "default". The environment variable RNNFAST_CPU_CAPABILITY (or
+// set_cpu_capability) can lower it, e.g. to test the generic build on an
+// AVX-512 machine.
 
 }  // namespace rnnfast::cpu

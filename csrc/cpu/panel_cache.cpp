@@ -18,6 +18,7 @@ struct PanelCacheEntry {
   explicit PanelCacheEntry(c10::weak_intrusive_ptr<c10::StorageImpl> s) : storage(std::move(s)) {}
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;  // the weight's storage (weak: never keeps it alive)
   const void* storage_key = nullptr;                  // its address, for lookups
+  const void* storage_data = nullptr;                 // its first byte (panel_cache_release)
   int64_t offset_bytes = 0;                           // where the weight starts in it
   int64_t weight_bytes = 0;
   c10::ScalarType dtype = c10::ScalarType::Undefined;
@@ -65,6 +66,7 @@ class Cache {
     }
     auto e = std::make_shared<PanelCacheEntry>(w.storage().getWeakStorageImpl());
     e->storage_key = impl;
+    e->storage_data = w.storage().data();
     e->offset_bytes = offset;
     e->weight_bytes = int64_t(w.nbytes());
     e->dtype = w.scalar_type();
@@ -196,10 +198,9 @@ void panel_cache_clear() {
   Cache::instance().drop_if([](const PanelCacheEntry&) { return true; });
 }
 
-void panel_cache_release(const at::Tensor& weight) {
-  if (!weight.defined() || !weight.has_storage()) return;
-  const void* key = weight.storage().unsafeGetStorageImpl();
-  Cache::instance().drop_if([key](const PanelCacheEntry& e) { return e.storage_key == key; });
+void panel_cache_release(const void* storage_data) {
+  if (storage_data == nullptr) return;  // an empty storage: no panels
+  Cache::instance().drop_if([storage_data](const PanelCacheEntry& e) { return e.storage_data == storage_data; });
 }
 
 int64_t panel_cache_set_capacity(int64_t bytes) { return Cache::instance().set_capacity(bytes); }

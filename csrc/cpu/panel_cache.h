@@ -35,6 +35,8 @@
 #include <memory>
 #include <vector>
 
+#include "../controls.h"
+
 namespace rnnfast::cpu {
 
 // Bytes of weight per fingerprint block.
@@ -78,20 +80,8 @@ class PanelLease {
   std::atomic<bool> changed_{false};
 };
 
-struct PanelCacheStats {
-  int64_t hits = 0;        // calls that reused packed panels
-  int64_t packs = 0;       // cached entries (re)packed: new, or the weight changed
-  int64_t uncached = 0;    // calls that packed a private buffer (cache off, full, entry in use)
-  int64_t entries = 0;
-  int64_t bytes = 0;       // panel bytes held
-  int64_t capacity = 0;    // RNNFAST_PANEL_CACHE_BYTES
-};
-PanelCacheStats panel_cache_stats();
-// Drops every entry (rnnfast.empty_cache()).
-void panel_cache_clear();
-// Drops the entries packed from `weight`'s storage (a module's parameters, when it is freed).
-void panel_cache_release(const at::Tensor& weight);
-// Test hook: the capacity in bytes (0 disables); returns the previous one.
-int64_t panel_cache_set_capacity(int64_t bytes);
+// panel_cache_stats, panel_cache_clear, panel_cache_release and the capacity
+// hook: controls.h.
+
 
 }  // namespace rnnfast::cpu

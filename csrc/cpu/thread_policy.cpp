@@ -1,7 +1,9 @@
 // The thread policy of the CPU layer calls (see thread_policy.h).
 #include "thread_policy.h"
 
-#include <ATen/Parallel.h>
+#include "../controls.h"
+
+#include <torch/csrc/stable/ops.h>  // get_num_threads: torch.set_num_threads's setting
 
 #include <algorithm>
 #include <atomic>
@@ -21,6 +23,14 @@
 #endif
 
 namespace rnnfast::cpu {
+
+bool built_with_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
 namespace {
 
 // Contention back-off: first period, and the longest one.
@@ -87,7 +97,7 @@ void on_fork_child() {
 
 int wanted_threads(int64_t H, int64_t macs_per_step, int64_t total_macs) {
   if (g_forked_child.load(std::memory_order_relaxed)) return 1;
-  const int threads = at::get_num_threads();
+  const int threads = static_cast<int>(torch::stable::get_num_threads());
   if (threads <= 1 || H < 32 || macs_per_step < 16384 ||
       total_macs < g_min_macs.load(std::memory_order_relaxed))
     return 1;

@@ -34,6 +34,7 @@ int64_t& chunk_rows_override() {
   static int64_t rows = 0;
   return rows;
 }
+void set_chunk_rows(int64_t rows) { chunk_rows_override() = rows; }
 
 bool gpu_emulation() { return flag().load(std::memory_order_relaxed); }
 void set_gpu_emulation(bool on) { flag().store(on); }

@@ -51,8 +51,7 @@ using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
 // accumulation-typed scratch (gx forward, dx backward) under ~64 MB, or the
 // tests' override (set_chunk_rows: small chunks exercise the chunk
 // boundaries at test sizes).
-int64_t& chunk_rows_override();  // 0: automatic (emulated.cpp)
-inline void set_chunk_rows(int64_t rows) { chunk_rows_override() = rows; }
+int64_t& chunk_rows_override();  // 0: automatic (emulated.cpp; set_chunk_rows, controls.h)
 inline int64_t chunk_rows(int64_t B, int64_t row_bytes) {
   constexpr int64_t kScratchBytes = int64_t(64) << 20;
   const int64_t rows = chunk_rows_override() > 0 ? chunk_rows_override()

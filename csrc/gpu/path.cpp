@@ -1,11 +1,10 @@
 // The GPU path setting (gpu/path.h).
 #include "path.h"
 
-#include <c10/util/Exception.h>
-
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <stdexcept>
 
 namespace rnnfast::gpu {
 namespace {
@@ -14,7 +13,7 @@ GpuPath parse(const std::string& name) {
   if (name == "auto") return GpuPath::kAuto;
   if (name == "cublas") return GpuPath::kCublas;
   if (name == "persistent") return GpuPath::kPersistent;
-  TORCH_CHECK_VALUE(false, "rnnfast: the GPU path must be 'auto', 'cublas' or 'persistent', got '", name, "'");
+  throw std::invalid_argument("rnnfast: the GPU path must be 'auto', 'cublas' or 'persistent', got '" + name + "'");
 }
 
 std::atomic<int>& setting() {
@@ -50,6 +49,12 @@ void count_persistent_launch() { ++g_launches; }
 EmulatedDevice& emulated_device() {
   static EmulatedDevice device;
   return device;
+}
+
+void set_emulated_device(int sms, int64_t smem_per_block) {
+  if (sms <= 0 || smem_per_block <= 0)
+    throw std::invalid_argument("rnnfast: the emulated device needs SMs and shared memory");
+  emulated_device() = EmulatedDevice{sms, smem_per_block};
 }
 
 }  // namespace rnnfast::gpu

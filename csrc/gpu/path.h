@@ -8,6 +8,7 @@
 #include <string>
 
 #include "../cells.h"
+#include "../controls.h"
 #include "../layer.h"
 
 namespace rnnfast::gpu {
@@ -15,10 +16,9 @@ namespace rnnfast::gpu {
 enum class GpuPath : int { kAuto = 0, kCublas = 1, kPersistent = 2 };
 
 // The setting: RNNFAST_GPU_PATH=auto|cublas|persistent when the extension
-// loads, then rnnfast._C._set_gpu_path. An unknown value raises.
+// loads, then rnnfast._C._set_gpu_path (set_gpu_path, gpu_path_name:
+// controls.h). An unknown value raises.
 GpuPath gpu_path();
-void set_gpu_path(const std::string& name);
-std::string gpu_path_name();
 
 // Whether the setting asks for the persistent kernels for this layer. "auto"
 // takes the cuBLAS path: the persistent kernels have not yet been verified or
@@ -28,13 +28,13 @@ std::string gpu_path_name();
 // checks the planned geometry).
 bool wants_persistent(const CellInfo& cell, const LayerDims& d);
 
-// Persistent launches made so far (CUDA and emulated): tests check the path ran.
-int64_t persistent_launches();
+// Counts a persistent launch (persistent_launches: controls.h).
 void count_persistent_launch();
 
 // The device the emulated executor pretends to have (tests vary it to get
-// several units per block and a partial last block): streaming multiprocessors,
-// one resident block each, and shared memory per block.
+// several units per block and a partial last block, set_emulated_device):
+// streaming multiprocessors, one resident block each, and shared memory per
+// block.
 struct EmulatedDevice {
   int sms = 8;
   int64_t smem_per_block = 227 * 1024;
