@@ -31,6 +31,17 @@
 #include <immintrin.h>
 #endif
 
+// The generic build's arithmetic is loops over lanes, which GCC's inlining
+// heuristics left as calls in the gate math (perf: out-of-line operator+, *,
+// / and sigmoid, a fifth of an LSTM inference call); forced inline there, as
+// intrinsics are. Not fmadd, load or broadcast: forcing those into the GEMM
+// tile made it 3x slower. (The AVX builds' functions are intrinsics: plain inline.)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#define RNNFAST_VEC_INLINE inline
+#else
+#define RNNFAST_VEC_INLINE inline __attribute__((always_inline))
+#endif
+
 #ifndef CPU_CAPABILITY
 #error "simd.h needs CPU_CAPABILITY (the kernels_<isa>.cpp builds define it)"
 #endif
@@ -213,12 +224,12 @@ struct Vec {
 
 // Lane by lane: f(a.v[i], b.v[i]).
 template <typename T, typename Op>
-inline Vec<T> lanes(Vec<T> a, Vec<T> b, Op f) {
+RNNFAST_VEC_INLINE Vec<T> lanes(Vec<T> a, Vec<T> b, Op f) {
   for (int i = 0; i < Vec<T>::size; ++i) a.v[i] = f(a.v[i], b.v[i]);
   return a;
 }
 template <typename T, typename Op>
-inline typename Vec<T>::Mask compare(Vec<T> a, Vec<T> b, Op f) {
+RNNFAST_VEC_INLINE typename Vec<T>::Mask compare(Vec<T> a, Vec<T> b, Op f) {
   typename Vec<T>::Mask m;
   for (int i = 0; i < Vec<T>::size; ++i) m.v[i] = f(a.v[i], b.v[i]);
   return m;
@@ -229,31 +240,31 @@ inline Vec<T> fmadd(Vec<T> a, Vec<T> b, Vec<T> c) {
   return c;
 }
 template <typename T>
-inline Vec<T> operator+(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x + y; }); }
+RNNFAST_VEC_INLINE Vec<T> operator+(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x + y; }); }
 template <typename T>
-inline Vec<T> operator-(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x - y; }); }
+RNNFAST_VEC_INLINE Vec<T> operator-(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x - y; }); }
 template <typename T>
-inline Vec<T> operator*(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x * y; }); }
+RNNFAST_VEC_INLINE Vec<T> operator*(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x * y; }); }
 template <typename T>
-inline Vec<T> operator/(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x / y; }); }
+RNNFAST_VEC_INLINE Vec<T> operator/(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x / y; }); }
 template <typename T>
-inline Vec<T> operator-(Vec<T> a) {
+RNNFAST_VEC_INLINE Vec<T> operator-(Vec<T> a) {
   for (int i = 0; i < Vec<T>::size; ++i) a.v[i] = -a.v[i];
   return a;
 }
 template <typename T>
-inline typename Vec<T>::Mask cmp_lt(Vec<T> a, Vec<T> b) { return compare(a, b, [](T x, T y) { return x < y; }); }
+RNNFAST_VEC_INLINE typename Vec<T>::Mask cmp_lt(Vec<T> a, Vec<T> b) { return compare(a, b, [](T x, T y) { return x < y; }); }
 template <typename T>
-inline typename Vec<T>::Mask cmp_le(Vec<T> a, Vec<T> b) { return compare(a, b, [](T x, T y) { return x <= y; }); }
+RNNFAST_VEC_INLINE typename Vec<T>::Mask cmp_le(Vec<T> a, Vec<T> b) { return compare(a, b, [](T x, T y) { return x <= y; }); }
 template <typename T>
-inline Vec<T> select(typename Vec<T>::Mask m, Vec<T> t, Vec<T> f) {
+RNNFAST_VEC_INLINE Vec<T> select(typename Vec<T>::Mask m, Vec<T> t, Vec<T> f) {
   for (int i = 0; i < Vec<T>::size; ++i) f.v[i] = m.v[i] ? t.v[i] : f.v[i];
   return f;
 }
 template <typename T>
-inline Vec<T> max_ordered(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x > y ? x : y; }); }
+RNNFAST_VEC_INLINE Vec<T> max_ordered(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x > y ? x : y; }); }
 template <typename T>
-inline Vec<T> min_ordered(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x < y ? x : y; }); }
+RNNFAST_VEC_INLINE Vec<T> min_ordered(Vec<T> a, Vec<T> b) { return lanes(a, b, [](T x, T y) { return x < y ? x : y; }); }
 #endif
 
 // ---------------------------------------------------------------------------

@@ -67,24 +67,24 @@ inline simd::Vec<float> tanh_inline(simd::Vec<float> x) {
 template <typename T>
 struct VecMath {
   using V = simd::Vec<T>;
-  static V one() { return V::broadcast(T(1)); }
-  static V zero() { return V::zero(); }
-  static V exp(V x) {
+  RNNFAST_VEC_INLINE static V one() { return V::broadcast(T(1)); }
+  RNNFAST_VEC_INLINE static V zero() { return V::zero(); }
+  RNNFAST_VEC_INLINE static V exp(V x) {
 #ifdef RNNFAST_INLINE_FLOAT_MATH
     if constexpr (std::is_same_v<T, float>) return exp_inline(x);
 #endif
     return simd::map(x, [](T v) { return scalar_exp(v); });
   }
-  static V sigmoid(V x) { return one() / (one() + exp(-x)); }
-  static V tanh(V x) {
+  RNNFAST_VEC_INLINE static V sigmoid(V x) { return one() / (one() + exp(-x)); }
+  RNNFAST_VEC_INLINE static V tanh(V x) {
 #ifdef RNNFAST_INLINE_FLOAT_MATH
     if constexpr (std::is_same_v<T, float>) return tanh_inline(x);
 #endif
     return simd::map(x, [](T v) { return scalar_tanh(v); });
   }
   // NaN propagates, as in torch.relu (x is the bare instruction's second operand).
-  static V relu(V x) { return simd::max_ordered(zero(), x); }
-  static V relu_backward(V y, V dh) { return simd::select(simd::cmp_le(y, zero()), zero(), dh); }
+  RNNFAST_VEC_INLINE static V relu(V x) { return simd::max_ordered(zero(), x); }
+  RNNFAST_VEC_INLINE static V relu_backward(V y, V dh) { return simd::select(simd::cmp_le(y, zero()), zero(), dh); }
 };
 
 template <typename T>
