@@ -114,9 +114,12 @@ class BuildWithIsaKernels(BuildExtension):
             macros=macros, extra_postargs=cxx_flags + STABLE_FLAGS, depends=kernel_headers))
         pybind_only = os.path.join(os.path.abspath(self.build_temp), "pybind11_only")
         os.makedirs(pybind_only, exist_ok=True)
-        link = os.path.join(pybind_only, "pybind11")
+        link, target = os.path.join(pybind_only, "pybind11"), os.path.join(os.path.dirname(torch.__file__),
+                                                                            "include", "pybind11")
+        if os.path.islink(link) and os.readlink(link) != target:  # a build folder reused with another torch
+            os.remove(link)
         if not os.path.islink(link):
-            os.symlink(os.path.join(os.path.dirname(torch.__file__), "include", "pybind11"), link)
+            os.symlink(target, link)
         ext.extra_objects.extend(self.compiler.compile(
             [BINDINGS_SOURCE], output_dir=os.path.join(self.build_temp, "bindings"),
             include_dirs=[os.path.join(ROOT, "csrc"), pybind_only], macros=macros,

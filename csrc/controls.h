@@ -1,8 +1,9 @@
 // The library's controls: every function of the compiled library that the
 // Python bindings (bindings.cpp) call, besides the operators, in plain C++
-// types. No torch header: the bindings module compiles without torch's include
-// directory (scripts/torch_free_check.sh checks it), so once the operators are
-// on the stable ABI it is tied to the Python version only (issue 16).
+// types. No torch header: the bindings compile without torch's include
+// directory (setup.py, CMake; scripts/check_torch_symbols.sh checks their
+// object), so once the operators are on the stable ABI the bindings module is
+// tied to the Python version only (issue 16).
 //
 // Errors: std::runtime_error (Python RuntimeError) or std::invalid_argument
 // (ValueError), which pybind11 translates without torch's translators.

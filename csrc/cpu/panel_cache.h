@@ -83,5 +83,4 @@ class PanelLease {
 // panel_cache_stats, panel_cache_clear, panel_cache_release and the capacity
 // hook: controls.h.
 
-
 }  // namespace rnnfast::cpu
