@@ -40,17 +40,16 @@ COMMON_SOURCES = [
     "csrc/layer_checks.cpp",
     "csrc/layer_reference.cpp",
     "csrc/cpu/ops_cpu.cpp",
-    "csrc/cpu/forward_loop.cpp",
-    "csrc/cpu/backward_loop.cpp",
-    "csrc/cpu/buffer_pool.cpp",
-    "csrc/cpu/panel_cache.cpp",
+    "csrc/cpu/pooled_tensor.cpp",
     "csrc/cpu/gemm_bench.cpp",
     "csrc/gpu/emulated.cpp",
     "csrc/gpu/path.cpp",
 ]
 # Sources on torch's stable ABI alone (issue 16), compiled with STABLE_FLAGS: a header outside
 # torch/headeronly and torch/csrc/stable fails their build. The kernels_<isa>.cpp builds too.
-STABLE_SOURCES = ["csrc/cpu/dispatch.cpp", "csrc/cpu/fma_peak.cpp", "csrc/cpu/thread_policy.cpp"]
+STABLE_SOURCES = ["csrc/cpu/dispatch.cpp", "csrc/cpu/fma_peak.cpp", "csrc/cpu/thread_policy.cpp",
+                  "csrc/cpu/buffer_pool.cpp", "csrc/cpu/panel_cache.cpp", "csrc/cpu/forward_loop.cpp",
+                  "csrc/cpu/backward_loop.cpp"]
 # torch 2.11.0, the oldest release the stable build targets: [major][minor][patch][tag]
 STABLE_FLAGS = ["-DTORCH_TARGET_VERSION=0x020b000000000000"]
 # The Python bindings include no torch header at all: compiled without torch's include

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     print(f"T={a.T} B={a.B} I=H={a.H}, {a.threads} thread(s), capability {a.capability or 'best'}, "
           f"minima of {a.rounds} interleaved rounds, ms per call")
     for key in times[a.roots[0]]:
-        print(f"{key:12s}", "  ".join(f"{root}: {min(times[root][key]):.2f}" for root in a.roots))
+        print(f"{key:12s}", "  ".join(f"{root}: {min(times[root][key]):.4g}" for root in a.roots))
     return 0
 
 

@@ -136,11 +136,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return named({{"hits", py::cast(s.hits)}, {"packs", py::cast(s.packs)}, {"uncached", py::cast(s.uncached)},
                   {"entries", py::cast(s.entries)}, {"bytes", py::cast(s.bytes)}, {"capacity", py::cast(s.capacity)}});
   }, "The panel cache (csrc/cpu/panel_cache.h): reuses, packs, entries, bytes held, capacity.");
-  m.def("_release_panels", [](uintptr_t storage_data) {
-          cpu::panel_cache_release(reinterpret_cast<const void*>(storage_data));
-        }, py::arg("storage_data"),
-        "Drop the cached panels packed from the storage at this address (weight.untyped_storage()"
-        ".data_ptr() of a module's parameter, when it is freed).");
+  m.def("_release_panels", [](uintptr_t begin, size_t bytes) {
+          cpu::panel_cache_release(reinterpret_cast<const void*>(begin), bytes);
+        }, py::arg("begin"), py::arg("bytes"),
+        "Drop the cached panels of weights inside these bytes (a module's parameter's storage, "
+        "data_ptr() and nbytes(), when it is freed or replaced).");
   m.def("_set_panel_cache_capacity", &cpu::panel_cache_set_capacity, py::arg("bytes"),
         "Tests: the panel cache's capacity in bytes (0 disables it); returns the previous one.");
   m.def("cached_bytes", &cpu::pool_cached_bytes, "Bytes of unused buffers the pool keeps.");

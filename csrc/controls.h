@@ -47,10 +47,10 @@ struct PanelCacheStats {
 PanelCacheStats panel_cache_stats();
 // Drops every entry (rnnfast.empty_cache()).
 void panel_cache_clear();
-// Drops the entries packed from the storage whose first byte is at
-// `storage_data` (a module's parameter, when it is freed: Python passes
-// weight.untyped_storage().data_ptr()).
-void panel_cache_release(const void* storage_data);
+// Drops the entries of weights inside the `bytes` bytes from `begin` (a
+// module's parameter, when it is freed or replaced: Python passes its
+// storage's data_ptr() and nbytes()).
+void panel_cache_release(const void* begin, size_t bytes);
 // Test hook: the capacity in bytes (0 disables); returns the previous one.
 int64_t panel_cache_set_capacity(int64_t bytes);
 

@@ -30,6 +30,7 @@
 #include <c10/util/Optional.h>
 
 #include "cells.h"
+#include "layer_view.h"
 #include "step_plan.h"
 
 namespace rnnfast {
@@ -59,14 +60,9 @@ struct LayerInputs {
   bool reverse;           // process steps T-1 .. 0
 };
 
-// Sizes of a validated call (layer_checks.cpp).
-struct LayerDims {
-  int64_t N, T, B, I, H, P, G;
-  bool proj;
-};
-
 // The saved activations of a training forward: named views into its
-// workspace (undefined where the cell saves no such block).
+// workspace (undefined where the cell saves no such block), at SavedLayout's
+// offsets (layer_view.h).
 struct SavedActivations {
   Tensor gates;     // [N, G*H] activated gates
   Tensor cell;      // [N, H] LSTM c_t
@@ -120,7 +116,8 @@ LayerDims check_backward_inputs(const LayerBackwardInputs& b);
 // The step plan of validated inputs.
 StepPlan make_step_plan(const LayerInputs& in, const LayerDims& d);
 
-// CPU implementations (csrc/cpu/).
+// CPU implementations (csrc/cpu/ops_cpu.cpp: checks, outputs, then the
+// time loops on raw memory, layer_view.h).
 LayerOutputs layer_forward_cpu(const LayerInputs& in, bool training);
 LayerGrads layer_backward_cpu(const LayerBackwardInputs& b);
 

@@ -177,24 +177,15 @@ StepPlan make_step_plan(const LayerInputs& in, const LayerDims& d) {
 
 SavedActivations SavedActivations::view(const Tensor& workspace, CellType cell, const LayerDims& d) {
   const CellInfo& info = cell_info(cell);
-  SavedActivations s;
-  int64_t offset = 0;
-  auto take = [&](int64_t width) {
-    Tensor v = workspace.narrow(0, offset, d.N * width).view({d.N, width});
-    offset += d.N * width;
-    return v;
+  const SavedLayout at = SavedLayout::of(cell, d);
+  auto block = [&](int64_t offset, int64_t width) {
+    return offset < 0 ? Tensor() : workspace.narrow(0, offset, d.N * width).view({d.N, width});
   };
-  for (int k = 0; k < info.num_saved; ++k) {
-    const SavedBlock block = info.saved[k];
-    Tensor v = take(saved_block_width(info, block, d.H));
-    switch (block) {
-      case SavedBlock::kGates: s.gates = v; break;
-      case SavedBlock::kCell: s.cell = v; break;
-      case SavedBlock::kHiddenN: s.hidden_n = v; break;
-      case SavedBlock::kProjIn: s.proj_in = v; break;
-    }
-  }
-  if (d.proj) s.proj_in = take(d.H);
+  SavedActivations s;
+  s.gates = block(at.gates, info.gates * d.H);
+  s.cell = block(at.cell, d.H);
+  s.proj_in = block(at.proj_in, d.H);
+  s.hidden_n = block(at.hidden_n, d.H);
   return s;
 }
 

@@ -54,8 +54,14 @@ def _release_panels(parameters: dict):
     cache, csrc/cpu/panel_cache.h). Called when the module owning them is garbage-collected."""
     extension = require_extension()
     for weight in parameters.values():
-        if weight is not None and weight.device.type == "cpu":
-            extension._release_panels(weight.untyped_storage().data_ptr())
+        if weight is None or weight.device.type != "cpu":
+            continue
+        try:
+            storage = weight.untyped_storage()
+            begin, nbytes = storage.data_ptr(), storage.nbytes()
+        except (NotImplementedError, RuntimeError):  # no real storage (fake or wrapper tensors)
+            continue
+        extension._release_panels(begin, nbytes)
 
 
 def _release_panels_when_collected(module):

@@ -15,12 +15,15 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing
+import pickle
+from copy import deepcopy
 
 import pytest
 import torch
 
 import rnnfast
 from rnnfast import _extension
+from rnnfast.reference import layer_direction
 
 from cases import assert_close, run_concurrently
 
@@ -197,6 +200,78 @@ def test_capacity_bounds_the_cache_and_zero_disables_it():
         after = stats()
         assert after["entries"] == 0 and after["bytes"] == 0
         assert after["uncached"] >= before["uncached"] + 2 and after["hits"] == before["hits"]
+
+
+def test_converted_weights_lose_their_entries():
+    """.double() moves the weights to new storages: the float32 panels go at the next lookup (the
+    entries' weak references to the old storages have expired)."""
+    C.empty_cache()
+    reference, fast = pair("GRU", 12, 48)
+    x = torch.randn(6, 5, 12)
+    infer(fast, x)
+    assert stats()["entries"] == 2
+    fast.double()
+    reference.double()
+    assert_close(infer(fast, x.double()), infer(reference, x.double()), "after .double()")
+    assert stats()["entries"] == 2
+    C.empty_cache()
+
+
+def test_functional_call_with_fresh_weights():
+    """torch.func.functional_call with fresh tensors per call: right every call, and the entries of
+    freed weights go (at most the live calls' stay)."""
+    C.empty_cache()
+    reference, fast = pair("LSTM", 12, 40)
+    x = torch.randn(7, 3, 12)
+    for k in range(6):
+        torch.manual_seed(100 + k)
+        params = {n: torch.randn_like(p) * 0.3 for n, p in fast.named_parameters()}
+        with torch.no_grad():
+            got = torch.func.functional_call(fast, params, (x,))[0]
+            want = torch.func.functional_call(reference, params, (x,))[0]
+        assert_close(got, want, f"functional_call {k}")
+        del params
+        assert stats()["entries"] <= 4  # this call's w_ih and w_hh, and the previous call's
+
+
+def test_a_new_weight_at_a_used_address_is_packed_again():
+    """The operators called directly (no module): a weight freed and another allocated at the same
+    address with other values must not reuse the panels packed for the first (the entry's weak
+    reference drops them; the fingerprint check would catch them too)."""
+    C.empty_cache()
+    torch.manual_seed(0)
+    x, h0, c0 = torch.randn(40, 12), torch.randn(8, 32), torch.randn(8, 32)
+    w_hh = torch.randn(4 * 32, 32) * 0.2
+    hits_before = stats()["hits"]
+    addresses = []
+    for k in range(8):
+        w_ih = torch.randn(4 * 32, 12) * 0.2
+        addresses.append(w_ih.data_ptr())
+        with torch.no_grad():
+            got = torch.ops.rnnfast.layer_forward(0, x, None, h0, c0, w_ih, w_hh, None, None, None, False)[0]
+        want, _ = layer_direction("LSTM", x, [8] * 5, (h0, c0), {"w_ih": w_ih, "w_hh": w_hh,
+                                            "b_ih": None, "b_hh": None, "w_hr": None})
+        assert_close(got, want, f"call {k}")
+        del w_ih
+    assert stats()["hits"] > hits_before  # w_hh's panels were reused meanwhile
+    assert len(set(addresses)) < len(addresses), "no address was reused: the test proves nothing"
+    C.empty_cache()
+
+
+def test_entries_go_with_a_copy():
+    C.empty_cache()
+    fast = rnnfast.GRU(12, 48)
+    x = torch.randn(6, 5, 12)
+    copy = pickle.loads(pickle.dumps(fast))
+    twin = deepcopy(fast)
+    for module in (fast, copy, twin):
+        infer(module, x)
+    assert stats()["entries"] == 6
+    del copy, twin, module
+    gc.collect()
+    infer(fast, x)  # a lookup: the copies' freed weights' entries go
+    assert stats()["entries"] == 2
+    C.empty_cache()
 
 
 def test_entries_go_with_their_module():

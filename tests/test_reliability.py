@@ -170,7 +170,9 @@ def test_no_leak_over_many_training_calls(threads, split_small_calls):
         # (a busy machine may have put the warm-up on one thread: the back-off; this call starts clear)
         C.reset_thread_policy()
         call()
-        assert C.last_call_plan()["slices"] == threads
+        # The backward runs on `threads` slices unless its own forward found the machine busy (the
+        # back-off then puts it on one thread: the policy working, seen under a concurrent job).
+        assert C.last_call_plan()["slices"] == threads or C.thread_policy_state()["contended_calls"] > 0
         before = _heap_in_use()
         for _ in range(3000):
             call()

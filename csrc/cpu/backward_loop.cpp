@@ -1,4 +1,5 @@
-// CPU backward of one layer-direction (interface: csrc/layer.h).
+// CPU backward of one layer-direction (interface: csrc/layer_view.h; no torch
+// header: on the stable ABI's side of issue 16).
 //
 // Mirrors the forward: one parallel region, one column slice of the hidden
 // units per thread. Per step the fused gate backward of each slice's units, a
@@ -12,8 +13,6 @@
 // operands in the storage type S; the running dh, dc, dm and every sum (weight
 // and bias gradients, dx) are in the accumulation type A, converted to S once
 // at the end (16-bit storage).
-#include <ATen/Dispatch.h>
-
 #include "loop_common.h"
 
 namespace rnnfast {
@@ -26,80 +25,87 @@ class BackwardLoop {
   using A = acc_t<S>;
   static constexpr bool kConvert = !std::is_same_v<S, A>;  // sums need a conversion to S
 
-  BackwardLoop(const LayerBackwardInputs& a, const LayerDims& d)
+  BackwardLoop(const LayerBackwardView& a, const LayerGradView& g)
       : a_(a),
         in_(a.in),
+        g_(g),
         cell_(cell_info(a.in.cell)),
         k_(kernels<S>()),
-        plan_(make_step_plan(a.in, d)),
-        G_(d.G),
-        H_(d.H),
-        I_(d.I),
-        P_(d.P),
-        proj_(d.proj),
+        plan_(make_step_plan(a.in)),
+        G_(a.in.d.G),
+        H_(a.in.d.H),
+        I_(a.in.d.I),
+        P_(a.in.d.P),
+        proj_(a.in.d.proj),
         separate_(cell_.separate_hidden),
         lease_(wanted_threads(H_, plan_.B * G_ * H_ * P_, plan_.N * G_ * H_ * (2 * I_ + 3 * P_))),
         slicing_(H_, P_, lease_.threads()),
         input_cut_(Slicing::split(I_, slicing_.count, 16)),
-        saved_(SavedActivations::view(a.workspace, a.in.cell, d)) {}
+        workspace_(static_cast<const S*>(a.workspace)),
+        saved_(SavedLayout::of(a.in.cell, a.in.d)) {}
 
-  LayerGrads run() {
+  void run() {
     const int64_t B = plan_.B, GH = G_ * H_;
-    auto opts = in_.x.options();
-    const auto acc_opts = opts.dtype(c10::CppTypeToScalarType<A>::value);
     chunks_ = plan_.chunks(std::max<int64_t>(B, kBackwardChunkRows));
     const int64_t rows_max = StepPlan::max_rows(chunks_);
-    dg_ = pooled_empty({rows_max, GH}, opts);
-    if (separate_) dgxn_ = pooled_empty({rows_max, H_}, opts);
+    dg_ = PooledBytes(rows_max * GH * sizeof(S));
+    if (separate_) dgxn_ = PooledBytes(rows_max * H_ * sizeof(S));
     constexpr int64_t a = sizeof(A);
-    small_ = SmallBuffers({B * P_ * a, cell_.cell_state ? B * H_ * a : 0, proj_ ? B * H_ * a : 0},
-                          opts);
+    small_ = SmallBuffers({B * P_ * a, cell_.cell_state ? B * H_ * a : 0, proj_ ? B * H_ * a : 0});
     dh_ = small_.get<A>(0);  // running dh of the current step's h
     dc_ = small_.get<A>(1);
     dm_ = small_.get<A>(2);
-    to_acc(a_.dh_n.template data_ptr<S>(), B * P_, dh_);
-    if (cell_.cell_state) to_acc(a_.dc_n->template data_ptr<S>(), B * H_, dc_);
-    if (proj_) dh_total_ = pooled_empty({rows_max, P_}, opts);
+    to_acc(static_cast<const S*>(a_.dh_n), B * P_, dh_);
+    if (cell_.cell_state) to_acc(static_cast<const S*>(a_.dc_n), B * H_, dc_);
+    if (proj_) dh_total_ = PooledBytes(rows_max * P_ * sizeof(S));
     // As in the forward, a call of a few rows reads the weights where they are
     // instead of packing them; the others go through the panel cache. Slice s
     // owns columns p0..p1 of dh_{t-1} = dG_t @ w_hh, with projection units
     // u0..u1 of dm_t = dh_t @ w_hr, and columns i0..i1 of dx = dG @ w_ih.
     const bool direct = plan_.N <= kMaxUnpackedRows;
-    auto panels = [&](const Tensor& w, int64_t K, std::vector<int64_t> widths,
+    // w: K rows of `cols` (contiguous).
+    auto panels = [&](const void* w, const void* owner, int64_t K, int64_t cols, std::vector<int64_t> widths,
                       const std::vector<int64_t>& cut) {
       // Row-major weights: slice s is columns cut[s] .. cut[s+1] of every row.
+      const S* weight = static_cast<const S*>(w);
       std::vector<SliceSource> src(slicing_.count);
-      for (int sl = 0; sl < slicing_.count; ++sl) src[sl] = {0, w.size(1), ColumnMap{cut[sl], w.size(1), 0, 1}};
-      return direct ? SlicePanels<S>::direct(w, K, std::move(widths), std::move(src))
-                    : SlicePanels<S>::packed(k_, w, K, std::move(widths), std::move(src));
+      for (int sl = 0; sl < slicing_.count; ++sl) src[sl] = {0, cols, ColumnMap{cut[sl], cols, 0, 1}};
+      return direct ? SlicePanels<S>::direct(weight, K, std::move(widths), std::move(src))
+                    : SlicePanels<S>::packed(k_, weight, K * cols, owner, K, std::move(widths), std::move(src));
     };
-    w_hh_panels_ = panels(in_.w.w_hh, GH, slicing_.proj_widths(), slicing_.proj);
-    if (proj_) w_hr_panels_ = panels(*in_.w.w_hr, P_, slicing_.unit_widths(1), slicing_.unit);
-    if (a_.need_dweights) {
+    w_hh_panels_ = panels(in_.w_hh, in_.w_hh_owner, GH, P_, slicing_.proj_widths(), slicing_.proj);
+    if (proj_) w_hr_panels_ = panels(in_.w_hr, in_.w_hr_owner, P_, H_, slicing_.unit_widths(1), slicing_.unit);
+    if (need_dweights_) {
       // Written (not accumulated) by the first chunk's products: no zeroing.
-      dw_ih_ = pooled_empty(in_.w.w_ih.sizes(), acc_opts);
-      dw_hh_ = pooled_empty(in_.w.w_hh.sizes(), acc_opts);
-      db_h_ = cpu_empty({GH}, acc_opts).zero_();
-      if (separate_) db_xn_ = cpu_empty({H_}, acc_opts).zero_();
-      if (proj_) dw_hr_ = pooled_empty(in_.w.w_hr->sizes(), acc_opts);
-      x_panels_ = SlicePanels<S>(k_, rows_max, std::vector<int64_t>(slicing_.count, I_), opts);
-      hp_panels_ = SlicePanels<S>(k_, rows_max, std::vector<int64_t>(slicing_.count, P_), opts);
+      // With A = S straight into the gradients, else into A scratch.
+      const int64_t n_ih = GH * I_, n_hh = GH * P_, n_hr = proj_ ? P_ * H_ : 0;
+      if constexpr (kConvert) acc_ = PooledBytes((n_ih + n_hh + n_hr) * sizeof(A));
+      dw_ih_ = kConvert ? acc_.as<A>() : static_cast<A*>(g_.dw_ih);
+      dw_hh_ = kConvert ? acc_.as<A>() + n_ih : static_cast<A*>(g_.dw_hh);
+      dw_hr_ = kConvert ? acc_.as<A>() + n_ih + n_hh : static_cast<A*>(g_.dw_hr);
+      bias_sums_ = PooledBytes((GH + H_) * sizeof(A));
+      db_h_ = bias_sums_.as<A>();
+      db_xn_ = db_h_ + GH;
+      std::fill_n(db_h_, GH + H_, A(0));
+      x_panels_ = SlicePanels<S>(k_, rows_max, std::vector<int64_t>(slicing_.count, I_));
+      hp_panels_ = SlicePanels<S>(k_, rows_max, std::vector<int64_t>(slicing_.count, P_));
       if (proj_)
-        m_panels_ = SlicePanels<S>(k_, rows_max, std::vector<int64_t>(slicing_.count, H_), opts);
+        m_panels_ = SlicePanels<S>(k_, rows_max, std::vector<int64_t>(slicing_.count, H_));
       int64_t widest = 0;
       for (int s = 0; s < slicing_.count; ++s)
         widest = std::max({widest, slicing_.u1(s) - slicing_.u0(s), slicing_.p1(s) - slicing_.p0(s)});
-      dg_t_ = pooled_empty({slicing_.count, widest * rows_max}, opts);
+      dg_t_stride_ = widest * rows_max;
+      dg_t_ = PooledBytes(slicing_.count * dg_t_stride_ * sizeof(S));
       make_row_pointers();
     }
-    if (a_.need_dx) {
-      g_.dx = pooled_empty({plan_.N, I_}, opts);
-      if (kConvert) dx_chunk_ = pooled_empty({rows_max, I_}, acc_opts);
+    if (need_dx_) {
+      if (kConvert) dx_chunk_ = PooledBytes(rows_max * I_ * sizeof(A));
       std::vector<int64_t> widths(slicing_.count);
       for (int s = 0; s < slicing_.count; ++s) widths[s] = input_cut_[s + 1] - input_cut_[s];
       const int64_t shared = separate_ ? GH - H_ : GH;
-      w_ih_panels_ = panels(in_.w.w_ih.narrow(0, 0, shared), shared, widths, input_cut_);
-      if (separate_) w_in_panels_ = panels(in_.w.w_ih.narrow(0, shared, H_), H_, widths, input_cut_);
+      const S* w_ih = static_cast<const S*>(in_.w_ih);
+      w_ih_panels_ = panels(w_ih, in_.w_ih_owner, shared, I_, widths, input_cut_);
+      if (separate_) w_in_panels_ = panels(w_ih + shared * I_, in_.w_ih_owner, H_, I_, widths, input_cut_);
     }
 
     last_call_plan() = CallPlan{true, slicing_.count, int64_t(chunks_.size()), rows_max, direct};
@@ -112,7 +118,7 @@ class BackwardLoop {
       }
     });
     for (SlicePanels<S>* p : {&w_hh_panels_, &w_hr_panels_, &w_ih_panels_, &w_in_panels_}) p->commit();
-    return finish();
+    finish();
   }
 
  private:
@@ -139,21 +145,21 @@ class BackwardLoop {
     return p;
   }
   PrevRows<S> h_prev(int64_t s) const {
-    return prev(s, a_.y.template data_ptr<S>(), a_.y.stride(0), in_.h0.template data_ptr<S>(), P_);
+    return prev(s, static_cast<const S*>(a_.y), a_.ld_y, static_cast<const S*>(in_.h0), P_);
   }
 
   void step(int64_t s, const Chunk& chunk, int thread, int threads, SpinBarrier& barrier) {
     const int64_t t = plan_.step(s), rows = plan_.bs(t), off = plan_.offset(t);
     const int64_t GH = G_ * H_;
-    const S* dy = a_.dy.template data_ptr<S>() + off * a_.dy.stride(0);
-    const int64_t lddy = a_.dy.stride(0);
+    const int64_t lddy = a_.ld_dy;
+    const S* dy = static_cast<const S*>(a_.dy) + off * lddy;
     A* dh = dh_;
     const int64_t r0 = off - chunk.lo;  // first row of the step in the chunk buffers
-    S* dg = dg_.data_ptr<S>() + r0 * GH;
+    S* dg = dg_.as<S>() + r0 * GH;
 
     if (proj_) {
       // dh_t = dy_t + recurrent part, then dm_t = dh_t @ w_hr.
-      S* dht = dh_total_.data_ptr<S>() + r0 * P_;
+      S* dht = dh_total_.as<S>() + r0 * P_;
       for (int sl = thread; sl < slicing_.count; sl += threads)
         for (int64_t b = 0; b < rows; ++b)
           for (int64_t p = slicing_.p0(sl); p < slicing_.p1(sl); ++p)
@@ -165,16 +171,15 @@ class BackwardLoop {
 
     CellBackwardRows<S> r;
     r.rows = rows; r.H = H_;
-    if (saved_.gates.defined()) {
-      r.gates = saved_.gates.template data_ptr<S>() + off * GH; r.ld_gates = GH;
+    if (const S* gates = SavedLayout::block(workspace_, saved_.gates)) {
+      r.gates = gates + off * GH; r.ld_gates = GH;
     }
-    const Tensor& step_state = saved_.step_state(in_.cell);
-    if (step_state.defined()) {
-      r.saved = step_state.template data_ptr<S>() + off * H_; r.ld_saved = H_;
+    if (const S* step_state = SavedLayout::block(workspace_, saved_.step_state(in_.cell))) {
+      r.saved = step_state + off * H_; r.ld_saved = H_;
     }
-    r.h = a_.y.template data_ptr<S>() + off * a_.y.stride(0); r.ld_h = a_.y.stride(0);
+    r.h = static_cast<const S*>(a_.y) + off * a_.ld_y; r.ld_h = a_.ld_y;
     if (cell_.backward_prev == PrevState::kCell) {
-      r.prev = prev(s, saved_.cell.template data_ptr<S>(), H_, in_.c0->template data_ptr<S>(), H_);
+      r.prev = prev(s, SavedLayout::block(workspace_, saved_.cell), H_, static_cast<const S*>(in_.c0), H_);
     } else if (cell_.backward_prev == PrevState::kHidden) {
       r.prev = h_prev(s);
     }
@@ -189,7 +194,7 @@ class BackwardLoop {
     }
     if (separate_) {
       r.dh_direct = dh; r.ld_dh_direct = P_;
-      r.dgxn = dgxn_.data_ptr<S>() + r0 * H_; r.ld_dgxn = H_;
+      r.dgxn = dgxn_.as<S>() + r0 * H_; r.ld_dgxn = H_;
     }
     r.dg = dg; r.ld_dg = GH;
     for (int sl = thread; sl < slicing_.count; sl += threads) {
@@ -210,8 +215,8 @@ class BackwardLoop {
   // Rows of x, of h_{t-1} (the previous step's output or h0) and of m, in
   // the packed row order: the B operands of the weight gradients.
   void make_row_pointers() {
-    const S* x = in_.x.template data_ptr<S>();
-    const S* m = proj_ ? saved_.proj_in.template data_ptr<S>() : nullptr;
+    const S* x = static_cast<const S*>(in_.x);
+    const S* m = proj_ ? SavedLayout::block(workspace_, saved_.proj_in) : nullptr;
     x_rows_.resize(plan_.N);
     hp_rows_.resize(plan_.N);
     if (proj_) m_rows_.resize(plan_.N);
@@ -235,40 +240,40 @@ class BackwardLoop {
   // processed writes every block of the weight gradients, later ones add.
   void chunk_products(const Chunk& c, bool first, int thread, int threads) {
     const int64_t GH = G_ * H_;
-    const S* dg = dg_.data_ptr<S>();
+    const S* dg = dg_.as<S>();
     const A beta_w = first ? A(0) : A(1);
     for (int s = thread; s < slicing_.count; s += threads) {
-      if (a_.need_dweights) {
+      if (need_dweights_) {
         const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
-        S* at = dg_t_.data_ptr<S>() + s * dg_t_.stride(0);  // [nu or np, rows] scratch
+        S* at = dg_t_.as<S>() + s * dg_t_stride_;  // [nu or np, rows] scratch
         x_panels_.pack_rows(k_, s, c.rows, x_rows_.data() + c.lo, 0);
         hp_panels_.pack_rows(k_, s, c.rows, hp_rows_.data() + c.lo, 0);
-        A* dw_ih = dw_ih_.data_ptr<A>();
-        A* dw_hh = dw_hh_.data_ptr<A>();
+        A* dw_ih = dw_ih_;
+        A* dw_hh = dw_hh_;
         for (int64_t g = 0; g < G_; ++g) {
           const int64_t col = g * H_ + u0;  // gate g of the slice's units
           k_.transpose(c.rows, nu, dg + col, GH, at, c.rows);
           hp_panels_.gemm(k_, s, nu, at, c.rows, beta_w, dw_hh + col * P_, P_);
           if (separate_ && g == G_ - 1)  // the input side of the last block has its own gradient
-            k_.transpose(c.rows, nu, dgxn_.data_ptr<S>() + u0, H_, at, c.rows);
+            k_.transpose(c.rows, nu, dgxn_.as<S>() + u0, H_, at, c.rows);
           x_panels_.gemm(k_, s, nu, at, c.rows, beta_w, dw_ih + col * I_, I_);
-          k_.add_column_sums(c.rows, nu, dg + col, GH, db_h_.data_ptr<A>() + col);
+          k_.add_column_sums(c.rows, nu, dg + col, GH, db_h_ + col);
         }
         if (separate_)
-          k_.add_column_sums(c.rows, nu, dgxn_.data_ptr<S>() + u0, H_, db_xn_.data_ptr<A>() + u0);
+          k_.add_column_sums(c.rows, nu, dgxn_.as<S>() + u0, H_, db_xn_ + u0);
         if (proj_) {
           const int64_t p0 = slicing_.p0(s), np = slicing_.p1(s) - p0;
           m_panels_.pack_rows(k_, s, c.rows, m_rows_.data() + c.lo, 0);
-          k_.transpose(c.rows, np, dh_total_.data_ptr<S>() + p0, P_, at, c.rows);
-          m_panels_.gemm(k_, s, np, at, c.rows, beta_w, dw_hr_.data_ptr<A>() + p0 * H_, H_);
+          k_.transpose(c.rows, np, dh_total_.as<S>() + p0, P_, at, c.rows);
+          m_panels_.gemm(k_, s, np, at, c.rows, beta_w, dw_hr_ + p0 * H_, H_);
         }
       }
-      if (a_.need_dx) {
+      if (need_dx_) {
         const int64_t i0 = input_cut_[s];
-        S* dx = g_.dx.template data_ptr<S>() + c.lo * I_ + i0;
-        A* dx_acc = kConvert ? dx_chunk_.data_ptr<A>() + i0 : reinterpret_cast<A*>(dx);
+        S* dx = static_cast<S*>(g_.dx) + c.lo * I_ + i0;
+        A* dx_acc = kConvert ? dx_chunk_.as<A>() + i0 : reinterpret_cast<A*>(dx);
         w_ih_panels_.gemm(k_, s, c.rows, dg, GH, A(0), dx_acc, I_);
-        if (separate_) w_in_panels_.gemm(k_, s, c.rows, dgxn_.data_ptr<S>(), H_, A(1), dx_acc, I_);
+        if (separate_) w_in_panels_.gemm(k_, s, c.rows, dgxn_.as<S>(), H_, A(1), dx_acc, I_);
         if (kConvert) k_.to_storage(c.rows, input_cut_[s + 1] - i0, dx_acc, I_, dx, I_);
       }
     }
@@ -279,49 +284,37 @@ class BackwardLoop {
     for (int64_t i = 0; i < n; ++i) dst[i] = A(src[i]);
   }
 
-  // A contiguous accumulation-typed tensor in the storage type: itself when
-  // the types agree, a rounded copy otherwise.
-  Tensor in_storage(const Tensor& acc) const {
-    if constexpr (!kConvert) {
-      return acc;
-    } else {
-      Tensor out = cpu_empty(acc.sizes(), in_.x.options());
-      const int64_t n = acc.numel();
-      k_.to_storage(1, n, acc.data_ptr<A>(), n, out.template data_ptr<S>(), n);
-      return out;
-    }
-  }
-  Tensor in_storage(const A* src, std::initializer_list<int64_t> sizes) const {
-    Tensor out = cpu_empty(sizes, in_.x.options());
-    const int64_t n = out.numel();
-    k_.to_storage(1, n, src, n, out.template data_ptr<S>(), n);
-    return out;
+  // n accumulated values into a gradient of the storage type.
+  void store(const A* src, int64_t n, void* dst) const {
+    if (dst && static_cast<const void*>(src) != dst) k_.to_storage(1, n, src, n, static_cast<S*>(dst), n);
   }
 
-  LayerGrads finish() {
-    if (a_.need_dstate) {
-      g_.dh0 = in_storage(dh_, {plan_.B, P_});
-      if (cell_.cell_state) g_.dc0 = in_storage(dc_, {plan_.B, H_});
+  void finish() {
+    if (need_dstate_) {
+      store(dh_, plan_.B * P_, g_.dh0);
+      if (cell_.cell_state) store(dc_, plan_.B * H_, g_.dc0);
     }
-    if (a_.need_dweights) {
-      g_.dw_ih = in_storage(dw_ih_);
-      g_.dw_hh = in_storage(dw_hh_);
-      if (proj_) g_.dw_hr = in_storage(dw_hr_);
-    }
-    if (a_.need_dweights && has(in_.w.b_ih)) {
-      g_.db_hh = in_storage(db_h_);
-      if (separate_) {
-        g_.db_ih = in_storage(at::cat({db_h_.narrow(0, 0, (G_ - 1) * H_), db_xn_}));
-      } else {
-        // Same values, separate storage for two .grad fields.
-        g_.db_ih = kConvert ? in_storage(db_h_) : db_h_.clone();
+    if (need_dweights_) {
+      const int64_t GH = G_ * H_;
+      store(dw_ih_, GH * I_, g_.dw_ih);  // (no-op where the sums went straight there)
+      store(dw_hh_, GH * P_, g_.dw_hh);
+      if (proj_) store(dw_hr_, P_ * H_, g_.dw_hr);
+      if (in_.b_ih) {
+        store(db_h_, GH, g_.db_hh);
+        if (separate_) {  // b_ih's last block has its own sums
+          store(db_h_, GH - H_, g_.db_ih);
+          store(db_xn_, H_, static_cast<S*>(g_.db_ih) + GH - H_);
+        } else {
+          store(db_h_, GH, g_.db_ih);
+        }
       }
     }
-    return g_;
   }
 
-  const LayerBackwardInputs& a_;
-  const LayerInputs& in_;
+  const LayerBackwardView& a_;
+  const LayerView& in_;
+  const LayerGradView& g_;
+  const bool need_dx_ = g_.need_dx, need_dstate_ = g_.need_dstate, need_dweights_ = g_.need_dweights;
   const CellInfo& cell_;
   const KernelTable<S>& k_;  // read once per call: set_cpu_capability may swap the table
   const StepPlan plan_;
@@ -330,24 +323,29 @@ class BackwardLoop {
   const ThreadLease lease_;  // held for the whole call
   const Slicing slicing_;
   const std::vector<int64_t> input_cut_;  // [count+1] column slices of x for dx
-  const SavedActivations saved_;
+  const S* workspace_;          // the forward's saved activations
+  const SavedLayout saved_;      // where each block starts in them
   std::vector<Chunk> chunks_;
-  LayerGrads g_;
   // Chunk buffers (rows of the current chunk):
-  Tensor dg_;        // [rows, G*H] pre-activation gradients (separate_hidden: hidden side)
-  Tensor dgxn_;      // [rows, H] separate_hidden: input side of the last block
-  Tensor dh_total_;  // [rows, P] proj: dh_t = dy_t + recurrent part (input of dw_hr)
-  Tensor dg_t_;      // per slice: [nu or np, rows] a transposed column block of dG (or dh_total)
-  Tensor dx_chunk_;  // 16-bit storage: [rows, I] dx of the chunk before conversion (A)
+  PooledBytes dg_;        // [rows, G*H] S: pre-activation gradients (separate_hidden: hidden side)
+  PooledBytes dgxn_;      // [rows, H] S, separate_hidden: input side of the last block
+  PooledBytes dh_total_;  // [rows, P] S, proj: dh_t = dy_t + recurrent part (input of dw_hr)
+  PooledBytes dg_t_;      // per slice: [nu or np, rows] S, a transposed column block of dG (or dh_total)
+  int64_t dg_t_stride_ = 0;  // elements from one slice's block of dg_t_ to the next
+  PooledBytes dx_chunk_;  // 16-bit storage: [rows, I] A, dx of the chunk before conversion
   // Step state (A):
   SmallBuffers small_;
   A* dh_ = nullptr;  // [B, P] recurrent gradient of the current step's h
   A* dc_ = nullptr;  // [B, H] cell_state: gradient of the current step's c
   A* dm_ = nullptr;  // [B, H] proj: gradient of m_t
   // Gradient accumulators (A):
-  Tensor dw_ih_, dw_hh_, dw_hr_;  // shapes of w_ih, w_hh, w_hr
-  Tensor db_h_;      // [G*H] column sums of dg_
-  Tensor db_xn_;     // [H] separate_hidden: column sums of dgxn_
+  PooledBytes acc_;          // 16-bit storage: the weight-gradient sums below
+  A* dw_ih_ = nullptr;       // [G*H, I] (the gradient itself where A = S)
+  A* dw_hh_ = nullptr;       // [G*H, P]
+  A* dw_hr_ = nullptr;       // [P, H], proj
+  PooledBytes bias_sums_;
+  A* db_h_ = nullptr;        // [G*H] column sums of dg_
+  A* db_xn_ = nullptr;       // [H] separate_hidden: column sums of dgxn_
   // Packed operands:
   SlicePanels<S> w_hh_panels_;  // per slice: [G*H, np] columns p0..p1 of w_hh
   SlicePanels<S> w_hr_panels_;  // per slice: [P, nu] columns u0..u1 of w_hr
@@ -360,15 +358,13 @@ class BackwardLoop {
 }  // namespace
 }  // namespace cpu
 
-LayerGrads layer_backward_cpu(const LayerBackwardInputs& b) {
-  const LayerDims d = check_backward_inputs(b);
-  TORCH_CHECK(b.in.x.device().is_cpu(), "rnnfast: layer_backward_cpu got a ",
-              b.in.x.device().str(), " tensor");
-  LayerGrads g;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, b.in.x.scalar_type(),
-                                  "rnnfast_layer_backward_cpu",
-                                  [&] { g = cpu::BackwardLoop<scalar_t>(b, d).run(); });
-  return g;
+void backward_loop_cpu(const LayerBackwardView& b, const LayerGradView& g) {
+  switch (b.in.dtype) {
+    case StorageType::kFloat: return cpu::BackwardLoop<float>(b, g).run();
+    case StorageType::kDouble: return cpu::BackwardLoop<double>(b, g).run();
+    case StorageType::kBFloat16: return cpu::BackwardLoop<c10::BFloat16>(b, g).run();
+    case StorageType::kHalf: return cpu::BackwardLoop<c10::Half>(b, g).run();
+  }
 }
 
 }  // namespace rnnfast

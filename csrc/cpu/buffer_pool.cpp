@@ -1,19 +1,11 @@
 #include "buffer_pool.h"
 
-#include <ATen/EmptyTensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/core/CPUAllocator.h>
-#include <c10/core/Storage.h>
-#include <c10/util/strides.h>
-#include <c10/core/Allocator.h>
-#include <c10/util/Exception.h>
-
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <stdexcept>
 #include <string>
-
-#include <pthread.h>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -28,15 +20,23 @@ constexpr size_t kHugeBytes = size_t(16) << 20;
 constexpr size_t kHugePage = size_t(2) << 20;
 constexpr size_t kGranule = size_t(64) << 10;
 constexpr size_t kPageAlign = 4096;
-// glibc's initial mmap threshold: allocations from here up are often given
-// back to the kernel when freed (mmap, or a trimmed heap top) and fault again
-// on reuse (measured: 75 faults per GRU training step at T=1, B=32, H=256
-// with the weight gradients unpooled). Below it, the heap reuses memory.
-constexpr size_t kMinPooledBytes = size_t(128) << 10;
+constexpr size_t kHeapAlign = 64;  // as torch's CPU allocator
 
 size_t block_bytes(size_t exact) {
   const size_t unit = exact >= kHugeBytes ? kHugePage : kGranule;
   return (exact + unit - 1) / unit * unit;
+}
+
+void* aligned_or_throw(size_t align, size_t bytes) {
+  void* p = std::aligned_alloc(align, (bytes + align - 1) / align * align);
+  if (!p) throw std::runtime_error("rnnfast: out of memory allocating " + std::to_string(bytes) + " bytes");
+  return p;
+}
+
+std::atomic<PoolObserver> observer{nullptr};
+
+void observe(void* p, int64_t delta) {
+  if (PoolObserver o = observer.load(std::memory_order_relaxed)) o(p, delta);
 }
 
 class Pool {
@@ -58,8 +58,7 @@ class Pool {
       }
     }
     const bool huge = bytes >= kHugeBytes;
-    void* p = std::aligned_alloc(huge ? kHugePage : kPageAlign, bytes);
-    TORCH_CHECK(p, "rnnfast: out of memory allocating ", std::to_string(bytes), " bytes");
+    void* p = aligned_or_throw(huge ? kHugePage : kPageAlign, bytes);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (huge) madvise(p, bytes, MADV_HUGEPAGE);  // a hint; ignored where huge pages are off
 #endif
@@ -103,33 +102,54 @@ class Pool {
   const size_t cap_;
 };
 
-void report_to_profiler(void* p, int64_t delta) {
-  if (c10::memoryProfilingEnabled())
-    c10::reportMemoryUsageToProfiler(p, delta, 0, 0, c10::Device(c10::DeviceType::CPU));
-}
-
 }  // namespace
 
-at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  const size_t exact = static_cast<size_t>(numel) * options.dtype().itemsize();
-  if (exact < kMinPooledBytes) return cpu_empty(sizes, options);
-  const size_t bytes = block_bytes(exact);
-  void* p = Pool::instance().take(bytes);
-  report_to_profiler(p, static_cast<int64_t>(bytes));
-  c10::DataPtr data = c10::InefficientStdFunctionContext::makeDataPtr(
-      p,
-      [bytes](void* q) {
-        report_to_profiler(q, -static_cast<int64_t>(bytes));
-        Pool::instance().give_back(q, bytes);
-      },
-      c10::Device(c10::DeviceType::CPU));
-  // Resizable like the storage of at::empty: growing it (resize_) moves the
-  // data to a block of the regular CPU allocator and returns this one.
-  c10::Storage storage(c10::Storage::use_byte_size_t(), exact, std::move(data),
-                       c10::GetCPUAllocator(), /*resizable=*/true);
-  return at::empty({0}, options).set_(std::move(storage), 0, sizes, c10::contiguous_strides(sizes));
+void* pool_take(size_t bytes, size_t* block) {
+  *block = block_bytes(bytes);
+  void* p = Pool::instance().take(*block);
+  observe(p, static_cast<int64_t>(*block));
+  return p;
+}
+
+void pool_give(void* p, size_t block) {
+  observe(p, -static_cast<int64_t>(block));
+  Pool::instance().give_back(p, block);
+}
+
+void set_pool_observer(PoolObserver o) { observer.store(o, std::memory_order_relaxed); }
+
+PooledBytes::PooledBytes(size_t bytes, bool pooled) : bytes_(bytes) {
+  if (pooled && bytes >= kMinPooledBytes) {
+    data_ = pool_take(bytes, &block_);
+  } else {
+    data_ = aligned_or_throw(kHeapAlign, bytes ? bytes : 1);
+    observe(data_, static_cast<int64_t>(bytes));  // the profiler saw these as the CPU allocator's too
+  }
+}
+
+PooledBytes& PooledBytes::operator=(PooledBytes&& other) noexcept {
+  if (this != &other) {
+    release();
+    data_ = other.data_;
+    bytes_ = other.bytes_;
+    block_ = other.block_;
+    other.data_ = nullptr;
+    other.bytes_ = other.block_ = 0;
+  }
+  return *this;
+}
+
+PooledBytes::~PooledBytes() { release(); }
+
+void PooledBytes::release() {
+  if (!data_) return;
+  if (block_) {
+    pool_give(data_, block_);
+  } else {
+    observe(data_, -static_cast<int64_t>(bytes_));
+    std::free(data_);
+  }
+  data_ = nullptr;
 }
 
 int64_t bytes_from_env(const char* name, int64_t fallback) {
@@ -137,12 +157,9 @@ int64_t bytes_from_env(const char* name, int64_t fallback) {
   if (!env || !*env) return fallback;
   char* end = nullptr;
   const long long v = std::strtoll(env, &end, 10);
-  TORCH_CHECK(end && *end == '\0' && v >= 0, "rnnfast: ", name, " must be a number of bytes, got '", env, "'");
+  if (!(end && *end == '\0' && v >= 0))
+    throw std::runtime_error(std::string("rnnfast: ") + name + " must be a number of bytes, got '" + env + "'");
   return v;
-}
-
-at::Tensor cpu_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return at::Tensor(at::detail::empty_cpu(sizes, options));
 }
 
 size_t pool_cached_bytes() { return Pool::instance().cached(); }

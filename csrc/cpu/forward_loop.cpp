@@ -1,4 +1,5 @@
-// CPU forward of one layer-direction (interface: csrc/layer.h).
+// CPU forward of one layer-direction (interface: csrc/layer_view.h; no torch
+// header: on the stable ABI's side of issue 16).
 //
 // One parallel region. The hidden units are split into one column slice per
 // thread; each thread packs its slice of the weights once (then streamed from
@@ -7,8 +8,6 @@
 //   2. per step, its columns of h_{t-1} @ w_hh^T and the fused gate math of
 //      its units. One barrier per step publishes h_t (two with a projection:
 //      m_t, then h_t = m_t @ w_hr^T).
-#include <ATen/Dispatch.h>
-
 #include "loop_common.h"
 
 namespace rnnfast {
@@ -31,10 +30,11 @@ constexpr int64_t kSmallGxBytes = 16 * 1024;
 constexpr int64_t kMinSplitRows = 16;
 constexpr int64_t kMaxSplitWeightBytes = int64_t(4) << 20;
 
-bool split_batch(const StepPlan& plan, const LayerInputs& in, const LayerDims& d, int threads) {
+bool split_batch(const StepPlan& plan, const LayerView& in, int64_t element_size, int threads) {
   static const int64_t max_bytes = bytes_from_env("RNNFAST_SPLIT_WEIGHT_BYTES", kMaxSplitWeightBytes);
-  const int64_t weight_bytes = d.G * d.H * (d.I + d.P) * int64_t(in.x.element_size());
-  return threads > 1 && !has(in.batch_sizes) && !d.proj && plan.B >= kMinSplitRows * threads &&
+  const LayerDims& d = in.d;
+  const int64_t weight_bytes = d.G * d.H * (d.I + d.P) * element_size;
+  return threads > 1 && !in.batch_sizes && !d.proj && plan.B >= kMinSplitRows * threads &&
          weight_bytes <= max_bytes;
 }
 
@@ -43,36 +43,29 @@ class ForwardLoop {
  public:
   using A = acc_t<S>;
 
-  ForwardLoop(const LayerInputs& in, const LayerDims& d, bool training)
+  ForwardLoop(const LayerView& in, const LayerOutputView& out, bool training)
       : in_(in),
+        out_(out),
         cell_(cell_info(in.cell)),
         k_(kernels<S>()),
-        plan_(make_step_plan(in, d)),
-        G_(d.G),
-        H_(d.H),
-        I_(d.I),
-        P_(d.P),
-        proj_(d.proj),
+        plan_(make_step_plan(in)),
+        G_(in.d.G),
+        H_(in.d.H),
+        I_(in.d.I),
+        P_(in.d.P),
+        proj_(in.d.proj),
         training_(training),
         lease_(wanted_threads(H_, plan_.B * G_ * H_ * P_, plan_.N * G_ * H_ * (I_ + P_))),
-        batch_split_(split_batch(plan_, in, d, lease_.threads())),
+        batch_split_(split_batch(plan_, in, sizeof(S), lease_.threads())),
         slicing_(H_, P_, batch_split_ ? 1 : lease_.threads()) {}
 
-  LayerOutputs run() {
-    const int64_t N = plan_.N, B = plan_.B, GH = G_ * H_;
-    auto opts = in_.x.options();
-    LayerOutputs out;
-    out.y = pooled_empty({N, P_}, opts);
-    out.h_n = cpu_empty({B, P_}, opts);
-    out.c_n = cell_.cell_state ? cpu_empty({B, H_}, opts) : cpu_empty({0}, opts);
+  void run() {
+    const int64_t B = plan_.B, GH = G_ * H_;
     if (training_) {
-      LayerDims d{N, plan_.T, B, I_, H_, P_, G_, proj_};
-      out.workspace = pooled_empty({N * saved_width(cell_, H_, proj_)}, opts);
-      saved_ = SavedActivations::view(out.workspace, in_.cell, d);
-    } else {
-      out.workspace = cpu_empty({0}, opts);
+      workspace_ = static_cast<S*>(out_.workspace);
+      saved_ = SavedLayout::of(in_.cell, in_.d);
     }
-    y_ = out.y.template data_ptr<S>();
+    y_ = static_cast<S*>(out_.y);
     // The input projection x @ w_ih^T is computed a chunk of steps at a time,
     // ahead of the chunk's recurrence: one large GEMM per slice, and scratch
     // bounded by the chunk size however long the sequence.
@@ -80,7 +73,7 @@ class ForwardLoop {
     const int64_t gx_size = StepPlan::max_rows(chunks_) * GH;
     constexpr int64_t a = sizeof(A), s = sizeof(S);
     const bool small_gx = gx_size * a <= kSmallGxBytes;
-    if (!small_gx) gx_large_ = pooled_empty({gx_size}, opts.dtype(c10::CppTypeToScalarType<A>::value));
+    if (!small_gx) gx_large_ = PooledBytes(gx_size * a);
     // A projection's output h_t = m_t @ w_hr^T is an A-typed GEMM result: a
     // storage type other than A needs it converted from a scratch of its own.
     const bool proj_scratch = proj_ && !std::is_same_v<S, A>;
@@ -89,16 +82,16 @@ class ForwardLoop {
                            proj_ && !training_ ? B * H_ * s : 0,    // m of the current step
                            cell_.cell_state ? B * H_ * a : 0,       // running c
                            FoldedBias<S>::size(cell_, H_) * a,
-                           proj_scratch ? B * P_ * a : 0},          // h_t before conversion
-                          opts);
-    gx_ = small_gx ? small_.get<A>(0) : gx_large_.data_ptr<A>();
+                           proj_scratch ? B * P_ * a : 0});         // h_t before conversion
+    gx_ = small_gx ? small_.get<A>(0) : gx_large_.as<A>();
     gh_ = small_.get<A>(1);
     m_scratch_ = small_.get<S>(2);
     c_ = small_.get<A>(3);
-    bias_ = FoldedBias<S>(cell_, in_.w, H_, small_.get<A>(4));
+    bias_ = FoldedBias<S>(cell_, static_cast<const S*>(in_.b_ih), static_cast<const S*>(in_.b_hh), H_,
+                          small_.get<A>(4));
     hr_ = small_.get<A>(5);
     if (cell_.cell_state) {
-      const S* c0 = in_.c0->template data_ptr<S>();
+      const S* c0 = static_cast<const S*>(in_.c0);
       for (int64_t i = 0; i < B * H_; ++i) c_[i] = A(c0[i]);
     }
     // Packing costs about as much as one pass of GEMMs over the weights: not
@@ -117,13 +110,16 @@ class ForwardLoop {
       hh[s] = {0, 1, ColumnMap{u0 * P_, nu, H_ * P_, P_}};
       hr[s] = {0, 1, ColumnMap{slicing_.p0(s) * H_, P_, 0, H_}};
     }
-    auto panels = [&](const Tensor& w, int64_t K, std::vector<int64_t> widths, std::vector<SliceSource> src) {
-      return direct ? SlicePanels<S>::direct(w, K, std::move(widths), std::move(src))
-                    : SlicePanels<S>::packed(k_, w, K, std::move(widths), std::move(src));
+    // (w: [rows, K] contiguous)
+    auto panels = [&](const void* w, const void* owner, int64_t rows, int64_t K, std::vector<int64_t> widths,
+                      std::vector<SliceSource> src) {
+      const S* weight = static_cast<const S*>(w);
+      return direct ? SlicePanels<S>::direct(weight, K, std::move(widths), std::move(src))
+                    : SlicePanels<S>::packed(k_, weight, rows * K, owner, K, std::move(widths), std::move(src));
     };
-    w_ih_panels_ = panels(in_.w.w_ih, I_, slicing_.unit_widths(G_), std::move(ih));
-    w_hh_panels_ = panels(in_.w.w_hh, P_, slicing_.unit_widths(G_), std::move(hh));
-    if (proj_) w_hr_panels_ = panels(*in_.w.w_hr, H_, slicing_.proj_widths(), std::move(hr));
+    w_ih_panels_ = panels(in_.w_ih, in_.w_ih_owner, GH, I_, slicing_.unit_widths(G_), std::move(ih));
+    w_hh_panels_ = panels(in_.w_hh, in_.w_hh_owner, GH, P_, slicing_.unit_widths(G_), std::move(hh));
+    if (proj_) w_hr_panels_ = panels(in_.w_hr, in_.w_hr_owner, P_, H_, slicing_.proj_widths(), std::move(hr));
 
     const int team = batch_split_ ? lease_.threads() : slicing_.count;
     last_call_plan() = CallPlan{false, team, int64_t(chunks_.size()), StepPlan::max_rows(chunks_), direct};
@@ -147,10 +143,9 @@ class ForwardLoop {
     w_ih_panels_.commit();
     w_hh_panels_.commit();
     w_hr_panels_.commit();
-    gather_h_n(out.h_n);
+    gather_h_n(static_cast<S*>(out_.h_n));
     // Rows keep c from their last step.
-    if (cell_.cell_state) k_.to_storage(B, H_, c_, H_, out.c_n.template data_ptr<S>(), H_);
-    return out;
+    if (cell_.cell_state) k_.to_storage(B, H_, c_, H_, static_cast<S*>(out_.c_n), H_);
   }
 
  private:
@@ -172,7 +167,7 @@ class ForwardLoop {
   // gx rows of the chunk, this thread's slices' columns. Only the owning
   // slice reads them, so no barrier is needed before the chunk's steps.
   void project_input(const Chunk& c, int thread, int threads) {
-    const S* x = in_.x.template data_ptr<S>() + c.lo * I_;
+    const S* x = static_cast<const S*>(in_.x) + c.lo * I_;
     for (int s = thread; s < slicing_.count; s += threads)
       w_ih_panels_.gemm(k_, s, c.rows, x, I_, A(0), gx_ + G_ * slicing_.u0(s), G_ * H_);
   }
@@ -181,7 +176,7 @@ class ForwardLoop {
   // (one slice), a GEMM per step (the thread's rows of a chunk are not one
   // strided block).
   void project_input_rows(const Chunk& c, int64_t b0, int64_t b1) {
-    const S* x = in_.x.template data_ptr<S>();
+    const S* x = static_cast<const S*>(in_.x);
     for (int64_t s = c.s0; s < c.s1; ++s) {
       const int64_t off = plan_.offset(plan_.step(s));
       w_ih_panels_.gemm(k_, 0, b1 - b0, x + (off + b0) * I_, I_, A(0), gx_ + (off - c.lo + b0) * G_ * H_,
@@ -196,7 +191,7 @@ class ForwardLoop {
     p.n_first = std::max<int64_t>(plan_.continuing_rows(s) - b0, 0);
     p.first = s == 0 ? nullptr : y_ + (plan_.previous_offset(s) + b0) * P_;
     p.ld_first = P_;
-    p.initial = in_.h0.template data_ptr<S>() + b0 * P_;
+    p.initial = static_cast<const S*>(in_.h0) + b0 * P_;
     p.ld_initial = P_;
     return p;
   }
@@ -205,7 +200,7 @@ class ForwardLoop {
   // itself, or m_t (the input of w_hr).
   S* gate_output(int64_t off, int64_t row) const {
     if (!proj_) return y_ + (off + row) * P_;
-    return (training_ ? saved_.proj_in.template data_ptr<S>() + off * H_ : m_scratch_) + row * H_;
+    return (training_ ? SavedLayout::block(workspace_, saved_.proj_in) + off * H_ : m_scratch_) + row * H_;
   }
 
   // Step s for the units of slice sl and the step's rows [b0, b1): the
@@ -239,8 +234,9 @@ class ForwardLoop {
     }
     r.h = gate_output(off, b0); r.ld_h = proj_ ? H_ : P_;
     if (training_) {
-      r.gates = ptr<S>(saved_.gates) + (off + b0) * GH; r.ld_gates = GH;
-      r.saved = ptr<S>(saved_.step_state(in_.cell)) + (off + b0) * H_; r.ld_saved = H_;
+      r.gates = SavedLayout::block(workspace_, saved_.gates) + (off + b0) * GH; r.ld_gates = GH;
+      S* saved = SavedLayout::block(workspace_, saved_.step_state(in_.cell));
+      r.saved = saved ? saved + (off + b0) * H_ : nullptr; r.ld_saved = H_;
       k_.cells[int(in_.cell)].forward_train(r);
     } else {
       k_.cells[int(in_.cell)].forward_infer(r);
@@ -267,15 +263,15 @@ class ForwardLoop {
   }
 
   // Each sequence's final hidden state is its output at its last step.
-  void gather_h_n(const Tensor& h_n) {
-    S* hn = h_n.template data_ptr<S>();
+  void gather_h_n(S* hn) {
     for (int64_t b = 0; b < plan_.B; ++b) {
       const int64_t t = plan_.last_step_of_row(b);
       std::copy_n(y_ + (plan_.offset(t) + b) * P_, P_, hn + b * P_);
     }
   }
 
-  const LayerInputs& in_;
+  const LayerView& in_;
+  const LayerOutputView& out_;
   const CellInfo& cell_;
   const KernelTable<S>& k_;  // read once per call: set_cpu_capability may swap the table
   const StepPlan plan_;
@@ -289,8 +285,9 @@ class ForwardLoop {
   FoldedBias<S> bias_;
   std::vector<Chunk> chunks_;
   S* y_ = nullptr;             // [N, P] output
-  SavedActivations saved_;     // training: views of the workspace
-  Tensor gx_large_;            // gx_ when it is too large for small_
+  S* workspace_ = nullptr;     // training: the saved activations ([N * saved_width])
+  SavedLayout saved_;          // training: where each block starts in it
+  PooledBytes gx_large_;       // gx_ when it is too large for small_
   SmallBuffers small_;
   A* gx_ = nullptr;            // [chunk rows, G*H] slice-blocked pre-activations of a chunk
   A* gh_ = nullptr;            // separate_hidden: [B, G*H] slice-blocked h_prev @ w_hh^T
@@ -305,15 +302,13 @@ class ForwardLoop {
 }  // namespace
 }  // namespace cpu
 
-LayerOutputs layer_forward_cpu(const LayerInputs& in, bool training) {
-  const LayerDims d = check_layer_inputs(in);
-  TORCH_CHECK(in.x.device().is_cpu(), "rnnfast: layer_forward_cpu got a ", in.x.device().str(),
-              " tensor");
-  LayerOutputs out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.x.scalar_type(),
-                                  "rnnfast_layer_forward_cpu",
-                                  [&] { out = cpu::ForwardLoop<scalar_t>(in, d, training).run(); });
-  return out;
+void forward_loop_cpu(const LayerView& in, const LayerOutputView& out, bool training) {
+  switch (in.dtype) {
+    case StorageType::kFloat: return cpu::ForwardLoop<float>(in, out, training).run();
+    case StorageType::kDouble: return cpu::ForwardLoop<double>(in, out, training).run();
+    case StorageType::kBFloat16: return cpu::ForwardLoop<c10::BFloat16>(in, out, training).run();
+    case StorageType::kHalf: return cpu::ForwardLoop<c10::Half>(in, out, training).run();
+  }
 }
 
 }  // namespace rnnfast

@@ -7,12 +7,11 @@
 // allocated before it, and the kernels only see raw pointers.
 #pragma once
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <c10/util/strides.h>
+#include <torch/csrc/stable/ops.h>  // get_num_threads
 
 #include <algorithm>
 #include <chrono>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -20,7 +19,7 @@
 #include <omp.h>
 #endif
 
-#include "../layer.h"
+#include "../layer_view.h"
 #include "barrier.h"
 #include "buffer_pool.h"
 #include "kernels.h"
@@ -86,7 +85,7 @@ template <typename Body>
 void run_parallel(int slices, const Body& body) {
 #ifdef _OPENMP
   if (slices > 1 && !omp_in_parallel()) {
-    const int team = std::min(slices, at::get_num_threads());
+    const int team = std::min(slices, static_cast<int>(torch::stable::get_num_threads()));
     SpinBarrier* barrier_ptr = nullptr;
     alignas(64) unsigned char storage[sizeof(SpinBarrier)];
     const auto start = std::chrono::steady_clock::now();
@@ -142,16 +141,16 @@ class SlicePanels {
   using A = acc_t<S>;
   SlicePanels() = default;
   // Scratch panels of `widths` columns and up to K_max rows, filled by pack_rows.
-  SlicePanels(const KernelTable<S>& k, int64_t K_max, std::vector<int64_t> widths,
-              const at::TensorOptions& opts)
+  SlicePanels(const KernelTable<S>& k, int64_t K_max, std::vector<int64_t> widths)
       : K_(widths.size(), K_max), widths_(std::move(widths)), offsets_(layout(k, K_max, widths_)) {
-    buffer_ = pooled_empty({std::max<int64_t>(offsets_.back(), 1)}, opts.dtype(at::kByte));
-    data_ = static_cast<uint8_t*>(buffer_.data_ptr());
+    buffer_ = PooledBytes(size_t(offsets_.back()));
+    data_ = buffer_.as<uint8_t>();
   }
-  // The panels of `weight` ([rows, cols] contiguous, S), slice s packed from
-  // sources[s] with K rows: through the panel cache.
-  static SlicePanels packed(const KernelTable<S>& k, const Tensor& weight, int64_t K,
-                            std::vector<int64_t> widths, std::vector<SliceSource> sources) {
+  // The panels of `weight` (`elements` contiguous S, held by `owner`: a
+  // LayerView *_owner handle), slice s packed from sources[s] with K rows:
+  // through the panel cache.
+  static SlicePanels packed(const KernelTable<S>& k, const S* weight, int64_t elements, const void* owner,
+                            int64_t K, std::vector<int64_t> widths, std::vector<SliceSource> sources) {
     SlicePanels p;
     p.K_.assign(widths.size(), K);
     p.widths_ = std::move(widths);
@@ -162,9 +161,10 @@ class SlicePanels {
       recipe.insert(recipe.end(), {p.widths_[s], src.offset, src.k_stride, src.columns.base, src.columns.block,
                                    src.columns.block_stride, src.columns.col_stride});
     }
-    p.lease_ = PanelLease::acquire(weight, std::move(recipe), p.offsets_.back());
+    p.lease_ = PanelLease::acquire(weight, elements * int64_t(sizeof(S)), owner, std::move(recipe),
+                                   p.offsets_.back());
     p.data_ = static_cast<uint8_t*>(p.lease_->data());
-    p.weight_ = weight.data_ptr<S>();
+    p.weight_ = weight;
     p.sources_ = std::move(sources);
     return p;
   }
@@ -172,17 +172,19 @@ class SlicePanels {
   // repay packing: transposed weights (k_stride 1: gemm_direct, a dot product
   // per output) or row-major ones (contiguous columns of rows k_stride apart:
   // gemm_rows).
-  static SlicePanels direct(const Tensor& weight, int64_t K, std::vector<int64_t> widths,
+  static SlicePanels direct(const S* weight, int64_t K, std::vector<int64_t> widths,
                             std::vector<SliceSource> sources) {
     SlicePanels p;
     p.K_.assign(widths.size(), K);
     p.widths_ = std::move(widths);
-    p.weight_ = weight.data_ptr<S>();
+    p.weight_ = weight;
     p.sources_ = std::move(sources);
     p.direct_ = true;
-    for (size_t s = 0; s < p.sources_.size(); ++s)  // row-major sources are read as one run of columns per row
-      TORCH_INTERNAL_ASSERT(p.sources_[s].k_stride == 1 ||
-                            (p.sources_[s].columns.col_stride == 1 && p.sources_[s].columns.block >= p.widths_[s]));
+    for (size_t s = 0; s < p.sources_.size(); ++s) {  // row-major sources are read as one run of columns per row
+      const SliceSource& src = p.sources_[s];
+      if (src.k_stride != 1 && (src.columns.col_stride != 1 || src.columns.block < p.widths_[s]))
+        throw std::logic_error("rnnfast: internal error: an unpacked weight slice must be contiguous columns");
+    }
     return p;
   }
   // Whether the panel cache holds these panels (their weight is fingerprinted).
@@ -244,7 +246,7 @@ class SlicePanels {
   std::vector<int64_t> widths_;
   std::vector<int64_t> offsets_;  // bytes
   uint8_t* data_ = nullptr;       // the panels: buffer_ or the lease's
-  Tensor buffer_;                 // scratch panels
+  PooledBytes buffer_;            // scratch panels
   std::shared_ptr<PanelLease> lease_;  // a weight's panels
   const S* weight_ = nullptr;
   std::vector<SliceSource> sources_;
@@ -278,13 +280,13 @@ constexpr uintptr_t kSmallBufferOffset = 2048 + 256;
 class SmallBuffers {
  public:
   SmallBuffers() = default;
-  SmallBuffers(const std::vector<int64_t>& bytes, const at::TensorOptions& opts) {
+  explicit SmallBuffers(const std::vector<int64_t>& bytes) {
     constexpr uintptr_t kPage = 4096;
     auto span = [](int64_t n) { return (kSmallBufferOffset + uintptr_t(n) + kPage - 1) / kPage * kPage; };
     uintptr_t total = kPage;  // slack to align the first buffer's page
     for (int64_t n : bytes) total += n > 0 ? span(n) : 0;
-    block_ = pooled_empty({int64_t(total)}, opts.dtype(at::kByte));
-    uintptr_t page = (reinterpret_cast<uintptr_t>(block_.data_ptr()) + kPage - 1) / kPage * kPage;
+    block_ = PooledBytes(total);
+    uintptr_t page = (reinterpret_cast<uintptr_t>(block_.data()) + kPage - 1) / kPage * kPage;
     for (int64_t n : bytes) {
       ptrs_.push_back(n > 0 ? reinterpret_cast<void*>(page + kSmallBufferOffset) : nullptr);
       page += n > 0 ? span(n) : 0;
@@ -296,7 +298,7 @@ class SmallBuffers {
   }
 
  private:
-  Tensor block_;
+  PooledBytes block_;
   std::vector<void*> ptrs_;
 };
 
@@ -311,16 +313,15 @@ class FoldedBias {
  public:
   using A = acc_t<S>;
   FoldedBias() = default;
-  FoldedBias(const CellInfo& cell, const LayerWeights& w, int64_t H, A* storage) {
+  // b_ih, b_hh: [G*H] each, or both nullptr.
+  FoldedBias(const CellInfo& cell, const S* b_ih, const S* b_hh, int64_t H, A* storage) {
     const int64_t GH = cell.gates * H;
     bias_ = storage;
     bias_hn_ = storage + GH;
-    if (!has(w.b_ih)) {
+    if (!b_ih) {
       std::fill_n(storage, GH + H, A(0));
       return;
     }
-    const S* b_ih = w.b_ih->template data_ptr<S>();  // contiguous (checked)
-    const S* b_hh = w.b_hh->template data_ptr<S>();
     const int64_t hidden_part = folded_bias_columns(cell, H);
     for (int64_t j = 0; j < GH; ++j)
       bias_[j] = j < hidden_part ? A(b_ih[j]) + A(b_hh[j]) : A(b_ih[j]);

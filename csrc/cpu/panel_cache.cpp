@@ -1,10 +1,7 @@
 #include "panel_cache.h"
 
-#include <c10/core/StorageImpl.h>
-#include <c10/util/Exception.h>
-#include <c10/util/intrusive_ptr.h>
-
 #include <algorithm>
+#include <atomic>
 #include <list>
 #include <mutex>
 
@@ -15,15 +12,12 @@
 namespace rnnfast::cpu {
 
 struct PanelCacheEntry {
-  explicit PanelCacheEntry(c10::weak_intrusive_ptr<c10::StorageImpl> s) : storage(std::move(s)) {}
-  c10::weak_intrusive_ptr<c10::StorageImpl> storage;  // the weight's storage (weak: never keeps it alive)
-  const void* storage_key = nullptr;                  // its address, for lookups
-  const void* storage_data = nullptr;                 // its first byte (panel_cache_release)
-  int64_t offset_bytes = 0;                           // where the weight starts in it
+  std::unique_ptr<WeightOwner> owner;                 // weak: never keeps the weight alive
+  const void* weight = nullptr;                       // the weight's first byte
   int64_t weight_bytes = 0;
-  c10::ScalarType dtype = c10::ScalarType::Undefined;
-  std::vector<int64_t> recipe;                        // everything the packing depends on
-  at::Tensor buffer;                                  // the panels
+  std::vector<int64_t> recipe;                        // everything the packing depends on (its
+                                                      // kernel table: the storage type)
+  PooledBytes buffer;                                 // the panels (heap memory: long-lived)
   std::vector<uint64_t> fingerprints;                 // [blocks] of the weight they were packed from
   bool packed = false;
   std::atomic<bool> in_use{false};
@@ -32,23 +26,22 @@ struct PanelCacheEntry {
 
 namespace {
 
+std::atomic<WeightOwnerFactory> owner_factory{nullptr};
+
 class Cache {
  public:
   static Cache& instance() { return process_instance<Cache>(); }
 
   // The entry for (weight, recipe), marked in use; nullptr when the cache is
   // off, the entry is in use, or it would not fit.
-  std::shared_ptr<PanelCacheEntry> acquire(const at::Tensor& w, std::vector<int64_t>& recipe, int64_t bytes) {
-    const c10::StorageImpl* impl = w.storage().unsafeGetStorageImpl();
-    const int64_t offset = w.storage_offset() * int64_t(w.element_size());
+  std::shared_ptr<PanelCacheEntry> acquire(const void* weight, int64_t weight_bytes, const void* owner_handle,
+                                           std::vector<int64_t>& recipe, int64_t bytes) {
     std::vector<std::shared_ptr<PanelCacheEntry>> dropped;  // freed outside the lock
     std::lock_guard<std::mutex> lock(mutex_);
     drop_expired(dropped);
     if (capacity_ <= 0 || bytes > capacity_) return nullptr;
     for (auto& e : entries_) {
-      if (e->storage_key != impl || e->offset_bytes != offset || e->dtype != w.scalar_type() ||
-          e->weight_bytes != int64_t(w.nbytes()) || e->recipe != recipe)
-        continue;
+      if (e->weight != weight || e->weight_bytes != weight_bytes || e->recipe != recipe) continue;
       if (e->in_use.exchange(true)) return nullptr;  // another call packs or reads it now
       e->last_use = ++clock_;
       return e;
@@ -60,21 +53,20 @@ class Cache {
         if (!(*it)->in_use.load() && (victim == entries_.end() || (*it)->last_use < (*victim)->last_use))
           victim = it;
       if (victim == entries_.end()) return nullptr;  // all in use
-      bytes_ -= (*victim)->buffer.nbytes();
+      bytes_ -= (*victim)->buffer.bytes();
       dropped.push_back(std::move(*victim));
       entries_.erase(victim);
     }
-    auto e = std::make_shared<PanelCacheEntry>(w.storage().getWeakStorageImpl());
-    e->storage_key = impl;
-    e->storage_data = w.storage().data();
-    e->offset_bytes = offset;
-    e->weight_bytes = int64_t(w.nbytes());
-    e->dtype = w.scalar_type();
+    auto e = std::make_shared<PanelCacheEntry>();
+    const WeightOwnerFactory factory = owner_factory.load(std::memory_order_relaxed);
+    if (factory && owner_handle) e->owner = factory(owner_handle);
+    e->weight = weight;
+    e->weight_bytes = weight_bytes;
     e->recipe = std::move(recipe);
-    e->buffer = cpu_empty({std::max<int64_t>(bytes, 1)}, at::TensorOptions().dtype(at::kByte));
+    e->buffer = PooledBytes(size_t(bytes), /*pooled=*/false);
     e->in_use = true;
     e->last_use = ++clock_;
-    bytes_ += e->buffer.nbytes();
+    bytes_ += e->buffer.bytes();
     entries_.push_back(e);
     return e;
   }
@@ -98,7 +90,7 @@ class Cache {
     std::lock_guard<std::mutex> lock(mutex_);
     for (auto it = entries_.begin(); it != entries_.end();) {
       if (which(**it) && !(*it)->in_use.load()) {
-        bytes_ -= (*it)->buffer.nbytes();
+        bytes_ -= (*it)->buffer.bytes();
         dropped.push_back(std::move(*it));
         it = entries_.erase(it);
       } else {
@@ -123,10 +115,11 @@ class Cache {
   friend T& ::rnnfast::cpu::process_instance();
   Cache() : capacity_(bytes_from_env("RNNFAST_PANEL_CACHE_BYTES", int64_t(512) << 20)) {}
 
+  // Entries whose weight was freed, unless a call uses them now.
   void drop_expired(std::vector<std::shared_ptr<PanelCacheEntry>>& dropped) {
     for (auto it = entries_.begin(); it != entries_.end();) {
-      if ((*it)->storage.expired() && !(*it)->in_use.load()) {
-        bytes_ -= (*it)->buffer.nbytes();
+      if ((*it)->owner && (*it)->owner->expired() && !(*it)->in_use.load()) {
+        bytes_ -= (*it)->buffer.bytes();
         dropped.push_back(std::move(*it));
         it = entries_.erase(it);
       } else {
@@ -145,19 +138,21 @@ class Cache {
 
 }  // namespace
 
-std::unique_ptr<PanelLease> PanelLease::acquire(const at::Tensor& weight, std::vector<int64_t> recipe,
-                                                int64_t bytes) {
+void set_weight_owner_factory(WeightOwnerFactory factory) { owner_factory.store(factory); }
+
+std::unique_ptr<PanelLease> PanelLease::acquire(const void* weight, int64_t weight_bytes, const void* owner_handle,
+                                                std::vector<int64_t> recipe, int64_t bytes) {
   auto lease = std::make_unique<PanelLease>();
-  TORCH_INTERNAL_ASSERT(weight.is_contiguous());
-  lease->entry_ = Cache::instance().acquire(weight, recipe, bytes);
+  lease->entry_ = Cache::instance().acquire(weight, weight_bytes, owner_handle, recipe, bytes);
   if (lease->entry_) {
-    lease->buffer_ = lease->entry_->buffer;
-    lease->weight_ = static_cast<const uint8_t*>(weight.data_ptr());
-    lease->weight_bytes_ = int64_t(weight.nbytes());
+    lease->data_ = lease->entry_->buffer.data();
+    lease->weight_ = static_cast<const uint8_t*>(weight);
+    lease->weight_bytes_ = weight_bytes;
     lease->blocks_ = (lease->weight_bytes_ + kFingerprintBlockBytes - 1) / kFingerprintBlockBytes;
     lease->fingerprints_.resize(lease->blocks_);
   } else {
-    lease->buffer_ = pooled_empty({std::max<int64_t>(bytes, 1)}, at::TensorOptions().dtype(at::kByte));
+    lease->own_ = PooledBytes(size_t(bytes));
+    lease->data_ = lease->own_.data();
   }
   return lease;
 }
@@ -198,9 +193,13 @@ void panel_cache_clear() {
   Cache::instance().drop_if([](const PanelCacheEntry&) { return true; });
 }
 
-void panel_cache_release(const void* storage_data) {
-  if (storage_data == nullptr) return;  // an empty storage: no panels
-  Cache::instance().drop_if([storage_data](const PanelCacheEntry& e) { return e.storage_data == storage_data; });
+void panel_cache_release(const void* begin, size_t bytes) {
+  if (begin == nullptr || bytes == 0) return;  // an empty storage: no panels
+  const auto* first = static_cast<const uint8_t*>(begin);
+  Cache::instance().drop_if([first, bytes](const PanelCacheEntry& e) {
+    const auto* w = static_cast<const uint8_t*>(e.weight);
+    return w >= first && w < first + bytes;
+  });
 }
 
 int64_t panel_cache_set_capacity(int64_t bytes) { return Cache::instance().set_capacity(bytes); }

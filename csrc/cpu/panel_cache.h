@@ -18,17 +18,26 @@
 // 32-bit lane (kernels_impl.h): a changed weight that keeps every block's
 // hash is a 2^-64 accident, not a pattern an optimizer or a user can make.
 //
+// Which weight? An entry is keyed by the weight's address, size and recipe,
+// and holds a weak reference to the memory's owner (the weight's storage)
+// through WeightOwner below: once the weight is freed, the entry is dropped
+// at the next lookup. The reference comes from a factory that the tensor
+// layer registers (cpu/ops_cpu.cpp, on torch's C++ API: a weak reference to
+// the StorageImpl); this file has no torch header. Without a factory (the
+// stable ABI has no weak reference to a storage) entries are only dropped by
+// eviction and the releases below. Correctness never depends on it: every
+// call checks the fingerprints, so a later weight at the same address is
+// packed again unless its values are the same.
+//
 // Memory: at most RNNFAST_PANEL_CACHE_BYTES (default 512 MiB; 0 disables the
-// cache), least recently used entries evicted first. An entry holds a weak
-// reference to the weight's storage: once the weight is freed the entry is
-// dropped at the next lookup; the modules release their entries when they
-// are garbage-collected (rnnfast/modules.py), and rnnfast.empty_cache()
-// releases all. A concurrent call that finds an entry in use packs its own
-// panels (no waiting, no sharing of a buffer being written); so does a fork()
-// child for an entry that a thread of its parent was using.
+// cache), least recently used entries evicted first. Entries whose owner was
+// freed are dropped at the next lookup; the modules release their entries
+// when they are garbage-collected (rnnfast/modules.py), and
+// rnnfast.empty_cache() releases all. A concurrent call that finds an entry
+// in use packs its own panels (no waiting, no sharing of a buffer being
+// written); so does a fork() child for an entry that a thread of its parent
+// was using.
 #pragma once
-
-#include <ATen/core/Tensor.h>
 
 #include <atomic>
 #include <cstdint>
@@ -36,6 +45,7 @@
 #include <vector>
 
 #include "../controls.h"
+#include "buffer_pool.h"
 
 namespace rnnfast::cpu {
 
@@ -43,6 +53,17 @@ namespace rnnfast::cpu {
 constexpr int64_t kFingerprintBlockBytes = 16 * 1024;
 
 struct PanelCacheEntry;
+
+// A weak reference to whatever owns a weight's memory.
+class WeightOwner {
+ public:
+  virtual ~WeightOwner() = default;
+  virtual bool expired() const = 0;
+};
+// Makes the WeightOwner of a weight from the caller's opaque handle of it
+// (LayerView's *_owner fields), or nullptr.
+using WeightOwnerFactory = std::unique_ptr<WeightOwner> (*)(const void* owner_handle);
+void set_weight_owner_factory(WeightOwnerFactory factory);
 
 // One call's use of a cache entry (or, uncached, of a private buffer): the
 // panel bytes, and whether the weight changed since they were packed.
@@ -53,11 +74,13 @@ class PanelLease {
   PanelLease(const PanelLease&) = delete;
   PanelLease& operator=(const PanelLease&) = delete;
 
-  // The cache entry for (weight, recipe), or a private buffer of `bytes`.
-  static std::unique_ptr<PanelLease> acquire(const at::Tensor& weight, std::vector<int64_t> recipe,
-                                             int64_t bytes);
+  // The cache entry for (weight, recipe), or a private buffer of `bytes`; the
+  // weight: `weight_bytes` contiguous bytes from `weight`, owned by what
+  // `owner_handle` stands for (see WeightOwner; may be nullptr).
+  static std::unique_ptr<PanelLease> acquire(const void* weight, int64_t weight_bytes, const void* owner_handle,
+                                             std::vector<int64_t> recipe, int64_t bytes);
 
-  void* data() const { return buffer_.data_ptr(); }
+  void* data() const { return data_; }
   bool cached() const { return entry_ != nullptr; }
   int64_t blocks() const { return blocks_; }
   // Fingerprints blocks [b0, b1) of the weight with `hash` (the kernel table's),
@@ -72,7 +95,8 @@ class PanelLease {
 
  private:
   std::shared_ptr<PanelCacheEntry> entry_;
-  at::Tensor buffer_;                 // [bytes] the panels
+  PooledBytes own_;                   // [bytes] the panels of an uncached call
+  void* data_ = nullptr;              // the panels: the entry's or own_
   const uint8_t* weight_ = nullptr;   // the weight's first byte
   int64_t weight_bytes_ = 0;
   int64_t blocks_ = 0;
