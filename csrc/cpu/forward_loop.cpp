@@ -234,7 +234,9 @@ class ForwardLoop {
     }
     r.h = gate_output(off, b0); r.ld_h = proj_ ? H_ : P_;
     if (training_) {
-      r.gates = SavedLayout::block(workspace_, saved_.gates) + (off + b0) * GH; r.ld_gates = GH;
+      // RNN cells save neither block: their pointers stay null (no offset on null).
+      S* gates = SavedLayout::block(workspace_, saved_.gates);
+      r.gates = gates ? gates + (off + b0) * GH : nullptr; r.ld_gates = GH;
       S* saved = SavedLayout::block(workspace_, saved_.step_state(in_.cell));
       r.saved = saved ? saved + (off + b0) * H_ : nullptr; r.ld_saved = H_;
       k_.cells[int(in_.cell)].forward_train(r);

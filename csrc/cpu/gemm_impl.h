@@ -19,9 +19,14 @@
 // vector and k.
 // ---------------------------------------------------------------------------
 #if defined(CPU_CAPABILITY_AVX512)
-// 32 registers: 4 x 4 accumulators, 4 of B, 1 of A (77-83 % of peak on Zen 5).
-constexpr int kRows = 4;
-constexpr int kPanelVectors = 4;
+// 32 registers: 12 x 2 accumulators, 2 of B, 1 of A. Tall tiles read each
+// panel line once per 12 rows: on a 2-core Sapphire Rapids-class Xeon VM
+// (2 MB L2 per core) the 4 x 4 tile of the Zen 5 tuning streamed its 64 KB
+// panels from L2 once per 4 rows and ran at 70-80 % of the 12 x 2 tile's
+// rate once the weights outgrew L2 (M = 32, N = 2048, K = 256: 166 vs 192
+// GFLOP/s on one core; 8 x 3 and 14 x 2 measured within 3 % of 12 x 2).
+constexpr int kRows = 12;
+constexpr int kPanelVectors = 2;
 #elif defined(CPU_CAPABILITY_AVX2)
 // 16 registers: 6 x 2 accumulators (12: enough independent FMA chains for two
 // 4-cycle pipes), 2 of B, 1 of A: the shape of BLIS's and OpenBLAS's Haswell
@@ -293,20 +298,20 @@ void pack_b_rows(int64_t K, int64_t N, const S* const* row_ptrs, int64_t col0, v
 
 // Accumulator sets of an R-row tile: a tile of few rows has few independent
 // FMA chains, so it keeps Q sets (even/odd k, ...) and adds them at the end.
-// AVX-512: two sets up to 2 rows (8 and 16 chains); otherwise enough sets for
-// 8 chains (two FMA pipes of 4 cycles' latency), at most 4.
+// Enough sets for 8 chains (two FMA pipes of 4 cycles' latency), at most 4.
 template <int R>
 constexpr int accumulator_sets() {
-#if defined(CPU_CAPABILITY_AVX512)
-  return R <= 2 ? 2 : 1;
-#else
   constexpr int chains = R * kPanelVectors;
   return chains >= 8 ? 1 : std::min(4, (8 + chains - 1) / chains);
-#endif
 }
 
+// Not inlined: inlined into gemm_packed beside its other tile sizes, GCC 12
+// spilled B vectors of the tile to the stack (perf annotate of an AVX-512
+// LSTM: a store and reload per k) and the same tile ran 2.5x slower in a
+// stand-alone harness (AVX2 6 x 2: 1.35x slower). The call costs nothing
+// against a pass over K.
 template <typename S, int R>
-inline void panel_tile(int64_t K, const S* A_, int64_t lda, const acc_t<S>* panel, acc_t<S> beta,
+__attribute__((noinline)) void panel_tile(int64_t K, const S* A_, int64_t lda, const acc_t<S>* panel, acc_t<S> beta,
                        acc_t<S>* Cm, int64_t ldc, int64_t ncols) {
   using T = acc_t<S>;
   using V = simd::Vec<T>;
@@ -363,7 +368,7 @@ inline void panel_tile(int64_t K, const S* A_, int64_t lda, const acc_t<S>* pane
 // The bf16 tile: per k-pair, one broadcast of the row's two A values and one
 // vdpbf16ps per panel vector (16 lanes, two products each).
 template <int R>
-inline void panel_tile_bf16(int64_t K, const c10::BFloat16* A_, int64_t lda,
+__attribute__((noinline)) void panel_tile_bf16(int64_t K, const c10::BFloat16* A_, int64_t lda,
                             const c10::BFloat16* panel, float beta, float* Cm, int64_t ldc,
                             int64_t ncols) {
   constexpr int C = kPanelVectors;
@@ -411,34 +416,33 @@ inline void panel_tile_bf16(int64_t K, const c10::BFloat16* A_, int64_t lda,
 // tiles of kRows rows, and the rest in at most two smaller tiles. With 6-row
 // tiles a rest of 1 or 2 rows joins the last full tile as two tiles (4 + 3,
 // 4 + 4): a 1- or 2-row tile has too few FMA chains to run at full rate.
+template <int R = 1, typename F>
+inline void call_row_tile(int rows, int64_t m, F& f) {
+  if constexpr (R <= kRows) {
+    if (rows == R) {
+      f(std::integral_constant<int, R>(), m);
+    } else {
+      call_row_tile<R + 1>(rows, m, f);
+    }
+  }
+}
+
 template <typename F>
 inline void for_each_row_tile(int64_t m0, int64_t m1, F&& f) {
-  auto call = [&](int rows, int64_t m) {
-    switch (rows) {
-      case 1: f(std::integral_constant<int, 1>(), m); break;
-      case 2: f(std::integral_constant<int, 2>(), m); break;
-      case 3: f(std::integral_constant<int, 3>(), m); break;
-      case 4: f(std::integral_constant<int, 4>(), m); break;
-      default:
-        if constexpr (kRows > 4) {
-          if (rows == 5) f(std::integral_constant<int, (kRows > 4 ? 5 : 1)>(), m);
-          if (rows == 6) f(std::integral_constant<int, (kRows > 5 ? 6 : 1)>(), m);
-        }
-    }
-  };
   int64_t full = (m1 - m0) / kRows, left = (m1 - m0) % kRows;
-  if (kRows > 4 && full > 0 && left > 0 && left < 3) {
+  if (kRows > 4 && full > 0 && left > 0 && left < kRows / 2) {
     --full;
     left += kRows;
   }
   int64_t m = m0;
   for (int64_t i = 0; i < full; ++i, m += kRows) f(std::integral_constant<int, kRows>(), m);
-  while (left > 0) {
-    const int rows = left > kRows ? 4 : int(left);
-    call(rows, m);
-    m += rows;
-    left -= rows;
+  if (left > kRows) {
+    const int first = int(left + 1) / 2;
+    call_row_tile(first, m, f);
+    m += first;
+    left -= first;
   }
+  if (left > 0) call_row_tile(int(left), m, f);
 }
 
 // Rows of A are taken in blocks of about 256 KB, so that a block stays in the
