@@ -20,7 +20,7 @@
 // ---------------------------------------------------------------------------
 #if defined(CPU_CAPABILITY_AVX512)
 // 32 registers: 12 x 2 accumulators, 2 of B, 1 of A. Tall tiles read each
-// panel line once per 12 rows: on a 2-core Sapphire Rapids-class Xeon VM
+// panel line once per 12 rows: on a 2-core Xeon VM with AMX (Sapphire Rapids or later)
 // (2 MB L2 per core) the 4 x 4 tile of the Zen 5 tuning streamed its 64 KB
 // panels from L2 once per 4 rows and ran at 70-80 % of the 12 x 2 tile's
 // rate once the weights outgrew L2 (M = 32, N = 2048, K = 256: 166 vs 192
@@ -412,10 +412,7 @@ __attribute__((noinline)) void panel_tile_bf16(int64_t K, const c10::BFloat16* A
 }
 #endif
 
-// Calls f(std::integral_constant<int, R>, m) for row tiles covering [m0, m1):
-// tiles of kRows rows, and the rest in at most two smaller tiles. With 6-row
-// tiles a rest of 1 or 2 rows joins the last full tile as two tiles (4 + 3,
-// 4 + 4): a 1- or 2-row tile has too few FMA chains to run at full rate.
+// f(std::integral_constant<int, R>, m) for the tile of `rows` rows (1..kRows).
 template <int R = 1, typename F>
 inline void call_row_tile(int rows, int64_t m, F& f) {
   if constexpr (R <= kRows) {
@@ -427,6 +424,11 @@ inline void call_row_tile(int rows, int64_t m, F& f) {
   }
 }
 
+// Calls f(std::integral_constant<int, R>, m) for row tiles covering [m0, m1):
+// tiles of kRows rows, and the rest in at most two smaller tiles. A rest of
+// fewer than kRows/2 rows joins the last full tile, split in halves (6-row
+// tiles: 4 + 3 or 4 + 4; 12-row tiles: 32 rows are 12 + 12 + 8, 26 are
+// 12 + 7 + 7): a 1- or 2-row tile has too few FMA chains to run at full rate.
 template <typename F>
 inline void for_each_row_tile(int64_t m0, int64_t m1, F&& f) {
   int64_t full = (m1 - m0) / kRows, left = (m1 - m0) % kRows;
@@ -622,7 +624,14 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const 
   using T = acc_t<S>;
   using V = simd::Vec<T>;
   constexpr int64_t W = V::size;
+  // Vectors of C per pass (independent FMA chains of a one-row axpy): 4 on
+  // AVX-512, as with its former 4 x 4 GEMM tile; the packed tile's width
+  // elsewhere.
+#if defined(CPU_CAPABILITY_AVX512)
+  constexpr int C = 4;
+#else
   constexpr int C = kPanelVectors;
+#endif
   for (int64_t m = 0; m < M; ++m) {
     const S* a = A_ + m * lda;
     T* c = Cm + m * ldc;
