@@ -20,11 +20,12 @@
 // ---------------------------------------------------------------------------
 #if defined(CPU_CAPABILITY_AVX512)
 // 32 registers: 12 x 2 accumulators, 2 of B, 1 of A. Tall tiles read each
-// panel line once per 12 rows: on a 2-core Xeon VM with AMX (Sapphire Rapids or later)
-// (2 MB L2 per core) the 4 x 4 tile of the Zen 5 tuning streamed its 64 KB
-// panels from L2 once per 4 rows and ran at 70-80 % of the 12 x 2 tile's
-// rate once the weights outgrew L2 (M = 32, N = 2048, K = 256: 166 vs 192
-// GFLOP/s on one core; 8 x 3 and 14 x 2 measured within 3 % of 12 x 2).
+// panel line once per 12 rows. On a 2-core Xeon VM with AMX and 2 MB of L2
+// per core (Sapphire Rapids or later) the 4 x 4 tile of the Zen 5 tuning
+// streamed its 64 KB panels from L2 once per 4 rows and ran at 70-80 % of
+// the 12 x 2 tile's rate once the weights outgrew L2 (M = 32, N = 2048,
+// K = 256: 166 vs 192 GFLOP/s on one core; 8 x 3 and 14 x 2 measured within
+// 3 % of 12 x 2).
 constexpr int kRows = 12;
 constexpr int kPanelVectors = 2;
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -425,10 +426,11 @@ inline void call_row_tile(int rows, int64_t m, F& f) {
 }
 
 // Calls f(std::integral_constant<int, R>, m) for row tiles covering [m0, m1):
-// tiles of kRows rows, and the rest in at most two smaller tiles. A rest of
-// fewer than kRows/2 rows joins the last full tile, split in halves (6-row
-// tiles: 4 + 3 or 4 + 4; 12-row tiles: 32 rows are 12 + 12 + 8, 26 are
-// 12 + 7 + 7): a 1- or 2-row tile has too few FMA chains to run at full rate.
+// tiles of kRows rows, and the rest in at most two smaller tiles. In builds
+// with tiles of more than 4 rows, a rest of fewer than kRows/2 rows joins the
+// last full tile and the two split in halves (6-row tiles: 7 rows are 4 + 3,
+// 8 are 4 + 4; 12-row tiles: 26 rows are 12 + 7 + 7, while 32 are
+// 12 + 12 + 8): a 1- or 2-row tile has too few FMA chains to run at full rate.
 template <typename F>
 inline void for_each_row_tile(int64_t m0, int64_t m1, F&& f) {
   int64_t full = (m1 - m0) / kRows, left = (m1 - m0) % kRows;

@@ -71,7 +71,9 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
   // rows k at k*src_ld) and from a transposed, gate-blocked one (w^T: column n
   // is row base + (n / block)*block_stride + (n % block) of a [*, K] matrix).
   for (bool transposed : {false, true}) {
-    for (int64_t M : {1, 2, 3, 4, 5, 9}) {
+    // Every row-tile size and split: up to 12-row tiles (AVX-512), rests merged
+    // with the last full tile (13 = 7 + 6, 26 = 12 + 7 + 7, 64 = 4 x 12 + 8 + 8).
+    for (int64_t M : {1, 2, 3, 4, 5, 7, 9, 12, 13, 14, 18, 25, 26, 32, 64}) {
       for (int64_t N : {1, 7, 16, 17, 33, 64, 65, 130}) {
         for (int64_t K : {1, 7, 64, 70}) {
           const int64_t lda = K + 3, ldc = N + 2;
