@@ -28,6 +28,9 @@
 // 3 % of 12 x 2).
 constexpr int kRows = 12;
 constexpr int kPanelVectors = 2;
+// gemm_rows' vectors of C per pass (independent FMA chains of a one-row
+// axpy): 4, as with the former 4 x 4 tile.
+constexpr int kAxpyVectors = 4;
 #elif defined(CPU_CAPABILITY_AVX2)
 // 16 registers: 6 x 2 accumulators (12: enough independent FMA chains for two
 // 4-cycle pipes), 2 of B, 1 of A: the shape of BLIS's and OpenBLAS's Haswell
@@ -36,11 +39,13 @@ constexpr int kPanelVectors = 2;
 // panels of K = 256..1024 streamed from L2, and 2-10 % slower in medians.
 constexpr int kRows = 6;
 constexpr int kPanelVectors = 2;
+constexpr int kAxpyVectors = kPanelVectors;
 #else
 // The generic build (simd.h's 4-lane arrays, SSE2 on x86-64): 4 x 2
 // accumulators in 16 registers; not tuned further.
 constexpr int kRows = 4;
 constexpr int kPanelVectors = 2;
+constexpr int kAxpyVectors = kPanelVectors;
 #endif
 
 #if defined(RNNFAST_NATIVE_BF16)
@@ -312,8 +317,8 @@ constexpr int accumulator_sets() {
 // stand-alone harness (AVX2 6 x 2: 1.35x slower). The call costs nothing
 // against a pass over K.
 template <typename S, int R>
-__attribute__((noinline)) void panel_tile(int64_t K, const S* A_, int64_t lda, const acc_t<S>* panel, acc_t<S> beta,
-                       acc_t<S>* Cm, int64_t ldc, int64_t ncols) {
+__attribute__((noinline)) void panel_tile(int64_t K, const S* A_, int64_t lda, const acc_t<S>* panel,
+                                          acc_t<S> beta, acc_t<S>* Cm, int64_t ldc, int64_t ncols) {
   using T = acc_t<S>;
   using V = simd::Vec<T>;
   constexpr int W = V::size;
@@ -370,8 +375,8 @@ __attribute__((noinline)) void panel_tile(int64_t K, const S* A_, int64_t lda, c
 // vdpbf16ps per panel vector (16 lanes, two products each).
 template <int R>
 __attribute__((noinline)) void panel_tile_bf16(int64_t K, const c10::BFloat16* A_, int64_t lda,
-                            const c10::BFloat16* panel, float beta, float* Cm, int64_t ldc,
-                            int64_t ncols) {
+                                               const c10::BFloat16* panel, float beta, float* Cm,
+                                               int64_t ldc, int64_t ncols) {
   constexpr int C = kPanelVectors;
   constexpr int64_t NR = C * 16;
   __m512 acc[R][C];
@@ -626,14 +631,7 @@ void gemm_rows(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const 
   using T = acc_t<S>;
   using V = simd::Vec<T>;
   constexpr int64_t W = V::size;
-  // Vectors of C per pass (independent FMA chains of a one-row axpy): 4 on
-  // AVX-512, as with its former 4 x 4 GEMM tile; the packed tile's width
-  // elsewhere.
-#if defined(CPU_CAPABILITY_AVX512)
-  constexpr int C = 4;
-#else
-  constexpr int C = kPanelVectors;
-#endif
+  constexpr int C = kAxpyVectors;
   for (int64_t m = 0; m < M; ++m) {
     const S* a = A_ + m * lda;
     T* c = Cm + m * ldc;
