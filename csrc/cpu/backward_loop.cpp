@@ -207,7 +207,7 @@ class BackwardLoop {
     // separate_hidden kernel left in dh).
     const A beta = separate_ ? A(1) : A(0);
     for (int sl = thread; sl < slicing_.count; sl += threads)
-      w_hh_panels_.gemm(k_, sl, rows, dg, GH, beta, dh + slicing_.p0(sl), P_);
+      w_hh_panels_.gemm(k_, sl, rows, dg, GH, beta, dh + slicing_.p0(sl), P_, s);
     // Without projection each slice reads back only its own columns of dh in
     // the next step; with projection the next step starts with a barrier.
   }

@@ -455,10 +455,12 @@ inline void for_each_row_tile(int64_t m0, int64_t m1, F&& f) {
 }
 
 // Rows of A are taken in blocks of about 256 KB, so that a block stays in the
-// L2 cache while every panel of B passes over it.
+// L2 cache while every panel of B passes over it. `descending` walks the
+// panels from the last: each panel's columns are the same tile's sums in the
+// same k order either way (identical results); see SlicePanels::gemm.
 template <typename S>
 void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const void* packed,
-                 acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
+                 acc_t<S> beta, acc_t<S>* Cm, int64_t ldc, bool descending) {
   using P = panel_t<S>;
   constexpr int64_t NR = panel_width<S>();
   const int64_t KP = panel_rows<S>(K);
@@ -467,7 +469,9 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, cons
       kRows, (int64_t(256 * 1024) / (sizeof(S) * std::max<int64_t>(K, 1))) / kRows * kRows);
   for (int64_t m0 = 0; m0 < M; m0 += block_rows) {
     const int64_t m1 = std::min(M, m0 + block_rows);
-    for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    const int64_t panels = (N + NR - 1) / NR;
+    for (int64_t i = 0; i < panels; ++i) {
+      const int64_t j0 = (descending ? panels - 1 - i : i) * NR;
       const P* panel = Bp + j0 * KP;
       const int64_t ncols = std::min(NR, N - j0);
       for_each_row_tile(m0, m1, [&](auto rows, int64_t m) {

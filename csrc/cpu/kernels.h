@@ -106,12 +106,13 @@ struct KernelTable {
   const char* isa;
   // The GEMM of the time loop, row-major C[M,N] = A[M,K] @ B[K,N] + beta*C
   // (C and beta in A), with B packed once by pack_b into opaque panels of
-  // packed_b_bytes(K, N) bytes (64-byte aligned).
+  // packed_b_bytes(K, N) bytes (64-byte aligned), read first to last or, with
+  // `descending`, last to first (the same result bit for bit).
   int64_t (*packed_b_bytes)(int64_t K, int64_t N);
   void (*pack_b)(int64_t K, int64_t N, const S* src, int64_t k_stride, ColumnMap columns,
                  void* packed);
   void (*gemm_packed)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda,
-                      const void* packed, A beta, A* C, int64_t ldc);
+                      const void* packed, A beta, A* C, int64_t ldc, bool descending);
   // C[M,N] = A[M,K] @ W[N,K]^T + beta*C reading W's rows in place (no packing):
   // for calls too small to repay packing.
   void (*gemm_direct)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* W,

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
@@ -108,9 +109,17 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
                   acc += double(Am[i * lda + p]) * double(src[map.offset(j) + p * k_stride]);
                 want[i * ldc + j] = A(acc + double(beta) * double(C[i * ldc + j]));
               }
-            k.gemm_packed(M, N, K, Am.data(), lda, packed.get(), beta, C.data(), ldc);
+            std::vector<A> C_desc = C;
+            k.gemm_packed(M, N, K, Am.data(), lda, packed.get(), beta, C.data(), ldc, false);
             expect_close(C, want, tol, transposed ? "gemm_packed (transposed source)" : "gemm_packed",
                          k.isa);
+            // Panels last to first: the same sums bit for bit.
+            k.gemm_packed(M, N, K, Am.data(), lda, packed.get(), beta, C_desc.data(), ldc, true);
+            if (std::memcmp(C.data(), C_desc.data(), C.size() * sizeof(A)) != 0) {
+              std::fprintf(stderr, "[%s] gemm_packed descending differs from ascending (M=%lld N=%lld K=%lld)\n",
+                           k.isa, (long long)M, (long long)N, (long long)K);
+              ++g_failures;
+            }
           }
         }
       }
@@ -137,7 +146,7 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
             for (int64_t p = 0; p < K; ++p) acc += double(A_src[p * lda_src + i]) * double(rows[p][1 + j]);
             want[i * ldc + j] = A(acc + double(C[i * ldc + j]));
           }
-        k.gemm_packed(M, N - 1, K, At.data(), K, packed.get(), A(1), C.data(), ldc);
+        k.gemm_packed(M, N - 1, K, At.data(), K, packed.get(), A(1), C.data(), ldc, false);
         expect_close(C, want, tol, "transpose + pack_b_rows + gemm_packed", k.isa);
 
         // Column sums (the bias gradients) and the conversion to storage.
