@@ -184,9 +184,10 @@ def extension():
     macros.append(("RNNFAST_BUILT_WITH_TORCH", '"%s"' % torch.__version__.split("+")[0]))
     sanitize_cxx, sanitize_link = sanitizer_flags()
     # -Werror=switch: a new cell (cells.h) missing in a switch over CellType fails the build.
-    # -fvisibility=hidden: the module exports PyInit__C alone. With default visibility every
-    # out-of-line inline function and template (transpose_8x8 of the packing, the AVX2 LSTM gate
-    # math, the generic build's vector loads) was interposable and called through the PLT.
+    # -fvisibility=hidden: no symbol of rnnfast's own is exported but PyInit__C. With default
+    # visibility every out-of-line inline function and template (transpose_8x8 of the packing, the
+    # AVX2 LSTM gate math, the generic build's vector loads) was interposable and called through
+    # the PLT. (nvcc's objects keep their default visibility.)
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Werror=switch", "-Wno-unused-function", "-Wno-unknown-pragmas",
            "-Wno-maybe-uninitialized", "-fvisibility=hidden", "-fvisibility-inlines-hidden"] + sanitize_cxx
     include_dirs = [os.path.join(ROOT, "csrc")]

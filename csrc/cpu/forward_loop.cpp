@@ -219,8 +219,9 @@ class ForwardLoop {
     A* rec = cell_.separate_hidden ? gh_ + b0 * GH + G_ * u0 : gx_slice;
     const A beta = cell_.separate_hidden ? A(0) : A(1);
     const int64_t n1 = std::min(prev.n_first, rows);
+    // (the rows from h0, where there are both, continue from where the first call ended)
     w_hh_panels_.gemm(k_, sl, n1, prev.first, P_, beta, rec, GH, s);
-    w_hh_panels_.gemm(k_, sl, rows - n1, prev.initial + n1 * P_, P_, beta, rec + n1 * GH, GH, s);
+    w_hh_panels_.gemm(k_, sl, rows - n1, prev.initial + n1 * P_, P_, beta, rec + n1 * GH, GH, s + 1);
 
     CellForwardRows<S> r;
     r.rows = rows; r.u0 = u0; r.u1 = slicing_.u1(sl); r.H = H_;

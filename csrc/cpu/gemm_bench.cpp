@@ -32,7 +32,7 @@ GemmTiming time_bf16_gemm(const std::string& impl, int64_t M, int64_t N, int64_t
     packed = at::empty({k.packed_b_bytes(K, N) + 64}, at::kByte);
     void* panels = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(packed.data_ptr()) + 63) / 64 * 64);
     k.pack_b(K, N, B, N, ColumnMap{0, N, 0, 1}, panels);
-    call = [&k, M, N, K, A, panels, C] { k.gemm_packed(M, N, K, A, K, panels, 0.f, C, N, false); };
+    call = [&k, M, N, K, A, panels, C] { k.gemm_packed(M, N, K, A, K, panels, 0.f, C, N, /*descending=*/false); };
     out.variant = k.isa;
   } else {
     const bool vnni = at::native::cpublas::could_pack(at::kBFloat16);

@@ -467,9 +467,9 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, cons
   const P* Bp = static_cast<const P*>(packed);
   const int64_t block_rows = std::max<int64_t>(
       kRows, (int64_t(256 * 1024) / (sizeof(S) * std::max<int64_t>(K, 1))) / kRows * kRows);
+  const int64_t panels = (N + NR - 1) / NR;
   for (int64_t m0 = 0; m0 < M; m0 += block_rows) {
     const int64_t m1 = std::min(M, m0 + block_rows);
-    const int64_t panels = (N + NR - 1) / NR;
     for (int64_t i = 0; i < panels; ++i) {
       const int64_t j0 = (descending ? panels - 1 - i : i) * NR;
       const P* panel = Bp + j0 * KP;

@@ -125,7 +125,7 @@ struct SliceSource {
 };
 
 // Steps of at most this many rows alternate the order of their panels (SlicePanels::gemm).
-constexpr int64_t kAlternatingRows = 4;
+constexpr int64_t kMaxAlternatingRows = 4;
 
 // A matrix packed for gemm_packed separately for each column slice (slice s:
 // up to K_max rows, widths[s] columns): the weights of the time loop, or a
@@ -215,18 +215,16 @@ class SlicePanels {
     k.pack_b_rows(K, widths_[s], rows, col0, data(s));
   }
   // C[M, widths[s]] = A[M, K] @ (slice s) + beta * C. `step`: the time
-  // loop's step index for its per-step GEMMs (else -1). A step of at most
-  // kAlternatingRows rows is a GEMV-like pass bound by reading the panels
-  // from L2; such steps read the panels first to last and last to first in
-  // turn, so that each starts on the panels its predecessor read last, still
-  // in L1 (Xeon, AVX-512, 2 threads: -4 to -12 % time of LSTM/GRU/RNN
-  // inference at B=1 and B=4; at B=8..32 alternating cost 1-3 %: the
-  // prefetchers follow ascending panels). Same result either way.
+  // loop's step index for its per-step GEMMs (else -1). A call of at most
+  // kMaxAlternatingRows rows is a GEMV-like pass bound by reading the panels
+  // from L2: odd steps read them last to first, so each step starts on the
+  // panels its predecessor left in L1. Same result either way (ARCHITECTURE,
+  // "The GEMM").
   void gemm(const KernelTable<S>& k, int s, int64_t M, const S* A_, int64_t lda, A beta, A* C, int64_t ldc,
             int64_t step = -1) const {
     if (M <= 0 || widths_[s] <= 0) return;  // (e.g. dx of a cell with input_size 0)
     if (!direct_) {
-      const bool descending = step >= 0 && (step & 1) && M <= kAlternatingRows;
+      const bool descending = step >= 0 && (step & 1) && M <= kMaxAlternatingRows;
       k.gemm_packed(M, widths_[s], K_[s], A_, lda, data(s), beta, C, ldc, descending);
       return;
     }
