@@ -1,5 +1,5 @@
-// Autograd kernels of the rnnfast operators (TORCH_LIBRARY_IMPL(rnnfast,
-// Autograd, m)), written the way PyTorch's generated VariableType code is: a
+// Autograd kernels of the rnnfast operators (the Autograd key; unless
+// RNNFAST_AUTOGRAD=python, see the end of the file), written the way PyTorch's generated VariableType code is: a
 // graph node with saved variables and explicit next edges. Unlike a C++
 // torch::autograd::Function, this works under torch.func transforms, and it
 // costs no Python: a differentiable call stays in C++.
@@ -19,7 +19,9 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -415,8 +417,29 @@ BackwardResult layer_backward_autograd(c10::DispatchKeySet ks, int64_t cell,
 }  // namespace
 }  // namespace rnnfast
 
-TORCH_LIBRARY_IMPL(rnnfast, Autograd, m) {
-  m.impl("layer_forward", &rnnfast::layer_forward_autograd);
-  m.impl("layer_forward_train", &rnnfast::layer_forward_train_autograd);
-  m.impl("layer_backward", &rnnfast::layer_backward_autograd);
+namespace rnnfast {
+namespace {
+
+// RNNFAST_AUTOGRAD=python leaves the Autograd key to rnnfast/_autograd.py, the
+// autograd of the stable-ABI build (issue 16), so that the tests can run it
+// on today's build too; rnnfast.backend()["autograd"] reports which is in use.
+bool python_autograd_requested() {
+  const char* v = std::getenv("RNNFAST_AUTOGRAD");
+  return v != nullptr && std::string(v) == "python";
 }
+
+// What TORCH_LIBRARY_IMPL(rnnfast, Autograd, m) would register, unless
+// python_autograd_requested(). Kept for the process's lifetime.
+const std::unique_ptr<torch::Library> autograd_registration = [] {
+  if (python_autograd_requested()) return std::unique_ptr<torch::Library>();
+  auto m = std::make_unique<torch::Library>(torch::Library::IMPL, "rnnfast",
+                                            std::make_optional(c10::DispatchKey::Autograd), __FILE__,
+                                            __LINE__);
+  m->impl("layer_forward", &layer_forward_autograd);
+  m->impl("layer_forward_train", &layer_forward_train_autograd);
+  m->impl("layer_backward", &layer_backward_autograd);
+  return m;
+}();
+
+}  // namespace
+}  // namespace rnnfast

@@ -75,7 +75,8 @@ def backend():
     ``version``, ``torch_version`` (runtime) and, when compiled: ``built_with_torch``,
     ``cpu_capability`` (instruction set of the CPU kernels in use),
     ``cpu_capabilities`` (all usable here), ``openmp``, ``cuda`` (CUDA kernels
-    compiled in), ``cuda_arches`` and ``gpu_path`` (see :func:`set_gpu_path`).
+    compiled in), ``cuda_arches``, ``gpu_path`` (see :func:`set_gpu_path`) and ``autograd``
+    (``"c++"`` or ``"python"``: which autograd kernels the operators run).
     """
     info = {
         "version": __version__,
@@ -94,8 +95,17 @@ def backend():
         cuda=build["cuda"],
         cuda_arches=list(build["cuda_arches"]),
         gpu_path=_C._gpu_path(),
+        autograd=_autograd_kind(),
     )
     return info
+
+
+def _autograd_kind() -> str:
+    """Which autograd kernels the operators run: "c++" (csrc/autograd.cpp) or "python"
+    (rnnfast/_autograd.py: the stable-ABI build's, or RNNFAST_AUTOGRAD=python)."""
+    from . import _ops  # noqa: PLC0415  (_ops imports this module)
+
+    return "c++" if _ops.CPP_AUTOGRAD else "python"
 
 
 def set_gpu_path(path: str) -> None:

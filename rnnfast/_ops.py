@@ -1,7 +1,9 @@
 """The rnnfast dispatcher operators: handles, and their fake kernels for tracing.
 
 The operators are defined in C++ (``csrc/ops.cpp``; CPU kernels in ``csrc/cpu/ops_cpu.cpp``,
-autograd in ``csrc/autograd.cpp``) and registered when ``rnnfast._C`` is imported:
+autograd in ``csrc/autograd.cpp``) and registered when ``rnnfast._C`` is imported; with
+``RNNFAST_AUTOGRAD=python`` the extension leaves the Autograd key out and this module registers
+``_autograd.py``'s kernels instead:
 
 ``rnnfast::layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
 -> (y, h_n, c_n)``
@@ -25,17 +27,37 @@ values of ``batch_sizes``), so they work with symbolic shapes under torch.compil
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 
 from ._cells import CELL_OF_CODE
 from ._extension import _C
 
-layer_forward = layer_forward_train = layer_backward = None
+layer_forward = layer_forward_train = layer_backward = module_layer_forward = None
+CPP_AUTOGRAD = False
 
 if _C is not None:
     layer_forward = torch.ops.rnnfast.layer_forward.default
     layer_forward_train = torch.ops.rnnfast.layer_forward_train.default
     layer_backward = torch.ops.rnnfast.layer_backward.default
+
+    # The autograd kernels: csrc/autograd.cpp's, or, where the extension registered none (the
+    # stable-ABI build; RNNFAST_AUTOGRAD=python on today's build), rnnfast/_autograd.py's.
+    if os.environ.get("RNNFAST_AUTOGRAD", "") not in ("", "c++", "python"):
+        warnings.warn(f"RNNFAST_AUTOGRAD={os.environ['RNNFAST_AUTOGRAD']!r} is neither 'python' nor 'c++': "
+                      "the C++ autograd is in use", RuntimeWarning, stacklevel=2)
+    CPP_AUTOGRAD = torch._C._dispatch_has_kernel_for_dispatch_key("rnnfast::layer_forward", "Autograd")
+    if not CPP_AUTOGRAD:
+        from . import _autograd
+
+        _autograd.register()
+
+    # What the modules call: the operator; under the Python autograd its eager entry, which runs
+    # the autograd kernel's work without the dispatcher's round trip into Python where nothing
+    # needs the dispatcher (rnnfast/_autograd.py: layer_forward).
+    module_layer_forward = layer_forward if CPP_AUTOGRAD else _autograd.layer_forward
 
     def _cell(code: int):
         cell = CELL_OF_CODE.get(code)

@@ -54,7 +54,7 @@ def rnn(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Opt
         for d in range(D):
             k = layer * D + d
             w = _direction_weights(flat_weights[k * per_direction:(k + 1) * per_direction], has_bias, has_proj)
-            y, h, c = _ops.layer_forward(cell.code, layer_input, batch_sizes, h0[k],
+            y, h, c = _ops.module_layer_forward(cell.code, layer_input, batch_sizes, h0[k],
                                          c0[k] if cell.cell_state else None, *w, d == 1)
             outputs.append(y)
             h_n.append(h)
@@ -73,5 +73,5 @@ def cell_step(mode: str, x: Tensor, h: Tensor, c: Optional[Tensor], w_ih: Tensor
     One fused operator call (both GEMMs and the gate math): a one-step layer-direction. Returns
     ``(h' [B, H], c' [B, H] or None)``.
     """
-    _, h_next, c_next = _ops.layer_forward(CELLS[mode].code, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False)
+    _, h_next, c_next = _ops.module_layer_forward(CELLS[mode].code, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False)
     return h_next, (c_next if CELLS[mode].cell_state else None)

@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import torch
@@ -31,6 +32,61 @@ def test_backend_reports_the_build():
     expected = os.environ.get("RNNFAST_EXPECT_CUDA")
     if expected is not None:
         assert info["cuda"] is (expected == "1"), (expected, info)
+
+
+def test_backend_names_the_autograd_in_use():
+    """The operators' autograd: csrc/autograd.cpp's, or rnnfast/_autograd.py's (the stable-ABI
+    build's) under RNNFAST_AUTOGRAD=python, which CI runs the autograd suites with too. The graph
+    node is a Python one exactly when backend() says "python"."""
+    expected = "python" if os.environ.get("RNNFAST_AUTOGRAD") == "python" else "c++"
+    assert rnnfast.backend()["autograd"] == expected
+    x = torch.randn(2, 1, 3, requires_grad=True)
+    y, _ = rnnfast.LSTM(3, 4)(x)
+    node = y.grad_fn.next_functions[0][0]  # through the module's view of the rows
+    assert node.name() == "rnnfast::LayerForwardBackward"
+    assert isinstance(node, torch.autograd.function.BackwardCFunction) is (expected == "python")
+
+
+def test_python_autograd_gives_the_cpp_autograds_gradients():
+    """The same fused kernels under either autograd, each in its own process: bit-identical
+    first-order gradients, through the plain backward (the Python autograd's direct path to the
+    kernel) and under create_graph; second-order ones equal to rounding (both differentiate the
+    reference equations). LSTM with a projection on an unsorted packed batch whose input needs no
+    gradient (only the states and weights do), and a 2-layer bidirectional GRU."""
+    script = textwrap.dedent("""
+        import sys, torch, rnnfast
+        from torch.nn.utils.rnn import pack_padded_sequence
+        torch.manual_seed(0)
+        lstm = rnnfast.LSTM(3, 5, proj_size=2).double()
+        x = torch.randn(4, 3, 3, dtype=torch.float64)
+        packed = pack_padded_sequence(x, torch.tensor([2, 4, 3]), enforce_sorted=False)
+        h0 = torch.randn(1, 3, 2, dtype=torch.float64, requires_grad=True)
+        c0 = torch.randn(1, 3, 5, dtype=torch.float64, requires_grad=True)
+        y, (h, c) = lstm(packed, (h0, c0))
+        (y.data * torch.randn_like(y.data)).sum().add((c * torch.randn_like(c)).sum()).backward()
+        plain = [h0.grad, c0.grad, *[p.grad for p in lstm.parameters()]]
+
+        gru = rnnfast.GRU(3, 5, num_layers=2, bidirectional=True).double()
+        x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+        y, h = gru(x)
+        loss = (y * torch.randn_like(y)).sum() + (h * torch.randn_like(h)).sum()
+        first = torch.autograd.grad(loss, [x, *gru.parameters()], create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in first), [x, *gru.parameters()])
+        torch.save([rnnfast.backend()["autograd"], plain, first, second], sys.argv[1])
+    """)
+    results = {}
+    for kind in ("c++", "python"):
+        env = {k: v for k, v in os.environ.items() if k != "RNNFAST_AUTOGRAD"}
+        if kind == "python":
+            env["RNNFAST_AUTOGRAD"] = "python"
+        with tempfile.NamedTemporaryFile(suffix=".pt") as f:
+            subprocess.run([sys.executable, "-c", script, f.name], env=env, check=True, timeout=300)
+            results[kind] = torch.load(f.name)
+    assert [r[0] for r in results.values()] == ["c++", "python"]
+    for a, b in zip([*results["c++"][1], *results["c++"][2]], [*results["python"][1], *results["python"][2]], strict=True):
+        assert torch.equal(a.detach(), b.detach())
+    for a, b in zip(results["c++"][3], results["python"][3], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_missing_extension_is_loud():

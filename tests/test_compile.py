@@ -23,6 +23,7 @@ import pytest
 import torch
 from torch import nn
 
+import rnnfast  # noqa: F401  (registers the operators: this file may run alone)
 from cases import Case, assert_all_close, assert_close, ids
 
 DTYPE = torch.float32

@@ -1,0 +1,100 @@
+"""rnnfast/_autograd.py's eager entry (``_autograd.layer_forward``, what the modules call under the
+Python autograd): the same results as the operator, and everything that only the dispatcher
+honours still sees the operator. It runs the Python autograd whichever autograd kernel the
+operators have registered, so these run in every CI job."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import rnnfast  # noqa: F401  (registers the operators)
+from rnnfast import _autograd
+
+OP = torch.ops.rnnfast.layer_forward.default
+
+
+def layer_args(requires_grad: bool, seed: int = 0):
+    """LSTM layer-direction with a projection, 5 steps of 3 rows, float64, random values."""
+    g = torch.Generator().manual_seed(seed)
+    I, H, P, B, T = 4, 6, 3, 3, 5
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(requires_grad)
+
+    return [0, rand(T * B, I), None, rand(B, P), rand(B, H), rand(4 * H, I), rand(4 * H, P), rand(4 * H),
+            rand(4 * H), rand(P, H), False]
+
+
+def outputs_and_grads(entry, args):
+    y, h_n, c_n = entry(*args)
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    grads = torch.autograd.grad((y.sum() + 2 * h_n.sum() + 3 * c_n.sum()), leaves) if leaves else []
+    return [y.detach(), h_n.detach(), c_n.detach(), *grads]
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_eager_entry_matches_the_operator_bitwise(requires_grad):
+    expected = outputs_and_grads(OP, layer_args(requires_grad))
+    actual = outputs_and_grads(_autograd.layer_forward, layer_args(requires_grad))
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        assert torch.equal(a, e)
+
+
+def test_eager_entry_reads_negated_views_as_their_values():
+    """A lazily negated view (its memory holds the negation) reaches no kernel unresolved."""
+    args = layer_args(False)
+    negated = list(args)
+    negated[5] = torch._neg_view(-args[5])  # the same values as args[5], stored negated
+    assert negated[5].is_neg() and torch.equal(negated[5], args[5])
+    for a, e in zip(_autograd.layer_forward(*negated), OP(*args), strict=True):
+        assert torch.equal(a, e)
+
+
+class RecordingMode(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def test_dispatch_modes_see_the_operator():
+    args = layer_args(True)
+    with RecordingMode() as mode:
+        y, _, _ = _autograd.layer_forward(*args)
+        y.sum().backward()
+    assert torch.ops.rnnfast.layer_forward_train.default in mode.ops or OP in mode.ops, mode.ops
+    assert torch.ops.rnnfast.layer_backward.default in mode.ops, mode.ops
+
+
+def test_profiler_sees_the_operator():
+    args = layer_args(True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        y, _, _ = _autograd.layer_forward(*args)
+        y.sum().backward()
+    names = {e.key for e in prof.key_averages()}
+    assert "rnnfast::layer_forward" in names and "rnnfast::layer_backward" in names, names
+
+
+def test_subclass_tensors_go_through_the_dispatcher():
+    """A __torch_function__ subclass sees the operator call instead of being read as raw memory."""
+    seen = []
+
+    class Traced(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return super().__torch_function__(func, types, args, kwargs)
+
+    args = layer_args(False)
+    args[5] = args[5].as_subclass(Traced)
+    expected = OP(*layer_args(False))
+    actual = _autograd.layer_forward(*args)
+    assert OP in seen
+    for a, e in zip(actual, expected, strict=True):
+        torch.testing.assert_close(a.as_subclass(torch.Tensor), e, rtol=0, atol=0)
