@@ -12,10 +12,21 @@ stable ABI has no C++ autograd. Today's build registers ``csrc/autograd.cpp`` in
 * forward-mode AD: ``layer_forward`` runs the reference equations, whose torch ops carry tangents;
   the other two refuse.
 
+Differences from autograd.cpp, none in the first-order values: the reference equations are
+``rnnfast.reference``'s, not ``layer_reference.cpp``'s (second-order results and forward-AD
+tangents agree to rounding, not bit for bit); a node's edges are those of a Python
+``autograd.Function`` (one per tensor argument, ``batch_sizes`` included, none for an absent
+optional tensor; autograd.cpp has eight in a fixed order); which gradients the backward computes
+follows ``needs_input_grad`` (whether an input requires grad), not the engine's plan for the
+current backward call, so ``torch.autograd.grad(loss, [x])`` also computes the weight gradients
+(and discards them).
+
 The kernels are registered with ``torch.library.Library.impl`` on the Autograd key rather than
 ``torch.library.register_autograd``: that one's ``Function.apply`` binds the arguments through
-``inspect.signature`` on every call (about 45 µs per training call on the Xeon of the README).
-Here the autograd.Functions are applied through the C++ ``_FunctionBase.apply`` (see ``_apply``).
+``inspect.signature`` on every call (the stable-ABI prototype measured it, ``python
+benchmarks/stable_abi_overhead.py``: 439 against 309 µs per training call for a plain
+autograd.Function on the Zen 3 VM, ``docs/results/zen3-avx2/stable_abi_overhead.txt``). Here the
+autograd.Functions are applied through the C++ ``_FunctionBase.apply`` (see ``_apply``).
 """
 
 from __future__ import annotations
@@ -28,7 +39,6 @@ from ._cells import CELL_OF_CODE
 
 _C = torch._C
 _BELOW_AUTOGRAD = _C._after_autograd_keyset
-_BACKEND_KEYS = (_C.DispatchKey.CPU, _C.DispatchKey.CUDA)
 _layer_forward = torch.ops.rnnfast.layer_forward.default
 _layer_forward_train = torch.ops.rnnfast.layer_forward_train.default
 _layer_backward = torch.ops.rnnfast.layer_backward.default
@@ -100,9 +110,9 @@ class _LayerForward(torch.autograd.Function):
                                               reverse)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out[0], out[3])
         ctx.args = (cell, batch_sizes, reverse)
-        # The kernel's keyset when it is a backend's alone (plain eager tensors): the first-order
-        # backward may go straight to that backend's kernel (see backward).
-        ctx.backend_keyset = keyset if keyset.highestPriorityTypeId() in _BACKEND_KEYS else None
+        # A kernel keyset of _backend_keyset's (the eager entry's calls, never the dispatcher's,
+        # whose keysets are fresh objects): the first-order backward may go straight to that kernel.
+        ctx.backend_keyset = keyset if any(keyset is k for k in _KERNEL_KEYSETS) else None
         ctx.cell_state = c0 is not None
         ctx.mark_non_differentiable(out[3])
         if c0 is None:
@@ -126,7 +136,7 @@ class _LayerForward(torch.autograd.Function):
         args = (cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y, workspace, dy, dh_n, dc_n,
                 [need_x, need_state, need_weights])
         if (ctx.backend_keyset is not None and not _C.is_grad_enabled() and not _dispatcher_needed()
-                and _plain((dy, dh_n, dc_n))):
+                and _backend_keyset((x, dy, dh_n, dc_n)) is ctx.backend_keyset):
             # First order on plain tensors, nothing that needs the dispatcher: straight to the kernel.
             grads = _redispatch_backward(ctx.backend_keyset, *args)
         else:  # through the dispatcher: create_graph (layer_backward's autograd), modes, transforms
@@ -261,21 +271,42 @@ def _layer_backward_autograd(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b
 
 
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
-_STRIDED = torch.strided
-_CPU_KEYSET = _C.DispatchKeySet(_C.DispatchKey.CPU)
-_CUDA_KEYSET = _C.DispatchKeySet(_C.DispatchKey.CUDA)
 
 
-def _plain(tensors) -> bool:
-    """Every tensor a plain strided one, data as stored: no subclass (fake, functional, wrapper,
-    __torch_function__ subclasses), no sparse, MKL-DNN or nested layout, no lazy negation bit
-    (a view whose stored values are the negated ones: the dispatcher materializes it, a kernel
-    reading the memory would not)."""
+def _plain_keysets():
+    """{raw dispatch keys of a plain dense tensor: its backend's kernel keyset}, for CPU and CUDA,
+    with autograd keys (ordinary tensors) and without (inference-mode tensors). Any other key
+    (Python, Functionalize, ZeroTensor, Negative, Conjugate, a sparse, nested or other backend)
+    means the dispatcher has work to do before a kernel may read the memory."""
+    K, Set = _C.DispatchKey, _C.DispatchKeySet
+    plain = {}
+    for backend, autograd, autocast in ((K.CPU, K.AutogradCPU, K.AutocastCPU), (K.CUDA, K.AutogradCUDA, K.AutocastCUDA)):
+        kernel = Set(backend)
+        plain[(kernel | Set(K.ADInplaceOrView) | Set(autograd) | Set(autocast)).raw_repr()] = kernel
+        plain[(kernel | Set(autocast)).raw_repr()] = kernel
+    return plain
+
+
+_PLAIN_KEYSETS = _plain_keysets()
+_KERNEL_KEYSETS = tuple({id(k): k for k in _PLAIN_KEYSETS.values()}.values())
+
+
+def _backend_keyset(tensors):
+    """The kernel keyset of the backend that every given tensor (None skipped) is a plain dense
+    tensor of, or None: a subclass (fake, functional, wrapper or __torch_function__ subclasses), a
+    key beyond the backend's (see _plain_keysets), or tensors of different backends, which the
+    dispatcher then sends to the kernel (and the error) it would anyway."""
+    keyset = None
     for t in tensors:
-        if t is not None and (type(t) not in _PLAIN_TENSOR_TYPES or t.layout is not _STRIDED or t.is_neg()
-                              or t.is_nested):
-            return False
-    return True
+        if t is None:
+            continue
+        if type(t) not in _PLAIN_TENSOR_TYPES:
+            return None
+        k = _PLAIN_KEYSETS.get(_C._dispatch_keys(t).raw_repr())
+        if k is None or (keyset is not None and k is not keyset):
+            return None
+        keyset = k
+    return keyset
 
 
 def _dispatcher_needed() -> bool:
@@ -289,27 +320,28 @@ def _dispatcher_needed() -> bool:
                 or _C._autograd._profiler_enabled())
 
 
-def _eager_keyset(x, tensors):
-    """The backend keyset of an eager call on plain CPU or CUDA tensors, or None where the call must
-    go through the dispatcher (see _dispatcher_needed and _plain). Tensors on another device than x
-    reach x's kernel, whose checks reject them as the dispatcher's kernel would."""
-    if _dispatcher_needed() or not _plain(tensors):
+def _eager_keyset(tensors):
+    """The kernel keyset an eager call may go straight to, or None where it must go through the
+    dispatcher (_dispatcher_needed, _backend_keyset)."""
+    if _dispatcher_needed():
         return None
-    return _CPU_KEYSET if x.is_cpu else (_CUDA_KEYSET if x.is_cuda else None)
+    return _backend_keyset(tensors)
 
 
 def layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
-    """rnnfast::layer_forward as the modules call it under the Python autograd: on plain eager
-    tensors what the Autograd kernel would do, without the dispatcher's boxed round trip into it
-    (the kernel is Python here, so that trip costs Python time twice); otherwise the operator."""
+    """rnnfast::layer_forward as the modules call it under the Python autograd: a call that records
+    a graph on plain eager tensors does the Autograd kernel's work here, without the dispatcher's
+    boxed round trip into it (the kernel is Python, so that trip costs Python time twice);
+    everything else is the operator (an inference call gains nothing from skipping it once this
+    entry's own checks are paid)."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    keyset = _eager_keyset(x, tensors)
-    if keyset is None:
-        return _layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-    if not _needs_grad(*tensors):
-        return _redispatch_forward(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-    return _LayerForward._raw_apply(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                    reverse)[:3]
+    # is_compiling first: Dynamo folds it to True and traces none of the checks (see _dispatcher_needed).
+    if not torch.compiler.is_compiling() and _needs_grad(*tensors):
+        keyset = _eager_keyset(tensors)
+        if keyset is not None:
+            return _LayerForward._raw_apply(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                            reverse)[:3]
+    return _layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
 
 
 _LIBRARY = None

@@ -47,7 +47,7 @@ if _C is not None:
     # stable-ABI build; RNNFAST_AUTOGRAD=python on today's build), rnnfast/_autograd.py's.
     if os.environ.get("RNNFAST_AUTOGRAD", "") not in ("", "c++", "python"):
         warnings.warn(f"RNNFAST_AUTOGRAD={os.environ['RNNFAST_AUTOGRAD']!r} is neither 'python' nor 'c++': "
-                      "the C++ autograd is in use", RuntimeWarning, stacklevel=2)
+                      "the C++ autograd is in use", RuntimeWarning, stacklevel=1)
     CPP_AUTOGRAD = torch._C._dispatch_has_kernel_for_dispatch_key("rnnfast::layer_forward", "Autograd")
     if not CPP_AUTOGRAD:
         from . import _autograd

@@ -43,11 +43,12 @@ def test_eager_entry_matches_the_operator_bitwise(requires_grad):
         assert torch.equal(a, e)
 
 
-def test_eager_entry_reads_negated_views_as_their_values():
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_eager_entry_reads_negated_views_as_their_values(requires_grad):
     """A lazily negated view (its memory holds the negation) reaches no kernel unresolved."""
-    args = layer_args(False)
+    args = layer_args(requires_grad)
     negated = list(args)
-    negated[5] = torch._neg_view(-args[5])  # the same values as args[5], stored negated
+    negated[5] = torch._neg_view(-args[5].detach()).requires_grad_(requires_grad)  # args[5]'s values, stored negated
     assert negated[5].is_neg() and torch.equal(negated[5], args[5])
     for a, e in zip(_autograd.layer_forward(*negated), OP(*args), strict=True):
         assert torch.equal(a, e)
@@ -70,6 +71,38 @@ def test_dispatch_modes_see_the_operator():
         y.sum().backward()
     assert torch.ops.rnnfast.layer_forward_train.default in mode.ops or OP in mode.ops, mode.ops
     assert torch.ops.rnnfast.layer_backward.default in mode.ops, mode.ops
+
+
+def test_dispatch_modes_see_the_backward_operator():
+    """A graph recorded on plain tensors outside any mode, its backward run inside one: the
+    backward's direct path to the kernel checks again, at backward time."""
+    y, _, _ = _autograd.layer_forward(*layer_args(True))
+    with RecordingMode() as mode:
+        y.sum().backward()
+    assert torch.ops.rnnfast.layer_backward.default in mode.ops, mode.ops
+
+
+def test_profiler_sees_the_backward_operator():
+    y, _, _ = _autograd.layer_forward(*layer_args(True))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        y.sum().backward()
+    assert "rnnfast::layer_backward" in {e.key for e in prof.key_averages()}
+
+
+def test_negated_output_gradients_are_read_as_their_values():
+    """An output gradient that is a lazily negated view reaches the backward kernel resolved."""
+    grads = {}
+    for negated in (False, True):
+        args = layer_args(True)
+        y, _, _ = _autograd.layer_forward(*args)
+        dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+        if negated:
+            dy = torch._neg_view(-dy)
+            assert dy.is_neg()
+        leaves = [a for a in args if isinstance(a, torch.Tensor)]
+        grads[negated] = torch.autograd.grad(y, leaves, dy)
+    for a, e in zip(grads[True], grads[False], strict=True):
+        assert torch.equal(a, e)
 
 
 def test_profiler_sees_the_operator():
