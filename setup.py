@@ -34,20 +34,20 @@ except ImportError as exc:  # pragma: no cover - build-environment guard
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
+# Sources still on torch's C++ API: the C++ autograd, the GPU algorithm's emulation, the CPU
+# outputs' allocation and the weights' weak references (csrc/layer_aten.h; issue 16).
 COMMON_SOURCES = [
-    "csrc/ops.cpp",
     "csrc/autograd.cpp",
-    "csrc/layer_checks.cpp",
     "csrc/layer_reference.cpp",
-    "csrc/cpu/ops_cpu.cpp",
     "csrc/cpu/pooled_tensor.cpp",
+    "csrc/cpu/weight_owner.cpp",
     "csrc/cpu/gemm_bench.cpp",
     "csrc/gpu/emulated.cpp",
     "csrc/gpu/path.cpp",
 ]
 # Sources on torch's stable ABI alone (issue 16), compiled with STABLE_FLAGS: a header outside
 # torch/headeronly and torch/csrc/stable fails their build. The kernels_<isa>.cpp builds too.
-STABLE_SOURCES = ["csrc/cpu/dispatch.cpp", "csrc/cpu/fma_peak.cpp", "csrc/cpu/thread_policy.cpp",
+STABLE_SOURCES = ["csrc/ops.cpp", "csrc/layer_checks.cpp", "csrc/cpu/ops_cpu.cpp", "csrc/cpu/dispatch.cpp", "csrc/cpu/fma_peak.cpp", "csrc/cpu/thread_policy.cpp",
                   "csrc/cpu/buffer_pool.cpp", "csrc/cpu/panel_cache.cpp", "csrc/cpu/forward_loop.cpp",
                   "csrc/cpu/backward_loop.cpp"]
 # torch 2.11.0, the oldest release the stable build targets: [major][minor][patch][tag]

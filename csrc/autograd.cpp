@@ -25,6 +25,7 @@
 #include <string>
 #include <type_traits>
 
+#include "layer_aten.h"
 #include "ops.h"
 
 namespace rnnfast {
@@ -35,6 +36,30 @@ using torch::autograd::compute_requires_grad;
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
+
+// The C++ autograd is on torch's C++ API: at::Tensor throughout (layer_aten.h).
+using aten_layer::OptTensor;
+using aten_layer::Tensor;
+using ForwardResult = std::tuple<Tensor, Tensor, Tensor>;
+using ForwardTrainResult = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using BackwardResult = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+// The reference path's inputs: row-major, as layer_reference takes them
+// (contiguous() keeps the graph, and is a no-op on the usual inputs).
+aten_layer::LayerInputs reference_inputs(int64_t cell, const Tensor& x, const OptTensor& batch_sizes,
+                                         const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
+                                         const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+                                         const OptTensor& w_hr, bool reverse) {
+  auto contiguous = [](const OptTensor& t) { return has(t) ? OptTensor(t->contiguous()) : OptTensor(); };
+  return aten_layer::LayerInputs{cell_from_code(cell),
+                                 x.contiguous(),
+                                 contiguous(batch_sizes),
+                                 h0.contiguous(),
+                                 contiguous(c0),
+                                 aten_layer::LayerWeights{w_ih.contiguous(), w_hh.contiguous(), contiguous(b_ih),
+                                                          contiguous(b_hh), contiguous(w_hr)},
+                                 reverse};
+}
 
 // The autograd graph owns its nodes through c10::intrusive_ptr in recent torch
 // releases and through std::shared_ptr in earlier ones; this alias and the
@@ -209,10 +234,8 @@ struct LayerBackwardBackward : public Node {
       if (computed[k] && ggrads[k].defined() && t[k].defined() && !t[k].requires_grad())
         t[k] = t[k].detach().requires_grad_(true);
 
-    LayerInputs li = make_layer_inputs(in.cell, t[0], opt(in.batch_sizes), t[1], opt(t[2]), t[3],
-                                       t[4], opt(t[5]), opt(t[6]), opt(t[7]), in.reverse);
-    // Keep the graph: make_layer_inputs' contiguous() is a no-op on these.
-    auto [y, h_n, c_n] = layer_reference(li);
+    auto [y, h_n, c_n] = aten_layer::layer_reference(reference_inputs(
+        in.cell, t[0], opt(in.batch_sizes), t[1], opt(t[2]), t[3], t[4], opt(t[5]), opt(t[6]), opt(t[7]), in.reverse));
     variable_list outputs{y, h_n}, grad_outputs{v[0], v[1]};
     if (c_n.defined()) {
       outputs.push_back(c_n);
@@ -331,7 +354,7 @@ ForwardResult layer_forward_autograd(c10::DispatchKeySet ks, int64_t cell,
                                      const OptTensor& b_hh, const OptTensor& w_hr, bool reverse) {
   const auto t = layer_tensors(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   if (any_forward_grad({t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]})) {
-    auto [y, h_n, c_n] = layer_reference(make_layer_inputs(cell, x, batch_sizes, h0, c0, w_ih,
+    auto [y, h_n, c_n] = aten_layer::layer_reference(reference_inputs(cell, x, batch_sizes, h0, c0, w_ih,
                                                            w_hh, b_ih, b_hh, w_hr, reverse));
     return {y, h_n, c_n.defined() ? c_n : at::empty({0}, x.options())};
   }

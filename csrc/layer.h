@@ -26,8 +26,10 @@
 // and returns the gradients of the inputs it was asked for.
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/Optional.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include <optional>
+#include <tuple>
 
 #include "cells.h"
 #include "layer_view.h"
@@ -35,95 +37,92 @@
 
 namespace rnnfast {
 
-using at::Tensor;
-using OptTensor = c10::optional<Tensor>;
+// The structures below are templates over the tensor type: the operators
+// hold torch::stable::Tensor (the aliases after them); the GPU algorithm and
+// the C++ autograd, still on torch's C++ API, hold at::Tensor views of the
+// same tensors (gpu/aten_layer.h) until they move to the stable ABI too.
 
-inline bool has(const OptTensor& t) { return t.has_value() && t->defined(); }
+template <class T>
+bool has(const std::optional<T>& t) {
+  return t.has_value() && t->defined();
+}
 
 // The parameters of one layer-direction.
-struct LayerWeights {
-  Tensor w_ih;     // [G*H, I]
-  Tensor w_hh;     // [G*H, P]
-  OptTensor b_ih;  // [G*H]
-  OptTensor b_hh;  // [G*H]
-  OptTensor w_hr;  // [P, H], LSTM with proj_size > 0 only
+template <class T>
+struct LayerWeightsT {
+  T w_ih;                   // [G*H, I]
+  T w_hh;                   // [G*H, P]
+  std::optional<T> b_ih;    // [G*H]
+  std::optional<T> b_hh;    // [G*H]
+  std::optional<T> w_hr;    // [P, H], LSTM with proj_size > 0 only
 };
 
 // The inputs of one layer-direction (what the forward op takes).
-struct LayerInputs {
+template <class T>
+struct LayerInputsT {
   CellType cell;
-  Tensor x;               // [N, I]
-  OptTensor batch_sizes;  // [T] int64 CPU; absent: padded (T = N / B)
-  Tensor h0;              // [B, P]
-  OptTensor c0;           // [B, H], cells with a cell state only
-  LayerWeights w;
-  bool reverse;           // process steps T-1 .. 0
+  T x;                             // [N, I]
+  std::optional<T> batch_sizes;    // [T] int64 CPU; absent: padded (T = N / B)
+  T h0;                            // [B, P]
+  std::optional<T> c0;             // [B, H], cells with a cell state only
+  LayerWeightsT<T> w;
+  bool reverse;                    // process steps T-1 .. 0
 };
 
-// The saved activations of a training forward: named views into its
-// workspace (undefined where the cell saves no such block), at SavedLayout's
-// offsets (layer_view.h).
-struct SavedActivations {
-  Tensor gates;     // [N, G*H] activated gates
-  Tensor cell;      // [N, H] LSTM c_t
-  Tensor proj_in;   // [N, H] LSTM with projection: m_t = o*tanh(c_t)
-  Tensor hidden_n;  // [N, H] GRU: W_hn h_{t-1} + b_hn
-
-  // Views of `workspace` ([N * saved_width]) for a layer of these dims.
-  static SavedActivations view(const Tensor& workspace, CellType cell, const LayerDims& d);
-  // The [N, H] block of a cell's step state, which its fused kernels write in
-  // the forward and read in the backward as `saved` (LSTM c_t, GRU
-  // W_hn h + b_hn), by the cell table; undefined for a cell that has none.
-  const Tensor& step_state(CellType cell) const;
-};
-
-// The data of a tensor, or nullptr if it is undefined.
-template <typename T>
-T* ptr(const Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
-}
-
-struct LayerOutputs {
-  Tensor y;          // [N, P]
-  Tensor h_n;        // [B, P]
-  Tensor c_n;        // [B, H] (LSTM) or [0]
-  Tensor workspace;  // [N * saved_width] (training) or [0]
+template <class T>
+struct LayerOutputsT {
+  T y;          // [N, P]
+  T h_n;        // [B, P]
+  T c_n;        // [B, H] (LSTM) or [0]
+  T workspace;  // [N * saved_width] (training) or [0]
 };
 
 // What a backward needs. dy may be a row-strided view (unit column stride).
-struct LayerBackwardInputs {
-  LayerInputs in;
-  Tensor y;          // [N, P] the forward's output
-  Tensor workspace;  // the training forward's workspace
-  Tensor dy;         // [N, P]
-  Tensor dh_n;       // [B, P]
-  OptTensor dc_n;    // [B, H], LSTM only
-  bool need_dx;      // input gradient
-  bool need_dstate;  // dh0 (and dc0)
+template <class T>
+struct LayerBackwardInputsT {
+  LayerInputsT<T> in;
+  T y;                  // [N, P] the forward's output
+  T workspace;          // the training forward's workspace
+  T dy;                 // [N, P]
+  T dh_n;               // [B, P]
+  std::optional<T> dc_n;  // [B, H], LSTM only
+  bool need_dx;         // input gradient
+  bool need_dstate;     // dh0 (and dc0)
   bool need_dweights;
 };
 
 // Gradients; undefined where not requested or not existing (no bias, no
 // projection, no cell state).
-struct LayerGrads {
-  Tensor dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr;
+template <class T>
+struct LayerGradsT {
+  T dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr;
 };
 
-// Validation shared by every device: shapes, dtypes, devices, batch_sizes.
-// Throws c10::Error with a readable message, and returns the sizes.
+// The step plan of validated inputs.
+template <class T>
+StepPlan make_step_plan(const LayerInputsT<T>& in, const LayerDims& d) {
+  if (has(in.batch_sizes)) return StepPlan(in.batch_sizes->template const_data_ptr<int64_t>(), d.T, in.reverse);
+  return StepPlan(d.T, d.B, in.reverse);
+}
+
+// The operators' tensors: the stable ABI's.
+using Tensor = torch::stable::Tensor;
+using OptTensor = std::optional<Tensor>;
+using LayerWeights = LayerWeightsT<Tensor>;
+using LayerInputs = LayerInputsT<Tensor>;
+using LayerOutputs = LayerOutputsT<Tensor>;
+using LayerBackwardInputs = LayerBackwardInputsT<Tensor>;
+using LayerGrads = LayerGradsT<Tensor>;
+
+// Validation shared by every device: shapes, dtypes, devices, batch_sizes
+// (layer_checks.cpp). Throws std::runtime_error with a readable message, and
+// returns the sizes.
 LayerDims check_layer_inputs(const LayerInputs& in);
 LayerDims check_backward_inputs(const LayerBackwardInputs& b);
-// The step plan of validated inputs.
-StepPlan make_step_plan(const LayerInputs& in, const LayerDims& d);
 
 // CPU implementations (csrc/cpu/ops_cpu.cpp: checks, outputs, then the
 // time loops on raw memory, layer_view.h).
 LayerOutputs layer_forward_cpu(const LayerInputs& in, bool training);
 LayerGrads layer_backward_cpu(const LayerBackwardInputs& b);
-
-// The same layer-direction written with differentiable ATen ops, step by
-// step (layer_reference.cpp): the double backward recomputes the forward
-// through it. Returns (y [N, P], h_n [B, P], c_n [B, H] or undefined).
-std::tuple<Tensor, Tensor, Tensor> layer_reference(const LayerInputs& in);
 
 }  // namespace rnnfast

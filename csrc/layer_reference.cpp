@@ -7,9 +7,9 @@
 
 #include <vector>
 
-#include "layer.h"
+#include "layer_aten.h"
 
-namespace rnnfast {
+namespace rnnfast::aten_layer {
 namespace {
 
 Tensor affine(const Tensor& x, const Tensor& w, const OptTensor& b) {
@@ -53,7 +53,7 @@ Tensor replace_rows(const Tensor& state, const Tensor& rows_new) {
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor> layer_reference(const LayerInputs& in) {
-  const LayerDims d = check_layer_inputs(in);
+  const LayerDims d = check_layer_inputs(stable(in));
   const StepPlan plan = make_step_plan(in, d);
   const bool cell_state = cell_info(in.cell).cell_state;
   // Only the active rows (a prefix) of the state change at a step: in the
@@ -73,4 +73,4 @@ std::tuple<Tensor, Tensor, Tensor> layer_reference(const LayerInputs& in) {
   return {at::cat(outputs), h, c};
 }
 
-}  // namespace rnnfast
+}  // namespace rnnfast::aten_layer

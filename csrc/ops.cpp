@@ -1,27 +1,29 @@
 // The schemas of the rnnfast operators, and the device-neutral argument glue
-// (ops.h). Devices register their kernels under TORCH_LIBRARY_IMPL(rnnfast,
-// <key>, m) (cpu/ops_cpu.cpp); autograd.cpp registers the Autograd kernels;
-// rnnfast/_ops.py registers the fake kernels used for tracing.
+// (ops.h), on the stable ABI. Devices register their kernels under
+// STABLE_TORCH_LIBRARY_IMPL(rnnfast, <key>, m) (cpu/ops_cpu.cpp,
+// cuda/ops_cuda.cpp); the autograd kernels are autograd.cpp's (C++) or
+// rnnfast/_autograd.py's; rnnfast/_ops.py registers the fake kernels used for
+// tracing.
 #include "ops.h"
 
-#include <ATen/ATen.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <string>
 
 namespace rnnfast {
 
 CellType cell_from_code(int64_t cell) {
-  // The message names the code through std::to_string: no integer is
-  // formatted by TORCH_CHECK itself (docs/ARCHITECTURE.md: the GPU machine's quirk).
-  TORCH_CHECK(cell >= 0 && cell < kNumCellTypes, "rnnfast: unknown cell code ", std::to_string(cell),
-              " (expected 0 LSTM, 1 GRU, 2 RNN_TANH or 3 RNN_RELU)");
+  RNNFAST_CHECK(cell >= 0 && cell < kNumCellTypes, "rnnfast: unknown cell code ", std::to_string(cell),
+                " (expected 0 LSTM, 1 GRU, 2 RNN_TANH or 3 RNN_RELU)");
   return static_cast<CellType>(cell);
 }
 
+Tensor make_contiguous(const Tensor& t) { return t.is_contiguous() ? t : torch::stable::contiguous(t); }
+
 namespace {
-OptTensor contiguous(const OptTensor& t) {
-  return has(t) ? OptTensor(t->contiguous()) : OptTensor();
+OptTensor make_contiguous_opt(const OptTensor& t) {
+  return has(t) ? OptTensor(rnnfast::make_contiguous(*t)) : OptTensor();
 }
 }  // namespace
 
@@ -29,20 +31,42 @@ LayerInputs make_layer_inputs(int64_t cell, const Tensor& x, const OptTensor& ba
                               const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                               const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                               const OptTensor& w_hr, bool reverse) {
-  TORCH_CHECK(x.defined() && h0.defined() && w_ih.defined() && w_hh.defined(),
-              "rnnfast: x, h0, w_ih and w_hh are required");
+  RNNFAST_CHECK(x.defined() && h0.defined() && w_ih.defined() && w_hh.defined(),
+                "rnnfast: x, h0, w_ih and w_hh are required");
   return LayerInputs{cell_from_code(cell),
-                     x.contiguous(),
-                     contiguous(batch_sizes),
-                     h0.contiguous(),
-                     contiguous(c0),
-                     LayerWeights{w_ih.contiguous(), w_hh.contiguous(), contiguous(b_ih),
-                                  contiguous(b_hh), contiguous(w_hr)},
+                     make_contiguous(x),
+                     make_contiguous_opt(batch_sizes),
+                     make_contiguous(h0),
+                     make_contiguous_opt(c0),
+                     LayerWeights{make_contiguous(w_ih), make_contiguous(w_hh), make_contiguous_opt(b_ih),
+                                  make_contiguous_opt(b_hh), make_contiguous_opt(w_hr)},
                      reverse};
 }
 
+Tensor row_major(const Tensor& t) {
+  const bool ok = t.dim() == 2 && (t.size(1) <= 1 || t.stride(1) == 1) &&
+                  (t.size(0) <= 1 || t.stride(0) >= t.size(1));
+  return ok ? t : torch::stable::contiguous(t);
+}
+
+const Tensor& undefined_tensor() {
+  // Never destroyed: deleting its handle at exit could follow libtorch's own teardown.
+  static const Tensor* none = new Tensor();
+  return *none;
+}
+
 Tensor or_empty(const Tensor& t, const Tensor& like) {
-  return t.defined() ? t : at::empty({0}, like.options());
+  if (t.defined()) return t;
+  // The shim's empty_strided, not torch::stable::empty: no trip through the
+  // dispatcher for a placeholder.
+  const int64_t size = 0, stride = 1;
+  int32_t dtype = 0, device_type = 0;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(like.get(), &dtype));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
+  AtenTensorHandle out = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(
+      aoti_torch_empty_strided(1, &size, &stride, dtype, device_type, like.get_device_index(), &out));
+  return Tensor(out);
 }
 
 }  // namespace rnnfast
@@ -55,7 +79,7 @@ Tensor or_empty(const Tensor& t, const Tensor& like) {
   "int cell, Tensor x, Tensor? batch_sizes, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, " \
   "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse"
 
-TORCH_LIBRARY(rnnfast, m) {
+STABLE_TORCH_LIBRARY(rnnfast, m) {
   m.def("layer_forward(" RNNFAST_LAYER_ARGS ") -> (Tensor y, Tensor h_n, Tensor c_n)");
   m.def("layer_forward_train(" RNNFAST_LAYER_ARGS
         ") -> (Tensor y, Tensor h_n, Tensor c_n, Tensor workspace)");

@@ -14,11 +14,11 @@
 // not exist come back as [0] tensors (an op returns no None).
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
-#include <array>
 #include <tuple>
+#include <utility>
+#include <vector>
 
+#include "check.h"
 #include "layer.h"
 
 namespace rnnfast {
@@ -38,8 +38,21 @@ LayerInputs make_layer_inputs(int64_t cell, const Tensor& x, const OptTensor& ba
                               const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                               const OptTensor& w_hr, bool reverse);
 
+// `t`, or a contiguous copy where it is not contiguous (no dispatcher call
+// for the usual, contiguous tensor).
+Tensor make_contiguous(const Tensor& t);
+
+// An undefined tensor, shared: what an undefined member is copied from (a
+// default-constructed torch::stable::Tensor costs a shim call and two
+// allocations; a copy, a reference count).
+const Tensor& undefined_tensor();
+
 // A defined tensor where `t` is undefined: [0] elements like `like`.
 Tensor or_empty(const Tensor& t, const Tensor& like);
+
+// `t` itself when it has unit column stride and rows at least its width
+// apart (a column slice of a wider buffer is fine), else a contiguous copy.
+Tensor row_major(const Tensor& t);
 
 // The kernels of the three ops for one device, from its layer functions.
 template <LayerOutputs (*Forward)(const LayerInputs&, bool),
@@ -52,7 +65,7 @@ struct DeviceOps {
     LayerOutputs o = Forward(make_layer_inputs(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
                                                b_hh, w_hr, reverse),
                              /*training=*/false);
-    return {o.y, o.h_n, o.c_n};
+    return {std::move(o.y), std::move(o.h_n), std::move(o.c_n)};
   }
 
   static ForwardTrainResult forward_train(int64_t cell, const Tensor& x,
@@ -64,7 +77,7 @@ struct DeviceOps {
     LayerOutputs o = Forward(make_layer_inputs(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
                                                b_hh, w_hr, reverse),
                              /*training=*/true);
-    return {o.y, o.h_n, o.c_n, o.workspace};
+    return {std::move(o.y), std::move(o.h_n), std::move(o.c_n), std::move(o.workspace)};
   }
 
   static BackwardResult backward(int64_t cell, const Tensor& x,
@@ -73,14 +86,15 @@ struct DeviceOps {
                                  const OptTensor& b_ih, const OptTensor& b_hh,
                                  const OptTensor& w_hr, bool reverse, const Tensor& y,
                                  const Tensor& workspace, const Tensor& dy, const Tensor& dh_n,
-                                 const OptTensor& dc_n, std::array<bool, 3> output_mask) {
+                                 const OptTensor& dc_n, std::vector<bool> output_mask) {
+    RNNFAST_CHECK(output_mask.size() == 3, "rnnfast: output_mask must have 3 entries");
     LayerBackwardInputs b{make_layer_inputs(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
                                             w_hr, reverse),
                           row_major(y),
-                          workspace.contiguous(),
+                          make_contiguous(workspace),
                           row_major(dy),
-                          dh_n.contiguous(),
-                          has(dc_n) ? OptTensor(dc_n->contiguous()) : OptTensor(),
+                          make_contiguous(dh_n),
+                          has(dc_n) ? OptTensor(make_contiguous(*dc_n)) : OptTensor(),
                           output_mask[0],
                           output_mask[1],
                           output_mask[2]};
@@ -88,13 +102,6 @@ struct DeviceOps {
     return {or_empty(g.dx, x),     or_empty(g.dh0, x),   or_empty(g.dc0, x),
             or_empty(g.dw_ih, x),  or_empty(g.dw_hh, x), or_empty(g.db_ih, x),
             or_empty(g.db_hh, x),  or_empty(g.dw_hr, x)};
-  }
-
-  // Unit column stride (a column slice of a wider buffer is fine), else a copy.
-  static Tensor row_major(const Tensor& t) {
-    const bool ok = t.dim() == 2 && (t.size(1) <= 1 || t.stride(1) == 1) &&
-                    (t.size(0) <= 1 || t.stride(0) >= t.size(1));
-    return ok ? t : t.contiguous();
   }
 };
 

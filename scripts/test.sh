@@ -36,9 +36,11 @@ cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
   > "$BUILD.log" 2>&1 || { cat "$BUILD.log"; exit 1; }
 cmake --build "$BUILD" -j "${MAX_JOBS:-2}" >> "$BUILD.log" 2>&1 || { tail -50 "$BUILD.log"; exit 1; }
 ctest --test-dir "$BUILD" --output-on-failure
-# The parts already on torch's stable ABI (issue 16): the kernels library (built with
-# TORCH_TARGET_VERSION) and the bindings (built without torch's headers) use no libtorch C++ symbol.
+# The parts already on torch's stable ABI (issue 16): the kernels library and the operators'
+# schemas and CPU kernels (built with TORCH_TARGET_VERSION) and the bindings (built without
+# torch's headers) use no libtorch C++ symbol.
 "$ROOT/scripts/check_torch_symbols.sh" "$BUILD/librnnfast_cpu_kernels.a" \
+  "$BUILD"/CMakeFiles/rnnfast_stable_ops.dir/csrc/*.o "$BUILD"/CMakeFiles/rnnfast_stable_ops.dir/csrc/cpu/*.o \
   "$BUILD/CMakeFiles/rnnfast_bindings.dir/csrc/bindings.cpp.o"
 # The CMake-built extension, imported from the build tree, against torch.nn.
 (cd "$BUILD" && PYTHONPATH="$BUILD" "$VENV/bin/python" -c \

@@ -8,6 +8,7 @@
 #include <c10/util/accumulate.h>
 #include <c10/util/strides.h>
 
+#include "../layer_aten.h"
 #include "buffer_pool.h"
 
 namespace rnnfast::cpu {
@@ -21,11 +22,9 @@ void report_to_profiler(void* p, int64_t delta) {
 
 const bool observer_set = (set_pool_observer(&report_to_profiler), true);
 
-}  // namespace
-
-at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+at::Tensor pooled_empty_aten(at::IntArrayRef sizes, const at::TensorOptions& options) {
   const size_t exact = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
-  if (exact < kMinPooledBytes) return cpu_empty(sizes, options);
+  if (exact < kMinPooledBytes) return at::detail::empty_cpu(sizes, options);
   size_t block = 0;
   void* p = pool_take(exact, &block);
   c10::DataPtr data = c10::InefficientStdFunctionContext::makeDataPtr(
@@ -37,8 +36,19 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
   return at::empty({0}, options).set_(std::move(storage), 0, sizes, c10::contiguous_strides(sizes));
 }
 
-at::Tensor cpu_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return at::Tensor(at::detail::empty_cpu(sizes, options));
+at::TensorOptions cpu_options(torch::headeronly::ScalarType dtype) {
+  return at::TensorOptions().dtype(dtype).device(c10::DeviceType::CPU);
+}
+
+}  // namespace
+
+torch::stable::Tensor pooled_empty(torch::headeronly::IntHeaderOnlyArrayRef sizes,
+                                   torch::headeronly::ScalarType dtype) {
+  return aten_layer::stable(pooled_empty_aten(at::IntArrayRef(sizes.data(), sizes.size()), cpu_options(dtype)));
+}
+
+torch::stable::Tensor cpu_empty(torch::headeronly::IntHeaderOnlyArrayRef sizes, torch::headeronly::ScalarType dtype) {
+  return aten_layer::stable(at::Tensor(at::detail::empty_cpu(at::IntArrayRef(sizes.data(), sizes.size()), cpu_options(dtype))));
 }
 
 }  // namespace rnnfast::cpu

@@ -11,7 +11,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 #include <torch/version.h>
 
 #include <cublas_v2.h>
@@ -145,26 +145,30 @@ class CudaExec {
   bool tf32_;
 };
 
-LayerOutputs layer_forward_cuda(const LayerInputs& in, bool training) {
-  const LayerDims d = check_layer_inputs(in);
+// The operators' kernels hand these their stable tensors; the algorithm runs on
+// at::Tensor views of them (layer_aten.h).
+rnnfast::LayerOutputs layer_forward_cuda(const rnnfast::LayerInputs& stable_in, bool training) {
+  const LayerDims d = check_layer_inputs(stable_in);
+  const gpu::LayerInputs in = aten_layer::aten(stable_in);
   TORCH_CHECK(in.x.is_cuda(), "rnnfast: layer_forward_cuda got a tensor that is not on a CUDA device");
   const c10::cuda::CUDAGuard guard(in.x.device());
   CudaExec ex;
-  LayerOutputs out;
+  gpu::LayerOutputs out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.x.scalar_type(), "rnnfast_layer_forward_cuda",
                                   [&] { out = gpu::GpuForwardLoop<CudaExec, scalar_t>(ex, in, d, training).run(); });
-  return out;
+  return aten_layer::stable(out);
 }
 
-LayerGrads layer_backward_cuda(const LayerBackwardInputs& b) {
-  const LayerDims d = check_backward_inputs(b);
+rnnfast::LayerGrads layer_backward_cuda(const rnnfast::LayerBackwardInputs& stable_b) {
+  const LayerDims d = check_backward_inputs(stable_b);
+  const gpu::LayerBackwardInputs b = aten_layer::aten(stable_b);
   TORCH_CHECK(b.in.x.is_cuda(), "rnnfast: layer_backward_cuda got a tensor that is not on a CUDA device");
   const c10::cuda::CUDAGuard guard(b.in.x.device());
   CudaExec ex;
-  LayerGrads g;
+  gpu::LayerGrads g;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, b.in.x.scalar_type(), "rnnfast_layer_backward_cuda",
                                   [&] { g = gpu::GpuBackwardLoop<CudaExec, scalar_t>(ex, b, d).run(); });
-  return g;
+  return aten_layer::stable(g);
 }
 
 using CudaOps = DeviceOps<&layer_forward_cuda, &layer_backward_cuda>;
@@ -173,8 +177,8 @@ using CudaOps = DeviceOps<&layer_forward_cuda, &layer_backward_cuda>;
 }  // namespace cuda
 }  // namespace rnnfast
 
-TORCH_LIBRARY_IMPL(rnnfast, CUDA, m) {
-  m.impl("layer_forward", &rnnfast::cuda::CudaOps::forward);
-  m.impl("layer_forward_train", &rnnfast::cuda::CudaOps::forward_train);
-  m.impl("layer_backward", &rnnfast::cuda::CudaOps::backward);
+STABLE_TORCH_LIBRARY_IMPL(rnnfast, CUDA, m) {
+  m.impl("layer_forward", TORCH_BOX(&rnnfast::cuda::CudaOps::forward));
+  m.impl("layer_forward_train", TORCH_BOX(&rnnfast::cuda::CudaOps::forward_train));
+  m.impl("layer_backward", TORCH_BOX(&rnnfast::cuda::CudaOps::backward));
 }

@@ -39,24 +39,26 @@ void set_chunk_rows(int64_t rows) { chunk_rows_override() = rows; }
 bool gpu_emulation() { return flag().load(std::memory_order_relaxed); }
 void set_gpu_emulation(bool on) { flag().store(on); }
 
-LayerOutputs layer_forward_emulated(const LayerInputs& in, bool training) {
-  const LayerDims d = check_layer_inputs(in);
+rnnfast::LayerOutputs layer_forward_emulated(const rnnfast::LayerInputs& stable_in, bool training) {
+  const LayerDims d = check_layer_inputs(stable_in);
   ++g_calls;
+  const LayerInputs in = aten_layer::aten(stable_in);
   EmulatedExec ex;
   LayerOutputs out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.x.scalar_type(), "rnnfast_emulated_forward",
                                   [&] { out = GpuForwardLoop<EmulatedExec, scalar_t>(ex, in, d, training).run(); });
-  return out;
+  return aten_layer::stable(out);
 }
 
-LayerGrads layer_backward_emulated(const LayerBackwardInputs& b) {
-  const LayerDims d = check_backward_inputs(b);
+rnnfast::LayerGrads layer_backward_emulated(const rnnfast::LayerBackwardInputs& stable_b) {
+  const LayerDims d = check_backward_inputs(stable_b);
   ++g_calls;
+  const LayerBackwardInputs b = aten_layer::aten(stable_b);
   EmulatedExec ex;
   LayerGrads g;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, b.in.x.scalar_type(), "rnnfast_emulated_backward",
                                   [&] { g = GpuBackwardLoop<EmulatedExec, scalar_t>(ex, b, d).run(); });
-  return g;
+  return aten_layer::stable(g);
 }
 
 }  // namespace rnnfast::gpu

@@ -8,7 +8,8 @@ namespace rnnfast::gpu {
 
 // The switch (gpu_emulation, set_gpu_emulation, emulated_calls): controls.h.
 
-LayerOutputs layer_forward_emulated(const LayerInputs& in, bool training);
-LayerGrads layer_backward_emulated(const LayerBackwardInputs& b);
+// The operators' CPU kernels call these with their (stable) tensors.
+rnnfast::LayerOutputs layer_forward_emulated(const rnnfast::LayerInputs& in, bool training);
+rnnfast::LayerGrads layer_backward_emulated(const rnnfast::LayerBackwardInputs& b);
 
 }  // namespace rnnfast::gpu

@@ -34,13 +34,23 @@
 #include <algorithm>
 #include <vector>
 
-#include "../layer.h"
+#include "../layer_aten.h"
 #include "path.h"
 #include "persistent.h"
 #include "persistent_backward.h"
 #include "pointwise.h"
 
 namespace rnnfast::gpu {
+
+// The algorithm works on at::Tensor (layer_aten.h) until it moves to the stable ABI.
+using aten_layer::LayerBackwardInputs;
+using aten_layer::LayerGrads;
+using aten_layer::LayerInputs;
+using aten_layer::LayerOutputs;
+using aten_layer::OptTensor;
+using aten_layer::ptr;
+using aten_layer::SavedActivations;
+using aten_layer::Tensor;
 
 // The ATen ops of the loops (conversions, the emulator's matmul) run as
 // written: an enclosing torch.autocast region must not recast them (it already
