@@ -7,11 +7,16 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <type_traits>
 
 namespace rnnfast::detail {
 
 template <class... Parts>
 [[noreturn]] void check_failed(const Parts&... parts) {
+  // An integer part would be appended as one char: std::to_string it first.
+  static_assert((std::is_convertible_v<const Parts&, std::string_view> && ...),
+                "RNNFAST_CHECK message parts must be strings");
   std::string message;
   ((message += parts), ...);
   throw std::runtime_error(message);

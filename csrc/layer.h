@@ -40,7 +40,7 @@ namespace rnnfast {
 // The structures below are templates over the tensor type: the operators
 // hold torch::stable::Tensor (the aliases after them); the GPU algorithm and
 // the C++ autograd, still on torch's C++ API, hold at::Tensor views of the
-// same tensors (gpu/aten_layer.h) until they move to the stable ABI too.
+// same tensors (layer_aten.h) until they move to the stable ABI too.
 
 template <class T>
 bool has(const std::optional<T>& t) {

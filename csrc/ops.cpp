@@ -9,6 +9,7 @@
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
+#include <array>
 #include <string>
 
 namespace rnnfast {
@@ -55,19 +56,27 @@ const Tensor& undefined_tensor() {
   return *none;
 }
 
-Tensor or_empty(const Tensor& t, const Tensor& like) {
-  if (t.defined()) return t;
-  // The shim's empty_strided, not torch::stable::empty: no trip through the
-  // dispatcher for a placeholder.
-  const int64_t size = 0, stride = 1;
+Tensor empty_like_device(const Tensor& like, torch::headeronly::IntHeaderOnlyArrayRef sizes) {
+  // Contiguous strides of `sizes`.
+  std::array<int64_t, 4> strides{};
+  RNNFAST_CHECK(sizes.size() <= strides.size(), "rnnfast: empty_like_device takes up to 4 dimensions");
+  int64_t stride = 1;
+  for (size_t k = sizes.size(); k-- > 0;) {
+    strides[k] = stride;
+    stride *= sizes[k] > 1 ? sizes[k] : 1;
+  }
   int32_t dtype = 0, device_type = 0;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(like.get(), &dtype));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
   AtenTensorHandle out = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(
-      aoti_torch_empty_strided(1, &size, &stride, dtype, device_type, like.get_device_index(), &out));
+  // Our own check, not STABLE_TORCH_ERROR_CODE_CHECK: torch 2.11's headers lack that macro.
+  RNNFAST_CHECK(aoti_torch_get_dtype(like.get(), &dtype) == AOTI_TORCH_SUCCESS &&
+                    aoti_torch_get_device_type(like.get(), &device_type) == AOTI_TORCH_SUCCESS &&
+                    aoti_torch_empty_strided(static_cast<int64_t>(sizes.size()), sizes.data(), strides.data(), dtype,
+                                             device_type, like.get_device_index(), &out) == AOTI_TORCH_SUCCESS,
+                "rnnfast: could not allocate an output tensor");
   return Tensor(out);
 }
+
+Tensor or_empty(const Tensor& t, const Tensor& like) { return t.defined() ? t : empty_like_device(like, {0}); }
 
 }  // namespace rnnfast
 

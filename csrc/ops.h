@@ -47,6 +47,13 @@ Tensor make_contiguous(const Tensor& t);
 // allocations; a copy, a reference count).
 const Tensor& undefined_tensor();
 
+// An uninitialised contiguous tensor of `sizes` (up to 4 dimensions), of
+// `like`'s dtype and device, from the shim's empty_strided: torch's allocator
+// for that device (resizable, seen by the profiler), without a trip through
+// the dispatcher (torch::stable::empty is one: ~1 us, a visible part of a
+// one-step call).
+Tensor empty_like_device(const Tensor& like, torch::headeronly::IntHeaderOnlyArrayRef sizes);
+
 // A defined tensor where `t` is undefined: [0] elements like `like`.
 Tensor or_empty(const Tensor& t, const Tensor& like);
 

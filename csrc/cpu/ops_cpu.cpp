@@ -54,10 +54,9 @@ LayerOutputs layer_forward_cpu(const LayerInputs& in, bool training) {
   const CellInfo& cell = cell_info(in.cell);
   const auto dtype = in.x.scalar_type();
   // An inference call's workspace is never returned (DeviceOps::forward): no tensor for it.
-  LayerOutputs out{cpu::pooled_empty({d.N, d.P}, dtype), cpu::cpu_empty({d.B, d.P}, dtype),
-                   cpu::cpu_empty(cell.cell_state ? std::initializer_list<int64_t>{d.B, d.H}
-                                                  : std::initializer_list<int64_t>{0},
-                                  dtype),
+  LayerOutputs out{cpu::pooled_empty({d.N, d.P}, dtype), empty_like_device(in.x, {d.B, d.P}),
+                   empty_like_device(in.x, cell.cell_state ? std::initializer_list<int64_t>{d.B, d.H}
+                                                           : std::initializer_list<int64_t>{0}),
                    training ? cpu::pooled_empty({d.N * saved_width(cell, d.H, d.proj)}, dtype) : undefined_tensor()};
   forward_loop_cpu(v,
                    LayerOutputView{out.y.mutable_data_ptr(), out.h_n.mutable_data_ptr(),
@@ -78,16 +77,16 @@ LayerGrads layer_backward_cpu(const LayerBackwardInputs& b) {
   LayerGrads g{none, none, none, none, none, none, none, none};
   if (b.need_dx) g.dx = cpu::pooled_empty({d.N, d.I}, dtype);
   if (b.need_dstate) {
-    g.dh0 = cpu::cpu_empty({d.B, d.P}, dtype);
-    if (cell.cell_state) g.dc0 = cpu::cpu_empty({d.B, d.H}, dtype);
+    g.dh0 = empty_like_device(b.in.x, {d.B, d.P});
+    if (cell.cell_state) g.dc0 = empty_like_device(b.in.x, {d.B, d.H});
   }
   if (b.need_dweights) {
     g.dw_ih = cpu::pooled_empty(b.in.w.w_ih.sizes(), dtype);
     g.dw_hh = cpu::pooled_empty(b.in.w.w_hh.sizes(), dtype);
     if (d.proj) g.dw_hr = cpu::pooled_empty(b.in.w.w_hr->sizes(), dtype);
     if (has(b.in.w.b_ih)) {
-      g.db_ih = cpu::cpu_empty({d.G * d.H}, dtype);
-      g.db_hh = cpu::cpu_empty({d.G * d.H}, dtype);
+      g.db_ih = empty_like_device(b.in.x, {d.G * d.H});
+      g.db_hh = empty_like_device(b.in.x, {d.G * d.H});
     }
   }
   auto data = [](const Tensor& t) { return t.defined() ? t.mutable_data_ptr() : nullptr; };

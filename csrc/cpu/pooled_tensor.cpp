@@ -47,8 +47,4 @@ torch::stable::Tensor pooled_empty(torch::headeronly::IntHeaderOnlyArrayRef size
   return aten_layer::stable(pooled_empty_aten(at::IntArrayRef(sizes.data(), sizes.size()), cpu_options(dtype)));
 }
 
-torch::stable::Tensor cpu_empty(torch::headeronly::IntHeaderOnlyArrayRef sizes, torch::headeronly::ScalarType dtype) {
-  return aten_layer::stable(at::Tensor(at::detail::empty_cpu(at::IntArrayRef(sizes.data(), sizes.size()), cpu_options(dtype))));
-}
-
 }  // namespace rnnfast::cpu
