@@ -49,9 +49,10 @@ const Tensor& undefined_tensor();
 
 // An uninitialised contiguous tensor of `sizes` (up to 4 dimensions), of
 // `like`'s dtype and device, from the shim's empty_strided: torch's allocator
-// for that device (resizable, seen by the profiler), without a trip through
-// the dispatcher (torch::stable::empty is one: ~1 us, a visible part of a
-// one-step call).
+// for that device (resizable, seen by the profiler). On the CPU the shim
+// allocates directly, without the dispatcher (torch::stable::empty is a
+// dispatcher call: ~1 us, a visible part of a one-step call); on other
+// devices it calls at::empty_strided.
 Tensor empty_like_device(const Tensor& like, torch::headeronly::IntHeaderOnlyArrayRef sizes);
 
 // A defined tensor where `t` is undefined: [0] elements like `like`.
