@@ -331,16 +331,22 @@ def _eager_keyset(tensors):
 def layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
     """rnnfast::layer_forward as the modules call it under the Python autograd: a call that records
     a graph on plain eager tensors does the Autograd kernel's work here, without the dispatcher's
-    boxed round trip into it (the kernel is Python, so that trip costs Python time twice);
-    everything else is the operator (an inference call gains nothing from skipping it once this
-    entry's own checks are paid)."""
+    boxed round trip into it (the kernel is Python, so that trip costs Python time twice); an
+    inference call skips the Autograd kernel, which would only pass it on; everything else is the
+    operator."""
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     # is_compiling first: Dynamo folds it to True and traces none of the checks (see _dispatcher_needed).
-    if not torch.compiler.is_compiling() and _needs_grad(*tensors):
-        keyset = _eager_keyset(tensors)
-        if keyset is not None:
-            return _LayerForward._raw_apply(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                            reverse)[:3]
+    if not torch.compiler.is_compiling():
+        if _needs_grad(*tensors):
+            keyset = _eager_keyset(tensors)
+            if keyset is not None:
+                return _LayerForward._raw_apply(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                reverse)[:3]
+        elif fwAD._current_level < 0 and not _C._are_functorch_transforms_active():
+            # Inference: the Autograd kernel would only pass the call on (no tangent, nothing to
+            # record), after a boxed trip into Python. Skip it; every other key still dispatches.
+            with _C._AutoDispatchBelowAutograd():
+                return _layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     return _layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
 
 

@@ -131,3 +131,27 @@ def test_subclass_tensors_go_through_the_dispatcher():
     assert OP in seen
     for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a.as_subclass(torch.Tensor), e, rtol=0, atol=0)
+
+
+def test_inference_skips_only_the_autograd_kernel():
+    """An inference call (no input requires grad) skips the Autograd kernel: modes still see the
+    operator; under forward AD, even inside no_grad, the call keeps its tangents (the reference
+    path), so the skip is not taken there."""
+    args = layer_args(requires_grad=False)
+    with torch.no_grad(), RecordingMode() as mode:
+        _autograd.layer_forward(*args)
+    assert OP in mode.ops
+    import torch.autograd.forward_ad as fwAD  # noqa: PLC0415
+
+    tangent = torch.randn_like(args[1])
+    with torch.no_grad(), fwAD.dual_level():
+        dual = list(args)
+        dual[1] = fwAD.make_dual(args[1], tangent)
+        y_tangent = fwAD.unpack_dual(_autograd.layer_forward(*dual)[0]).tangent
+    assert y_tangent is not None
+    # The reference equations' own tangent: a finite difference of the operator.
+    eps = 1e-6
+    plus, minus = list(args), list(args)
+    plus[1], minus[1] = args[1] + eps * tangent, args[1] - eps * tangent
+    expected = (OP(*plus)[0] - OP(*minus)[0]) / (2 * eps)
+    torch.testing.assert_close(y_tangent, expected, rtol=1e-6, atol=1e-6)
