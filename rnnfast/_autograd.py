@@ -342,9 +342,12 @@ def layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, re
             if keyset is not None:
                 return _LayerForward._raw_apply(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                                 reverse)[:3]
-        elif fwAD._current_level < 0 and not _C._are_functorch_transforms_active():
+        elif (fwAD._current_level < 0 and not _C._are_functorch_transforms_active()
+              and not _C._is_torch_function_mode_enabled() and not _C._has_torch_function(tensors)):
             # Inference: the Autograd kernel would only pass the call on (no tangent, nothing to
             # record), after a boxed trip into Python. Skip it; every other key still dispatches.
+            # Not under __torch_function__ (a mode or subclass): its handler runs inside the call
+            # and may hand the operator tensors that do require grad.
             with _C._AutoDispatchBelowAutograd():
                 return _layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
     return _layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)

@@ -133,6 +133,35 @@ def test_subclass_tensors_go_through_the_dispatcher():
         torch.testing.assert_close(a.as_subclass(torch.Tensor), e, rtol=0, atol=0)
 
 
+class AddToWeight(torch.overrides.TorchFunctionMode):
+    """Hands the operator w_ih + delta (a LoRA-like mode): the call then records a graph."""
+
+    def __init__(self, delta):
+        super().__init__()
+        self.delta = delta
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is OP:
+            args = list(args)
+            args[5] = args[5] + self.delta
+        return func(*args, **(kwargs or {}))
+
+
+def test_torch_function_mode_that_adds_a_grad_input_records_a_graph():
+    """The inference shortcut is decided on the call's own arguments: a __torch_function__ mode that
+    hands the operator a tensor that requires grad still gets a graph and its gradient."""
+    args = layer_args(requires_grad=False)
+    delta = torch.randn_like(args[5]).requires_grad_(True)
+    with AddToWeight(delta):
+        y, _, _ = _autograd.layer_forward(*args)
+    assert y.requires_grad
+    y.sum().backward()
+    expected_args = list(args)
+    expected_args[5] = (args[5] + delta).detach().requires_grad_(True)
+    OP(*expected_args)[0].sum().backward()
+    torch.testing.assert_close(delta.grad, expected_args[5].grad, rtol=0, atol=0)
+
+
 def test_inference_skips_only_the_autograd_kernel():
     """An inference call (no input requires grad) skips the Autograd kernel: modes still see the
     operator; under forward AD, even inside no_grad, the call keeps its tangents (the reference
