@@ -34,22 +34,26 @@ except ImportError as exc:  # pragma: no cover - build-environment guard
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-# Sources still on torch's C++ API: the C++ autograd, the GPU algorithm's emulation, the CPU
-# outputs' allocation and the weights' weak references (csrc/layer_aten.h; issue 16).
+# Sources still on torch's C++ API: the C++ autograd, the CPU outputs' allocation, the weights'
+# weak references and the bf16 GEMM micro-benchmark (csrc/layer_aten.h; issue 16).
 COMMON_SOURCES = [
     "csrc/autograd.cpp",
     "csrc/layer_reference.cpp",
     "csrc/cpu/pooled_tensor.cpp",
     "csrc/cpu/weight_owner.cpp",
     "csrc/cpu/gemm_bench.cpp",
-    "csrc/gpu/emulated.cpp",
-    "csrc/gpu/path.cpp",
 ]
+# RNNFAST_STABLE_ABI=1 (the wheel's build, scripts/build_wheel.sh): the library on the stable ABI
+# alone, which loads in every torch from 2.11 on. These replace COMMON_SOURCES: the autograd is
+# rnnfast/_autograd.py's, the pooled outputs come from the shim's from_blob (not resizable, not seen
+# by the profiler), the panel cache holds no weak reference to a weight's storage, and the bf16
+# GEMM micro-benchmark (ATen's brgemm) is absent.
+STABLE_ONLY_SOURCES = ["csrc/cpu/pooled_tensor_stable.cpp"]
 # Sources on torch's stable ABI alone (issue 16), compiled with STABLE_FLAGS: a header outside
 # torch/headeronly and torch/csrc/stable fails their build. The kernels_<isa>.cpp builds too.
 STABLE_SOURCES = ["csrc/ops.cpp", "csrc/layer_checks.cpp", "csrc/cpu/ops_cpu.cpp", "csrc/cpu/dispatch.cpp", "csrc/cpu/fma_peak.cpp", "csrc/cpu/thread_policy.cpp",
                   "csrc/cpu/buffer_pool.cpp", "csrc/cpu/panel_cache.cpp", "csrc/cpu/forward_loop.cpp",
-                  "csrc/cpu/backward_loop.cpp"]
+                  "csrc/cpu/backward_loop.cpp", "csrc/gpu/emulated.cpp", "csrc/gpu/path.cpp"]
 # torch 2.11.0, the oldest release the stable build targets: [major][minor][patch][tag]
 STABLE_FLAGS = ["-DTORCH_TARGET_VERSION=0x020b000000000000"]
 # The Python bindings include no torch header at all: compiled without torch's include
@@ -178,9 +182,20 @@ def cuda_library_paths():
     raise SystemExit(f"rnnfast: libcublas not found in {lib_dirs}")
 
 
+def stable_abi_only() -> bool:
+    """RNNFAST_STABLE_ABI=1: build on torch's stable ABI alone (STABLE_ONLY_SOURCES). Says so."""
+    on = os.environ.get("RNNFAST_STABLE_ABI") == "1"
+    print(f"rnnfast: building {'on the stable ABI alone' if on else 'with the C++ API parts'} "
+          f"(RNNFAST_STABLE_ABI={os.environ.get('RNNFAST_STABLE_ABI', '')!r})", file=sys.stderr)
+    return on
+
+
 def extension():
     builds = isa_builds()
     macros = [(f"RNNFAST_HAVE_{isa.upper()}", "1") for isa in builds if isa != "default"]
+    stable_only = stable_abi_only()
+    if stable_only:
+        macros.append(("RNNFAST_STABLE_ABI", "1"))
     macros.append(("RNNFAST_BUILT_WITH_TORCH", '"%s"' % torch.__version__.split("+")[0]))
     sanitize_cxx, sanitize_link = sanitizer_flags()
     # -Werror=switch: a new cell (cells.h) missing in a switch over CellType fails the build.
@@ -191,10 +206,18 @@ def extension():
     cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Werror=switch", "-Wno-unused-function", "-Wno-unknown-pragmas",
            "-Wno-maybe-uninitialized", "-fvisibility=hidden", "-fvisibility-inlines-hidden"] + sanitize_cxx
     include_dirs = [os.path.join(ROOT, "csrc")]
-    if not with_cuda():
+    sources = STABLE_ONLY_SOURCES if stable_only else COMMON_SOURCES
+    if stable_only:
+        cxx += STABLE_FLAGS
+    if stable_only and os.environ.get("RNNFAST_FORCE_CUDA") == "1":
+        raise SystemExit("rnnfast: RNNFAST_STABLE_ABI=1 builds no CUDA kernels yet (their host code is still on "
+                         "torch's C++ API; issue 16)")
+    if stable_only or not with_cuda():
+        if stable_only:
+            print("rnnfast: the stable-ABI build has no CUDA kernels yet (issue 16)", file=sys.stderr)
         return CppExtension(
             name="rnnfast._C",
-            sources=COMMON_SOURCES,
+            sources=sources,
             include_dirs=include_dirs,
             define_macros=macros,
             extra_compile_args={"cxx": cxx},
@@ -231,6 +254,8 @@ setup(
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildWithIsaKernels},
     python_requires=">=3.9",
-    # Tested: torch 2.13.0 (CPU build, CI) and 2.14.1 (CUDA 13.0 build; CI compiles against it).
-    install_requires=["torch>=2.13,<2.15"],
+    # The stable-ABI build (the wheel's) loads in every torch from 2.11 on. The default build is
+    # tied to the torch it was compiled against: tested with 2.13.0 (CPU build, CI) and 2.14.1
+    # (CUDA 13.0 build; CI compiles against it).
+    install_requires=["torch>=2.11" if os.environ.get("RNNFAST_STABLE_ABI") == "1" else "torch>=2.13,<2.15"],
 )

@@ -12,6 +12,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <stdexcept>
 #include <string>
 
 #include "cells.h"
@@ -80,6 +81,12 @@ py::dict build_info() {
   for (int i = 0; i < n; ++i) avail.append(caps[i]);
   d["cpu_capabilities"] = avail;
   d["openmp"] = cpu::built_with_openmp();
+  // The library on torch's stable ABI alone (setup.py, RNNFAST_STABLE_ABI=1: the wheel's build).
+#ifdef RNNFAST_STABLE_ABI
+  d["stable_abi"] = true;
+#else
+  d["stable_abi"] = false;
+#endif
   return d;
 }
 
@@ -100,10 +107,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "as a probe of the machine's own delays).");
   m.def("time_bf16_gemm", [](const std::string& impl, int64_t M, int64_t N, int64_t K, int64_t reps) {
           cpu::GemmTiming t;
+#ifdef RNNFAST_STABLE_ABI
+          throw std::runtime_error("rnnfast: time_bf16_gemm compares with ATen's brgemm, which only the build on "
+                                   "torch's C++ API has (this is the stable-ABI build)");
+#else
           {
             py::gil_scoped_release no_gil;
             t = cpu::time_bf16_gemm(impl, M, N, K, reps);
           }
+#endif
           py::dict d;
           d["seconds"] = t.seconds;
           d["max_error"] = t.max_error;

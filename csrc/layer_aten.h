@@ -1,6 +1,5 @@
 // The layer structures of layer.h over at::Tensor, for the code still on
-// torch's C++ API: the GPU algorithm (gpu/layer_loop.h, run by the emulated
-// and the CUDA executors) and the C++ autograd's reference path
+// torch's C++ API: the C++ autograd and its reference path
 // (layer_reference.cpp). The operators hand them their stable tensors, which
 // these see as at::Tensor without a copy (a stable tensor's handle is an
 // at::Tensor*, as torch's own shim treats it), and take their at::Tensor
@@ -65,49 +64,6 @@ inline rnnfast::LayerOutputs stable(const LayerOutputs& o) {
 inline rnnfast::LayerGrads stable(const LayerGrads& g) {
   return {stable(g.dx),    stable(g.dh0),   stable(g.dc0),   stable(g.dw_ih),
           stable(g.dw_hh), stable(g.db_ih), stable(g.db_hh), stable(g.dw_hr)};
-}
-
-// The saved activations of a training forward: named views into its
-// workspace (undefined where the cell saves no such block), at SavedLayout's
-// offsets (layer_view.h).
-struct SavedActivations {
-  Tensor gates;     // [N, G*H] activated gates
-  Tensor cell;      // [N, H] LSTM c_t
-  Tensor proj_in;   // [N, H] LSTM with projection: m_t = o*tanh(c_t)
-  Tensor hidden_n;  // [N, H] GRU: W_hn h + b_hn
-
-  // Views of `workspace` ([N * saved_width]) for a layer of these dims.
-  static SavedActivations view(const Tensor& workspace, CellType cell, const LayerDims& d) {
-    const CellInfo& info = cell_info(cell);
-    const SavedLayout at = SavedLayout::of(cell, d);
-    auto block = [&](int64_t offset, int64_t width) {
-      return offset < 0 ? Tensor() : workspace.narrow(0, offset, d.N * width).view({d.N, width});
-    };
-    SavedActivations s;
-    s.gates = block(at.gates, info.gates * d.H);
-    s.cell = block(at.cell, d.H);
-    s.proj_in = block(at.proj_in, d.H);
-    s.hidden_n = block(at.hidden_n, d.H);
-    return s;
-  }
-  // The [N, H] block of a cell's step state, which its fused kernels write in
-  // the forward and read in the backward as `saved` (LSTM c_t, GRU
-  // W_hn h + b_hn), by the cell table; undefined for a cell that has none.
-  const Tensor& step_state(CellType cell) const {
-    static const Tensor none;
-    const CellInfo& info = cell_info(cell);
-    for (int k = 0; k < info.num_saved; ++k) {
-      if (info.saved[k] == SavedBlock::kCell) return this->cell;
-      if (info.saved[k] == SavedBlock::kHiddenN) return hidden_n;
-    }
-    return none;
-  }
-};
-
-// The data of a tensor, or nullptr if it is undefined.
-template <typename T>
-T* ptr(const Tensor& t) {
-  return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 // The same layer-direction written with differentiable ATen ops, step by

@@ -2,8 +2,8 @@
 // the GPU algorithm (gpu/layer_loop.h, its pointwise and persistent kernels)
 // share, device-neutral and compiled by nvcc too (RNNFAST_HD): the previous
 // state of a step's rows, the bias folding rule, and the few-rows threshold.
-// The step state a training forward saves is SavedActivations::step_state
-// (layer.h).
+// The step state a training forward saves is SavedLayout::step_state
+// (layer_view.h).
 #pragma once
 
 #include <cstdint>

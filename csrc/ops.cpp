@@ -57,6 +57,11 @@ const Tensor& undefined_tensor() {
 }
 
 Tensor empty_like_device(const Tensor& like, torch::headeronly::IntHeaderOnlyArrayRef sizes) {
+  return empty_like_device(like, sizes, like.scalar_type());
+}
+
+Tensor empty_like_device(const Tensor& like, torch::headeronly::IntHeaderOnlyArrayRef sizes,
+                         torch::headeronly::ScalarType dtype) {
   // Contiguous strides of `sizes`.
   std::array<int64_t, 4> strides{};
   RNNFAST_CHECK(sizes.size() <= strides.size(), "rnnfast: empty_like_device takes up to 4 dimensions");
@@ -65,14 +70,14 @@ Tensor empty_like_device(const Tensor& like, torch::headeronly::IntHeaderOnlyArr
     strides[k] = stride;
     stride *= sizes[k] > 1 ? sizes[k] : 1;
   }
-  int32_t dtype = 0, device_type = 0;
+  int32_t device_type = 0;
   AtenTensorHandle out = nullptr;
   // Our own check, not STABLE_TORCH_ERROR_CODE_CHECK: torch 2.11's headers lack that macro.
-  RNNFAST_CHECK(aoti_torch_get_dtype(like.get(), &dtype) == AOTI_TORCH_SUCCESS &&
-                    aoti_torch_get_device_type(like.get(), &device_type) == AOTI_TORCH_SUCCESS &&
-                    aoti_torch_empty_strided(static_cast<int64_t>(sizes.size()), sizes.data(), strides.data(), dtype,
+  RNNFAST_CHECK(aoti_torch_get_device_type(like.get(), &device_type) == AOTI_TORCH_SUCCESS &&
+                    aoti_torch_empty_strided(static_cast<int64_t>(sizes.size()), sizes.data(), strides.data(),
+                                             torch::stable::detail::to<int32_t>(torch::stable::detail::from(dtype)),
                                              device_type, like.get_device_index(), &out) == AOTI_TORCH_SUCCESS,
-                "rnnfast: could not allocate an output tensor");
+                "rnnfast: could not allocate a tensor");
   return Tensor(out);
 }
 

@@ -54,6 +54,9 @@ const Tensor& undefined_tensor();
 // dispatcher call: ~1 us, a visible part of a one-step call); on other
 // devices it calls at::empty_strided.
 Tensor empty_like_device(const Tensor& like, torch::headeronly::IntHeaderOnlyArrayRef sizes);
+// The same of another dtype (the GPU algorithm's accumulation buffers).
+Tensor empty_like_device(const Tensor& like, torch::headeronly::IntHeaderOnlyArrayRef sizes,
+                         torch::headeronly::ScalarType dtype);
 
 // A defined tensor where `t` is undefined: [0] elements like `like`.
 Tensor or_empty(const Tensor& t, const Tensor& like);

@@ -75,8 +75,10 @@ def backend():
     ``version``, ``torch_version`` (runtime) and, when compiled: ``built_with_torch``,
     ``cpu_capability`` (instruction set of the CPU kernels in use),
     ``cpu_capabilities`` (all usable here), ``openmp``, ``cuda`` (CUDA kernels
-    compiled in), ``cuda_arches``, ``gpu_path`` (see :func:`set_gpu_path`) and ``autograd``
-    (``"c++"`` or ``"python"``: which autograd kernels the operators run).
+    compiled in), ``cuda_arches``, ``gpu_path`` (see :func:`set_gpu_path`), ``autograd``
+    (``"c++"`` or ``"python"``: which autograd kernels the operators run) and ``stable_abi``
+    (the library is built on torch's stable ABI alone, as the wheel is: loads in every torch
+    from 2.11 on; see the README).
     """
     info = {
         "version": __version__,
@@ -96,6 +98,7 @@ def backend():
         cuda_arches=list(build["cuda_arches"]),
         gpu_path=_C._gpu_path(),
         autograd=_autograd_kind(),
+        stable_abi=build["stable_abi"],
     )
     return info
 

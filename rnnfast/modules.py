@@ -49,27 +49,61 @@ _MISSING = object()
 _RNN_MODES = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
 
 
+def _storage_range(weight):
+    """(data_ptr, nbytes) of a CPU weight's storage; None for None, other devices, and tensors
+    without real storage (fake or wrapper tensors)."""
+    if weight is None or weight.device.type != "cpu":
+        return None
+    try:
+        storage = weight.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    except (NotImplementedError, RuntimeError):
+        return None
+
+
 def _release_panels(parameters: dict):
     """Drops the packed weight panels rnnfast's CPU kernels keep for these parameters (the panel
     cache, csrc/cpu/panel_cache.h). Called when the module owning them is garbage-collected."""
     extension = require_extension()
     for weight in parameters.values():
-        if weight is None or weight.device.type != "cpu":
-            continue
-        try:
-            storage = weight.untyped_storage()
-            begin, nbytes = storage.data_ptr(), storage.nbytes()
-        except (NotImplementedError, RuntimeError):  # no real storage (fake or wrapper tensors)
-            continue
-        extension._release_panels(begin, nbytes)
+        where = _storage_range(weight)
+        if where is not None:
+            extension._release_panels(*where)
 
 
 def _release_panels_when_collected(module):
     """The module's panels go with it: a finalizer over its parameter dict (not the module, which
-    it must not keep alive). Entries of weights replaced later, or of copies, are dropped once
-    their storage is freed, at the cache's next lookup."""
+    it must not keep alive)."""
     finalizer = weakref.finalize(module, _release_panels, module._parameters)
     finalizer.atexit = False
+
+
+class _ReleasesPanels:
+    """Drops the panel-cache entries of a module's weights when the weights go: with the module
+    (a finalizer, on copies made by pickle or deepcopy too), and when a weight is replaced
+    (assigned, or converted by .to(), .double(), ...). The build on torch's C++ API drops the
+    entries of any freed weight at the cache's next lookup as well (a weak reference to its
+    storage); the stable-ABI build, which has no such reference, relies on these releases, on
+    eviction and on rnnfast.empty_cache() (csrc/cpu/panel_cache.h)."""
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        _release_panels_when_collected(self)
+
+    def register_parameter(self, name, param):
+        parameters = self.__dict__.get("_parameters")
+        before = _storage_range(parameters.get(name)) if parameters is not None else None
+        super().register_parameter(name, param)
+        if before is not None and before != _storage_range(param):
+            require_extension()._release_panels(*before)
+
+    def _apply(self, fn, *args, **kwargs):
+        before = {name: _storage_range(p) for name, p in self._parameters.items()}
+        module = super()._apply(fn, *args, **kwargs)
+        for name, where in before.items():
+            if where is not None and where != _storage_range(self._parameters.get(name)):
+                require_extension()._release_panels(*where)
+        return module
 
 
 def _parameters(module, names):
@@ -103,8 +137,9 @@ def _check_dtype_and_device(module, input, weight, states, names=("hx", "cx")):
         if build_info()["cuda"]:
             where = "on the CPU and CUDA devices"
         else:
-            where = ("on the CPU only (built without its CUDA kernels: rebuild with a CUDA torch "
-                     "and nvcc on CUDA_HOME, or RNNFAST_FORCE_CUDA=1)")
+            where = ("on the CPU only (built without its CUDA kernels: the stable-ABI wheel has none "
+                     "yet; build from source with a CUDA torch and nvcc on CUDA_HOME, "
+                     "RNNFAST_FORCE_CUDA=1 to fail loudly otherwise)")
         raise NotImplementedError(
             f"rnnfast.{type(module).__name__}: this build runs {where} "
             f"(input on {input.device}, weights on {weight.device}); see rnnfast.backend()"
@@ -137,7 +172,7 @@ def _autocast_dtype(input):
 # ---- LSTM, GRU, RNN -----------------------------------------------------------------------------
 
 
-class _RecurrentBase(nn.RNNBase):
+class _RecurrentBase(_ReleasesPanels, nn.RNNBase):
     """The ``forward`` shared by rnnfast.LSTM, GRU and RNN."""
 
     # torch.nn's own forward of the class (run while an ONNX exporter traces the module).
@@ -438,7 +473,7 @@ def _empty_cell_result(input, states, weights):
     return h, (states[1] * 0 + anchor if len(states) == 2 else None)
 
 
-class _CellForward:
+class _CellForward(_ReleasesPanels):
     """The ``forward`` shared by rnnfast.LSTMCell, GRUCell and RNNCell (mixed into torch's cells)."""
 
     _torch_forward = None

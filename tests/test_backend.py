@@ -7,9 +7,11 @@ import sys
 import tempfile
 import textwrap
 
+import pytest
 import torch
 
 import rnnfast
+from build_kind import PYTHON_AUTOGRAD, STABLE_ABI
 
 
 def test_backend_reports_the_build():
@@ -17,8 +19,16 @@ def test_backend_reports_the_build():
     assert info["compiled"] is True and info["error"] is None
     assert info["version"] == rnnfast.__version__
     assert info["torch_version"] == torch.__version__
-    # Built against the torch it runs with (local version suffix aside).
-    assert torch.__version__.split("+")[0] == info["built_with_torch"]
+    if info["stable_abi"]:
+        # On the stable ABI the library loads in any torch from 2.11 on, whichever it was built with.
+        assert tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 11)
+    else:
+        # Built against the torch it runs with (local version suffix aside).
+        assert torch.__version__.split("+")[0] == info["built_with_torch"]
+    # CI states which build it made (RNNFAST_EXPECT_STABLE_ABI=0/1), as for CUDA below.
+    expected_stable = os.environ.get("RNNFAST_EXPECT_STABLE_ABI")
+    if expected_stable is not None:
+        assert info["stable_abi"] is (expected_stable == "1"), (expected_stable, info)
     assert info["cpu_capability"] in info["cpu_capabilities"]
     assert "default" in info["cpu_capabilities"]
     assert info["openmp"] is True
@@ -36,9 +46,9 @@ def test_backend_reports_the_build():
 
 def test_backend_names_the_autograd_in_use():
     """The operators' autograd: csrc/autograd.cpp's, or rnnfast/_autograd.py's (the stable-ABI
-    build's) under RNNFAST_AUTOGRAD=python, which CI runs the autograd suites with too. The graph
-    node is a Python one exactly when backend() says "python"."""
-    expected = "python" if os.environ.get("RNNFAST_AUTOGRAD") == "python" else "c++"
+    build's, and under RNNFAST_AUTOGRAD=python, which CI runs the autograd suites with too). The
+    graph node is a Python one exactly when backend() says "python"."""
+    expected = "python" if PYTHON_AUTOGRAD else "c++"
     assert rnnfast.backend()["autograd"] == expected
     x = torch.randn(2, 1, 3, requires_grad=True)
     y, _ = rnnfast.LSTM(3, 4)(x)
@@ -47,6 +57,7 @@ def test_backend_names_the_autograd_in_use():
     assert isinstance(node, torch.autograd.function.BackwardCFunction) is (expected == "python")
 
 
+@pytest.mark.skipif(STABLE_ABI, reason="the stable-ABI build has no C++ autograd to compare with")
 def test_python_autograd_gives_the_cpp_autograds_gradients():
     """The same fused kernels under either autograd, each in its own process: bit-identical
     first-order gradients, through the plain backward (the Python autograd's direct path to the
@@ -164,8 +175,15 @@ def test_pooled_outputs_behave_like_torch_tensors():
     buf.seek(0)
     assert torch.equal(torch.load(buf), kept)
     grown = y.detach()
-    grown.resize_(100, 40, 256)  # storage must be resizable like at::empty's
-    assert torch.equal(grown[:50], kept)
+    if STABLE_ABI:
+        # The stable ABI wraps a pooled block with from_blob: growing raises, shrinking works.
+        with pytest.raises(RuntimeError, match="not resizable"):
+            grown.resize_(100, 40, 256)
+        grown.resize_(25, 40, 256)
+        assert torch.equal(grown, kept[:25])
+    else:
+        grown.resize_(100, 40, 256)  # storage must be resizable like at::empty's
+        assert torch.equal(grown[:50], kept)
     shared = y2.detach()  # a pooled output itself
     values = shared.clone()
     shared.share_memory_()

@@ -8,7 +8,6 @@
 // Every cuBLAS call and every launch is checked. Error messages here format
 // no integers: on one CUDA machine the project was tested on, formatting an
 // integer in a TORCH_CHECK message of an extension crashed the process.
-#include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/csrc/stable/library.h>
@@ -145,30 +144,24 @@ class CudaExec {
   bool tf32_;
 };
 
-// The operators' kernels hand these their stable tensors; the algorithm runs on
-// at::Tensor views of them (layer_aten.h).
-rnnfast::LayerOutputs layer_forward_cuda(const rnnfast::LayerInputs& stable_in, bool training) {
-  const LayerDims d = check_layer_inputs(stable_in);
-  const gpu::LayerInputs in = aten_layer::aten(stable_in);
+rnnfast::LayerOutputs layer_forward_cuda(const rnnfast::LayerInputs& in, bool training) {
+  const LayerDims d = check_layer_inputs(in);
   TORCH_CHECK(in.x.is_cuda(), "rnnfast: layer_forward_cuda got a tensor that is not on a CUDA device");
-  const c10::cuda::CUDAGuard guard(in.x.device());
+  const c10::cuda::CUDAGuard guard(c10::DeviceIndex(in.x.get_device_index()));
   CudaExec ex;
-  gpu::LayerOutputs out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.x.scalar_type(), "rnnfast_layer_forward_cuda",
-                                  [&] { out = gpu::GpuForwardLoop<CudaExec, scalar_t>(ex, in, d, training).run(); });
-  return aten_layer::stable(out);
+  return gpu::with_storage_type(in.x.scalar_type(), [&](auto tag) {
+    return gpu::GpuForwardLoop<CudaExec, decltype(tag)>(ex, in, d, training).run();
+  });
 }
 
-rnnfast::LayerGrads layer_backward_cuda(const rnnfast::LayerBackwardInputs& stable_b) {
-  const LayerDims d = check_backward_inputs(stable_b);
-  const gpu::LayerBackwardInputs b = aten_layer::aten(stable_b);
+rnnfast::LayerGrads layer_backward_cuda(const rnnfast::LayerBackwardInputs& b) {
+  const LayerDims d = check_backward_inputs(b);
   TORCH_CHECK(b.in.x.is_cuda(), "rnnfast: layer_backward_cuda got a tensor that is not on a CUDA device");
-  const c10::cuda::CUDAGuard guard(b.in.x.device());
+  const c10::cuda::CUDAGuard guard(c10::DeviceIndex(b.in.x.get_device_index()));
   CudaExec ex;
-  gpu::LayerGrads g;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, b.in.x.scalar_type(), "rnnfast_layer_backward_cuda",
-                                  [&] { g = gpu::GpuBackwardLoop<CudaExec, scalar_t>(ex, b, d).run(); });
-  return aten_layer::stable(g);
+  return gpu::with_storage_type(b.in.x.scalar_type(), [&](auto tag) {
+    return gpu::GpuBackwardLoop<CudaExec, decltype(tag)>(ex, b, d).run();
+  });
 }
 
 using CudaOps = DeviceOps<&layer_forward_cuda, &layer_backward_cuda>;

@@ -4,8 +4,6 @@
 // CPU test suite checks the algorithm the CUDA build runs.
 #include "emulated.h"
 
-#include <ATen/Dispatch.h>
-
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -39,26 +37,22 @@ void set_chunk_rows(int64_t rows) { chunk_rows_override() = rows; }
 bool gpu_emulation() { return flag().load(std::memory_order_relaxed); }
 void set_gpu_emulation(bool on) { flag().store(on); }
 
-rnnfast::LayerOutputs layer_forward_emulated(const rnnfast::LayerInputs& stable_in, bool training) {
-  const LayerDims d = check_layer_inputs(stable_in);
+LayerOutputs layer_forward_emulated(const LayerInputs& in, bool training) {
+  const LayerDims d = check_layer_inputs(in);
   ++g_calls;
-  const LayerInputs in = aten_layer::aten(stable_in);
   EmulatedExec ex;
-  LayerOutputs out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.x.scalar_type(), "rnnfast_emulated_forward",
-                                  [&] { out = GpuForwardLoop<EmulatedExec, scalar_t>(ex, in, d, training).run(); });
-  return aten_layer::stable(out);
+  return with_storage_type(in.x.scalar_type(), [&](auto tag) {
+    return GpuForwardLoop<EmulatedExec, decltype(tag)>(ex, in, d, training).run();
+  });
 }
 
-rnnfast::LayerGrads layer_backward_emulated(const rnnfast::LayerBackwardInputs& stable_b) {
-  const LayerDims d = check_backward_inputs(stable_b);
+LayerGrads layer_backward_emulated(const LayerBackwardInputs& b) {
+  const LayerDims d = check_backward_inputs(b);
   ++g_calls;
-  const LayerBackwardInputs b = aten_layer::aten(stable_b);
   EmulatedExec ex;
-  LayerGrads g;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, b.in.x.scalar_type(), "rnnfast_emulated_backward",
-                                  [&] { g = GpuBackwardLoop<EmulatedExec, scalar_t>(ex, b, d).run(); });
-  return aten_layer::stable(g);
+  return with_storage_type(b.in.x.scalar_type(), [&](auto tag) {
+    return GpuBackwardLoop<EmulatedExec, decltype(tag)>(ex, b, d).run();
+  });
 }
 
 }  // namespace rnnfast::gpu

@@ -2,18 +2,17 @@
 // without a GPU, so the CPU test suite checks the GPU algorithm (its GEMM
 // arguments, row bookkeeping, packed-sequence handling, accumulations and
 // conversions) against torch.nn. Column-major GEMMs with cuBLAS's semantics
-// on strided views of the raw buffers (products summed in the accumulation
+// as plain loops over the raw buffers (products summed in the accumulation
 // type, like cublasGemmEx with a 32-bit compute type); the element-wise work
 // as loops over the very functions the CUDA kernels run per thread.
 //
 // Not a fast path: it exists for tests (rnnfast._C._set_gpu_emulation).
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include <algorithm>
 #include <vector>
 
+#include "../check.h"
 #include "path.h"
 #include "persistent.h"
 #include "persistent_backward.h"
@@ -27,22 +26,31 @@ class EmulatedExec {
   void gemm_cm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
                const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc) {
     using Acc = acc_t<S>;
-    const auto st = c10::CppTypeToScalarType<S>::value;
-    const auto acc = c10::CppTypeToScalarType<Acc>::value;
-    // Column-major X[r, c] with leading dimension ld: element (r, c) at r + c*ld.
-    auto view = [](const void* p, int64_t rows, int64_t cols, int64_t ld, bool trans, at::ScalarType t) {
-      // op(X) [rows, cols]: X stored [rows, cols] (strides 1, ld), or [cols, rows] when transposed.
-      return trans ? at::from_blob(const_cast<void*>(p), {rows, cols}, {ld, 1}, at::TensorOptions(t))
-                   : at::from_blob(const_cast<void*>(p), {rows, cols}, {1, ld}, at::TensorOptions(t));
-    };
-    const at::Tensor a = view(A, m, k, lda, trans_a, st).to(acc);
-    const at::Tensor b = view(B, k, n, ldb, trans_b, st).to(acc);
-    at::Tensor c = view(C, m, n, ldc, false, c10::CppTypeToScalarType<Out>::value);
     // gemm_rm writes empty products itself: a GEMM with k == 0 here is a bug.
-    TORCH_INTERNAL_ASSERT(k > 0, "rnnfast: a GEMM with k == 0 reached the executor");
-    at::Tensor result = at::matmul(a, b);
-    if (beta != Acc(0)) result = result + c.to(acc) * beta;  // C is not read when beta == 0
-    c.copy_(result);
+    RNNFAST_CHECK(k > 0, "rnnfast: internal error: a GEMM with k == 0 reached the executor");
+    // Column-major X with leading dimension ld: element (r, c) at r + c*ld; op(X) its transpose
+    // when trans. Each sum runs over p = 0 .. k-1 in order, in Acc.
+    auto b_at = [&](int64_t p, int64_t j) { return Acc(trans_b ? B[j + p * ldb] : B[p + j * ldb]); };
+    std::vector<Acc> col(static_cast<size_t>(m));  // C's column j, summed
+    for (int64_t j = 0; j < n; ++j) {
+      if (trans_a) {  // op(A)(i, p) = A[p + i*lda]: a dot product along A's columns
+        for (int64_t i = 0; i < m; ++i) {
+          Acc sum = Acc(0);
+          for (int64_t p = 0; p < k; ++p) sum += Acc(A[p + i * lda]) * b_at(p, j);
+          col[size_t(i)] = sum;
+        }
+      } else {  // op(A)(i, p) = A[i + p*lda]: column p of A scaled into the sums
+        std::fill(col.begin(), col.end(), Acc(0));
+        for (int64_t p = 0; p < k; ++p) {
+          const Acc bpj = b_at(p, j);
+          const S* a_col = A + p * lda;
+          for (int64_t i = 0; i < m; ++i) col[size_t(i)] += Acc(a_col[i]) * bpj;
+        }
+      }
+      Out* c_col = C + j * ldc;
+      for (int64_t i = 0; i < m; ++i)  // C is not read when beta == 0 (cuBLAS's semantics)
+        c_col[i] = Out(beta == Acc(0) ? col[size_t(i)] : col[size_t(i)] + beta * Acc(c_col[i]));
+    }
   }
 
   // Row-major C[rows, cols] (row stride ldc) = 0.

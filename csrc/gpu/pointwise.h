@@ -12,9 +12,6 @@
 // accumulation (float for the 16-bit types, S otherwise).
 #pragma once
 
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-
 #include <cstdint>
 
 #include "../acc_type.h"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the binary wheel: rnnfast on torch's stable ABI alone (RNNFAST_STABLE_ABI=1, setup.py),
+# compiled against the torch of $RNNFAST_WHEEL_VENV (default .venv: torch 2.13.0, CPU; CI uses
+# .venv-cuda's 2.14.1), with every instruction-set build of the CPU kernels, then repaired by
+# auditwheel (manylinux tag; torch's own libraries excluded, they come with torch) into
+# dist/rnnfast-<version>-<python tag>-<abi tag>-manylinux_*_x86_64.whl. Every library in the wheel
+# is checked with nm (scripts/check_torch_symbols.sh). The wheel requires torch>=2.11.
+#
+# Not yet in it (issue 16): the CUDA kernels (their host code is still on torch's C++ API).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_VENV="${RNNFAST_WHEEL_VENV:-$ROOT/.venv}"
+TOOLS="$ROOT/.venv-wheel"
+WORK="$ROOT/build-wheel"
+[ -x "$BUILD_VENV/bin/python" ] || { echo "build_wheel: no $BUILD_VENV (scripts/setup_env.sh makes .venv)" >&2; exit 2; }
+
+if [ ! -x "$TOOLS/bin/auditwheel" ]; then
+  echo "== wheel: tools venv $TOOLS"
+  "${PYTHON:-python3}" -m venv "$TOOLS"
+  "$TOOLS/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/requirements-wheel.txt"
+fi
+
+echo "== wheel: building against torch $("$BUILD_VENV/bin/python" -c 'import torch; print(torch.__version__)')"
+start=$(date +%s)
+rm -rf "$WORK"
+mkdir -p "$WORK/src" "$WORK/raw" "$ROOT/dist"
+# A clean copy of the sources: no in-place build or cache of the working tree gets into the wheel.
+(cd "$ROOT" && git ls-files -co --exclude-standard -z | tar --null -cf - -T -) | tar -xf - -C "$WORK/src"
+(cd "$WORK/src" && RNNFAST_STABLE_ABI=1 MAX_JOBS="${MAX_JOBS:-2}" "$BUILD_VENV/bin/python" -m pip wheel . \
+  --no-build-isolation --no-deps --disable-pip-version-check -w "$WORK/raw" > "$WORK/build.log" 2>&1) \
+  || { tail -40 "$WORK/build.log"; exit 1; }
+RAW=$(ls "$WORK"/raw/rnnfast-*.whl)
+echo "== wheel: built $(basename "$RAW") in $(( $(date +%s) - start )) s"
+
+# torch's libraries are torch's: excluded from the repair (never copied into the wheel). So is
+# libgomp: torch ships libgomp.so.1 and loads it first, and the kernels must share its OpenMP
+# runtime (a second copy would run its own thread pool beside torch's).
+TORCH_LIB="$("$BUILD_VENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+rm -f "$ROOT"/dist/rnnfast-*.whl
+PATH="$TOOLS/bin:$PATH" LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$TOOLS/bin/auditwheel" repair "$RAW" \
+  --exclude 'libtorch*.so*' --exclude 'libc10*.so*' --exclude 'libgomp*.so*' -w "$ROOT/dist"
+WHEEL=$(ls "$ROOT"/dist/rnnfast-*.whl)
+
+# Every library in the wheel: no undefined symbol of libtorch's C++ API.
+rm -rf "$WORK/unpacked"
+"$BUILD_VENV/bin/python" -m zipfile -e "$WHEEL" "$WORK/unpacked"
+mapfile -t LIBS < <(find "$WORK/unpacked" -name '*.so*' -type f | sort)
+[ "${#LIBS[@]}" -gt 0 ] || { echo "build_wheel: no library in $WHEEL" >&2; exit 1; }
+"$ROOT/scripts/check_torch_symbols.sh" "${LIBS[@]}"
+echo "== wheel: $WHEEL"

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs the wheel of scripts/build_wheel.sh (dist/rnnfast-*.whl) with pip into a fresh venv
+# beside another torch, with no compiler reachable (PATH: the venv's bin folder alone, checked to
+# hold no gcc, g++, cc, c++ or nvcc), and runs against the installed wheel (tests copied out of the
+# source tree, so that nothing imports the sources) the suites that exercise loading and dispatch
+# (backend, parity, ops with opcheck, errors, export) and those of what differs in the stable-ABI
+# build (its autograd is rnnfast/_autograd.py's: gradcheck, double backward, autograd hygiene, the
+# Python autograd's own tests; the panel cache without weak references; the GPU algorithm emulated
+# on the CPU, on the stable ABI too); then torch.compile's suite with the compiler back on PATH
+# (inductor compiles the C++ it generates).
+#
+#   scripts/wheel_check.sh [TORCH_REQUIREMENT]     default torch==2.13.0 (the CPU build)
+#
+# RNNFAST_WHEEL_SUITE=all runs the whole suite instead (but tests/test_docs.py, which checks the
+# source tree's documents, not the library); scripts/wheel_other_torches.sh uses it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TORCH_SPEC="${1:-torch==2.13.0}"
+WORK="$ROOT/build-wheel/check"
+VENV="$WORK/venv"
+mapfile -t WHEELS < <(ls "$ROOT"/dist/rnnfast-*.whl 2>/dev/null)
+[ "${#WHEELS[@]}" -eq 1 ] || { echo "wheel_check: expected one dist/rnnfast-*.whl (scripts/build_wheel.sh)" >&2; exit 2; }
+
+echo "== wheel check: fresh venv with $TORCH_SPEC and $(basename "${WHEELS[0]}")"
+start=$(date +%s)
+rm -rf "$WORK"
+mkdir -p "$WORK"
+"${PYTHON:-python3}" -m venv "$VENV"
+# The test requirements but torch (pinned by the argument) and the build tools.
+grep -vE '^\s*(#|$|torch==|ninja|setuptools|wheel|pytest-benchmark|matplotlib|tqdm)' "$ROOT/requirements.txt" \
+  > "$WORK/requirements-test.txt"
+env -u PYTHONPATH PATH="$VENV/bin" "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  "$TORCH_SPEC" -r "$WORK/requirements-test.txt" "${WHEELS[0]}"
+echo "== wheel check: installed in $(( $(date +%s) - start )) s"
+
+for tool in gcc g++ cc c++ nvcc; do
+  if PATH="$VENV/bin" command -v "$tool" > /dev/null 2>&1; then
+    echo "wheel_check: $tool is reachable on the test PATH" >&2; exit 1
+  fi
+done
+PATH="$VENV/bin" command -v python > /dev/null || { echo "wheel_check: the PATH check itself is broken" >&2; exit 1; }
+cp -r "$ROOT/tests" "$WORK/tests"
+cd "$WORK"
+start=$(date +%s)
+env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -c "
+import json, os, rnnfast, torch
+info = rnnfast.backend()
+print(json.dumps(info))
+assert rnnfast.__file__.startswith(os.path.join('$VENV', 'lib')), rnnfast.__file__
+assert info['compiled'] and info['stable_abi'], info
+"
+if [ "${RNNFAST_WHEEL_SUITE:-ci}" = all ]; then
+  env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+    tests --ignore=tests/test_docs.py --ignore=tests/test_compile.py
+else
+  env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+    tests/test_backend.py tests/test_parity.py tests/test_ops.py tests/test_errors.py tests/test_export.py \
+    tests/test_gradcheck.py tests/test_double_backward.py tests/test_autograd_hygiene.py \
+    tests/test_python_autograd.py tests/test_panel_cache.py tests/test_gpu_algorithm.py
+fi
+env -u PYTHONPATH PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_compile.py
+echo "== wheel check: suites against the installed wheel ($TORCH_SPEC) took $(( $(date +%s) - start )) s"
