@@ -12,7 +12,8 @@
 #   scripts/wheel_check.sh [TORCH_REQUIREMENT]     default torch==2.13.0 (the CPU build)
 #
 # RNNFAST_WHEEL_SUITE=all runs the whole suite instead (but tests/test_docs.py, which checks the
-# source tree's documents, not the library); scripts/wheel_other_torches.sh uses it.
+# source tree's documents, not the library), with the compiler on PATH for torch.compile's
+# inductor (installed without it all the same); scripts/wheel_other_torches.sh uses it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TORCH_SPEC="${1:-torch==2.13.0}"
@@ -50,13 +51,15 @@ assert rnnfast.__file__.startswith(os.path.join('$VENV', 'lib')), rnnfast.__file
 assert info['compiled'] and info['stable_abi'], info
 "
 if [ "${RNNFAST_WHEEL_SUITE:-ci}" = all ]; then
-  env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    tests --ignore=tests/test_docs.py --ignore=tests/test_compile.py
+  # With the compiler back on PATH: torch.compile's inductor compiles the C++ it generates (in
+  # test_compile.py and test_low_precision.py).
+  env -u PYTHONPATH PATH="$VENV/bin:$PATH" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q \
+    -p no:cacheprovider tests --ignore=tests/test_docs.py
 else
   env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_backend.py tests/test_parity.py tests/test_ops.py tests/test_errors.py tests/test_export.py \
     tests/test_gradcheck.py tests/test_double_backward.py tests/test_autograd_hygiene.py \
     tests/test_python_autograd.py tests/test_panel_cache.py tests/test_gpu_algorithm.py
+  env -u PYTHONPATH PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_compile.py
 fi
-env -u PYTHONPATH PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_compile.py
 echo "== wheel check: suites against the installed wheel ($TORCH_SPEC) took $(( $(date +%s) - start )) s"

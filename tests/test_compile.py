@@ -274,6 +274,15 @@ def test_training_uses_fused_backward():
 
 # ---- PackedSequence -------------------------------------------------------------------------
 
+# torch 2.12's Dynamo cannot read an attribute of a PackedSequence built inside the compiled
+# function: `PackedSequence(p.data * 2, p.batch_sizes, p.sorted_indices, p.unsorted_indices).data`
+# alone, no rnnfast involved, raises InternalTorchDynamoError (IndexError: tuple index out of
+# range) under torch.compile(fullgraph=True) in 2.12.1; 2.11 and 2.13 compile it (seen running
+# the suite against the wheel, scripts/wheel_other_torches.sh).
+_TORCH_2_12 = torch.__version__.startswith("2.12.")
+
+
+@pytest.mark.xfail(_TORCH_2_12, strict=True, reason="torch 2.12's Dynamo fails on PackedSequence(...).data")
 @pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
 @pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "nohx"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
