@@ -14,15 +14,15 @@ TOOLS="$ROOT/.venv-wheel"
 WORK="$ROOT/build-wheel"
 [ -x "$BUILD_VENV/bin/python" ] || { echo "build_wheel: no $BUILD_VENV (scripts/setup_env.sh makes .venv)" >&2; exit 2; }
 
-if [ ! -x "$TOOLS/bin/auditwheel" ]; then
+if [ ! -x "$TOOLS/bin/python" ]; then
   echo "== wheel: tools venv $TOOLS"
   "${PYTHON:-python3}" -m venv "$TOOLS"
-  "$TOOLS/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/requirements-wheel.txt"
 fi
+"$TOOLS/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/requirements-wheel.txt"
 
 echo "== wheel: building against torch $("$BUILD_VENV/bin/python" -c 'import torch; print(torch.__version__)')"
 start=$(date +%s)
-rm -rf "$WORK"
+rm -rf "$WORK/src" "$WORK/raw" "$WORK/unpacked"  # (not the checks' folders beside them)
 mkdir -p "$WORK/src" "$WORK/raw" "$ROOT/dist"
 # A clean copy of the sources: no in-place build or cache of the working tree gets into the wheel.
 (cd "$ROOT" && git ls-files -co --exclude-standard -z | tar --null -cf - -T -) | tar -xf - -C "$WORK/src"

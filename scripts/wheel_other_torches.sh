@@ -19,7 +19,7 @@ for v in "${VERSIONS[@]}"; do
   else
     result="FAILED"
   fi
-  summary+=("torch $v: $result: $(grep -E '^[0-9]+ (passed|failed)' "$log" | tr '\n' ';')")
+  summary+=("torch $v: $result: $(grep -E '^[0-9]+ (passed|failed)' "$log" | tr '\n' ';' || echo "no pytest summary: see the log")")
   echo "${summary[-1]}"
 done
 echo "== summary"

@@ -3,7 +3,7 @@
 The build on torch's C++ API (setup.py's default, CI's main build) and the build on the stable ABI
 alone (RNNFAST_STABLE_ABI=1: what the wheel ships) differ in documented ways only: the stable one
 has no C++ autograd, its large outputs are not resizable, and its panel cache keeps no weak
-reference to a weight's storage (README, "The stable-ABI build")."""
+reference to a weight's storage (README, "One wheel for every torch (stable ABI)")."""
 from __future__ import annotations
 
 import os

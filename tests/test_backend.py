@@ -46,7 +46,7 @@ def test_backend_reports_the_build():
 
 def test_backend_names_the_autograd_in_use():
     """The operators' autograd: csrc/autograd.cpp's, or rnnfast/_autograd.py's (the stable-ABI
-    build's, and under RNNFAST_AUTOGRAD=python, which CI runs the autograd suites with too). The
+    build's, what CI's wheel step runs the autograd suites with, and under RNNFAST_AUTOGRAD=python). The
     graph node is a Python one exactly when backend() says "python"."""
     expected = "python" if PYTHON_AUTOGRAD else "c++"
     assert rnnfast.backend()["autograd"] == expected

@@ -282,7 +282,8 @@ def test_training_uses_fused_backward():
 _TORCH_2_12 = torch.__version__.startswith("2.12.")
 
 
-@pytest.mark.xfail(_TORCH_2_12, strict=True, reason="torch 2.12's Dynamo fails on PackedSequence(...).data")
+@pytest.mark.xfail(_TORCH_2_12, strict=True, raises=torch._dynamo.exc.InternalTorchDynamoError,
+                   reason="torch 2.12's Dynamo fails on PackedSequence(...).data")
 @pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
 @pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "nohx"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])

@@ -2,7 +2,7 @@
 
 The CUDA build runs ``GpuForwardLoop`` / ``GpuBackwardLoop`` with cuBLAS and one-thread-per-element
 kernels; ``rnnfast._C._set_gpu_emulation(True)`` makes the CPU operators run the same loops with
-column-major GEMMs on ATen (cuBLAS's argument conventions) and host loops over the same per-element
+column-major GEMMs as plain loops (cuBLAS's argument conventions) and host loops over the same per-element
 functions.  So, without a GPU, this checks everything of the CUDA path but the CUDA runtime itself:
 the GEMM arguments (row-major to column-major), the row bookkeeping of padded and packed input in
 both directions, the chunking of the time-parallel GEMMs (small chunks here), the weight-gradient
