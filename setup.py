@@ -1,4 +1,4 @@
-"""Build of rnnfast and its extension rnnfast._C.
+"""Build of rnnfast: its CPU library rnnfast._C and, with CUDA, its CUDA library rnnfast._C_cuda.
 
 Build against the torch already installed, without build isolation (an
 isolated build would fetch a different, multi-GB torch):
@@ -51,7 +51,7 @@ COMMON_SOURCES = [
 STABLE_ONLY_SOURCES = ["csrc/cpu/pooled_tensor_stable.cpp"]
 # Sources on torch's stable ABI alone (issue 16), compiled with STABLE_FLAGS: a header outside
 # torch/headeronly and torch/csrc/stable fails their build. The kernels_<isa>.cpp builds too.
-STABLE_SOURCES = ["csrc/ops.cpp", "csrc/layer_checks.cpp", "csrc/cpu/ops_cpu.cpp", "csrc/cpu/dispatch.cpp", "csrc/cpu/fma_peak.cpp", "csrc/cpu/thread_policy.cpp",
+STABLE_SOURCES = ["csrc/op_schemas.cpp", "csrc/ops.cpp", "csrc/layer_checks.cpp", "csrc/cpu/ops_cpu.cpp", "csrc/cpu/dispatch.cpp", "csrc/cpu/fma_peak.cpp", "csrc/cpu/thread_policy.cpp",
                   "csrc/cpu/buffer_pool.cpp", "csrc/cpu/panel_cache.cpp", "csrc/cpu/forward_loop.cpp",
                   "csrc/cpu/backward_loop.cpp", "csrc/gpu/emulated.cpp", "csrc/gpu/path.cpp"]
 # torch 2.11.0, the oldest release the stable build targets: [major][minor][patch][tag]
@@ -60,8 +60,13 @@ STABLE_FLAGS = ["-DTORCH_TARGET_VERSION=0x020b000000000000"]
 # directory, beside pybind11's (torch's copy, linked into the build folder alone).
 BINDINGS_SOURCE = "csrc/bindings.cpp"
 
-# The CUDA kernels: host code (the executor, op registration) and one device file per dtype.
-CUDA_SOURCES = ["csrc/cuda/ops_cuda.cpp"] + [f"csrc/cuda/pointwise_{d}.cu" for d in ("f32", "f64", "bf16", "f16")]
+# The CUDA library (rnnfast._C_cuda), on the stable ABI alone in every build: host code (the
+# executor, op registration, its controls, the argument glue and checks it shares with the CPU
+# library, the GPU algorithm's settings) and one device file per dtype. rnnfast/_extension.py loads
+# it where torch is a CUDA build of the same CUDA major.
+CUDA_HOST_SOURCES = ["csrc/cuda/ops_cuda.cpp", "csrc/cuda/library_controls.cpp", "csrc/ops.cpp",
+                     "csrc/layer_checks.cpp", "csrc/gpu/path.cpp"]
+CUDA_DEVICE_SOURCES = [f"csrc/cuda/pointwise_{d}.cu" for d in ("f32", "f64", "bf16", "f16")]
 DEFAULT_CUDA_ARCHES = "8.0;9.0+PTX"
 
 # Instruction-set builds of csrc/cpu/kernels_<isa>.cpp: extra flags for each.
@@ -101,6 +106,9 @@ class BuildWithIsaKernels(BuildExtension):
     """
 
     def build_extension(self, ext):
+        if ext.name != "rnnfast._C":  # the CUDA library: its sources, its flags
+            super().build_extension(ext)
+            return
         cxx_flags = list(ext.extra_compile_args["cxx"]) if isinstance(ext.extra_compile_args, dict) \
             else list(ext.extra_compile_args)
         macros = ext.define_macros
@@ -190,7 +198,19 @@ def stable_abi_only() -> bool:
     return on
 
 
-def extension():
+def cxx_flags(sanitize_cxx):
+    # -Werror=switch: a new cell (cells.h) missing in a switch over CellType fails the build.
+    # -fvisibility=hidden: no symbol of rnnfast's own is exported but PyInit__C (and the CUDA
+    # library's C controls). With default visibility every out-of-line inline function and template
+    # (transpose_8x8 of the packing, the AVX2 LSTM gate math, the generic build's vector loads) was
+    # interposable and called through the PLT. (nvcc's objects keep their default visibility.)
+    return ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Werror=switch", "-Wno-unused-function", "-Wno-unknown-pragmas",
+            "-Wno-maybe-uninitialized", "-fvisibility=hidden", "-fvisibility-inlines-hidden"] + sanitize_cxx
+
+
+def extensions():
+    """rnnfast._C (the CPU library: operators, CPU kernels, bindings) and, where CUDA is built,
+    rnnfast._C_cuda (the CUDA kernels)."""
     builds = isa_builds()
     macros = [(f"RNNFAST_HAVE_{isa.upper()}", "1") for isa in builds if isa != "default"]
     stable_only = stable_abi_only()
@@ -198,45 +218,41 @@ def extension():
         macros.append(("RNNFAST_STABLE_ABI", "1"))
     macros.append(("RNNFAST_BUILT_WITH_TORCH", '"%s"' % torch.__version__.split("+")[0]))
     sanitize_cxx, sanitize_link = sanitizer_flags()
-    # -Werror=switch: a new cell (cells.h) missing in a switch over CellType fails the build.
-    # -fvisibility=hidden: no symbol of rnnfast's own is exported but PyInit__C. With default
-    # visibility every out-of-line inline function and template (transpose_8x8 of the packing, the
-    # AVX2 LSTM gate math, the generic build's vector loads) was interposable and called through
-    # the PLT. (nvcc's objects keep their default visibility.)
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Werror=switch", "-Wno-unused-function", "-Wno-unknown-pragmas",
-           "-Wno-maybe-uninitialized", "-fvisibility=hidden", "-fvisibility-inlines-hidden"] + sanitize_cxx
+    cxx = cxx_flags(sanitize_cxx)
     include_dirs = [os.path.join(ROOT, "csrc")]
     sources = STABLE_ONLY_SOURCES if stable_only else COMMON_SOURCES
     if stable_only:
         cxx += STABLE_FLAGS
-    if stable_only and os.environ.get("RNNFAST_FORCE_CUDA") == "1":
-        raise SystemExit("rnnfast: RNNFAST_STABLE_ABI=1 builds no CUDA kernels yet (their host code is still on "
-                         "torch's C++ API; issue 16)")
-    if stable_only or not with_cuda():
-        if stable_only:
-            print("rnnfast: the stable-ABI build has no CUDA kernels yet (issue 16)", file=sys.stderr)
-        return CppExtension(
-            name="rnnfast._C",
-            sources=sources,
-            include_dirs=include_dirs,
-            define_macros=macros,
-            extra_compile_args={"cxx": cxx},
-            extra_link_args=["-fopenmp"] + sanitize_link,
-        )
-    arches = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHES)
-    cuda_includes, cuda_lib_dirs, cublas = cuda_library_paths()
-    macros += [("RNNFAST_WITH_CUDA", "1"), ("RNNFAST_CUDA_ARCHES", f'"{arches}"')]
-    # nvcc sees only csrc/gpu, csrc/cuda and c10's 16-bit types (never torch/extension.h).
-    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
-    return CUDAExtension(
+    cuda = with_cuda()
+    if cuda:
+        arches = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHES)
+        # What the bindings report (backend()): the CUDA library built beside, its arches and CUDA.
+        macros += [("RNNFAST_WITH_CUDA", "1"), ("RNNFAST_CUDA_ARCHES", f'"{arches}"'),
+                   ("RNNFAST_CUDA_VERSION", f'"{torch.version.cuda}"')]
+    cpu = CppExtension(
         name="rnnfast._C",
-        sources=COMMON_SOURCES + CUDA_SOURCES,
+        sources=sources,
+        include_dirs=include_dirs,
+        define_macros=macros,
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=["-fopenmp"] + sanitize_link,
+    )
+    if not cuda:
+        return [cpu]
+    cuda_includes, cuda_lib_dirs, cublas = cuda_library_paths()
+    # nvcc sees only csrc/gpu, csrc/cuda and torch's header-only 16-bit types (never
+    # torch/extension.h). The host code is on the stable ABI (USE_CUDA: the shim's CUDA calls).
+    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    host = cxx_flags(sanitize_cxx) + STABLE_FLAGS + ["-DUSE_CUDA"]
+    return [cpu, CUDAExtension(
+        name="rnnfast._C_cuda",
+        sources=CUDA_HOST_SOURCES + CUDA_DEVICE_SOURCES,
         include_dirs=include_dirs + cuda_includes,
         library_dirs=cuda_lib_dirs,
-        define_macros=macros,
-        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        define_macros=[("RNNFAST_BUILT_WITH_TORCH", '"%s"' % torch.__version__.split("+")[0])],
+        extra_compile_args={"cxx": host, "nvcc": nvcc},
         extra_link_args=["-fopenmp"] + cublas + sanitize_link,
-    )
+    )]
 
 
 def version():
@@ -251,7 +267,7 @@ setup(
     version=version(),
     description="Fused LSTM and GRU kernels, drop-in replacements for torch.nn.LSTM and torch.nn.GRU",
     packages=find_packages(include=["rnnfast", "rnnfast.*"]),
-    ext_modules=[extension()],
+    ext_modules=extensions(),
     cmdclass={"build_ext": BuildWithIsaKernels},
     python_requires=">=3.9",
     # The stable-ABI build (the wheel's) loads in every torch from 2.11 on. The default build is

@@ -142,10 +142,10 @@ def build_case(cell: str, mode: str, T: int, B: int, I: int, H: int, rnnfast, de
         case.runs["torch_native"] = run_native
         # rnnfast's two GPU paths of the forward: the per-step cuBLAS loop ("rnnfast", what the
         # default "auto" setting runs today) and the persistent kernel ("rnnfast_persistent").
-        set_path = rnnfast._C._set_gpu_path
+        set_path = rnnfast.set_gpu_path
 
         def run_path(path, run=case.runs["rnnfast"]):
-            previous = rnnfast._C._gpu_path()
+            previous = rnnfast.gpu_path()
             set_path(path)
             try:
                 return run()

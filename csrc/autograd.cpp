@@ -90,14 +90,14 @@ NodePtr self_ptr(NodeT& node) {
 const c10::TypedOperatorHandle<ForwardResult(int64_t, const Tensor&, const OptTensor&,
                                              const Tensor&, const OptTensor&, const Tensor&,
                                              const Tensor&, const OptTensor&, const OptTensor&,
-                                             const OptTensor&, bool)>&
+                                             const OptTensor&, bool, bool)>&
 forward_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("rnnfast::layer_forward", "")
                              .typed<ForwardResult(int64_t, const Tensor&, const OptTensor&,
                                                   const Tensor&, const OptTensor&, const Tensor&,
                                                   const Tensor&, const OptTensor&,
-                                                  const OptTensor&, const OptTensor&, bool)>();
+                                                  const OptTensor&, const OptTensor&, bool, bool)>();
   return op;
 }
 
@@ -105,14 +105,14 @@ const c10::TypedOperatorHandle<ForwardTrainResult(int64_t, const Tensor&,
                                                   const OptTensor&, const Tensor&,
                                                   const OptTensor&, const Tensor&, const Tensor&,
                                                   const OptTensor&, const OptTensor&,
-                                                  const OptTensor&, bool)>&
+                                                  const OptTensor&, bool, bool)>&
 forward_train_op() {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("rnnfast::layer_forward_train", "")
           .typed<ForwardTrainResult(int64_t, const Tensor&, const OptTensor&,
                                     const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-                                    const OptTensor&, const OptTensor&, const OptTensor&, bool)>();
+                                    const OptTensor&, const OptTensor&, const OptTensor&, bool, bool)>();
   return op;
 }
 
@@ -121,7 +121,7 @@ using BackwardSignature = BackwardResult(int64_t, const Tensor&, const OptTensor
                                          const Tensor&, const OptTensor&, const OptTensor&,
                                          const OptTensor&, bool, const Tensor&, const Tensor&,
                                          const Tensor&, const Tensor&, const OptTensor&,
-                                         std::array<bool, 3>);
+                                         std::array<bool, 3>, bool);
 
 const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
   static const auto op = c10::Dispatcher::singleton()
@@ -140,13 +140,15 @@ struct SavedLayerInputs {
   int64_t cell = 0;  // CellType code
   Tensor batch_sizes;  // int64 CPU, never differentiable (undefined: padded)
   bool reverse = false;
+  bool allow_tf32 = false;
   std::array<SavedVariable, kNumLayerInputs> v;
 
-  void save(int64_t cell_code, const OptTensor& bs, bool rev,
+  void save(int64_t cell_code, const OptTensor& bs, bool rev, bool tf32,
             const std::array<Tensor, kNumLayerInputs>& inputs) {
     cell = cell_code;
     batch_sizes = value(bs);
     reverse = rev;
+    allow_tf32 = tf32;
     for (int k = 0; k < kNumLayerInputs; ++k) v[k] = SavedVariable(inputs[k], /*is_output=*/false);
   }
   std::array<Tensor, kNumLayerInputs> unpack() const {
@@ -186,7 +188,7 @@ struct LayerForwardBackward : public Node {
                                    should_compute_output({{3, kNumLayerInputs}})};
     const BackwardResult g = backward_op().call(
         in.cell, t[0], opt(in.batch_sizes), t[1], opt(t[2]), t[3], t[4], opt(t[5]), opt(t[6]),
-        opt(t[7]), in.reverse, y_, ws, dy, dh_n, dc_n, mask);
+        opt(t[7]), in.reverse, y_, ws, dy, dh_n, dc_n, mask, in.allow_tf32);
     const std::array<Tensor, kNumLayerInputs> all{std::get<0>(g), std::get<1>(g), std::get<2>(g),
                                                   std::get<3>(g), std::get<4>(g), std::get<5>(g),
                                                   std::get<6>(g), std::get<7>(g)};
@@ -306,13 +308,13 @@ std::array<Tensor, kNumLayerInputs> layer_tensors(const Tensor& x, const Tensor&
 // Records the first-order node around a training forward, or returns null
 // when no input needs a gradient.
 auto make_forward_node(
-    int64_t cell, const OptTensor& batch_sizes, bool reverse,
+    int64_t cell, const OptTensor& batch_sizes, bool reverse, bool allow_tf32,
     const std::array<Tensor, kNumLayerInputs>& t) {
   decltype(make_node<LayerForwardBackward>()) node;
   if (!compute_requires_grad(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7])) return node;
   node = make_node<LayerForwardBackward>();
   node->set_next_edges(collect_next_edges(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]));
-  node->in.save(cell, batch_sizes, reverse, t);
+  node->in.save(cell, batch_sizes, reverse, allow_tf32, t);
   node->cell_state = cell_info(cell_from_code(cell)).cell_state;
   return node;
 }
@@ -335,13 +337,13 @@ ForwardTrainResult run_forward_train(int64_t cell, const Tensor& x,
                                      const OptTensor& batch_sizes, const Tensor& h0,
                                      const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh,
                                      const OptTensor& b_ih, const OptTensor& b_hh,
-                                     const OptTensor& w_hr, bool reverse,
+                                     const OptTensor& w_hr, bool reverse, bool allow_tf32,
                                      LayerForwardBackward* node) {
   ForwardTrainResult r;
   {
     at::AutoDispatchBelowADInplaceOrView below;
     r = forward_train_op().call(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                reverse);
+                                reverse, allow_tf32);
   }
   if (node) finish_forward_node(*node, std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r));
   return r;
@@ -351,21 +353,22 @@ ForwardResult layer_forward_autograd(c10::DispatchKeySet ks, int64_t cell,
                                      const Tensor& x, const OptTensor& batch_sizes,
                                      const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                                      const Tensor& w_hh, const OptTensor& b_ih,
-                                     const OptTensor& b_hh, const OptTensor& w_hr, bool reverse) {
+                                     const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
+                                     bool allow_tf32) {
   const auto t = layer_tensors(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   if (any_forward_grad({t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]})) {
     auto [y, h_n, c_n] = aten_layer::layer_reference(reference_inputs(cell, x, batch_sizes, h0, c0, w_ih,
                                                            w_hh, b_ih, b_hh, w_hr, reverse));
     return {y, h_n, c_n.defined() ? c_n : at::empty({0}, x.options())};
   }
-  auto node = make_forward_node(cell, batch_sizes, reverse, t);
+  auto node = make_forward_node(cell, batch_sizes, reverse, allow_tf32, t);
   if (!node) {  // inference: nothing saved
     at::AutoDispatchBelowADInplaceOrView below;
     return forward_op().redispatch(ks & c10::after_autograd_keyset, cell, x, batch_sizes, h0, c0,
-                                   w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+                                   w_ih, w_hh, b_ih, b_hh, w_hr, reverse, allow_tf32);
   }
   auto r = run_forward_train(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                             node.get());
+                             allow_tf32, node.get());
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
 }
 
@@ -374,17 +377,18 @@ ForwardTrainResult layer_forward_train_autograd(c10::DispatchKeySet ks, int64_t 
                                                 const Tensor& h0, const OptTensor& c0,
                                                 const Tensor& w_ih, const Tensor& w_hh,
                                                 const OptTensor& b_ih, const OptTensor& b_hh,
-                                                const OptTensor& w_hr, bool reverse) {
+                                                const OptTensor& w_hr, bool reverse,
+                                                bool allow_tf32) {
   const auto t = layer_tensors(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   refuse_forward_ad("layer_forward_train", {t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]});
-  auto node = make_forward_node(cell, batch_sizes, reverse, t);
+  auto node = make_forward_node(cell, batch_sizes, reverse, allow_tf32, t);
   if (!node) {
     at::AutoDispatchBelowADInplaceOrView below;
     return forward_train_op().redispatch(ks & c10::after_autograd_keyset, cell, x, batch_sizes,
-                                         h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+                                         h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, allow_tf32);
   }
   return run_forward_train(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                           node.get());
+                           allow_tf32, node.get());
 }
 
 BackwardResult layer_backward_autograd(c10::DispatchKeySet ks, int64_t cell,
@@ -394,7 +398,7 @@ BackwardResult layer_backward_autograd(c10::DispatchKeySet ks, int64_t cell,
                                        const OptTensor& b_hh, const OptTensor& w_hr, bool reverse,
                                        const Tensor& y, const Tensor& workspace, const Tensor& dy,
                                        const Tensor& dh_n, const OptTensor& dc_n,
-                                       std::array<bool, 3> output_mask) {
+                                       std::array<bool, 3> output_mask, bool allow_tf32) {
   const auto t = layer_tensors(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr);
   const Tensor dc = value(dc_n);
   refuse_forward_ad("layer_backward",
@@ -406,7 +410,7 @@ BackwardResult layer_backward_autograd(c10::DispatchKeySet ks, int64_t cell,
     node = make_node<LayerBackwardBackward>();
     node->set_next_edges(
         collect_next_edges(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], dy, dh_n, dc));
-    node->in.save(cell, batch_sizes, reverse, t);
+    node->in.save(cell, batch_sizes, reverse, allow_tf32, t);
     node->dy = SavedVariable(dy, false);
     node->dh_n = SavedVariable(dh_n, false);
     node->dc_n = SavedVariable(dc, false);
@@ -416,7 +420,7 @@ BackwardResult layer_backward_autograd(c10::DispatchKeySet ks, int64_t cell,
     at::AutoDispatchBelowADInplaceOrView below;
     r = backward_op().redispatch(ks & c10::after_autograd_keyset, cell, x, batch_sizes, h0, c0,
                                  w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y, workspace, dy, dh_n,
-                                 dc_n, output_mask);
+                                 dc_n, output_mask, allow_tf32);
   }
   if (node) {
     const std::array<Tensor, kNumLayerInputs> g{std::get<0>(r), std::get<1>(r), std::get<2>(r),

@@ -1,6 +1,6 @@
 // Python bindings of rnnfast._C for what is not an operator: the build's
 // contents, the cell table, the buffer pool and the CPU instruction set. The
-// kernels themselves are dispatcher operators (ops.cpp), registered when this
+// kernels themselves are dispatcher operators (op_schemas.cpp), registered when this
 // module is imported.
 //
 // No torch header: only pybind11 and the library's torch-free headers
@@ -71,9 +71,11 @@ py::dict build_info() {
     start = end + 1;
   }
   d["cuda_arches"] = arches;
+  d["cuda_version"] = RNNFAST_CUDA_VERSION;  // the CUDA of the torch it was built against
 #else
   d["cuda"] = false;
   d["cuda_arches"] = py::list();
+  d["cuda_version"] = py::none();
 #endif
   int n = 0;
   const char* const* caps = cpu::available_cpu_capabilities(&n);

@@ -67,6 +67,10 @@ struct LayerInputsT {
   std::optional<T> c0;             // [B, H], cells with a cell state only
   LayerWeightsT<T> w;
   bool reverse;                    // process steps T-1 .. 0
+  // fp32 GEMMs may run on TF32 tensor cores (the CUDA kernels; the other
+  // devices have none). torch's switch for RNNs, read by the Python caller
+  // (rnnfast/_tf32.py): the stable ABI has no access to it.
+  bool allow_tf32 = false;
 };
 
 template <class T>

@@ -41,7 +41,7 @@ inline LayerInputs aten(const rnnfast::LayerInputs& in) {
   return LayerInputs{in.cell, aten(in.x), aten(in.batch_sizes), aten(in.h0), aten(in.c0),
                      LayerWeights{aten(in.w.w_ih), aten(in.w.w_hh), aten(in.w.b_ih), aten(in.w.b_hh),
                                   aten(in.w.w_hr)},
-                     in.reverse};
+                     in.reverse, in.allow_tf32};
 }
 
 inline LayerBackwardInputs aten(const rnnfast::LayerBackwardInputs& b) {
@@ -54,7 +54,7 @@ inline rnnfast::LayerInputs stable(const LayerInputs& in) {
   return rnnfast::LayerInputs{in.cell, stable(in.x), stable(in.batch_sizes), stable(in.h0), stable(in.c0),
                               rnnfast::LayerWeights{stable(in.w.w_ih), stable(in.w.w_hh), stable(in.w.b_ih),
                                                     stable(in.w.b_hh), stable(in.w.w_hr)},
-                              in.reverse};
+                              in.reverse, in.allow_tf32};
 }
 
 inline rnnfast::LayerOutputs stable(const LayerOutputs& o) {

@@ -1,12 +1,8 @@
-// The schemas of the rnnfast operators, and the device-neutral argument glue
-// (ops.h), on the stable ABI. Devices register their kernels under
-// STABLE_TORCH_LIBRARY_IMPL(rnnfast, <key>, m) (cpu/ops_cpu.cpp,
-// cuda/ops_cuda.cpp); the autograd kernels are autograd.cpp's (C++) or
-// rnnfast/_autograd.py's; rnnfast/_ops.py registers the fake kernels used for
-// tracing.
+// The device-neutral argument glue of the rnnfast operators (ops.h), on the
+// stable ABI: compiled into the CPU library and into the CUDA library (their
+// schemas are op_schemas.cpp's, in the CPU library alone).
 #include "ops.h"
 
-#include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 
 #include <array>
@@ -31,7 +27,7 @@ OptTensor make_contiguous_opt(const OptTensor& t) {
 LayerInputs make_layer_inputs(int64_t cell, const Tensor& x, const OptTensor& batch_sizes,
                               const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                               const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                              const OptTensor& w_hr, bool reverse) {
+                              const OptTensor& w_hr, bool reverse, bool allow_tf32) {
   RNNFAST_CHECK(x.defined() && h0.defined() && w_ih.defined() && w_hh.defined(),
                 "rnnfast: x, h0, w_ih and w_hh are required");
   return LayerInputs{cell_from_code(cell),
@@ -41,7 +37,8 @@ LayerInputs make_layer_inputs(int64_t cell, const Tensor& x, const OptTensor& ba
                      make_contiguous_opt(c0),
                      LayerWeights{make_contiguous(w_ih), make_contiguous(w_hh), make_contiguous_opt(b_ih),
                                   make_contiguous_opt(b_hh), make_contiguous_opt(w_hr)},
-                     reverse};
+                     reverse,
+                     allow_tf32};
 }
 
 Tensor row_major(const Tensor& t) {
@@ -84,21 +81,3 @@ Tensor empty_like_device(const Tensor& like, torch::headeronly::IntHeaderOnlyArr
 Tensor or_empty(const Tensor& t, const Tensor& like) { return t.defined() ? t : empty_like_device(like, {0}); }
 
 }  // namespace rnnfast
-
-// One schema argument list for the layer inputs of every op. `cell` is a
-// CellType code (cells.h; rnnfast/_cells.py's Cell.code), not the mode string:
-// torch 2.13's stable-ABI boxing leaks ~48 bytes per call of a str argument
-// (pytorch#191340), and an int costs no parse per call.
-#define RNNFAST_LAYER_ARGS                                                                     \
-  "int cell, Tensor x, Tensor? batch_sizes, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, " \
-  "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse"
-
-STABLE_TORCH_LIBRARY(rnnfast, m) {
-  m.def("layer_forward(" RNNFAST_LAYER_ARGS ") -> (Tensor y, Tensor h_n, Tensor c_n)");
-  m.def("layer_forward_train(" RNNFAST_LAYER_ARGS
-        ") -> (Tensor y, Tensor h_n, Tensor c_n, Tensor workspace)");
-  m.def("layer_backward(" RNNFAST_LAYER_ARGS
-        ", Tensor y, Tensor workspace, Tensor dy, Tensor dh_n, Tensor? dc_n, bool[3] output_mask)"
-        " -> (Tensor dx, Tensor dh0, Tensor dc0, Tensor dw_ih, Tensor dw_hh, Tensor db_ih,"
-        " Tensor db_hh, Tensor dw_hr)");
-}

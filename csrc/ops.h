@@ -1,4 +1,4 @@
-// The rnnfast operators (schemas in ops.cpp) and the glue that turns a
+// The rnnfast operators (schemas in op_schemas.cpp) and the glue that turns a
 // device's layer implementation into their kernels.
 //
 //   rnnfast::layer_forward        inference: (y, h_n, c_n); differentiable
@@ -36,7 +36,7 @@ CellType cell_from_code(int64_t cell);
 LayerInputs make_layer_inputs(int64_t cell, const Tensor& x, const OptTensor& batch_sizes,
                               const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                               const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                              const OptTensor& w_hr, bool reverse);
+                              const OptTensor& w_hr, bool reverse, bool allow_tf32);
 
 // `t`, or a contiguous copy where it is not contiguous (no dispatcher call
 // for the usual, contiguous tensor).
@@ -72,9 +72,9 @@ struct DeviceOps {
   static ForwardResult forward(int64_t cell, const Tensor& x, const OptTensor& batch_sizes,
                                const Tensor& h0, const OptTensor& c0, const Tensor& w_ih,
                                const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-                               const OptTensor& w_hr, bool reverse) {
+                               const OptTensor& w_hr, bool reverse, bool allow_tf32) {
     LayerOutputs o = Forward(make_layer_inputs(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
-                                               b_hh, w_hr, reverse),
+                                               b_hh, w_hr, reverse, allow_tf32),
                              /*training=*/false);
     return {std::move(o.y), std::move(o.h_n), std::move(o.c_n)};
   }
@@ -84,9 +84,9 @@ struct DeviceOps {
                                           const OptTensor& c0, const Tensor& w_ih,
                                           const Tensor& w_hh, const OptTensor& b_ih,
                                           const OptTensor& b_hh, const OptTensor& w_hr,
-                                          bool reverse) {
+                                          bool reverse, bool allow_tf32) {
     LayerOutputs o = Forward(make_layer_inputs(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih,
-                                               b_hh, w_hr, reverse),
+                                               b_hh, w_hr, reverse, allow_tf32),
                              /*training=*/true);
     return {std::move(o.y), std::move(o.h_n), std::move(o.c_n), std::move(o.workspace)};
   }
@@ -97,10 +97,11 @@ struct DeviceOps {
                                  const OptTensor& b_ih, const OptTensor& b_hh,
                                  const OptTensor& w_hr, bool reverse, const Tensor& y,
                                  const Tensor& workspace, const Tensor& dy, const Tensor& dh_n,
-                                 const OptTensor& dc_n, std::vector<bool> output_mask) {
+                                 const OptTensor& dc_n, std::vector<bool> output_mask,
+                                 bool allow_tf32) {
     RNNFAST_CHECK(output_mask.size() == 3, "rnnfast: output_mask must have 3 entries");
     LayerBackwardInputs b{make_layer_inputs(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                            w_hr, reverse),
+                                            w_hr, reverse, allow_tf32),
                           row_major(y),
                           make_contiguous(workspace),
                           row_major(dy),

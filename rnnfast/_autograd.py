@@ -98,18 +98,18 @@ def _reference(cell_code, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, 
 
 class _LayerForward(torch.autograd.Function):
     """The training forward of one layer-direction; its backward is the fused layer_backward.
-    Inputs: (keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse);
+    Inputs: (keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, allow_tf32);
     outputs: (y, h_n, c_n, workspace), the workspace not differentiable."""
 
     @staticmethod
-    def forward(ctx, keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    def forward(ctx, keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, allow_tf32):
         # forward(ctx, ...) rather than forward + setup_context: one Python frame less per call. The
         # Function is only applied through the C++ _FunctionBase.apply (_apply, layer_forward), never
         # Function.apply's functorch path, which is what needs setup_context.
         out = _redispatch_forward_train(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                              reverse)
+                                        reverse, allow_tf32)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out[0], out[3])
-        ctx.args = (cell, batch_sizes, reverse)
+        ctx.args = (cell, batch_sizes, reverse, allow_tf32)
         # A kernel keyset of _backend_keyset's (the eager entry's calls, never the dispatcher's,
         # whose keysets are fresh objects): the first-order backward may go straight to that kernel.
         ctx.backend_keyset = keyset if any(keyset is k for k in _KERNEL_KEYSETS) else None
@@ -123,7 +123,7 @@ class _LayerForward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, _):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, workspace = ctx.saved_tensors
-        cell, batch_sizes, reverse = ctx.args
+        cell, batch_sizes, reverse, allow_tf32 = ctx.args
         # Outputs that fed nothing have no gradient: zeros.
         dy = torch.zeros_like(y) if dy is None else dy
         dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
@@ -131,10 +131,10 @@ class _LayerForward(torch.autograd.Function):
             dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
         else:
             dc_n = None
-        need = ctx.needs_input_grad  # (keyset, cell, x, batch_sizes, h0, c0, w_ih, ..., w_hr, reverse)
+        need = ctx.needs_input_grad  # (keyset, cell, x, batch_sizes, h0, c0, w_ih, ..., w_hr, reverse, allow_tf32)
         need_x, need_state, need_weights = need[2], need[4] or need[5], any(need[6:11])
         args = (cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y, workspace, dy, dh_n, dc_n,
-                [need_x, need_state, need_weights])
+                [need_x, need_state, need_weights], allow_tf32)
         if (ctx.backend_keyset is not None and not _C.is_grad_enabled() and not _dispatcher_needed()
                 and _backend_keyset((x, dy, dh_n, dc_n)) is ctx.backend_keyset):
             # First order on plain tensors, nothing that needs the dispatcher: straight to the kernel.
@@ -144,25 +144,26 @@ class _LayerForward(torch.autograd.Function):
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
         return (None, None, dx if need_x else None, None, dh0 if need[4] else None, dc0 if need[5] else None,
                 dw_ih if need[6] else None, dw_hh if need[7] else None, db_ih if need[8] else None,
-                db_hh if need[9] else None, dw_hr if need[10] else None, None)
+                db_hh if need[9] else None, dw_hr if need[10] else None, None, None)
 
 
 class _LayerBackward(torch.autograd.Function):
     """layer_backward, differentiable: its backward (a double backward) recomputes the forward
     through the reference equations and differentiates the first-order gradients there.
     Inputs: (keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y,
-    workspace, dy, dh_n, dc_n, output_mask); outputs: the 8 gradients ([0] where not computed)."""
+    workspace, dy, dh_n, dc_n, output_mask, allow_tf32); outputs: the 8 gradients ([0] where not
+    computed)."""
 
     @staticmethod
     def forward(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y, workspace, dy,
-                dh_n, dc_n, output_mask):
+                dh_n, dc_n, output_mask, allow_tf32):
         return _redispatch_backward(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                          reverse, y, workspace, dy, dh_n, dc_n, output_mask)
+                                    reverse, y, workspace, dy, dh_n, dc_n, output_mask, allow_tf32)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         (_, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, _, _, dy, dh_n, dc_n,
-         output_mask) = inputs
+         output_mask, _) = inputs
         layer_inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
         ctx.save_for_backward(*layer_inputs, dy, dh_n, dc_n)
         ctx.args = (cell, batch_sizes, reverse)
@@ -230,34 +231,39 @@ def _needs_grad(*tensors) -> bool:
     return _C.is_grad_enabled() and _C._any_requires_grad(*tensors)
 
 
-def _layer_forward_autograd(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _layer_forward_autograd(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                            allow_tf32=False):
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     if _has_tangent(tensors):
         # The kernel checks the arguments (the reference equations would take wrong shapes silently).
         _redispatch_forward(keyset & _BELOW_AUTOGRAD, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                            reverse)
+                            reverse, allow_tf32)
         y, h_n, c_n = _reference(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
         return y, h_n, (x.new_empty(0) if c_n is None else c_n)
     below = keyset & _BELOW_AUTOGRAD
     if not _needs_grad(*tensors):
-        return _redispatch_forward(below, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-    return _apply(_LayerForward, below, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)[:3]
+        return _redispatch_forward(below, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                                   allow_tf32)
+    return _apply(_LayerForward, below, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                  allow_tf32)[:3]
 
 
-def _layer_forward_train_autograd(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _layer_forward_train_autograd(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                                  allow_tf32=False):
     tensors = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     _refuse_forward_ad("layer_forward_train", tensors)
     below = keyset & _BELOW_AUTOGRAD
     if not _needs_grad(*tensors):
         return _redispatch_forward_train(below, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                               reverse)
-    return _apply(_LayerForward, below, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+                                         reverse, allow_tf32)
+    return _apply(_LayerForward, below, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                  allow_tf32)
 
 
 def _layer_backward_autograd(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y,
-                             workspace, dy, dh_n, dc_n, output_mask):
+                             workspace, dy, dh_n, dc_n, output_mask, allow_tf32=False):
     args = (cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y, workspace, dy, dh_n, dc_n,
-            output_mask)
+            output_mask, allow_tf32)
     # y and the workspace are functions of the other inputs, which the recomputation differentiates
     # through: they get no gradient of their own.
     differentiable = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dy, dh_n, dc_n)
@@ -267,7 +273,7 @@ def _layer_backward_autograd(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b
         return _redispatch_backward(below, *args)
     # No edges to y and the workspace (y has the forward's node as its history).
     return _apply(_LayerBackward, below, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                  y.detach(), workspace.detach(), dy, dh_n, dc_n, output_mask)
+                  y.detach(), workspace.detach(), dy, dh_n, dc_n, output_mask, allow_tf32)
 
 
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
@@ -328,7 +334,7 @@ def _eager_keyset(tensors):
     return _backend_keyset(tensors)
 
 
-def layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, allow_tf32=False):
     """rnnfast::layer_forward as the modules call it under the Python autograd: a call that records
     a graph on plain eager tensors does the Autograd kernel's work here, without the dispatcher's
     boxed round trip into it (the kernel is Python, so that trip costs Python time twice); an
@@ -341,7 +347,7 @@ def layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, re
             keyset = _eager_keyset(tensors)
             if keyset is not None:
                 return _LayerForward._raw_apply(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                reverse)[:3]
+                                                reverse, allow_tf32)[:3]
         elif (fwAD._current_level < 0 and not _C._are_functorch_transforms_active()
               and not _C._is_torch_function_mode_enabled() and not _C._has_torch_function(tensors)):
             # Inference: the Autograd kernel would only pass the call on (no tangent, nothing to
@@ -349,8 +355,9 @@ def layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, re
             # Not under __torch_function__ (a mode or subclass): its handler runs inside the call
             # and may hand the operator tensors that do require grad.
             with _C._AutoDispatchBelowAutograd():
-                return _layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
-    return _layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+                return _layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                                      allow_tf32)
+    return _layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, allow_tf32)
 
 
 _LIBRARY = None

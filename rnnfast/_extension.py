@@ -1,10 +1,20 @@
-"""Loading of the compiled extension ``rnnfast._C`` and what it reports.
+"""Loading of the compiled libraries and what they report.
 
-``import rnnfast`` succeeds without the extension (so that ``rnnfast.reference``
-stays usable), but says so with a warning, and every module refuses to run:
-rnnfast never falls back to a slow Python path behind the user's back.
+``rnnfast._C``, the CPU library (operators, CPU kernels, bindings), is imported as a module.
+``import rnnfast`` succeeds without it (so that ``rnnfast.reference`` stays usable), but says so
+with a warning, and every module refuses to run: rnnfast never falls back to a slow Python path
+behind the user's back.
+
+``rnnfast._C_cuda``, the CUDA library (built where the build had CUDA), registers the operators'
+CUDA kernels when it is loaded. It is loaded only where torch is a CUDA build of the CUDA major it
+was built for; a CPU-only torch never touches it. Where it cannot be loaded, rnnfast says so (a
+warning, and ``backend()["cuda_error"]``), and rnnfast's modules raise NotImplementedError for
+CUDA tensors, with the reason.
 """
 
+import ctypes
+import glob
+import os
 import warnings
 
 import torch
@@ -30,6 +40,49 @@ except ImportError as exc:  # the extension is missing or does not load
         RuntimeWarning,
         stacklevel=2,
     )
+
+
+def _load_cuda_library():
+    """(the loaded CUDA library or None, why not)."""
+    if _C is None:
+        return None, "the CPU library is not loaded"
+    build = _C.build_info()
+    paths = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_C_cuda*.so")))
+    if not build["cuda"] or not paths:
+        return None, "this build of rnnfast has no CUDA kernels"
+    if torch.version.cuda is None:
+        return None, f"torch {torch.__version__} is a CPU-only build"
+    built_major, torch_major = str(build["cuda_version"]).split(".")[0], torch.version.cuda.split(".")[0]
+    if built_major != torch_major:
+        reason = (f"rnnfast's CUDA kernels were built for CUDA {build['cuda_version']}, torch "
+                  f"{torch.__version__} is a CUDA {torch.version.cuda} build")
+        warnings.warn(f"{reason}: they are not loaded, and rnnfast's modules raise for CUDA tensors.",
+                      RuntimeWarning, stacklevel=3)
+        return None, reason
+    try:
+        library = ctypes.CDLL(paths[0])  # its static initialisers register the CUDA kernels
+    except OSError as exc:
+        reason = f"rnnfast's CUDA library {paths[0]} could not be loaded ({exc})"
+        warnings.warn(f"{reason}: rnnfast's modules raise for CUDA tensors.", RuntimeWarning, stacklevel=3)
+        return None, reason
+    library.rnnfast_cuda_set_gpu_path.argtypes = [ctypes.c_char_p]
+    library.rnnfast_cuda_set_gpu_path.restype = ctypes.c_int
+    library.rnnfast_cuda_persistent_launches.argtypes = []
+    library.rnnfast_cuda_persistent_launches.restype = ctypes.c_int64
+    return library, None
+
+
+_CUDA_LIBRARY, _CUDA_ERROR = _load_cuda_library()
+
+
+def cuda_loaded() -> bool:
+    """Whether the CUDA library is loaded (its kernels registered)."""
+    return _CUDA_LIBRARY is not None
+
+
+def cuda_error():
+    """Why the CUDA library is not loaded (None when it is)."""
+    return _CUDA_ERROR
 
 
 def require_extension():
@@ -75,7 +128,9 @@ def backend():
     ``version``, ``torch_version`` (runtime) and, when compiled: ``built_with_torch``,
     ``cpu_capability`` (instruction set of the CPU kernels in use),
     ``cpu_capabilities`` (all usable here), ``openmp``, ``cuda`` (CUDA kernels
-    compiled in), ``cuda_arches``, ``gpu_path`` (see :func:`set_gpu_path`), ``autograd``
+    built: the CUDA library beside the CPU one), ``cuda_arches``, ``cuda_version`` (the CUDA of the
+    torch it was built against), ``cuda_loaded`` (the CUDA library is loaded: its kernels are
+    registered), ``cuda_error`` (why not), ``gpu_path`` (see :func:`set_gpu_path`), ``autograd``
     (``"c++"`` or ``"python"``: which autograd kernels the operators run) and ``stable_abi``
     (the library is built on torch's stable ABI alone, as the wheel is: loads in every torch
     from 2.11 on; see the README).
@@ -96,6 +151,9 @@ def backend():
         openmp=build["openmp"],
         cuda=build["cuda"],
         cuda_arches=list(build["cuda_arches"]),
+        cuda_version=build["cuda_version"],
+        cuda_loaded=_CUDA_LIBRARY is not None,
+        cuda_error=_CUDA_ERROR,
         gpu_path=_C._gpu_path(),
         autograd=_autograd_kind(),
         stable_abi=build["stable_abi"],
@@ -120,11 +178,21 @@ def set_gpu_path(path: str) -> None:
     other layers, and shapes whose weights do not fit on the device, run the cuBLAS loop); weight
     gradients stay GEMMs. ``"auto"`` (the default) runs the cuBLAS loop: the persistent kernels
     have not yet been verified or timed on a GPU. The environment variable ``RNNFAST_GPU_PATH``
-    sets the starting value.
+    sets the starting value. (The CPU library's emulation of the GPU algorithm and the CUDA
+    library each keep the setting: this sets both.)
     """
-    require_extension()._set_gpu_path(path)
+    require_extension()._set_gpu_path(path)  # raises for an unknown name
+    if _CUDA_LIBRARY is not None and _CUDA_LIBRARY.rnnfast_cuda_set_gpu_path(path.encode()) != 0:
+        raise RuntimeError(f"rnnfast: the CUDA library refused the GPU path {path!r}")
 
 
 def gpu_path() -> str:
     """The setting of :func:`set_gpu_path`."""
     return require_extension()._gpu_path()
+
+
+def persistent_launches() -> int:
+    """Launches of the persistent kernels so far, on CUDA devices and emulated (the tests'
+    counter)."""
+    cuda = _CUDA_LIBRARY.rnnfast_cuda_persistent_launches() if _CUDA_LIBRARY is not None else 0
+    return require_extension()._gpu_persistent_launches() + cuda

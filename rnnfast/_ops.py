@@ -5,8 +5,8 @@ autograd in ``csrc/autograd.cpp``) and registered when ``rnnfast._C`` is importe
 ``RNNFAST_AUTOGRAD=python`` the extension leaves the Autograd key out and this module registers
 ``_autograd.py``'s kernels instead:
 
-``rnnfast::layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
--> (y, h_n, c_n)``
+``rnnfast::layer_forward(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+allow_tf32=False) -> (y, h_n, c_n)``
     One layer-direction on the time-major packed layout. ``cell`` is the cell's code
     (``_cells.Cell.code``: 0 LSTM, 1 GRU, 2 RNN_TANH, 3 RNN_RELU; an int, not the mode string, because
     the stable ABI's boxing of a ``str`` argument leaks in torch 2.13). ``x: [N, I]`` rows of all steps,
@@ -14,9 +14,11 @@ autograd in ``csrc/autograd.cpp``) and registered when ``rnnfast._C`` is importe
     ``h0: [B, P]``, ``c0: [B, H]`` (LSTM) or None; weights in torch.nn's layout. Returns
     ``y: [N, P]``, ``h_n: [B, P]``, ``c_n: [B, H]`` (``[0]`` for cells without a cell state).
     Differentiable (fused backward), twice (double backward through the reference equations).
+    ``allow_tf32``: fp32 GEMMs may use TF32 tensor cores (CUDA only; the modules pass torch's switch
+    for RNNs, see ``_tf32.py``).
 ``rnnfast::layer_forward_train(...) -> (y, h_n, c_n, workspace)``
     The same, also returning the saved activations (``[N * saved_width]``, see ``_cells.py``).
-``rnnfast::layer_backward(..., y, workspace, dy, dh_n, dc_n, output_mask)
+``rnnfast::layer_backward(..., reverse, y, workspace, dy, dh_n, dc_n, output_mask, allow_tf32=False)
 -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)``
     The fused gradients; ``output_mask`` = (input, initial states, weights). Gradients not asked
     for or not existing are ``[0]`` tensors.
@@ -73,12 +75,13 @@ if _C is not None:
         return y, h_n, c_n, hidden_size
 
     @torch.library.register_fake("rnnfast::layer_forward")
-    def _layer_forward_fake(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    def _layer_forward_fake(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, allow_tf32=False):
         y, h_n, c_n, _ = _fake_forward_outputs(_cell(cell), x, h0, w_ih)
         return y, h_n, c_n
 
     @torch.library.register_fake("rnnfast::layer_forward_train")
-    def _layer_forward_train_fake(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    def _layer_forward_train_fake(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                                  allow_tf32=False):
         spec = _cell(cell)
         y, h_n, c_n, hidden_size = _fake_forward_outputs(spec, x, h0, w_ih)
         workspace = x.new_empty(x.shape[0] * spec.saved_width(hidden_size, w_hr is not None))
@@ -86,7 +89,7 @@ if _C is not None:
 
     @torch.library.register_fake("rnnfast::layer_backward")
     def _layer_backward_fake(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                             y, workspace, dy, dh_n, dc_n, output_mask):
+                             y, workspace, dy, dh_n, dc_n, output_mask, allow_tf32=False):
         spec = _cell(cell)
         need_dx, need_dstate, need_dweights = output_mask
 

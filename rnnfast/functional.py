@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _ops
+from ._tf32 import allow_tf32
 from ._cells import CELLS
 
 
@@ -48,6 +49,7 @@ def rnn(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Opt
     has_proj = proj_size > 0
     per_direction = 2 + 2 * has_bias + has_proj
     layer_input = x
+    tf32 = allow_tf32(x)
     h_n, c_n = [], []
     for layer in range(num_layers):
         outputs = []
@@ -55,7 +57,7 @@ def rnn(mode: str, x: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Opt
             k = layer * D + d
             w = _direction_weights(flat_weights[k * per_direction:(k + 1) * per_direction], has_bias, has_proj)
             y, h, c = _ops.module_layer_forward(cell.code, layer_input, batch_sizes, h0[k],
-                                         c0[k] if cell.cell_state else None, *w, d == 1)
+                                         c0[k] if cell.cell_state else None, *w, d == 1, tf32)
             outputs.append(y)
             h_n.append(h)
             c_n.append(c)
@@ -73,5 +75,6 @@ def cell_step(mode: str, x: Tensor, h: Tensor, c: Optional[Tensor], w_ih: Tensor
     One fused operator call (both GEMMs and the gate math): a one-step layer-direction. Returns
     ``(h' [B, H], c' [B, H] or None)``.
     """
-    _, h_next, c_next = _ops.module_layer_forward(CELLS[mode].code, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False)
+    _, h_next, c_next = _ops.module_layer_forward(CELLS[mode].code, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False,
+                                                  allow_tf32(x))
     return h_next, (c_next if CELLS[mode].cell_state else None)

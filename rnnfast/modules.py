@@ -27,7 +27,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import _ops, functional
 from ._cells import CELLS
-from ._extension import build_info, require_extension
+from ._extension import build_info, cuda_error, cuda_loaded, require_extension
+from ._tf32 import allow_tf32
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -133,13 +134,14 @@ def _check_dtype_and_device(module, input, weight, states, names=("hx", "cx")):
             f"Input and parameter tensors are not at the same device, found input tensor at "
             f"{input.device} and parameter tensor at {weight.device}"
         )
-    if not input.is_cpu and not (input.is_cuda and build_info()["cuda"]):
-        if build_info()["cuda"]:
+    if not input.is_cpu and not (input.is_cuda and cuda_loaded()):
+        if cuda_loaded():
             where = "on the CPU and CUDA devices"
+        elif build_info()["cuda"]:
+            where = f"on the CPU only (its CUDA library is not loaded: {cuda_error()})"
         else:
-            where = ("on the CPU only (built without its CUDA kernels: the stable-ABI wheel has none "
-                     "yet; build from source with a CUDA torch and nvcc on CUDA_HOME, "
-                     "RNNFAST_FORCE_CUDA=1 to fail loudly otherwise)")
+            where = ("on the CPU only (built without its CUDA kernels: build with a CUDA torch and nvcc "
+                     "on CUDA_HOME, RNNFAST_FORCE_CUDA=1 to fail loudly otherwise)")
         raise NotImplementedError(
             f"rnnfast.{type(module).__name__}: this build runs {where} "
             f"(input on {input.device}, weights on {weight.device}); see rnnfast.backend()"
@@ -500,7 +502,7 @@ class _CellForward(_ReleasesPanels):
         device = input.device
         if dtype not in _SUPPORTED_DTYPES or w_ih.dtype != dtype or w_ih.device != device:
             return None
-        if not (device.type == "cpu" or (device.type == "cuda" and build_info()["cuda"])):
+        if not (device.type == "cpu" or (device.type == "cuda" and cuda_loaded())):
             return None
         batch, features = input.shape
         shape = (batch, self.hidden_size)
@@ -587,7 +589,8 @@ class _CellForward(_ReleasesPanels):
         if x.size(0) == 0 or self.hidden_size == 0:  # torch's cells accept both
             h, c = _empty_cell_result(x, (h, c) if is_lstm else (h,), (w_ih, w_hh, b_ih, b_hh))
         else:  # one fused operator call (functional.cell_step, inlined: a decoder calls it per token)
-            _, h, c = _ops.module_layer_forward(CELLS[mode].code, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False)
+            _, h, c = _ops.module_layer_forward(CELLS[mode].code, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False,
+                                                allow_tf32(x))
         if not is_batched:
             h = h.squeeze(0)
             c = c.squeeze(0) if c is not None else None

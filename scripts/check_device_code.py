@@ -1,6 +1,6 @@
-"""Check that a CUDA build of rnnfast._C holds device code for every kernel, dtype and arch.
+"""Check that a CUDA library of rnnfast (rnnfast._C_cuda) holds device code for every kernel, dtype and arch.
 
-    python scripts/check_device_code.py path/to/_C.so [ARCH_LIST]
+    python scripts/check_device_code.py path/to/_C_cuda.so [ARCH_LIST]
 
 ARCH_LIST is TORCH_CUDA_ARCH_LIST's syntax (default "8.0;9.0+PTX"). Every listed arch must have a
 cubin holding each entry kernel (the per-step forward and backward kernels, the conversion,

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # CI's CUDA build step, on a machine without a GPU. Run by scripts/test.sh after the CPU jobs.
 #   1. a venv (.venv-cuda) with torch==2.14.1, the CUDA 13.0 build, and the test requirements;
-#   2. rnnfast._C built with its CUDA kernels (RNNFAST_FORCE_CUDA=1, nvcc from CUDA_HOME, cuBLAS
-#      headers from the venv's nvidia/cu13/include on CPATH) into build-cuda/, apart from the
-#      in-place CPU build; and the same module through CMake (-DRNNFAST_CUDA=ON);
-#   3. device code for every kernel, dtype and arch (scripts/check_device_code.py);
-#   4. the module imports without a GPU, reports CUDA and its arches, and has CUDA kernels
-#      registered for every op;
+#   2. rnnfast._C and its CUDA library rnnfast._C_cuda (RNNFAST_FORCE_CUDA=1, nvcc from CUDA_HOME,
+#      cuBLAS headers from the venv's nvidia/cu13/include on CPATH) built into build-cuda/, apart
+#      from the in-place CPU build; and the same libraries through CMake (-DRNNFAST_CUDA=ON);
+#   3. device code for every kernel, dtype and arch (scripts/check_device_code.py), and no
+#      libtorch C++ symbol in the CUDA library (scripts/check_torch_symbols.sh: stable ABI alone);
+#   4. the package imports without a GPU, loads the CUDA library, reports CUDA and its arches, and
+#      has CUDA kernels registered for every op;
 #   5. the suites of loading, dispatch and the operators' contract against this build (backend,
 #      ops, parity, errors, export, panel cache: the whole CPU suite runs against the in-place build);
 #   6. the GPU algorithm (csrc/gpu/layer_loop.h) emulated on the CPU (RNNFAST_GPU_EMULATION=1)
@@ -38,10 +39,11 @@ rm -rf "$BUILD/lib"
 RNNFAST_FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-2}" "$VENV/bin/python" setup.py --quiet build_ext \
   --build-lib "$BUILD/lib" --build-temp "$BUILD/tmp" > "$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
 cp rnnfast/*.py "$BUILD/lib/rnnfast/"
-SO="$(ls "$BUILD"/lib/rnnfast/_C*.so)"
+CUDA_SO="$(ls "$BUILD"/lib/rnnfast/_C_cuda*.so)"
 lap "build"
 
-"$VENV/bin/python" scripts/check_device_code.py "$SO"
+"$VENV/bin/python" scripts/check_device_code.py "$CUDA_SO"
+bash scripts/check_torch_symbols.sh "$CUDA_SO"
 # -P: the in-place CPU build in the working directory must not come first on sys.path.
 (cd "$BUILD" && PYTHONPATH="$BUILD/lib" "$VENV/bin/python" -P - "$BUILD/lib" <<'PY'
 import sys
@@ -50,28 +52,30 @@ import rnnfast
 assert rnnfast._C.__file__.startswith(sys.argv[1]), rnnfast._C.__file__
 info = rnnfast.backend()
 assert info["cuda"] is True and info["cuda_arches"] == ["8.0", "9.0+PTX"], info
+assert info["cuda_loaded"] is True and info["cuda_error"] is None and info["cuda_version"] == torch.version.cuda, info
 assert not torch.cuda.is_available()
 for op in ("layer_forward", "layer_forward_train", "layer_backward"):
     name = f"rnnfast::{op}"
     for key in ("CPU", "CUDA"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(name, key), (name, key)
-print("imports without a GPU; backend():", {k: info[k] for k in ("cuda", "cuda_arches", "built_with_torch")},
+print("imports without a GPU; backend():", {k: info[k] for k in ("cuda", "cuda_loaded", "cuda_arches", "built_with_torch")},
       "; CPU and CUDA kernels registered for every op")
 PY
 )
 lap "device code and import"
 
-echo "== cuda: the CMake build of the same module with its CUDA kernels (-DRNNFAST_CUDA=ON)"
+echo "== cuda: the CMake build of the same libraries (-DRNNFAST_CUDA=ON)"
 CMAKE_BUILD="$BUILD/cmake"
 cmake -S "$ROOT" -B "$CMAKE_BUILD" -DCMAKE_BUILD_TYPE=Release -DRNNFAST_CUDA=ON \
   -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME" -DPython3_EXECUTABLE="$VENV/bin/python" \
   -DCMAKE_PREFIX_PATH="$("$VENV/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
   > "$BUILD/cmake.log" 2>&1 || { tail -40 "$BUILD/cmake.log"; exit 1; }
-cmake --build "$CMAKE_BUILD" -j "${MAX_JOBS:-2}" --target rnnfast_C >> "$BUILD/cmake.log" 2>&1 \
+cmake --build "$CMAKE_BUILD" -j "${MAX_JOBS:-2}" --target rnnfast_C rnnfast_C_cuda >> "$BUILD/cmake.log" 2>&1 \
   || { tail -40 "$BUILD/cmake.log"; exit 1; }
-"$VENV/bin/python" scripts/check_device_code.py "$(ls "$CMAKE_BUILD"/rnnfast/_C*.so)"
+"$VENV/bin/python" scripts/check_device_code.py "$(ls "$CMAKE_BUILD"/rnnfast/_C_cuda*.so)"
+bash scripts/check_torch_symbols.sh "$(ls "$CMAKE_BUILD"/rnnfast/_C_cuda*.so)"
 (cd "$CMAKE_BUILD" && PYTHONPATH="$CMAKE_BUILD" "$VENV/bin/python" -P -c \
-  "import rnnfast; assert rnnfast._C.__file__.startswith('$CMAKE_BUILD'); assert rnnfast.backend()['cuda']; print('CMake-built CUDA module imports:', rnnfast._C.__file__)")
+  "import rnnfast; assert rnnfast._C.__file__.startswith('$CMAKE_BUILD'); info = rnnfast.backend(); assert info['cuda'] and info['cuda_loaded'], info; print('CMake-built CUDA library loads:', rnnfast._C.__file__)")
 lap "CMake CUDA build"
 
 run_tests() {

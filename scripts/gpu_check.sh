@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for a fresh GPU machine with no network whose python3 already has a CUDA torch
 # (seen: one H100 or H200, torch 2.11.0+cu130, cuDNN 9.19, nvcc 13.0, 16 cores):
-#   1. build rnnfast._C in place with its CUDA kernels (RNNFAST_FORCE_CUDA=1: no silent CPU build);
-#   2. check the device code in the extension (cuobjdump);
+#   1. build rnnfast._C and its CUDA library rnnfast._C_cuda in place (RNNFAST_FORCE_CUDA=1: no
+#      silent CPU build), and check that the CUDA library loads (backend()["cuda_loaded"]);
+#   2. check the device code in the CUDA library (cuobjdump);
 #   3. run tests/cuda under both GPU paths of the forward, the per-step cuBLAS loop and the
 #      persistent kernel (parity with cuDNN and with rnnfast on the CPU, gradcheck, bf16/fp16,
 #      streams, CUDA graphs, bitwise repeat, opcheck, sync debug mode);
@@ -89,7 +90,13 @@ fi
 
 # 2. Device code: every kernel for every dtype, for each arch of TORCH_CUDA_ARCH_LIST (default
 #    sm_80, sm_90 + PTX); cuobjdump from PATH, CUDA_HOME or triton's bundle.
-SO=$(ls rnnfast/_C*.so | head -1)
+if ! "$PY" -c "import rnnfast, sys; i = rnnfast.backend(); sys.exit(0 if i['cuda_loaded'] else i['cuda_error'])" >> "$LOG" 2>&1; then
+  tail -5 "$LOG"
+  say "THE CUDA LIBRARY DID NOT LOAD: the GPU tests below fail"
+  SUMMARY+=("$(printf '%-34s %-14s' "CUDA library loads" "FAILED")")
+  FAILED=1
+fi
+SO=$(ls rnnfast/_C_cuda*.so | head -1)
 step "device code (check_device_code.py)" 60 "$PY" scripts/check_device_code.py "$SO"
 
 # 3. The GPU tests.

@@ -56,7 +56,7 @@ def main() -> int:
     # RNNFAST_SANITIZE_PATHS=persistent (gpu_check.sh's racecheck run): one path only.
     paths = os.environ.get("RNNFAST_SANITIZE_PATHS", "cublas,persistent").split(",")
     for path, dtype, tol in [(p, d, t) for p in paths for d, t in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2))]:
-        rnnfast._C._set_gpu_path(path)
+        rnnfast.set_gpu_path(path)
         for name, make, packed in cases:
             module = make().to(dtype)
             if "Cell" in name:

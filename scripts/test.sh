@@ -61,8 +61,10 @@ else
   echo "############################################################################"
 fi
 # The wheel (issue 16): built on the stable ABI alone against the CUDA build of torch 2.14.1 that
-# the CUDA step installed (else against .venv's torch, said below), nm-checked, then installed with
-# pip into a fresh venv beside torch 2.13.0 (CPU build) with no compiler reachable, and tested there.
+# the CUDA step installed (else against .venv's torch, said below), with its CUDA library,
+# nm-checked, then installed with pip into fresh venvs with no compiler reachable and tested there:
+# beside torch 2.13.0 (CPU build: the CUDA library stays unloaded) and beside torch 2.14.1 (CUDA
+# 13.0 build, no GPU: the CUDA library loads and registers its kernels).
 start=$(date +%s)
 if [ -x "$ROOT/.venv-cuda/bin/python" ]; then
   RNNFAST_WHEEL_VENV="$ROOT/.venv-cuda" "$ROOT/scripts/build_wheel.sh"
@@ -71,5 +73,8 @@ else
   RNNFAST_WHEEL_VENV="$VENV" "$ROOT/scripts/build_wheel.sh"
 fi
 "$ROOT/scripts/wheel_check.sh" torch==2.13.0
+if [ -x "$ROOT/.venv-cuda/bin/python" ]; then
+  RNNFAST_WHEEL_SUITE=dispatch "$ROOT/scripts/wheel_check.sh" torch==2.14.1
+fi
 echo "== wheel step took $(( $(date +%s) - start )) s"
 echo "== all tests passed"

@@ -11,6 +11,10 @@
 #
 #   scripts/wheel_check.sh [TORCH_REQUIREMENT]     default torch==2.13.0 (the CPU build)
 #
+# Beside a CUDA build of torch of the wheel's CUDA major, the wheel's CUDA library must load and
+# register its kernels (no GPU needed: nothing runs on a device); beside any other torch it must
+# stay unloaded (tests/test_backend.py). RNNFAST_WHEEL_SUITE=dispatch runs the issue's short list
+# only (backend, parity, ops, errors, export): CI's check beside the CUDA torch.
 # RNNFAST_WHEEL_SUITE=all runs the whole suite instead (but tests/test_docs.py, which checks the
 # source tree's documents, not the library), with the compiler on PATH for torch.compile's
 # inductor (installed without it all the same); scripts/wheel_other_torches.sh uses it.
@@ -49,12 +53,18 @@ info = rnnfast.backend()
 print(json.dumps(info))
 assert rnnfast.__file__.startswith(os.path.join('$VENV', 'lib')), rnnfast.__file__
 assert info['compiled'] and info['stable_abi'], info
+same_cuda = info['cuda'] and torch.version.cuda and torch.version.cuda.split('.')[0] == info['cuda_version'].split('.')[0]
+assert info['cuda_loaded'] is bool(same_cuda), info
+print('CUDA library:', 'loaded, kernels registered' if info['cuda_loaded'] else 'not loaded: ' + info['cuda_error'])
 "
 if [ "${RNNFAST_WHEEL_SUITE:-ci}" = all ]; then
   # With the compiler back on PATH: torch.compile's inductor compiles the C++ it generates (in
   # test_compile.py and test_low_precision.py).
   env -u PYTHONPATH PATH="$VENV/bin:$PATH" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q \
     -p no:cacheprovider tests --ignore=tests/test_docs.py
+elif [ "${RNNFAST_WHEEL_SUITE:-ci}" = dispatch ]; then
+  env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+    tests/test_backend.py tests/test_parity.py tests/test_ops.py tests/test_errors.py tests/test_export.py
 else
   env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_backend.py tests/test_parity.py tests/test_ops.py tests/test_errors.py tests/test_export.py \

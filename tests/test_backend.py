@@ -32,11 +32,25 @@ def test_backend_reports_the_build():
     assert info["cpu_capability"] in info["cpu_capabilities"]
     assert "default" in info["cpu_capabilities"]
     assert info["openmp"] is True
-    # A CUDA build needs a CUDA torch and names its arches; a CPU build names none.
+    # A build with CUDA names its arches and CUDA version; a CPU build names none.
     if info["cuda"]:
-        assert torch.version.cuda is not None and info["cuda_arches"], info
+        assert info["cuda_arches"] and info["cuda_version"], info
     else:
-        assert info["cuda_arches"] == [], info
+        assert info["cuda_arches"] == [] and info["cuda_version"] is None, info
+    # The CUDA library is loaded exactly where it was built and torch is a CUDA build of its CUDA
+    # major (the wheel, built against a CUDA torch, also installs beside CPU-only torches); its
+    # kernels are registered exactly when it is loaded, and backend() says why not otherwise.
+    same_major = (torch.version.cuda is not None and info["cuda"]
+                  and torch.version.cuda.split(".")[0] == info["cuda_version"].split(".")[0])
+    assert info["cuda_loaded"] is bool(same_major), info
+    assert (info["cuda_error"] is None) is info["cuda_loaded"], info
+    if not info["cuda"]:
+        assert info["cuda_error"] == "this build of rnnfast has no CUDA kernels", info
+    elif torch.version.cuda is None:
+        assert info["cuda_error"] == f"torch {torch.__version__} is a CPU-only build", info
+    for op in ("layer_forward", "layer_forward_train", "layer_backward"):
+        registered = torch._C._dispatch_has_kernel_for_dispatch_key(f"rnnfast::{op}", "CUDA")
+        assert registered is info["cuda_loaded"], (op, info)
     # CI states which build it made (RNNFAST_EXPECT_CUDA=0/1): a build that silently dropped
     # (or gained) the CUDA kernels fails here.
     expected = os.environ.get("RNNFAST_EXPECT_CUDA")

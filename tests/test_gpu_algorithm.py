@@ -262,3 +262,99 @@ def test_cells_with_input_size_zero(kind, emulated):
     want, got = reference(x, state), fast(x, state)
     for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
         torch.testing.assert_close(g, w, **TOL[torch.float64])
+
+
+def _float32(args):
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+
+def _forward_and_grads(forward, args, allow_tf32, cotangents):
+    """(y, h_n, c_n) of a differentiable forward and the gradients of every input that has one."""
+    args = tuple(a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                 for a in args)
+    outputs = forward(*args, allow_tf32)
+    inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    used = [(o, c) for o, c in zip(outputs, cotangents) if c is not None]
+    grads = torch.autograd.grad([o for o, _ in used], inputs, [c for _, c in used])
+    return [o.detach() for o in outputs], list(grads)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("autograd", ["registered", "python"])
+def test_allow_tf32_reaches_the_gemms_forward_and_backward(cell, autograd, emulated):
+    """The ops' allow_tf32 (torch's RNN TF32 switch, read in Python: the stable ABI cannot) reaches
+    the GPU algorithm's GEMMs in the forward, and through either autograd (the registered one and
+    rnnfast/_autograd.py's) in the backward. The emulated executor rounds fp32 GEMM inputs to TF32
+    where the CUDA executor would ask cuBLAS for TF32. So: with it, the forward and the gradients
+    differ from full fp32, stay within TF32's error of float64, and equal a direct layer_backward
+    call with the flag bit for bit; without it, nothing is rounded."""
+    from rnnfast import _autograd
+
+    forward = torch.ops.rnnfast.layer_forward if autograd == "registered" else _autograd.layer_forward
+    args64 = _layer_args(cell, 6, packed=True, reverse=True, H=24)
+    args = _float32(args64)
+    y, h_n, c_n = torch.ops.rnnfast.layer_forward(*args64)
+    cotangents = (torch.randn_like(y).float(), torch.randn_like(h_n).float(),
+                  torch.randn_like(c_n).float() if c_n.numel() else None)
+    full, full_grads = _forward_and_grads(forward, args, False, cotangents)
+    tf32, tf32_grads = _forward_and_grads(forward, args, True, cotangents)
+    for k, (a, b, ref) in enumerate(zip(full, tf32, (y, h_n, c_n))):
+        if not ref.numel():
+            continue
+        torch.testing.assert_close(a.double(), ref, **TOL[torch.float32], msg=lambda m: f"output {k}, fp32: {m}")
+        torch.testing.assert_close(b.double(), ref, rtol=2e-2, atol=2e-2, msg=lambda m: f"output {k}, TF32: {m}")
+        assert not torch.equal(a, b), f"output {k}: allow_tf32=True changed nothing"
+    for k, (a, b) in enumerate(zip(full_grads, tf32_grads)):
+        torch.testing.assert_close(b, a, rtol=5e-2, atol=5e-2, msg=lambda m: f"gradient {k}: {m}")
+    assert any(not torch.equal(a, b) for a, b in zip(full_grads[1:], tf32_grads[1:])), \
+        "allow_tf32=True changed no gradient"
+    # The backward the autograd ran is layer_backward with the forward's flag.
+    _, _, _, workspace = torch.ops.rnnfast.layer_forward_train(*args, True)
+    direct = torch.ops.rnnfast.layer_backward(*args, tf32[0], workspace, *cotangents[:2],
+                                              cotangents[2], [True, True, True], True)
+    x_grad, h0_grad = tf32_grads[0], tf32_grads[1]
+    torch.testing.assert_close(x_grad, direct[0], rtol=0, atol=0)
+    torch.testing.assert_close(h0_grad, direct[1], rtol=0, atol=0)
+    # Other dtypes are never rounded.
+    torch.testing.assert_close(torch.ops.rnnfast.layer_forward(*args64, True)[0], y, rtol=0, atol=0)
+
+
+def test_allow_tf32_is_read_for_fp32_cuda_tensors_only(monkeypatch):
+    """The modules read torch's RNN switch for fp32 CUDA inputs only (rnnfast/_tf32.py): for CPU
+    tensors the argument is False without reading it, so a CPU call costs nothing and a CPU graph
+    holds no such constant."""
+    from rnnfast import _tf32
+
+    def refuse():
+        raise AssertionError("the switch was read for a CPU tensor")
+
+    monkeypatch.setattr(_tf32, "_cudnn_rnn_tf32", refuse)
+    assert _tf32.allow_tf32(torch.randn(2, 3)) is False
+    m = rnnfast.GRU(3, 4)
+    m(torch.randn(5, 2, 3))
+    rnnfast.LSTMCell(3, 4)(torch.randn(2, 3))
+
+
+def test_allow_tf32_follows_torchs_rnn_switch():
+    """_cudnn_rnn_tf32 is torch's switch for cuDNN's RNNs (torch.backends.cudnn.rnn.fp32_precision,
+    "tf32" by default; torch.backends.cudnn.allow_tf32 = False turns it off), the switch torch.nn's
+    cuDNN RNNs follow; torch.backends.cuda.matmul.allow_tf32 is not one of them. (The cudnn flags
+    go through their context manager: torch's test utilities freeze direct assignment.)"""
+    from rnnfast import _tf32
+
+    cudnn = torch.backends.cudnn
+
+    def switch(allow_tf32):
+        return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                           allow_tf32=allow_tf32)
+
+    matmul_before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for matmul in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = matmul
+            with switch(True):
+                assert _tf32._cudnn_rnn_tf32() is True and cudnn.rnn.fp32_precision == "tf32"
+            with switch(False):
+                assert _tf32._cudnn_rnn_tf32() is False and cudnn.rnn.fp32_precision != "tf32"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_before

@@ -1,4 +1,4 @@
-// The CPU kernels of the rnnfast operators (schemas: csrc/ops.cpp): checks,
+// The CPU kernels of the rnnfast operators (schemas: csrc/op_schemas.cpp): checks,
 // output tensors, then the time loops on raw memory (layer_view.h); or the
 // GPU algorithm emulated on the CPU while the tests ask for it
 // (gpu/emulated.h). On the stable ABI.

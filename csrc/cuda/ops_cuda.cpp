@@ -1,19 +1,30 @@
-// The CUDA kernels of the rnnfast operators (schemas: csrc/ops.cpp): the GPU
+// The CUDA kernels of the rnnfast operators (schemas: csrc/op_schemas.cpp): the GPU
 // algorithm of gpu/layer_loop.h run by CudaExec, which enqueues cuBLAS GEMMs
 // on torch's cuBLAS handle and the pointwise kernels of
 // cuda/pointwise_kernels.cuh on torch's current stream. Host code only (the
 // device code is in the .cu files); compiled when the extension is built with
 // CUDA (setup.py, CMakeLists.txt).
 //
-// Every cuBLAS call and every launch is checked. Error messages here format
-// no integers: on one CUDA machine the project was tested on, formatting an
-// integer in a TORCH_CHECK message of an extension crashed the process.
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
+// On torch's stable ABI alone (compiled with TORCH_TARGET_VERSION, checked by
+// scripts/check_torch_symbols.sh): torch's current stream, its cuBLAS handle
+// and the device guard come from the stable C shim; whether fp32 GEMMs may use
+// TF32 comes in with the call (the ops' allow_tf32, read in Python).
+//
+// Every shim call, cuBLAS call and launch is checked. Error messages here
+// format no integers: on one CUDA machine the project was tested on,
+// formatting an integer in a TORCH_CHECK message of an extension crashed the
+// process.
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/c/shim.h>
 #include <torch/csrc/stable/library.h>
-#include <torch/version.h>
 
 #include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #include "../gpu/layer_loop.h"
 #include "../ops.h"
@@ -26,15 +37,19 @@
 #define RNNFAST_CUDA_CHECK(expr)                                                                     \
   do {                                                                                               \
     const cudaError_t err_ = (expr);                                                                 \
-    TORCH_CHECK(err_ == cudaSuccess, "rnnfast: CUDA error: ", cudaGetErrorString(err_), " at " RNNFAST_WHERE); \
+    RNNFAST_CHECK(err_ == cudaSuccess, "rnnfast: CUDA error: ", cudaGetErrorString(err_), " at " RNNFAST_WHERE); \
   } while (0)
 
 #define RNNFAST_CUBLAS_CHECK(expr)                                                                   \
   do {                                                                                               \
     const cublasStatus_t st_ = (expr);                                                               \
-    TORCH_CHECK(st_ == CUBLAS_STATUS_SUCCESS, "rnnfast: cuBLAS error: ", cublasGetStatusString(st_), \
+    RNNFAST_CHECK(st_ == CUBLAS_STATUS_SUCCESS, "rnnfast: cuBLAS error: ", cublasGetStatusString(st_), \
                 " at " RNNFAST_WHERE);                                                               \
   } while (0)
+
+// A call of torch's stable C shim (AOTITorchError 0 is success).
+#define RNNFAST_SHIM_CHECK(expr)                                                                     \
+  RNNFAST_CHECK((expr) == AOTI_TORCH_SUCCESS, "rnnfast: torch's C shim failed: " #expr " at " RNNFAST_WHERE)
 
 namespace rnnfast {
 namespace cuda {
@@ -48,26 +63,54 @@ constexpr cudaDataType_t cuda_type() {
   return CUDA_R_16F;
 }
 
-// fp32 GEMMs use TF32 tensor cores when torch allows them for cuDNN's RNNs
-// (torch.backends.cudnn.allow_tf32, default True), as torch.nn's cuDNN path.
-bool tf32_allowed() {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
-  return at::globalContext().allowTF32CuDNN(at::Float32Op::RNN);
-#else
-  return at::globalContext().allowTF32CuDNN();
-#endif
+// torch's current stream on the current device.
+cudaStream_t current_stream(int32_t device_index) {
+  void* stream = nullptr;
+  RNNFAST_SHIM_CHECK(aoti_torch_get_current_cuda_stream(device_index, &stream));
+  return static_cast<cudaStream_t>(stream);
+}
+
+// torch's cuBLAS handle of the current device, bound to its current stream
+// and workspace (the shim's call is at::cuda::getCurrentCUDABlasHandle).
+cublasHandle_t current_blas_handle() {
+  void* handle = nullptr;
+  RNNFAST_SHIM_CHECK(torch_get_current_cuda_blas_handle(&handle));
+  return static_cast<cublasHandle_t>(handle);
+}
+
+// The properties the persistent kernels' planning reads, per device, fetched
+// once (cudaGetDeviceProperties takes milliseconds).
+struct DeviceLimits {
+  bool cooperative_launch = false;
+  int64_t smem_per_block_optin = 0;
+  int64_t sms = 0;
+};
+
+const DeviceLimits& device_limits(int device) {
+  static std::mutex mutex;
+  static std::vector<std::unique_ptr<DeviceLimits>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  RNNFAST_CHECK(device >= 0, "rnnfast: no current CUDA device");
+  if (size_t(device) >= cache.size()) cache.resize(size_t(device) + 1);
+  if (!cache[size_t(device)]) {
+    cudaDeviceProp prop{};
+    RNNFAST_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    cache[size_t(device)] = std::make_unique<DeviceLimits>(
+        DeviceLimits{prop.cooperativeLaunch != 0, int64_t(prop.sharedMemPerBlockOptin), int64_t(prop.multiProcessorCount)});
+  }
+  return *cache[size_t(device)];
 }
 
 class CudaExec {
  public:
-  CudaExec()
-      : handle_(at::cuda::getCurrentCUDABlasHandle()),
-        stream_(at::cuda::getCurrentCUDAStream().stream()),
-        tf32_(tf32_allowed()) {
+  // `tf32`: fp32 GEMMs may use TF32 tensor cores (LayerInputs::allow_tf32: torch's switch for
+  // RNNs, torch.backends.cudnn.rnn.fp32_precision, read by the caller), as torch.nn's cuDNN path.
+  CudaExec(int32_t device, bool tf32)
+      : handle_(current_blas_handle()), stream_(current_stream(device)), device_(device), tf32_(tf32) {
     // torch sets the handle's math mode from torch.backends.cuda.matmul.allow_tf32 on every fetch,
     // and CUBLAS_TF32_TENSOR_OP_MATH would turn CUBLAS_COMPUTE_32F into TF32. RNNs follow the
-    // cuDNN switch instead (tf32_allowed), stated by the compute type of each GEMM, so the mode
-    // goes back to the default here (torch sets its own again at its next fetch of the handle).
+    // cuDNN switch instead (tf32_), stated by the compute type of each GEMM, so the mode goes back
+    // to the default here (torch sets its own again at its next fetch of the handle).
     RNNFAST_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH));
   }
 
@@ -84,7 +127,7 @@ class CudaExec {
     } else {
       compute = CUBLAS_COMPUTE_32F;  // 16-bit inputs, fp32 sums
     }
-    TORCH_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX && lda <= INT32_MAX && ldb <= INT32_MAX &&
+    RNNFAST_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX && lda <= INT32_MAX && ldb <= INT32_MAX &&
                     ldc <= INT32_MAX,
                 "rnnfast: a GEMM of this layer exceeds cuBLAS's 32-bit sizes");
     RNNFAST_CUBLAS_CHECK(cublasGemmEx(handle_, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
@@ -121,12 +164,12 @@ class CudaExec {
   // cooperative launch requires it), at most the opt-in shared memory per block.
   template <typename S>
   gpu::PersistentGeometry plan_persistent(gpu::PersistentKind kind, int64_t G, int64_t H, int64_t B) {
-    const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-    if (!prop->cooperativeLaunch) return {};
-    return gpu::plan_persistent<S>(kind, G, H, B, prop->sharedMemPerBlockOptin, [&](size_t smem_bytes) {
+    const DeviceLimits& limits = device_limits(device_);
+    if (!limits.cooperative_launch) return {};
+    return gpu::plan_persistent<S>(kind, G, H, B, limits.smem_per_block_optin, [&](size_t smem_bytes) {
       int per_sm = 0;
       RNNFAST_CUDA_CHECK(persistent_blocks_per_sm<S>(kind, smem_bytes, &per_sm));
-      return int64_t(per_sm) * prop->multiProcessorCount;
+      return int64_t(per_sm) * limits.sms;
     });
   }
   template <typename S>
@@ -141,14 +184,16 @@ class CudaExec {
  private:
   cublasHandle_t handle_;  // torch's, bound to its current stream
   cudaStream_t stream_;    // torch's current stream
+  int32_t device_;
   bool tf32_;
 };
 
 rnnfast::LayerOutputs layer_forward_cuda(const rnnfast::LayerInputs& in, bool training) {
   const LayerDims d = check_layer_inputs(in);
-  TORCH_CHECK(in.x.is_cuda(), "rnnfast: layer_forward_cuda got a tensor that is not on a CUDA device");
-  const c10::cuda::CUDAGuard guard(c10::DeviceIndex(in.x.get_device_index()));
-  CudaExec ex;
+  RNNFAST_CHECK(in.x.is_cuda(), "rnnfast: layer_forward_cuda got a tensor that is not on a CUDA device");
+  const int32_t device = in.x.get_device_index();
+  const torch::stable::accelerator::DeviceGuard guard(device);
+  CudaExec ex(device, in.allow_tf32);
   return gpu::with_storage_type(in.x.scalar_type(), [&](auto tag) {
     return gpu::GpuForwardLoop<CudaExec, decltype(tag)>(ex, in, d, training).run();
   });
@@ -156,9 +201,10 @@ rnnfast::LayerOutputs layer_forward_cuda(const rnnfast::LayerInputs& in, bool tr
 
 rnnfast::LayerGrads layer_backward_cuda(const rnnfast::LayerBackwardInputs& b) {
   const LayerDims d = check_backward_inputs(b);
-  TORCH_CHECK(b.in.x.is_cuda(), "rnnfast: layer_backward_cuda got a tensor that is not on a CUDA device");
-  const c10::cuda::CUDAGuard guard(c10::DeviceIndex(b.in.x.get_device_index()));
-  CudaExec ex;
+  RNNFAST_CHECK(b.in.x.is_cuda(), "rnnfast: layer_backward_cuda got a tensor that is not on a CUDA device");
+  const int32_t device = b.in.x.get_device_index();
+  const torch::stable::accelerator::DeviceGuard guard(device);
+  CudaExec ex(device, b.in.allow_tf32);
   return gpu::with_storage_type(b.in.x.scalar_type(), [&](auto tag) {
     return gpu::GpuBackwardLoop<CudaExec, decltype(tag)>(ex, b, d).run();
   });

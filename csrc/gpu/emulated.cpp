@@ -28,11 +28,6 @@ std::atomic<int64_t> g_calls{0};
 
 int64_t emulated_calls() { return g_calls.load(); }
 
-int64_t& chunk_rows_override() {
-  static int64_t rows = 0;
-  return rows;
-}
-void set_chunk_rows(int64_t rows) { chunk_rows_override() = rows; }
 
 bool gpu_emulation() { return flag().load(std::memory_order_relaxed); }
 void set_gpu_emulation(bool on) { flag().store(on); }
@@ -40,7 +35,7 @@ void set_gpu_emulation(bool on) { flag().store(on); }
 LayerOutputs layer_forward_emulated(const LayerInputs& in, bool training) {
   const LayerDims d = check_layer_inputs(in);
   ++g_calls;
-  EmulatedExec ex;
+  EmulatedExec ex(in.allow_tf32);
   return with_storage_type(in.x.scalar_type(), [&](auto tag) {
     return GpuForwardLoop<EmulatedExec, decltype(tag)>(ex, in, d, training).run();
   });
@@ -49,7 +44,7 @@ LayerOutputs layer_forward_emulated(const LayerInputs& in, bool training) {
 LayerGrads layer_backward_emulated(const LayerBackwardInputs& b) {
   const LayerDims d = check_backward_inputs(b);
   ++g_calls;
-  EmulatedExec ex;
+  EmulatedExec ex(b.in.allow_tf32);
   return with_storage_type(b.in.x.scalar_type(), [&](auto tag) {
     return GpuBackwardLoop<EmulatedExec, decltype(tag)>(ex, b, d).run();
   });

@@ -4,12 +4,18 @@
 // conversions) against torch.nn. Column-major GEMMs with cuBLAS's semantics
 // as plain loops over the raw buffers (products summed in the accumulation
 // type, like cublasGemmEx with a 32-bit compute type); the element-wise work
-// as loops over the very functions the CUDA kernels run per thread.
+// as loops over the very functions the CUDA kernels run per thread. With
+// allow_tf32, fp32 GEMM inputs are rounded to TF32 (10 mantissa bits, to
+// nearest even) before each product, as TF32 tensor cores take them, so the
+// argument's path through the ops and their autograd is visible on the CPU.
 //
 // Not a fast path: it exists for tests (rnnfast._C._set_gpu_emulation).
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../check.h"
@@ -20,37 +26,37 @@
 
 namespace rnnfast::gpu {
 
+// `v` rounded to TF32's 10 mantissa bits, to nearest even (Inf and NaN kept).
+inline float round_to_tf32(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  if ((bits & 0x7f800000u) != 0x7f800000u) {
+    bits += 0x0fffu + ((bits >> 13) & 1u);
+    bits &= 0xffffe000u;
+  }
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
 class EmulatedExec {
  public:
+  // `tf32`: the ops' allow_tf32 (CudaExec's compute type for fp32 GEMMs).
+  explicit EmulatedExec(bool tf32) : tf32_(tf32) {}
+
   template <typename S, typename Out>
   void gemm_cm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
                const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc) {
-    using Acc = acc_t<S>;
     // gemm_rm writes empty products itself: a GEMM with k == 0 here is a bug.
     RNNFAST_CHECK(k > 0, "rnnfast: internal error: a GEMM with k == 0 reached the executor");
-    // Column-major X with leading dimension ld: element (r, c) at r + c*ld; op(X) its transpose
-    // when trans. Each sum runs over p = 0 .. k-1 in order, in Acc.
-    auto b_at = [&](int64_t p, int64_t j) { return Acc(trans_b ? B[j + p * ldb] : B[p + j * ldb]); };
-    std::vector<Acc> col(static_cast<size_t>(m));  // C's column j, summed
-    for (int64_t j = 0; j < n; ++j) {
-      if (trans_a) {  // op(A)(i, p) = A[p + i*lda]: a dot product along A's columns
-        for (int64_t i = 0; i < m; ++i) {
-          Acc sum = Acc(0);
-          for (int64_t p = 0; p < k; ++p) sum += Acc(A[p + i * lda]) * b_at(p, j);
-          col[size_t(i)] = sum;
-        }
-      } else {  // op(A)(i, p) = A[i + p*lda]: column p of A scaled into the sums
-        std::fill(col.begin(), col.end(), Acc(0));
-        for (int64_t p = 0; p < k; ++p) {
-          const Acc bpj = b_at(p, j);
-          const S* a_col = A + p * lda;
-          for (int64_t i = 0; i < m; ++i) col[size_t(i)] += Acc(a_col[i]) * bpj;
-        }
+    if constexpr (std::is_same_v<S, float>) {
+      if (tf32_) {  // the same GEMM on TF32-rounded copies of its inputs
+        const std::vector<float> a = tf32_copy(A, (trans_a ? m - 1 : k - 1) * lda + (trans_a ? k : m));
+        const std::vector<float> b = tf32_copy(B, (trans_b ? k - 1 : n - 1) * ldb + (trans_b ? n : k));
+        gemm_loops<S, Out>(trans_a, trans_b, m, n, k, a.data(), lda, b.data(), ldb, beta, C, ldc);
+        return;
       }
-      Out* c_col = C + j * ldc;
-      for (int64_t i = 0; i < m; ++i)  // C is not read when beta == 0 (cuBLAS's semantics)
-        c_col[i] = Out(beta == Acc(0) ? col[size_t(i)] : col[size_t(i)] + beta * Acc(c_col[i]));
     }
+    gemm_loops<S, Out>(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc);
   }
 
   // Row-major C[rows, cols] (row stride ldc) = 0.
@@ -153,6 +159,42 @@ class EmulatedExec {
   }
 
  private:
+  static std::vector<float> tf32_copy(const float* x, int64_t size) {
+    std::vector<float> out(x, x + size);
+    for (float& v : out) v = round_to_tf32(v);
+    return out;
+  }
+
+  // cublasGemmEx's column-major GEMM as loops: C = op(A) op(B) + beta C.
+  template <typename S, typename Out>
+  static void gemm_loops(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
+                         const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc) {
+    using Acc = acc_t<S>;
+    // Column-major X with leading dimension ld: element (r, c) at r + c*ld; op(X) its transpose
+    // when trans. Each sum runs over p = 0 .. k-1 in order, in Acc.
+    auto b_at = [&](int64_t p, int64_t j) { return Acc(trans_b ? B[j + p * ldb] : B[p + j * ldb]); };
+    std::vector<Acc> col(static_cast<size_t>(m));  // C's column j, summed
+    for (int64_t j = 0; j < n; ++j) {
+      if (trans_a) {  // op(A)(i, p) = A[p + i*lda]: a dot product along A's columns
+        for (int64_t i = 0; i < m; ++i) {
+          Acc sum = Acc(0);
+          for (int64_t p = 0; p < k; ++p) sum += Acc(A[p + i * lda]) * b_at(p, j);
+          col[size_t(i)] = sum;
+        }
+      } else {  // op(A)(i, p) = A[i + p*lda]: column p of A scaled into the sums
+        std::fill(col.begin(), col.end(), Acc(0));
+        for (int64_t p = 0; p < k; ++p) {
+          const Acc bpj = b_at(p, j);
+          const S* a_col = A + p * lda;
+          for (int64_t i = 0; i < m; ++i) col[size_t(i)] += Acc(a_col[i]) * bpj;
+        }
+      }
+      Out* c_col = C + j * ldc;
+      for (int64_t i = 0; i < m; ++i)  // C is not read when beta == 0 (cuBLAS's semantics)
+        c_col[i] = Out(beta == Acc(0) ? col[size_t(i)] : col[size_t(i)] + beta * Acc(c_col[i]));
+    }
+  }
+
   // Each emulated block's shared memory, kept across the steps of a launch.
   template <typename S>
   struct BlockMemory {
@@ -164,6 +206,8 @@ class EmulatedExec {
     const PersistentGeometry& geom;
     std::vector<double> storage;
   };
+
+  bool tf32_;
 };
 
 }  // namespace rnnfast::gpu

@@ -1,4 +1,7 @@
-// The GPU path setting (gpu/path.h).
+// The GPU algorithm's settings: its path (gpu/path.h) and the tests' chunk
+// size (gpu/layer_loop.h, chunk_rows_override). Each library that runs the
+// algorithm (the CPU library's emulation, the CUDA library) has its own copy;
+// rnnfast/_extension.py sets both.
 #include "path.h"
 
 #include <atomic>
@@ -45,6 +48,12 @@ bool wants_persistent(const CellInfo& /*cell*/, const LayerDims& d) {
 
 int64_t persistent_launches() { return g_launches.load(); }
 void count_persistent_launch() { ++g_launches; }
+
+int64_t& chunk_rows_override() {
+  static int64_t rows = 0;
+  return rows;
+}
+void set_chunk_rows(int64_t rows) { chunk_rows_override() = rows; }
 
 EmulatedDevice& emulated_device() {
   static EmulatedDevice device;

@@ -45,30 +45,30 @@ def device_setup(request):
     """Every test under both GPU paths of the recurrence (the per-step cuBLAS loop and the
     persistent kernels, forward and backward, gpu/path.h); full-precision fp32 on both sides (TF32
     has its own test); the emulation in a dry run."""
-    was_path = C._gpu_path()
-    C._set_gpu_path(request.param)
+    was_path = rnnfast.gpu_path()
+    rnnfast.set_gpu_path(request.param)
     if DRY_RUN:
         C._set_gpu_emulation(True)
         yield request.param
         C._set_gpu_emulation(False)
-        C._set_gpu_path(was_path)
+        rnnfast.set_gpu_path(was_path)
         return
     cudnn_tf32, matmul_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     yield request.param
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn_tf32, matmul_tf32
-    C._set_gpu_path(was_path)
+    rnnfast.set_gpu_path(was_path)
 
 
 def test_forced_path_runs(device_setup):
     """The forced path is the one that runs: the persistent forward launches (this GPU supports
     cooperative launches and the block slices of w_hh fit), the cuBLAS loop does not launch it."""
-    launches = C._gpu_persistent_launches()
+    launches = _extension.persistent_launches()
     for module in (rnnfast.LSTM(16, 256), rnnfast.GRU(16, 256), rnnfast.RNN(16, 256)):
         with torch.no_grad():
             to_device(module)(torch.randn(7, 3, 16, device=DEVICE))
-    ran = C._gpu_persistent_launches() - launches
+    ran = _extension.persistent_launches() - launches
     assert ran == (3 if device_setup == "persistent" else 0), ran
 
 
@@ -79,6 +79,7 @@ def test_build_has_cuda_kernels():
     info = rnnfast.backend()
     assert info["cuda"], "rnnfast was built without its CUDA kernels on a machine with a GPU: rebuild " \
                          "with a CUDA torch and nvcc (RNNFAST_FORCE_CUDA=1)"
+    assert info["cuda_loaded"], f"rnnfast's CUDA library did not load: {info['cuda_error']}"
     major, minor = torch.cuda.get_device_capability()
     arches = info["cuda_arches"]
     exact = f"{major}.{minor}" in [a.replace("+PTX", "") for a in arches]
@@ -184,10 +185,10 @@ def test_persistent_partial_last_block(device_setup):
     fast_cpu.load_state_dict(reference.state_dict())
     inputs = case.tensors(requires_grad=False)
     upstream = [torch.randn(o.shape) for o in case.call(reference, *inputs)]
-    launches = C._gpu_persistent_launches()
+    launches = _extension.persistent_launches()
     got = run_on(case, to_device(fast), inputs, None, upstream, DEVICE)
     if device_setup == "persistent" and not DRY_RUN:
-        assert C._gpu_persistent_launches() - launches == 2, "forward and backward: one launch each"
+        assert _extension.persistent_launches() - launches == 2, "forward and backward: one launch each"
     want = run_on(case, to_device(reference), inputs, None, upstream, DEVICE)
     assert_matches_cudnn_and_cpu(case, got, want, fast_cpu, inputs, None, upstream)
 
