@@ -15,15 +15,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "build_id.h"
 #include "cells.h"
 #include "controls.h"
 #include "cpu/gemm_bench.h"
 #include "cpu/thread_policy.h"
 
-// The torch release the library was compiled against (setup.py / CMake).
-#ifndef RNNFAST_BUILT_WITH_TORCH
-#error "RNNFAST_BUILT_WITH_TORCH (the torch version of the build) must be defined"
-#endif
 
 namespace rnnfast {
 namespace {
@@ -61,6 +58,7 @@ py::dict named(std::initializer_list<std::pair<const char*, py::object>> items) 
 py::dict build_info() {
   py::dict d;
   d["torch_version"] = RNNFAST_BUILT_WITH_TORCH;
+  d["build_id"] = RNNFAST_BUILD_ID;  // what a CUDA library beside it must match (build_id.h)
 #ifdef RNNFAST_WITH_CUDA
   d["cuda"] = true;
   py::list arches;  // TORCH_CUDA_ARCH_LIST at build time, e.g. "8.0;9.0+PTX"

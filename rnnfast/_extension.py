@@ -13,7 +13,6 @@ CUDA tensors, with the reason.
 """
 
 import ctypes
-import glob
 import os
 import warnings
 
@@ -43,32 +42,48 @@ except ImportError as exc:  # the extension is missing or does not load
 
 
 def _load_cuda_library():
-    """(the loaded CUDA library or None, why not)."""
+    """(the loaded CUDA library or None, why not). The library sits beside the CPU library, with
+    the same file-name suffix; it registers its kernels only after its build ID (schema revision,
+    torch release: csrc/build_id.h) has matched the CPU library's, so a stale copy never does."""
     if _C is None:
         return None, "the CPU library is not loaded"
     build = _C.build_info()
-    paths = sorted(glob.glob(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_C_cuda*.so")))
-    if not build["cuda"] or not paths:
+    if not build["cuda"]:
         return None, "this build of rnnfast has no CUDA kernels"
+
+    def refuse(reason):
+        warnings.warn(f"{reason}: rnnfast's modules raise for CUDA tensors.", RuntimeWarning, stacklevel=4)
+        return None, reason
+
+    folder, name = os.path.split(os.path.abspath(_C.__file__))
+    path = os.path.join(folder, "_C_cuda" + name[len("_C"):])
+    if not os.path.exists(path):
+        return refuse(f"rnnfast's CUDA library {path} is missing")
     if torch.version.cuda is None:
-        return None, f"torch {torch.__version__} is a CPU-only build"
-    built_major, torch_major = str(build["cuda_version"]).split(".")[0], torch.version.cuda.split(".")[0]
-    if built_major != torch_major:
-        reason = (f"rnnfast's CUDA kernels were built for CUDA {build['cuda_version']}, torch "
-                  f"{torch.__version__} is a CUDA {torch.version.cuda} build")
-        warnings.warn(f"{reason}: they are not loaded, and rnnfast's modules raise for CUDA tensors.",
-                      RuntimeWarning, stacklevel=3)
-        return None, reason
+        kind = "a ROCm" if getattr(torch.version, "hip", None) else "a CPU-only"
+        return None, f"torch {torch.__version__} is {kind} build"
+    built = str(build.get("cuda_version"))
+    if built.split(".")[0] != torch.version.cuda.split(".")[0]:
+        return refuse(f"rnnfast's CUDA kernels were built for CUDA {built}, torch {torch.__version__} is a "
+                      f"CUDA {torch.version.cuda} build")
     try:
-        library = ctypes.CDLL(paths[0])  # its static initialisers register the CUDA kernels
-    except OSError as exc:
-        reason = f"rnnfast's CUDA library {paths[0]} could not be loaded ({exc})"
-        warnings.warn(f"{reason}: rnnfast's modules raise for CUDA tensors.", RuntimeWarning, stacklevel=3)
-        return None, reason
-    library.rnnfast_cuda_set_gpu_path.argtypes = [ctypes.c_char_p]
-    library.rnnfast_cuda_set_gpu_path.restype = ctypes.c_int
-    library.rnnfast_cuda_persistent_launches.argtypes = []
-    library.rnnfast_cuda_persistent_launches.restype = ctypes.c_int64
+        library = ctypes.CDLL(path)
+        library.rnnfast_cuda_build_id.restype = ctypes.c_char_p
+        library.rnnfast_cuda_register.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+        library.rnnfast_cuda_register.restype = ctypes.c_int
+        library.rnnfast_cuda_set_gpu_path.argtypes = [ctypes.c_char_p]
+        library.rnnfast_cuda_set_gpu_path.restype = ctypes.c_int
+        library.rnnfast_cuda_persistent_launches.argtypes = []
+        library.rnnfast_cuda_persistent_launches.restype = ctypes.c_int64
+    except (OSError, AttributeError) as exc:
+        return refuse(f"rnnfast's CUDA library {path} could not be loaded ({exc})")
+    theirs, ours = library.rnnfast_cuda_build_id().decode(), build.get("build_id")
+    if theirs != ours:
+        return refuse(f"rnnfast's CUDA library {path} belongs to another build ({theirs!r}; the CPU library: "
+                      f"{ours!r}): rebuild both")
+    error = ctypes.create_string_buffer(1024)
+    if library.rnnfast_cuda_register(error, len(error)) != 0:
+        return refuse(f"rnnfast's CUDA library could not register its kernels ({error.value.decode()})")
     return library, None
 
 

@@ -1,7 +1,8 @@
 """The rnnfast dispatcher operators: handles, and their fake kernels for tracing.
 
-The operators are defined in C++ (``csrc/ops.cpp``; CPU kernels in ``csrc/cpu/ops_cpu.cpp``,
-autograd in ``csrc/autograd.cpp``) and registered when ``rnnfast._C`` is imported; with
+The operators are defined in C++ (``csrc/op_schemas.cpp``; CPU kernels in ``csrc/cpu/ops_cpu.cpp``,
+CUDA kernels in the CUDA library, ``csrc/cuda/ops_cuda.cpp``; autograd in ``csrc/autograd.cpp``)
+and registered when ``rnnfast._C`` is imported; with
 ``RNNFAST_AUTOGRAD=python`` the extension leaves the Autograd key out and this module registers
 ``_autograd.py``'s kernels instead:
 

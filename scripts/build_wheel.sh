@@ -27,8 +27,10 @@ CUDA_BUILD=0
 if "$BUILD_VENV/bin/python" -c "import sys, torch; sys.exit(0 if torch.version.cuda else 1)"; then
   CUDA_BUILD=1
   export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" RNNFAST_FORCE_CUDA=1
+  # cuBLAS's headers from the pip wheels torch depends on (site-packages/nvidia/*/include).
   SITE="$("$BUILD_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  export CPATH="$SITE/nvidia/cu13/include${CPATH:+:$CPATH}"
+  for include in "$SITE"/nvidia/*/include; do CPATH="$include${CPATH:+:$CPATH}"; done
+  export CPATH
   echo "== wheel: with the CUDA library (nvcc: $("$CUDA_HOME/bin/nvcc" --version | tail -1))"
 else
   export RNNFAST_SKIP_CUDA=1

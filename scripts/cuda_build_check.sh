@@ -62,6 +62,25 @@ print("imports without a GPU; backend():", {k: info[k] for k in ("cuda", "cuda_l
       "; CPU and CUDA kernels registered for every op")
 PY
 )
+# A CUDA library of another build beside the CPU library (a stale copy: here a stand-in with the
+# same C functions and another build ID) must be refused before it registers anything.
+STALE="$BUILD/stale"
+rm -rf "$STALE" && mkdir -p "$STALE" && cp -r "$BUILD/lib/rnnfast" "$STALE/"
+printf '%s\n' '#include <stddef.h>' '#include <stdint.h>' \
+  'const char* rnnfast_cuda_build_id(void) { return "schema 1; torch 0.0"; }' \
+  'int rnnfast_cuda_register(char* e, size_t n) { (void)e; (void)n; return 0; }' \
+  'int rnnfast_cuda_set_gpu_path(const char* p) { (void)p; return 0; }' \
+  'int64_t rnnfast_cuda_persistent_launches(void) { return 0; }' > "$STALE/stale.c"
+cc -shared -fPIC -o "$(ls "$STALE"/rnnfast/_C_cuda*.so)" "$STALE/stale.c"
+# (the warning made an error: the import must fail with it)
+refusal="$(cd "$STALE" && PYTHONPATH="$STALE" "$VENV/bin/python" -P -W error::RuntimeWarning -c "import rnnfast" 2>&1 || true)"
+grep -q "belongs to another build" <<< "$refusal" || { echo "a stale CUDA library was not refused at import"; exit 1; }
+(cd "$STALE" && PYTHONPATH="$STALE" "$VENV/bin/python" -P -W ignore::RuntimeWarning -c "
+import torch, rnnfast
+info = rnnfast.backend()
+assert not info['cuda_loaded'] and 'belongs to another build' in info['cuda_error'], info
+assert not torch._C._dispatch_has_kernel_for_dispatch_key('rnnfast::layer_forward', 'CUDA')
+print('a stale CUDA library is refused:', info['cuda_error'])")
 lap "device code and import"
 
 echo "== cuda: the CMake build of the same libraries (-DRNNFAST_CUDA=ON)"

@@ -358,3 +358,35 @@ def test_allow_tf32_follows_torchs_rnn_switch():
                 assert _tf32._cudnn_rnn_tf32() is False and cudnn.rnn.fp32_precision != "tf32"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = matmul_before
+
+
+def test_allow_tf32_default_and_parent_switch():
+    """In a fresh process (no flag touched) torch's RNN switch is TF32, as cuDNN's default; the
+    global fp32_precision = "ieee" (the parent of the cuDNN and RNN switches) turns it off."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from rnnfast import _tf32\n"
+            "assert _tf32._cudnn_rnn_tf32() is True, torch.backends.cudnn.rnn.fp32_precision\n"
+            "torch.backends.fp32_precision = 'ieee'\n"
+            "assert _tf32._cudnn_rnn_tf32() is False, torch.backends.cudnn.rnn.fp32_precision\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "LSTMCell"])
+def test_modules_pass_allow_tf32_to_the_operators(kind, monkeypatch, emulated):
+    """The modules hand rnnfast/_tf32.py's answer to the operators: with it forced to True (what a
+    CUDA input gets by default), the emulated GPU algorithm's fp32 result changes (TF32-rounded
+    GEMM inputs) and stays within TF32's error of the full fp32 result."""
+    from rnnfast import functional, modules
+
+    torch.manual_seed(0)
+    module = getattr(rnnfast, kind)(12, 24)
+    x = torch.randn(9, 3, 12) if kind == "LSTM" else torch.randn(3, 12)
+    with torch.no_grad():
+        full = module(x)[0]
+        monkeypatch.setattr(functional, "allow_tf32", lambda t: True)
+        monkeypatch.setattr(modules, "allow_tf32", lambda t: True)
+        tf32 = module(x)[0]
+    assert not torch.equal(full, tf32), "allow_tf32 did not reach the operators"
+    torch.testing.assert_close(tf32, full, rtol=2e-2, atol=2e-2)

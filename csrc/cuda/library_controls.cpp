@@ -1,14 +1,19 @@
 // The CUDA library's own controls, as C functions: the library (rnnfast._C_cuda)
 // is loaded with ctypes by rnnfast/_extension.py, next to the CPU library,
 // and keeps its own copy of the GPU algorithm's settings (gpu/path.cpp).
-// These are the only symbols it exports besides its static op registrations;
-// no C++ exception crosses them.
+// These and rnnfast_cuda_register (ops_cuda.cpp) are the only symbols it
+// exports; no C++ exception crosses them.
 #include <cstdint>
 #include <exception>
 
+#include "../build_id.h"
 #include "../controls.h"
 
 extern "C" {
+
+// The build this library belongs to (build_id.h): checked against the CPU
+// library's before rnnfast_cuda_register.
+__attribute__((visibility("default"))) const char* rnnfast_cuda_build_id() noexcept { return RNNFAST_BUILD_ID; }
 
 // The GPU path ("auto", "cublas" or "persistent"; rnnfast.set_gpu_path):
 // 0 when set, 1 for an unknown name (the CPU library's setter, called first,

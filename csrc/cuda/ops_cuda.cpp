@@ -22,6 +22,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -116,14 +117,14 @@ class CudaExec {
 
   template <typename S, typename Out>
   void gemm_cm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
-               const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc) {
+               const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc, bool exact) {
     using Acc = acc_t<S>;
     const Acc alpha = Acc(1);
     cublasComputeType_t compute;
     if constexpr (std::is_same_v<S, double>) {
       compute = CUBLAS_COMPUTE_64F;
     } else if constexpr (std::is_same_v<S, float>) {
-      compute = tf32_ ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+      compute = tf32_ && !exact ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     } else {
       compute = CUBLAS_COMPUTE_32F;  // 16-bit inputs, fp32 sums
     }
@@ -216,8 +217,27 @@ using CudaOps = DeviceOps<&layer_forward_cuda, &layer_backward_cuda>;
 }  // namespace cuda
 }  // namespace rnnfast
 
-STABLE_TORCH_LIBRARY_IMPL(rnnfast, CUDA, m) {
-  m.impl("layer_forward", TORCH_BOX(&rnnfast::cuda::CudaOps::forward));
-  m.impl("layer_forward_train", TORCH_BOX(&rnnfast::cuda::CudaOps::forward_train));
-  m.impl("layer_backward", TORCH_BOX(&rnnfast::cuda::CudaOps::backward));
+// Registers the CUDA kernels (what STABLE_TORCH_LIBRARY_IMPL(rnnfast, CUDA, m)
+// would do at load time), called by rnnfast/_extension.py once it has checked
+// that this library matches the CPU library beside it (library_controls.cpp,
+// rnnfast_cuda_build_id): a stale library never registers kernels of another
+// schema, and a failure here is an error message, not an exception escaping
+// dlopen. 0 on success, else 1 with the message in `error` (NUL-terminated).
+extern "C" __attribute__((visibility("default"))) int rnnfast_cuda_register(char* error, size_t size) noexcept {
+  try {
+    using torch::stable::detail::StableLibrary;
+    // Kept for the process's lifetime (its destructor would unregister the kernels).
+    static StableLibrary* const library = [] {
+      auto* lib = new StableLibrary(StableLibrary::Kind::IMPL, "rnnfast", "CUDA", __FILE__, __LINE__);
+      lib->impl("layer_forward", TORCH_BOX(&rnnfast::cuda::CudaOps::forward));
+      lib->impl("layer_forward_train", TORCH_BOX(&rnnfast::cuda::CudaOps::forward_train));
+      lib->impl("layer_backward", TORCH_BOX(&rnnfast::cuda::CudaOps::backward));
+      return lib;
+    }();
+    (void)library;
+    return 0;
+  } catch (const std::exception& e) {
+    if (size > 0) std::snprintf(error, size, "%s", e.what());
+    return 1;
+  }
 }

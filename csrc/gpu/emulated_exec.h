@@ -5,9 +5,10 @@
 // as plain loops over the raw buffers (products summed in the accumulation
 // type, like cublasGemmEx with a 32-bit compute type); the element-wise work
 // as loops over the very functions the CUDA kernels run per thread. With
-// allow_tf32, fp32 GEMM inputs are rounded to TF32 (10 mantissa bits, to
-// nearest even) before each product, as TF32 tensor cores take them, so the
-// argument's path through the ops and their autograd is visible on the CPU.
+// allow_tf32, fp32 GEMM inputs are rounded to TF32's 10 mantissa bits (to
+// nearest even here; the hardware's conversion may round ties differently or
+// truncate), so the argument's path through the ops and their autograd is
+// visible on the CPU at TF32's precision.
 //
 // Not a fast path: it exists for tests (rnnfast._C._set_gpu_emulation).
 #pragma once
@@ -45,11 +46,11 @@ class EmulatedExec {
 
   template <typename S, typename Out>
   void gemm_cm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const S* A, int64_t lda,
-               const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc) {
+               const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc, bool exact) {
     // gemm_rm writes empty products itself: a GEMM with k == 0 here is a bug.
     RNNFAST_CHECK(k > 0, "rnnfast: internal error: a GEMM with k == 0 reached the executor");
     if constexpr (std::is_same_v<S, float>) {
-      if (tf32_) {  // the same GEMM on TF32-rounded copies of its inputs
+      if (tf32_ && !exact) {  // the same GEMM on TF32-rounded copies of its inputs
         const std::vector<float> a = tf32_copy(A, (trans_a ? m - 1 : k - 1) * lda + (trans_a ? k : m));
         const std::vector<float> b = tf32_copy(B, (trans_b ? k - 1 : n - 1) * ldb + (trans_b ? n : k));
         gemm_loops<S, Out>(trans_a, trans_b, m, n, k, a.data(), lda, b.data(), ldb, beta, C, ldc);

@@ -21,10 +21,12 @@
 // types by role: gpu/pointwise.h.
 //
 // Executor interface (all work is enqueued; pointers are the device's):
-//   gemm_cm<S, Out>(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc)
+//   gemm_cm<S, Out>(trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc, exact)
 //       column-major C[m,n] = op(A)[m,k] @ op(B)[k,n] + beta*C, cuBLAS's
 //       semantics (C not read when beta == 0), A and B of type S, C of type
-//       Out (acc_t<S> or S), sums in acc_t<S>
+//       Out (acc_t<S> or S), sums in acc_t<S>; fp32 operands rounded to TF32
+//       where the call allows it (LayerInputs::allow_tf32) unless `exact`
+//       (the bias column sums: a sum of rounded addends is no product)
 //   step_forward<S>(StepForwardArgs<S>, training), step_backward<S>(StepBackwardArgs<S>)
 //   convert<To, From>(ConvertArgs), add_rows<S>(AddRowsArgs)
 //   plan_persistent<S>(kind, G, H, B) -> PersistentGeometry (blocks == 0: does not fit)
@@ -116,7 +118,7 @@ struct SavedRows {
 // accumulation-typed scratch (gx forward, dx backward) under ~64 MB, or the
 // tests' override (set_chunk_rows: small chunks exercise the chunk
 // boundaries at test sizes).
-int64_t& chunk_rows_override();  // 0: automatic (emulated.cpp; set_chunk_rows, controls.h)
+int64_t& chunk_rows_override();  // 0: automatic (gpu/path.cpp; set_chunk_rows, controls.h)
 inline int64_t chunk_rows(int64_t B, int64_t row_bytes) {
   constexpr int64_t kScratchBytes = int64_t(64) << 20;
   const int64_t rows = chunk_rows_override() > 0 ? chunk_rows_override()
@@ -133,7 +135,7 @@ inline int64_t chunk_rows(int64_t B, int64_t row_bytes) {
 // null operands.
 template <class Exec, typename S, typename Out>
 void gemm_rm(Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const S* A,
-             int64_t lda, const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc) {
+             int64_t lda, const S* B, int64_t ldb, acc_t<S> beta, Out* C, int64_t ldc, bool exact = false) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     RNNFAST_CHECK(beta == acc_t<S>(0) || beta == acc_t<S>(1),
@@ -142,7 +144,7 @@ void gemm_rm(Exec& ex, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t
     return;
   }
   ex.template gemm_cm<S, Out>(trans_b, trans_a, N, M, K, B, std::max<int64_t>(ldb, 1), A,
-                              std::max<int64_t>(lda, 1), beta, C, std::max<int64_t>(ldc, 1));
+                              std::max<int64_t>(lda, 1), beta, C, std::max<int64_t>(ldc, 1), exact);
 }
 
 // The s-th processed step of a layer-direction as a row of a persistent launch's step table.
@@ -556,10 +558,11 @@ class GpuBackwardLoop {
       // dw_hr += dh_total^T m.
       if (d_.proj)
         gemm_rm(ex_, true, false, P, H, rows, k.dht_p, P, saved_.proj_in + ch.lo * H, H, A(1), k.dw_hr_p, H);
-      // db += ones^T dG: the column sums as a [1, rows] x [rows, G*H] GEMM (deterministic, no atomics).
-      gemm_rm(ex_, false, false, 1, GH, rows, k.ones_p, rows, dg_p, GH, A(1), k.db_h_p, GH);
+      // db += ones^T dG: the column sums as a [1, rows] x [rows, G*H] GEMM (deterministic, no
+      // atomics), never in TF32 (exact: it would round every addend).
+      gemm_rm(ex_, false, false, 1, GH, rows, k.ones_p, rows, dg_p, GH, A(1), k.db_h_p, GH, /*exact=*/true);
       if (cell_.separate_hidden)
-        gemm_rm(ex_, false, false, 1, H, rows, k.ones_p, rows, dgxn_p, H, A(1), k.db_xn_p, H);
+        gemm_rm(ex_, false, false, 1, H, rows, k.ones_p, rows, dgxn_p, H, A(1), k.db_xn_p, H, /*exact=*/true);
     }
     if (b_.need_dx) {
       // dx = dG @ w_ih (a separate_hidden cell: + dGxn @ its last block).

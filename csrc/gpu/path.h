@@ -15,9 +15,10 @@ namespace rnnfast::gpu {
 
 enum class GpuPath : int { kAuto = 0, kCublas = 1, kPersistent = 2 };
 
-// The setting: RNNFAST_GPU_PATH=auto|cublas|persistent when the extension
-// loads, then rnnfast._C._set_gpu_path (set_gpu_path, gpu_path_name:
-// controls.h). An unknown value raises.
+// The setting: RNNFAST_GPU_PATH=auto|cublas|persistent when the library
+// loads, then rnnfast.set_gpu_path, which sets it in the CPU library (its
+// emulation; rnnfast._C._set_gpu_path) and in the CUDA library
+// (rnnfast_cuda_set_gpu_path). An unknown value raises.
 GpuPath gpu_path();
 
 // Whether the setting asks for the persistent kernels for this layer. "auto"

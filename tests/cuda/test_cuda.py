@@ -194,6 +194,29 @@ def test_persistent_partial_last_block(device_setup):
 
 
 @cuda_only
+def test_tf32_switch_reaches_the_gemms():
+    """torch's RNN TF32 switch, read in Python and passed to the operators, changes the fp32 result
+    on the GPU: the same module and input give different outputs with TF32 on (the default) and
+    off, both close to each other."""
+    torch.manual_seed(0)
+    module = to_device(rnnfast.LSTM(64, 128, num_layers=2))
+    x = torch.randn(50, 8, 64, device=DEVICE)
+    cudnn = torch.backends.cudnn
+
+    def switch(allow_tf32):
+        return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                           allow_tf32=allow_tf32)
+
+    with torch.no_grad():
+        with switch(True):
+            tf32 = module(x)[0]
+        with switch(False):
+            full = module(x)[0]
+    assert not torch.equal(tf32, full), "TF32 on and off gave the same fp32 result"
+    torch.testing.assert_close(tf32, full, rtol=2e-2, atol=2e-2)
+
+
+@cuda_only
 def test_matmul_tf32_switch_does_not_apply():
     """RNNs follow torch.backends.cudnn.allow_tf32, as torch.nn's: with it off, fp32 stays full
     fp32 even when torch.backends.cuda.matmul.allow_tf32 (the cuBLAS handle's math mode) is on.
