@@ -361,15 +361,20 @@ def test_allow_tf32_follows_torchs_rnn_switch():
 
 
 def test_allow_tf32_default_and_parent_switch():
-    """In a fresh process (no flag touched) torch's RNN switch is TF32, as cuDNN's default; the
-    global fp32_precision = "ieee" (the parent of the cuDNN and RNN switches) turns it off."""
+    """In a fresh process (no flag touched) torch's RNN switch is TF32, as cuDNN's default. After
+    the global fp32_precision = "ieee" (the parent of the cuDNN and RNN switches) rnnfast reads what
+    torch's RNN getter reports: off from torch 2.13 on; torch 2.11 and 2.12 keep the RNN switch's own
+    "tf32" (their getter says so, and cuDNN reads the same setting)."""
     import subprocess
     import sys
 
     code = ("import torch; from rnnfast import _tf32\n"
             "assert _tf32._cudnn_rnn_tf32() is True, torch.backends.cudnn.rnn.fp32_precision\n"
             "torch.backends.fp32_precision = 'ieee'\n"
-            "assert _tf32._cudnn_rnn_tf32() is False, torch.backends.cudnn.rnn.fp32_precision\n")
+            "rnn = torch.backends.cudnn.rnn.fp32_precision\n"
+            "assert _tf32._cudnn_rnn_tf32() is (rnn == 'tf32'), rnn\n"
+            "if tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2]) >= (2, 13):\n"
+            "    assert _tf32._cudnn_rnn_tf32() is False, rnn\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
