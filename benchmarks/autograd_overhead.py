@@ -10,7 +10,13 @@ Cases:
     autograd kernel this process registered (C++, or Python under ``RNNFAST_AUTOGRAD=python``);
   * ``python eager``: ``rnnfast._autograd.layer_forward``, the Python autograd's entry that the
     modules call under the Python autograd (plain eager tensors: no round trip through the
-    dispatcher into the Python kernel). It runs the Python autograd whichever kernel is registered.
+    dispatcher into the Python kernel). It runs the Python autograd whichever kernel is registered;
+  * ``python floor``: the least any Python autograd can cost around the same two kernels: an
+    ``autograd.Function`` (applied through the C++ ``_FunctionBase.apply``, as ``_autograd.py``
+    does) whose forward calls the forward kernel and saves its inputs and outputs, and whose
+    backward calls the backward kernel: no checks, no modes, no subclasses, nothing optional.
+    ``python eager`` minus this is what ``_autograd.py``'s checks cost; this minus
+    ``dispatcher (c++)`` is what a Python autograd node costs at all.
 
 Run it once as is and once with ``RNNFAST_AUTOGRAD=python`` to see all three.
 
@@ -39,6 +45,37 @@ def per_call_us(fn, calls: int) -> float:
     return (time.perf_counter() - t0) / calls * 1e6
 
 
+def floor_entry(autograd_module):
+    """layer_forward's bare Python autograd around the same kernels (the ``python floor`` case):
+    LSTM, padded input, gradients of the input and the weights (not of the initial states, which
+    the benchmark's do not require), plain CPU tensors only."""
+    kernel_keyset = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+    forward_kernel = autograd_module._redispatch_forward_train
+    backward_kernel = autograd_module._redispatch_backward
+
+    class Floor(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+            out = forward_kernel(kernel_keyset, 0, x, None, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False, False)
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, out[0], out[3])
+            ctx.mark_non_differentiable(out[3])
+            return out
+
+        @staticmethod
+        def backward(ctx, dy, dh_n, dc_n, _):  # unused output gradients arrive as zeros
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, workspace = ctx.saved_tensors
+            grads = backward_kernel(kernel_keyset, 0, x, None, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False, y,
+                                    workspace, dy, dh_n, dc_n, [True, False, True], False)
+            return grads[0], None, None, *grads[3:7]
+
+    apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, Floor)
+
+    def entry(cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+        return apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh)[:3]
+
+    return entry
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hidden", default="64,128")
@@ -54,7 +91,8 @@ def main(argv=None) -> int:
     from rnnfast import _autograd  # noqa: PLC0415  (after the extension is loaded)
 
     kind = rnnfast.backend()["autograd"]
-    entries = {f"dispatcher ({kind})": torch.ops.rnnfast.layer_forward.default, "python eager": _autograd.layer_forward}
+    entries = {f"dispatcher ({kind})": torch.ops.rnnfast.layer_forward.default, "python eager": _autograd.layer_forward,
+               "python floor": floor_entry(_autograd)}
     print(f"{provenance.cpu_model()}; torch {torch.__version__}; registered autograd: {kind}; {a.threads} thread(s); "
           f"LSTM T={a.steps} B={a.batch} I=H; medians of {a.rounds} interleaved rounds, µs per call")
     for hidden in (int(h) for h in a.hidden.split(",")):
@@ -71,7 +109,8 @@ def main(argv=None) -> int:
                 y, _, _ = entry(*grad_args)
                 y.sum().backward()
 
-            cases[f"{name} infer"] = (lambda entry=entry: entry(*plain_args), calls[0])
+            if name != "python floor":  # (the floor is the training path's only)
+                cases[f"{name} infer"] = (lambda entry=entry: entry(*plain_args), calls[0])
             cases[f"{name} forward"] = (lambda entry=entry: entry(*grad_args), calls[0])
             cases[f"{name} train"] = (train, calls[1])
         for fn, n in cases.values():  # warm-up

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch._functorch.utils import enable_single_level_autograd_function
+from torch.autograd.function import _SingleLevelFunction
 
 from ._cells import CELL_OF_CODE
 
@@ -60,12 +61,24 @@ _redispatch_backward = _redispatcher(_layer_backward)
 _NUM_LAYER_INPUTS = 8
 
 
+class _KernelFunction(_SingleLevelFunction):
+    """The base of the autograd kernels' Functions: a ``_SingleLevelFunction``, not an
+    ``autograd.Function``. It runs below any torch.func layer, on that layer's unwrapped tensors,
+    and records a node of that level, as a C++ autograd kernel does; an ``autograd.Function`` is
+    for calls on wrapped tensors, and while a transform is active torch 2.14's C++ ``apply`` sends
+    it through functorch's ``custom_function_call`` (which has no kernel below the Autograd key)
+    or, without setup_context, refuses it. torch's own functorch applies its per-level Functions
+    the same way (``_functorch/autograd_function.py``)."""
+
+    # What compiled autograd asks a Python node's Function for (autograd.Function's).
+    _compiled_autograd_key = staticmethod(torch.autograd.Function._compiled_autograd_key)
+
+
 def _apply(function, *args):
     """``function.apply(*args)`` through the C++ ``_FunctionBase.apply``, never Function.apply's
-    Python wrapper: the kernels run below any torch.func layer, on its unwrapped tensors, and record
-    a node of that level, as a C++ autograd kernel does (the wrapper's functorch path is for
-    Functions called on wrapped tensors; its argument binding also costs more than a one-step
-    layer)."""
+    Python wrapper (whose argument binding costs more than a one-step layer); while a torch.func
+    transform is active, with torch's permission for a single-level Function (see
+    _KernelFunction)."""
     if _C._are_functorch_transforms_active():
         with enable_single_level_autograd_function():
             return function._raw_apply(*args)
@@ -96,16 +109,16 @@ def _reference(cell_code, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, 
     return y, state[0], (state[1] if cell.cell_state else None)
 
 
-class _LayerForward(torch.autograd.Function):
+class _LayerForward(_KernelFunction):
     """The training forward of one layer-direction; its backward is the fused layer_backward.
     Inputs: (keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, allow_tf32);
     outputs: (y, h_n, c_n, workspace), the workspace not differentiable."""
 
     @staticmethod
     def forward(ctx, keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, allow_tf32):
-        # forward(ctx, ...) rather than forward + setup_context: one Python frame less per call. The
-        # Function is only applied through the C++ _FunctionBase.apply (_apply, layer_forward), never
-        # Function.apply's functorch path, which is what needs setup_context.
+        # forward(ctx, ...) rather than forward + setup_context: one Python frame less per call. A
+        # single-level Function applied through the C++ _FunctionBase.apply (_apply, layer_forward)
+        # never takes functorch's custom_function_call path, which is what needs setup_context.
         out = _redispatch_forward_train(keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                         reverse, allow_tf32)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out[0], out[3])
@@ -147,7 +160,7 @@ class _LayerForward(torch.autograd.Function):
                 db_hh if need[9] else None, dw_hr if need[10] else None, None, None)
 
 
-class _LayerBackward(torch.autograd.Function):
+class _LayerBackward(_KernelFunction):
     """layer_backward, differentiable: its backward (a double backward) recomputes the forward
     through the reference equations and differentiates the first-order gradients there.
     Inputs: (keyset, cell, x, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, y,

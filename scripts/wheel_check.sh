@@ -14,7 +14,9 @@
 # Beside a CUDA build of torch of the wheel's CUDA major, the wheel's CUDA library must load and
 # register its kernels (no GPU needed: nothing runs on a device); beside any other torch it must
 # stay unloaded (tests/test_backend.py). RNNFAST_WHEEL_SUITE=dispatch runs the short list
-# only (backend, parity, ops, errors, export): CI's check beside the CUDA torch.
+# (backend, parity, ops, errors, export) and the Python autograd's own tests with torch.func's
+# (autograd_hygiene, python_autograd: torch 2.14 changed how autograd.Functions are applied under
+# torch.func, which the whole suite beside 2.14.1 caught once): CI's check beside the CUDA torch.
 # RNNFAST_WHEEL_SUITE=all runs the whole suite instead (but tests/test_docs.py, which checks the
 # source tree's documents, not the library), with the compiler on PATH for torch.compile's
 # inductor (installed without it all the same); scripts/wheel_other_torches.sh uses it.
@@ -64,7 +66,8 @@ if [ "${RNNFAST_WHEEL_SUITE:-ci}" = all ]; then
     -p no:cacheprovider tests --ignore=tests/test_docs.py
 elif [ "${RNNFAST_WHEEL_SUITE:-ci}" = dispatch ]; then
   env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/test_backend.py tests/test_parity.py tests/test_ops.py tests/test_errors.py tests/test_export.py
+    tests/test_backend.py tests/test_parity.py tests/test_ops.py tests/test_errors.py tests/test_export.py \
+    tests/test_autograd_hygiene.py tests/test_python_autograd.py
 else
   env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_backend.py tests/test_parity.py tests/test_ops.py tests/test_errors.py tests/test_export.py \
