@@ -11,14 +11,14 @@ Cases:
   * ``python eager``: ``rnnfast._autograd.layer_forward``, the Python autograd's entry that the
     modules call under the Python autograd (plain eager tensors: no round trip through the
     dispatcher into the Python kernel). It runs the Python autograd whichever kernel is registered;
-  * ``python floor``: the least any Python autograd can cost around the same two kernels: an
+  * ``python floor``: a lower bound of a Python autograd around the same two kernels: an
     ``autograd.Function`` (applied through the C++ ``_FunctionBase.apply``, as ``_autograd.py``
     does) whose forward calls the forward kernel and saves its inputs and outputs, and whose
     backward calls the backward kernel: no checks, no modes, no subclasses, nothing optional.
-    ``python eager`` minus this is what ``_autograd.py``'s checks cost; this minus
-    ``dispatcher (c++)`` is what a Python autograd node costs at all.
+    Not a reachable design (a correct eager entry needs the checks that make skipping the
+    dispatcher safe): ``python eager`` minus this bounds what ``_autograd.py``'s own work costs.
 
-Run it once as is and once with ``RNNFAST_AUTOGRAD=python`` to see all three.
+Run it once as is and once with ``RNNFAST_AUTOGRAD=python`` to see every case.
 
 Usage: python benchmarks/autograd_overhead.py [--hidden 64,128] [--steps 1] [--batch 1] [--threads 1]
                                               [--rounds 9]

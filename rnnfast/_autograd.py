@@ -15,7 +15,7 @@ stable ABI has no C++ autograd. Today's build registers ``csrc/autograd.cpp`` in
 Differences from autograd.cpp, none in the first-order values: the reference equations are
 ``rnnfast.reference``'s, not ``layer_reference.cpp``'s (second-order results and forward-AD
 tangents agree to rounding, not bit for bit); a node's edges are those of a Python
-``autograd.Function`` (one per tensor argument, ``batch_sizes`` included, none for an absent
+Function (one per tensor argument, ``batch_sizes`` included, none for an absent
 optional tensor; autograd.cpp has eight in a fixed order); which gradients the backward computes
 follows ``needs_input_grad`` (whether an input requires grad), not the engine's plan for the
 current backward call, so ``torch.autograd.grad(loss, [x])`` also computes the weight gradients
@@ -26,7 +26,7 @@ The kernels are registered with ``torch.library.Library.impl`` on the Autograd k
 ``inspect.signature`` on every call (the stable-ABI prototype measured it, ``python
 benchmarks/stable_abi_overhead.py``: 439 against 309 µs per training call for a plain
 autograd.Function on the Zen 3 VM, ``docs/results/zen3-avx2/stable_abi_overhead.txt``). Here the
-autograd.Functions are applied through the C++ ``_FunctionBase.apply`` (see ``_apply``).
+single-level Functions (``_KernelFunction``) are applied through the C++ ``_FunctionBase.apply`` (see ``_apply``).
 """
 
 from __future__ import annotations
@@ -63,12 +63,13 @@ _NUM_LAYER_INPUTS = 8
 
 class _KernelFunction(_SingleLevelFunction):
     """The base of the autograd kernels' Functions: a ``_SingleLevelFunction``, not an
-    ``autograd.Function``. It runs below any torch.func layer, on that layer's unwrapped tensors,
-    and records a node of that level, as a C++ autograd kernel does; an ``autograd.Function`` is
-    for calls on wrapped tensors, and while a transform is active torch 2.14's C++ ``apply`` sends
-    it through functorch's ``custom_function_call`` (which has no kernel below the Autograd key)
-    or, without setup_context, refuses it. torch's own functorch applies its per-level Functions
-    the same way (``_functorch/autograd_function.py``)."""
+    ``autograd.Function``. Applied inside an Autograd kernel (under torch.func, the current level's
+    kernel, on that level's tensors), it records one node of that level, as a C++ autograd kernel
+    does. An ``autograd.Function`` is for calls above the dispatcher: while a transform is active,
+    torch 2.14's C++ ``apply`` refuses one without setup_context and sends one with it into
+    functorch's ``custom_function_call``, which fails inside an Autograd kernel. torch applies its
+    own per-level Functions this way (``_functorch/autograd_function.py``,
+    ``_subclasses/fake_impls.py``)."""
 
     # What compiled autograd asks a Python node's Function for (autograd.Function's).
     _compiled_autograd_key = staticmethod(torch.autograd.Function._compiled_autograd_key)

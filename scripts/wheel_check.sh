@@ -14,8 +14,8 @@
 # Beside a CUDA build of torch of the wheel's CUDA major, the wheel's CUDA library must load and
 # register its kernels (no GPU needed: nothing runs on a device); beside any other torch it must
 # stay unloaded (tests/test_backend.py). RNNFAST_WHEEL_SUITE=dispatch runs the short list
-# (backend, parity, ops, errors, export) and the Python autograd's own tests with torch.func's
-# (autograd_hygiene, python_autograd: torch 2.14 changed how autograd.Functions are applied under
+# (backend, parity, ops, errors, export) and the Python autograd's own tests and torch.func tests
+# (python_autograd, autograd_hygiene: torch 2.14 changed how autograd.Functions are applied under
 # torch.func, which the whole suite beside 2.14.1 caught once): CI's check beside the CUDA torch.
 # RNNFAST_WHEEL_SUITE=all runs the whole suite instead (but tests/test_docs.py, which checks the
 # source tree's documents, not the library), with the compiler on PATH for torch.compile's
