@@ -16,6 +16,7 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/dynamo/compiled_autograd.h>
 #include <torch/library.h>
 
 #include <array>
@@ -159,6 +160,23 @@ struct SavedLayerInputs {
   void release() {
     for (auto& s : v) s.reset_data();
   }
+  // Compiled autograd (torch._dynamo.compiled_autograd): the constants it specializes on and the
+  // tensors it lifts into its graph's inputs, and their swap for its proxies while it traces.
+  void collect(torch::dynamo::autograd::CompiledNodeArgs& args) const {
+    args.collect(cell);
+    args.collect(batch_sizes);
+    args.collect(reverse);
+    args.collect(allow_tf32);
+    for (const SavedVariable& s : v) args.collect(s, /*is_output=*/false);
+  }
+  void before(torch::dynamo::autograd::SwapSavedVariables& saved) {
+    saved.before(batch_sizes);
+    for (SavedVariable& s : v) saved.before(s);
+  }
+  void after(torch::dynamo::autograd::SwapSavedVariables& saved) {
+    saved.after(batch_sizes);
+    for (SavedVariable& s : v) saved.after(s);
+  }
 };
 
 // Backward of layer_forward / layer_forward_train: the fused layer_backward.
@@ -172,6 +190,26 @@ struct LayerForwardBackward : public Node {
     in.release();
     y.reset_data();
     workspace.reset_data();
+  }
+
+  // Compiled autograd traces apply() on its proxies: the backward becomes one
+  // rnnfast::layer_backward call in its graph (the op's fake kernel gives the shapes).
+  void compiled_args(torch::dynamo::autograd::CompiledNodeArgs& args) const override {
+    in.collect(args);
+    args.collect(y, /*is_output=*/true);
+    args.collect(workspace, /*is_output=*/false);
+    args.collect(cell_state);
+  }
+  variable_list apply_with_saved(const variable_list& grads,
+                                 torch::dynamo::autograd::SwapSavedVariables& saved) override {
+    in.before(saved);
+    saved.before(y);
+    saved.before(workspace);
+    variable_list out = apply(variable_list(grads));
+    in.after(saved);
+    saved.after(y);
+    saved.after(workspace);
+    return out;
   }
 
   variable_list apply(variable_list&& grads) override {

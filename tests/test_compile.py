@@ -272,6 +272,48 @@ def test_training_uses_fused_backward():
     assert targets("backward").count(torch.ops.rnnfast.layer_backward.default) == calls
 
 
+# ---- compiled autograd ----------------------------------------------------------------------
+
+COMPILED_AUTOGRAD_CASES = [ALL_OPTIONS, CASES[4], Case("RNN", nonlinearity="relu", **SIZES), CASES[8]]
+
+
+@pytest.mark.parametrize("case", COMPILED_AUTOGRAD_CASES, ids=ids(COMPILED_AUTOGRAD_CASES))
+def test_compiled_autograd(case):
+    """An eager forward whose backward compiled autograd captures and compiles
+    (``torch._dynamo.compiled_autograd``, as torch.compile's ``compiled_autograd`` setting uses
+    it): rnnfast's graph nodes (the C++ autograd's and the Python one's) must let it trace them,
+    the captured graph must call the fused ``layer_backward`` once per layer-direction, and every
+    gradient must match eager rnnfast and torch.nn."""
+    enable = getattr(torch._dynamo.compiled_autograd, "_enable", None)
+    if enable is None:
+        pytest.skip(f"torch {torch.__version__} has no torch._dynamo.compiled_autograd._enable")
+    reference, fast = build_models(case, training=True)
+    x, hx, leaves = model_inputs(case, 3, 5, with_hx=True, requires_grad=True)
+    grad_outputs = None
+
+    def backward(model):
+        nonlocal grad_outputs
+        for t in [*leaves, *model.parameters()]:
+            t.grad = None
+        out = model(x, hx)
+        if grad_outputs is None:
+            grad_outputs = [torch.randn_like(t) for t in out]
+        torch.autograd.backward(out, grad_outputs)
+        return [t.grad.clone() for t in [*leaves, *model.parameters()]]
+
+    ref_grads = backward(reference)
+    eager_grads = backward(fast)
+    counter = CountingBackend("eager")
+    with enable(torch.compile(backend=counter, fullgraph=True)):
+        grads = backward(fast)
+    assert counter.compilations >= 1, "compiled autograd captured no graph"
+    backward_calls = sum(node.op == "call_function" and node.target is torch.ops.rnnfast.layer_backward.default
+                         for gm in counter.graphs for node in gm.graph.nodes)
+    assert backward_calls == layer_calls(case), f"{backward_calls} layer_backward calls in the captured graphs"
+    assert_all_close(grads, eager_grads, "gradients (compiled autograd vs eager rnnfast)")
+    assert_all_close(grads, ref_grads, "gradients (compiled autograd vs torch.nn)")
+
+
 # ---- PackedSequence -------------------------------------------------------------------------
 
 # torch 2.12's Dynamo cannot read an attribute of a PackedSequence built inside the compiled
