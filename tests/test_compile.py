@@ -22,9 +22,10 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 import rnnfast  # noqa: F401  (registers the operators: this file may run alone)
-from cases import Case, assert_all_close, assert_close, ids
+from cases import Case, assert_all_close, assert_close, flatten, ids
 
 DTYPE = torch.float32
 LAYER_FORWARD = torch.ops.rnnfast.layer_forward.default
@@ -274,44 +275,61 @@ def test_training_uses_fused_backward():
 
 # ---- compiled autograd ----------------------------------------------------------------------
 
-COMPILED_AUTOGRAD_CASES = [ALL_OPTIONS, CASES[4], Case("RNN", nonlinearity="relu", **SIZES), CASES[8]]
+COMPILED_AUTOGRAD_CASES = [
+    ALL_OPTIONS,
+    CASES[4],  # GRU, 2 layers, bidirectional, batch_first
+    Case("RNN", nonlinearity="relu", with_hx=False, **SIZES),  # zero initial states: no h0 edge
+    Case("LSTM", num_layers=2, bidirectional=True, proj_size=2, form="packed_unsorted", **SIZES),
+    CASES[8],  # LSTMCell
+]
 
 
 @pytest.mark.parametrize("case", COMPILED_AUTOGRAD_CASES, ids=ids(COMPILED_AUTOGRAD_CASES))
 def test_compiled_autograd(case):
     """An eager forward whose backward compiled autograd captures and compiles
     (``torch._dynamo.compiled_autograd``, as torch.compile's ``compiled_autograd`` setting uses
-    it): rnnfast's graph nodes (the C++ autograd's and the Python one's) must let it trace them,
-    the captured graph must call the fused ``layer_backward`` once per layer-direction, and every
-    gradient must match eager rnnfast and torch.nn."""
-    enable = getattr(torch._dynamo.compiled_autograd, "_enable", None)
-    if enable is None:
-        pytest.skip(f"torch {torch.__version__} has no torch._dynamo.compiled_autograd._enable")
-    reference, fast = build_models(case, training=True)
-    x, hx, leaves = model_inputs(case, 3, 5, with_hx=True, requires_grad=True)
+    it; its private ``_enable`` is what torch's own tests use): rnnfast's graph nodes (the C++
+    autograd's and the Python one's) must let it trace them, the captured graph must call the fused
+    ``layer_backward`` once per layer-direction, every gradient must match eager rnnfast and
+    torch.nn, and a second backward of the same shapes must reuse the compiled graph."""
+    reference, fast = case.build_pair(training=True)
+    inputs = case.inputs()
+    x, leaves = inputs.input, list(inputs.leaves)
+    if isinstance(x, PackedSequence):
+        # The packed rows as a leaf: torch's own PackPaddedSequenceBackward0 fails under compiled
+        # autograd (it reads batch_sizes from a fake tensor), and each backward would need the
+        # packing's graph again (retain_graph=True, which trips torch 2.13's compiled autograd on
+        # any chain of Python Functions that save their outputs).
+        x = PackedSequence(x.data.detach().requires_grad_(), x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+        leaves = [x.data, *leaves[1:]]
     grad_outputs = None
 
-    def backward(model):
+    def backward(module):
         nonlocal grad_outputs
-        for t in [*leaves, *model.parameters()]:
+        for t in [*leaves, *module.parameters()]:
             t.grad = None
-        out = model(x, hx)
+        out = flatten(module(x, inputs.hx))
         if grad_outputs is None:
             grad_outputs = [torch.randn_like(t) for t in out]
         torch.autograd.backward(out, grad_outputs)
-        return [t.grad.clone() for t in [*leaves, *model.parameters()]]
+        return [t.grad.clone() for t in [*leaves, *module.parameters()]]
 
     ref_grads = backward(reference)
     eager_grads = backward(fast)
     counter = CountingBackend("eager")
-    with enable(torch.compile(backend=counter, fullgraph=True)):
+    with torch._dynamo.compiled_autograd._enable(torch.compile(backend=counter, fullgraph=True)):
         grads = backward(fast)
-    assert counter.compilations >= 1, "compiled autograd captured no graph"
+        compilations = counter.compilations
+        again = backward(fast)
+    assert compilations >= 1, "compiled autograd captured no graph"
+    assert counter.compilations == compilations, "the same backward was compiled again"
     backward_calls = sum(node.op == "call_function" and node.target is torch.ops.rnnfast.layer_backward.default
                          for gm in counter.graphs for node in gm.graph.nodes)
-    assert backward_calls == layer_calls(case), f"{backward_calls} layer_backward calls in the captured graphs"
+    expected_calls = 1 if case.is_cell else case.layer_calls
+    assert backward_calls == expected_calls, f"{backward_calls} layer_backward calls in the captured graphs"
     assert_all_close(grads, eager_grads, "gradients (compiled autograd vs eager rnnfast)")
     assert_all_close(grads, ref_grads, "gradients (compiled autograd vs torch.nn)")
+    assert_all_close(again, grads, "gradients (second compiled-autograd backward vs the first)")
 
 
 # ---- PackedSequence -------------------------------------------------------------------------
