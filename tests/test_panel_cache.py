@@ -58,6 +58,13 @@ def infer(module, x):
     return out[0] if isinstance(out, tuple) else out
 
 
+def two_chunks(input_size):
+    """An input of 550 rows: two chunks of the input projection, so w_ih goes through the cache
+    like w_hh (a single chunk multiplies it once and streams it instead:
+    test_weights_used_once_are_streamed)."""
+    return torch.randn(110, 5, input_size)
+
+
 # Calls of more than 4 rows pack their weights (fewer read them in place).
 MODULES = [
     ("LSTM", (12, 40), dict(num_layers=2, bidirectional=True)),
@@ -122,7 +129,7 @@ CHANGES = {"inplace": _inplace, "data": _data, "numpy": _numpy, "copy_": _copy, 
 @pytest.mark.parametrize("kind,args,kwargs", MODULES[:3], ids=IDS[:3])
 def test_any_change_of_a_weight_packs_again(kind, args, kwargs, change):
     reference, fast = pair(kind, *args, **kwargs)
-    x = torch.randn(6, 5, args[0])
+    x = two_chunks(args[0])
     infer(fast, x)
     infer(fast, x)  # cached now
     CHANGES[change](fast)
@@ -154,12 +161,13 @@ def test_training_steps_match_torch(kind, args, kwargs, optimizer):
 
     opts = [make(reference), make(fast)]
     for step in range(4):
-        x = torch.randn(6, 5, args[0])
+        x = two_chunks(args[0])
         outs = []
         for module, opt in zip((reference, fast), opts):
             opt.zero_grad()
             out = module(x)[0]
-            out.square().sum().backward()
+            # (mean: SGD's steps on a sum over 550 rows would blow the weights up)
+            out.square().mean().backward()
             outs.append((out.detach(), [p.grad.clone() for p in module.parameters()]))
             opt.step()
         assert_close(outs[1][0], outs[0][0], f"step {step} output")
@@ -169,9 +177,10 @@ def test_training_steps_match_torch(kind, args, kwargs, optimizer):
 
 
 def test_cells_reuse_and_invalidate():
-    """A cell's calls (B = 8 rows: packed) reuse the panels; a fused Adam step is seen."""
+    """A cell's calls of B = 6 rows (more than read in place, fewer than streamed: packed) reuse
+    the panels; a fused Adam step is seen."""
     reference, fast = pair("LSTMCell", 10, 24)
-    x, h, c = torch.randn(8, 10), torch.randn(8, 24), torch.randn(8, 24)
+    x, h, c = torch.randn(6, 10), torch.randn(6, 24), torch.randn(6, 24)
     with torch.no_grad():
         fast(x, (h, c))
         before = stats()
@@ -184,6 +193,53 @@ def test_cells_reuse_and_invalidate():
     with torch.no_grad():
         for g, w in zip(fast(x, (h, c)), reference(x, (h, c))):
             assert_close(g, w, "cell output after a fused Adam step")
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_weights_used_once_are_streamed(kind):
+    """A one-step call of 8+ rows multiplies each weight once: it is packed panel by panel as the
+    GEMM goes (streamed), never fingerprinted or cached, so every change is seen, those that skip
+    the version counter included. Odd sizes: panels cross the gate blocks of a slice."""
+    reference, fast = pair(kind, 13, 37)
+    x = torch.randn(19, 13, requires_grad=True)
+    h = torch.randn(19, 37)
+    hx = (h, torch.randn(19, 37)) if kind == "LSTMCell" else h
+    for change in range(3):
+        before = stats()
+        out = fast(x, hx)
+        plan = C.last_call_plan()
+        assert plan["streamed"] == 2 and not plan["unpacked"], plan  # w_ih and w_hh
+        after = stats()
+        assert (after["packs"], after["hits"]) == (before["packs"], before["hits"]), (before, after)
+        ref = reference(x, hx)
+        outs = out if isinstance(out, tuple) else (out,)
+        refs = ref if isinstance(ref, tuple) else (ref,)
+        for a, b in zip(outs, refs):
+            assert_close(a, b, f"output after change {change}")
+        loss = sum(o.square().sum() for o in outs)
+        grads = torch.autograd.grad(loss, [x, *fast.parameters()])
+        # (GRU's backward multiplies by w_ih's last gate block apart from the others)
+        streamed = 3 if kind == "GRUCell" else 2
+        assert C.last_call_plan()["backward"] and C.last_call_plan()["streamed"] == streamed, C.last_call_plan()
+        ref_grads = torch.autograd.grad(sum(o.square().sum() for o in refs), [x, *reference.parameters()])
+        for k, (a, b) in enumerate(zip(grads, ref_grads)):
+            assert_close(a, b, f"gradient {k} after change {change}")
+        # Writes that leave the version counter as it was.
+        fast.weight_ih.data.mul_(0.9)
+        fast.weight_hh.detach().numpy()[1, 2] += 0.5
+        reference.load_state_dict(fast.state_dict())
+
+
+def test_a_single_chunk_streams_w_ih_only():
+    """A sequence of one chunk multiplies w_ih once (streamed) and w_hh every step (cached)."""
+    reference, fast = pair("GRU", 12, 40, num_layers=2)
+    x = torch.randn(6, 5, 12)
+    infer(fast, x)
+    before = stats()
+    got = infer(fast, x)
+    assert C.last_call_plan()["streamed"] == 1, C.last_call_plan()
+    assert stats()["hits"] > before["hits"] and stats()["packs"] == before["packs"]
+    assert_close(got, infer(reference, x), "output")
 
 
 def test_capacity_bounds_the_cache_and_zero_disables_it():
@@ -208,7 +264,7 @@ def test_converted_weights_lose_their_entries():
     (its _apply; before any lookup, in either build)."""
     C.empty_cache()
     reference, fast = pair("GRU", 12, 48)
-    x = torch.randn(6, 5, 12)
+    x = two_chunks(12)
     infer(fast, x)
     assert stats()["entries"] == 2
     fast.float()  # no conversion: the weights and their entries stay
@@ -227,7 +283,7 @@ def test_functional_call_with_fresh_weights():
     a weight's storage: there such entries stay until eviction or rnnfast.empty_cache()."""
     C.empty_cache()
     reference, fast = pair("LSTM", 12, 40)
-    x = torch.randn(7, 3, 12)
+    x = two_chunks(12)
     for k in range(6):
         torch.manual_seed(100 + k)
         params = {n: torch.randn_like(p) * 0.3 for n, p in fast.named_parameters()}
@@ -252,7 +308,8 @@ def test_a_new_weight_at_a_used_address_is_packed_again():
     allocator decides; one allocation per try keeps reuse likely)."""
     C.empty_cache()
     torch.manual_seed(0)
-    x, h0, c0 = torch.randn(40, 12), torch.randn(8, 32), torch.randn(8, 32)
+    steps = 70  # 560 rows: two chunks, so w_ih is cached (one chunk streams it)
+    x, h0, c0 = torch.randn(8 * steps, 12), torch.randn(8, 32), torch.randn(8, 32)
     w_hh = torch.randn(4 * 32, 32) * 0.2
     hits_before = stats()["hits"]
     addresses = []
@@ -262,7 +319,7 @@ def test_a_new_weight_at_a_used_address_is_packed_again():
         addresses.append(w_ih.data_ptr())
         with torch.no_grad():
             got = torch.ops.rnnfast.layer_forward(0, x, None, h0, c0, w_ih, w_hh, None, None, None, False)[0]
-        want, _ = layer_direction("LSTM", x, [8] * 5, (h0, c0), {"w_ih": w_ih, "w_hh": w_hh,
+        want, _ = layer_direction("LSTM", x, [8] * steps, (h0, c0), {"w_ih": w_ih, "w_hh": w_hh,
                                             "b_ih": None, "b_hh": None, "w_hr": None})
         assert_close(got, want, f"call {k}")
         del w_ih
@@ -276,7 +333,7 @@ def test_a_new_weight_at_a_used_address_is_packed_again():
 def test_entries_go_with_a_copy():
     C.empty_cache()
     fast = rnnfast.GRU(12, 48)
-    x = torch.randn(6, 5, 12)
+    x = two_chunks(12)
     copy = pickle.loads(pickle.dumps(fast))
     twin = deepcopy(fast)
     for module in (fast, copy, twin):
@@ -293,14 +350,14 @@ def test_entries_go_with_a_copy():
 def test_entries_go_with_their_module():
     C.empty_cache()
     fast = rnnfast.GRU(12, 48, num_layers=2)
-    infer(fast, torch.randn(6, 5, 12))
+    infer(fast, two_chunks(12))
     assert stats()["entries"] == 4  # w_ih and w_hh of two layers
     del fast
     gc.collect()
     assert stats()["entries"] == 0 and stats()["bytes"] == 0
     # A replaced weight's entries are released when it is replaced.
     fast = rnnfast.GRU(12, 48)
-    x = torch.randn(6, 5, 12)
+    x = two_chunks(12)
     infer(fast, x)
     fast.weight_hh_l0 = torch.nn.Parameter(torch.randn_like(fast.weight_hh_l0))
     assert stats()["entries"] == 1

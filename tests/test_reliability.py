@@ -117,6 +117,25 @@ def test_small_calls_stay_on_one_thread_by_default(two_threads):
     assert C.last_call_plan()["slices"] == 1  # 4*2*192*51 multiply-adds < 2^20
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_one_step_calls_do_not_split_the_batch(mode, two_threads):
+    """A one-step call of a batch large enough to split (33 rows) runs sliced by hidden units:
+    its weights are streamed (each thread packs its slice once) and it has no per-step barriers to
+    save. Outputs and gradients against torch.nn."""
+    ref, fast = _pair(mode, 7, 40)
+    x = torch.randn(1, 33, 7, requires_grad=True)
+    C.reset_thread_policy()
+    out_fast, _ = fast(x)
+    plan = C.last_call_plan()
+    assert not plan["batch_split"] and plan["streamed"] == 2, plan
+    out_ref, _ = ref(x)
+    assert_close(out_fast, out_ref, "output")
+    grads_fast = torch.autograd.grad(out_fast.square().sum(), [x, *fast.parameters()])
+    grads_ref = torch.autograd.grad(out_ref.square().sum(), [x, *ref.parameters()])
+    for k, (a, b) in enumerate(zip(grads_fast, grads_ref)):
+        assert_close(a, b, f"gradient {k}")
+
+
 def test_long_sequences_use_several_chunks():
     fast = rnnfast.GRU(3, 8)
     with torch.no_grad():

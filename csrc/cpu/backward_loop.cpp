@@ -59,22 +59,25 @@ class BackwardLoop {
     if (cell_.cell_state) to_acc(static_cast<const S*>(a_.dc_n), B * H_, dc_);
     if (proj_) dh_total_ = PooledBytes(rows_max * P_ * sizeof(S));
     // As in the forward, a call of a few rows reads the weights where they are
-    // instead of packing them; the others go through the panel cache. Slice s
+    // instead of packing them, a weight multiplied once is streamed, the others
+    // go through the panel cache (weight_use). Slice s
     // owns columns p0..p1 of dh_{t-1} = dG_t @ w_hh, with projection units
     // u0..u1 of dm_t = dh_t @ w_hr, and columns i0..i1 of dx = dG @ w_ih.
     const bool direct = plan_.N <= kMaxUnpackedRows;
-    // w: K rows of `cols` (contiguous).
+    // w: K rows of `cols` (contiguous); gemms, gemm_rows: products by it per
+    // slice in this call, rows of the largest.
     auto panels = [&](const void* w, const void* owner, int64_t K, int64_t cols, std::vector<int64_t> widths,
-                      const std::vector<int64_t>& cut) {
+                      const std::vector<int64_t>& cut, int64_t gemms, int64_t gemm_rows) {
       // Row-major weights: slice s is columns cut[s] .. cut[s+1] of every row.
       const S* weight = static_cast<const S*>(w);
       std::vector<SliceSource> src(slicing_.count);
       for (int sl = 0; sl < slicing_.count; ++sl) src[sl] = {0, cols, ColumnMap{cut[sl], cols, 0, 1}};
-      return direct ? SlicePanels<S>::direct(weight, K, std::move(widths), std::move(src))
-                    : SlicePanels<S>::packed(k_, weight, K * cols, owner, K, std::move(widths), std::move(src));
+      return SlicePanels<S>::of(k_, weight_use(plan_.N, gemms, gemm_rows, K, sizeof(S)), weight, K * cols, owner, K,
+                                std::move(widths), std::move(src));
     };
-    w_hh_panels_ = panels(in_.w_hh, in_.w_hh_owner, GH, P_, slicing_.proj_widths(), slicing_.proj);
-    if (proj_) w_hr_panels_ = panels(in_.w_hr, in_.w_hr_owner, P_, H_, slicing_.unit_widths(1), slicing_.unit);
+    w_hh_panels_ = panels(in_.w_hh, in_.w_hh_owner, GH, P_, slicing_.proj_widths(), slicing_.proj, plan_.T, B);
+    if (proj_)
+      w_hr_panels_ = panels(in_.w_hr, in_.w_hr_owner, P_, H_, slicing_.unit_widths(1), slicing_.unit, plan_.T, B);
     if (need_dweights_) {
       // Written (not accumulated) by the first chunk's products: no zeroing.
       // With A = S straight into the gradients, else into A scratch.
@@ -104,11 +107,15 @@ class BackwardLoop {
       for (int s = 0; s < slicing_.count; ++s) widths[s] = input_cut_[s + 1] - input_cut_[s];
       const int64_t shared = separate_ ? GH - H_ : GH;
       const S* w_ih = static_cast<const S*>(in_.w_ih);
-      w_ih_panels_ = panels(w_ih, in_.w_ih_owner, shared, I_, widths, input_cut_);
-      if (separate_) w_in_panels_ = panels(w_ih + shared * I_, in_.w_ih_owner, H_, I_, widths, input_cut_);
+      const int64_t chunks = int64_t(chunks_.size());
+      w_ih_panels_ = panels(w_ih, in_.w_ih_owner, shared, I_, widths, input_cut_, chunks, rows_max);
+      if (separate_)
+        w_in_panels_ = panels(w_ih + shared * I_, in_.w_ih_owner, H_, I_, widths, input_cut_, chunks, rows_max);
     }
 
     last_call_plan() = CallPlan{true, slicing_.count, int64_t(chunks_.size()), rows_max, direct};
+    for (const SlicePanels<S>* p : {&w_hh_panels_, &w_hr_panels_, &w_ih_panels_, &w_in_panels_})
+      last_call_plan().streamed += p->is_streamed();
     run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
       for (auto c = chunks_.rbegin(); c != chunks_.rend(); ++c) {

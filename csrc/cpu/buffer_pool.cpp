@@ -158,7 +158,7 @@ int64_t bytes_from_env(const char* name, int64_t fallback) {
   char* end = nullptr;
   const long long v = std::strtoll(env, &end, 10);
   if (!(end && *end == '\0' && v >= 0))
-    throw std::runtime_error(std::string("rnnfast: ") + name + " must be a number of bytes, got '" + env + "'");
+    throw std::runtime_error(std::string("rnnfast: ") + name + " must be a non-negative integer, got '" + env + "'");
   return v;
 }
 

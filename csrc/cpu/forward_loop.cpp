@@ -34,7 +34,9 @@ bool split_batch(const StepPlan& plan, const LayerView& in, int64_t element_size
   static const int64_t max_bytes = bytes_from_env("RNNFAST_SPLIT_WEIGHT_BYTES", kMaxSplitWeightBytes);
   const LayerDims& d = in.d;
   const int64_t weight_bytes = d.G * d.H * (d.I + d.P) * element_size;
-  return threads > 1 && !in.batch_sizes && !d.proj && plan.B >= kMinSplitRows * threads &&
+  // (A single step has no per-step barriers to save, and its weights are
+  // streamed: split, every thread would pack all of them.)
+  return threads > 1 && !in.batch_sizes && !d.proj && plan.T > 1 && plan.B >= kMinSplitRows * threads &&
          weight_bytes <= max_bytes;
 }
 
@@ -96,13 +98,18 @@ class ForwardLoop {
     }
     // Packing costs about as much as one pass of GEMMs over the weights: not
     // repaid by a step or two of a small batch (e.g. one step at a time while
-    // decoding). Such calls read the weights where they are; the others use
-    // panels from the panel cache, packed again only where a weight changed.
+    // decoding). Such calls read the weights where they are; a weight
+    // multiplied once in the call (w_ih of a single chunk, every weight of a
+    // single step) is streamed; the others use panels from the panel cache,
+    // packed again only where a weight changed (weight_use, loop_common.h).
     // Slice s multiplies by its columns of w_ih^T and w_hh^T, gate-blocked:
     // column g*nu + j is row g*H + u0 + j of the weight, so one GEMM gives all
     // gates of the slice's units. With projection it also owns columns
     // p0..p1 of w_hr^T.
     const bool direct = plan_.N <= kMaxUnpackedRows;
+    const int64_t step_rows = batch_split_ ? (plan_.B + lease_.threads() - 1) / lease_.threads() : plan_.B;
+    const int64_t chunk_rows = batch_split_ ? step_rows : StepPlan::max_rows(chunks_);
+    const int64_t ih_gemms = batch_split_ ? plan_.T : int64_t(chunks_.size());
     std::vector<SliceSource> ih(slicing_.count), hh(slicing_.count), hr(slicing_.count);
     for (int s = 0; s < slicing_.count; ++s) {
       const int64_t u0 = slicing_.u0(s), nu = slicing_.u1(s) - u0;
@@ -111,19 +118,24 @@ class ForwardLoop {
       hr[s] = {0, 1, ColumnMap{slicing_.p0(s) * H_, P_, 0, H_}};
     }
     // (w: [rows, K] contiguous)
+    // gemms, gemm_rows: products by the weight per slice in this call, rows of the largest.
     auto panels = [&](const void* w, const void* owner, int64_t rows, int64_t K, std::vector<int64_t> widths,
-                      std::vector<SliceSource> src) {
-      const S* weight = static_cast<const S*>(w);
-      return direct ? SlicePanels<S>::direct(weight, K, std::move(widths), std::move(src))
-                    : SlicePanels<S>::packed(k_, weight, rows * K, owner, K, std::move(widths), std::move(src));
+                      std::vector<SliceSource> src, int64_t gemms, int64_t gemm_rows) {
+      return SlicePanels<S>::of(k_, weight_use(plan_.N, gemms, gemm_rows, K, sizeof(S)), static_cast<const S*>(w),
+                                rows * K, owner, K, std::move(widths), std::move(src));
     };
-    w_ih_panels_ = panels(in_.w_ih, in_.w_ih_owner, GH, I_, slicing_.unit_widths(G_), std::move(ih));
-    w_hh_panels_ = panels(in_.w_hh, in_.w_hh_owner, GH, P_, slicing_.unit_widths(G_), std::move(hh));
-    if (proj_) w_hr_panels_ = panels(in_.w_hr, in_.w_hr_owner, P_, H_, slicing_.proj_widths(), std::move(hr));
+    w_ih_panels_ = panels(in_.w_ih, in_.w_ih_owner, GH, I_, slicing_.unit_widths(G_), std::move(ih), ih_gemms,
+                          chunk_rows);
+    w_hh_panels_ = panels(in_.w_hh, in_.w_hh_owner, GH, P_, slicing_.unit_widths(G_), std::move(hh), plan_.T,
+                          step_rows);
+    if (proj_)
+      w_hr_panels_ = panels(in_.w_hr, in_.w_hr_owner, P_, H_, slicing_.proj_widths(), std::move(hr), plan_.T,
+                            step_rows);
 
     const int team = batch_split_ ? lease_.threads() : slicing_.count;
     last_call_plan() = CallPlan{false, team, int64_t(chunks_.size()), StepPlan::max_rows(chunks_), direct};
     last_call_plan().batch_split = batch_split_;
+    last_call_plan().streamed = w_ih_panels_.is_streamed() + w_hh_panels_.is_streamed() + w_hr_panels_.is_streamed();
     run_parallel(team, [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
       if (batch_split_) {

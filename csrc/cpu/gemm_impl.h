@@ -489,6 +489,20 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, cons
   }
 }
 
+// gemm_packed with B packed one panel at a time (kernels.h): each panel is
+// packed into the caller's scratch of one panel (packed_b_bytes(K, 1) bytes),
+// then every row tile passes over it while it is in cache.
+template <typename S>
+void gemm_streamed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* src, int64_t k_stride,
+                   ColumnMap columns, acc_t<S> beta, acc_t<S>* Cm, int64_t ldc, void* scratch) {
+  constexpr int64_t NR = panel_width<S>();
+  for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    const int64_t ncols = std::min(NR, N - j0);
+    pack_b<S>(K, ncols, src, k_stride, columns.from(j0), scratch);
+    gemm_packed<S>(M, ncols, K, A_, lda, scratch, beta, Cm + j0, ldc, false);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Unpacked GEMMs of few-row calls
 // ---------------------------------------------------------------------------

@@ -97,7 +97,16 @@ struct ColumnMap {
   int64_t block = 1;
   int64_t block_stride = 0;
   int64_t col_stride = 1;
-  int64_t offset(int64_t n) const { return base + (n / block) * block_stride + (n % block) * col_stride; }
+  int64_t first = 0;  // column n of this map is column first + n of the whole (a panel's share)
+  int64_t offset(int64_t n) const {
+    n += first;
+    return base + (n / block) * block_stride + (n % block) * col_stride;
+  }
+  ColumnMap from(int64_t n) const {
+    ColumnMap m = *this;
+    m.first += n;
+    return m;
+  }
 };
 
 template <typename S>
@@ -113,6 +122,16 @@ struct KernelTable {
                  void* packed);
   void (*gemm_packed)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda,
                       const void* packed, A beta, A* C, int64_t ldc, bool descending);
+  // The same product with B read from `src` as pack_b reads it, one panel at
+  // a time: each panel is packed into `scratch` (packed_b_bytes(K, 1) bytes,
+  // 64-byte aligned) right before every row of A passes over it, so the
+  // weight is read once and each panel is hot when used. For a weight
+  // multiplied once per call (a one-step call, a sequence's single chunk):
+  // the panel cache would read it twice, once to fingerprint it and once as
+  // panels. Same tiles, same sums as gemm_packed over pack_b's panels
+  // (identical results).
+  void (*gemm_streamed)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* src,
+                        int64_t k_stride, ColumnMap columns, A beta, A* C, int64_t ldc, void* scratch);
   // C[M,N] = A[M,K] @ W[N,K]^T + beta*C reading W's rows in place (no packing):
   // for calls too small to repay packing.
   void (*gemm_direct)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* W,

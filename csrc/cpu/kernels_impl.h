@@ -44,6 +44,7 @@ const KernelTable<S>* make_table(const char* isa) {
       &packed_b_bytes<S>,
       &pack_b<S>,
       &gemm_packed<S>,
+      &gemm_streamed<S>,
       &gemm_direct<S>,
       &gemm_rows<S>,
       &transpose<S>,

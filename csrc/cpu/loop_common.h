@@ -127,6 +127,33 @@ struct SliceSource {
 // Steps of at most this many rows alternate the order of their panels (SlicePanels::gemm).
 constexpr int64_t kMaxAlternatingRows = 4;
 
+// How a call multiplies by one of its weights: the weight read where it is
+// (a call of at most kMaxUnpackedRows rows in all), streamed (multiplied once:
+// packed panel by panel as the GEMM goes), or through the panel cache.
+enum class WeightUse { kDirect, kStreamed, kCached };
+
+// Streaming packs every call: it replaces the cache's fingerprint pass (one
+// read of the weight) with a pack (a read and a write of one panel's scratch),
+// and the GEMM then reads that panel while it is hot instead of the cached
+// panels from L2 or beyond. That pays when the product has rows enough to hide
+// the packing, and its A operand (passed over by every panel) stays in L2.
+// Measured on a 2-core Xeon (docs/results/xeon-avx512/streamed_weights_ab.txt):
+// one-step calls of 16-64 rows mostly 8-31 % less time than through the cache.
+constexpr int64_t kMinStreamedRows = 8;
+constexpr int64_t kMaxStreamedABytes = 512 * 1024;
+
+// total_rows: the call's rows (plan N); gemms: products by this weight per
+// slice in the call; rows, K: the largest product's rows and depth.
+// RNNFAST_STREAMED_MIN_ROWS overrides kMinStreamedRows (tuning; a huge value
+// sends every weight through the cache).
+inline WeightUse weight_use(int64_t total_rows, int64_t gemms, int64_t rows, int64_t K, int64_t element_size) {
+  static const int64_t min_rows = bytes_from_env("RNNFAST_STREAMED_MIN_ROWS", kMinStreamedRows);
+  if (total_rows <= kMaxUnpackedRows) return WeightUse::kDirect;
+  if (gemms == 1 && rows >= min_rows && rows * K * element_size <= kMaxStreamedABytes)
+    return WeightUse::kStreamed;
+  return WeightUse::kCached;
+}
+
 // A matrix packed for gemm_packed separately for each column slice (slice s:
 // up to K_max rows, widths[s] columns): the weights of the time loop, or a
 // chunk of rows for the weight gradients. Allocated before the parallel
@@ -162,7 +189,7 @@ class SlicePanels {
     for (size_t s = 0; s < p.widths_.size(); ++s) {
       const SliceSource& src = sources[s];
       recipe.insert(recipe.end(), {p.widths_[s], src.offset, src.k_stride, src.columns.base, src.columns.block,
-                                   src.columns.block_stride, src.columns.col_stride});
+                                   src.columns.block_stride, src.columns.col_stride, src.columns.first});
     }
     p.lease_ = PanelLease::acquire(weight, elements * int64_t(sizeof(S)), owner, std::move(recipe),
                                    p.offsets_.back());
@@ -187,11 +214,42 @@ class SlicePanels {
       const SliceSource& src = p.sources_[s];
       if (src.k_stride != 1 && (src.columns.col_stride != 1 || src.columns.block < p.widths_[s]))
         throw std::logic_error("rnnfast: internal error: an unpacked weight slice must be contiguous columns");
+      if (src.columns.first != 0)  // gemm() walks the gate blocks from column 0
+        throw std::logic_error("rnnfast: internal error: an unpacked weight slice must start its column map");
     }
     return p;
   }
+  // Streamed: gemm() packs the weight panel by panel as it multiplies
+  // (KernelTable::gemm_streamed), for a weight multiplied once per call. Each
+  // slice gets a scratch of one panel (allocated here, before the parallel
+  // region; a slice is multiplied by one thread at a time).
+  static SlicePanels streamed(const KernelTable<S>& k, const S* weight, int64_t K, std::vector<int64_t> widths,
+                              std::vector<SliceSource> sources) {
+    SlicePanels p;
+    p.K_.assign(widths.size(), K);
+    p.widths_ = std::move(widths);
+    p.offsets_ = layout(k, K, std::vector<int64_t>(p.widths_.size(), 1));
+    p.buffer_ = PooledBytes(size_t(p.offsets_.back()));
+    p.data_ = p.buffer_.as<uint8_t>();
+    p.weight_ = weight;
+    p.sources_ = std::move(sources);
+    p.streamed_ = true;
+    return p;
+  }
+  // The panels of a weight used as `use` says (weight_use): direct, streamed
+  // or packed through the cache.
+  static SlicePanels of(const KernelTable<S>& k, WeightUse use, const S* weight, int64_t elements, const void* owner,
+                        int64_t K, std::vector<int64_t> widths, std::vector<SliceSource> sources) {
+    switch (use) {
+      case WeightUse::kDirect: return direct(weight, K, std::move(widths), std::move(sources));
+      case WeightUse::kStreamed: return streamed(k, weight, K, std::move(widths), std::move(sources));
+      case WeightUse::kCached: break;
+    }
+    return packed(k, weight, elements, owner, K, std::move(widths), std::move(sources));
+  }
   // Whether the panel cache holds these panels (their weight is fingerprinted).
   bool cached() const { return lease_ && lease_->cached(); }
+  bool is_streamed() const { return streamed_; }
   // This thread's share of the weight's fingerprint (a barrier must follow
   // before pack() reads the verdict).
   void check(const KernelTable<S>& k, int thread, int threads) {
@@ -201,7 +259,7 @@ class SlicePanels {
   }
   // Packs slice s, unless the cache holds it for the weight as it is.
   void pack(const KernelTable<S>& k, int s) {
-    if (direct_ || sources_.empty() || (lease_ && !lease_->stale())) return;
+    if (direct_ || streamed_ || sources_.empty() || (lease_ && !lease_->stale())) return;
     const SliceSource& src = sources_[s];
     k.pack_b(K_[s], widths_[s], weight_ + src.offset, src.k_stride, src.columns, data(s));
   }
@@ -223,6 +281,12 @@ class SlicePanels {
   void gemm(const KernelTable<S>& k, int s, int64_t M, const S* A_, int64_t lda, A beta, A* C, int64_t ldc,
             int64_t step = -1) const {
     if (M <= 0 || widths_[s] <= 0) return;  // (e.g. dx of a cell with input_size 0)
+    if (streamed_) {
+      const SliceSource& d = sources_[s];
+      k.gemm_streamed(M, widths_[s], K_[s], A_, lda, weight_ + d.offset, d.k_stride, d.columns, beta, C, ldc,
+                      data(s));
+      return;
+    }
     if (!direct_) {
       const bool descending = step >= 0 && (step & 1) && M <= kMaxAlternatingRows;
       k.gemm_packed(M, widths_[s], K_[s], A_, lda, data(s), beta, C, ldc, descending);
@@ -260,7 +324,9 @@ class SlicePanels {
   const S* weight_ = nullptr;
   std::vector<SliceSource> sources_;
   bool direct_ = false;
+  bool streamed_ = false;
 };
+
 
 // Runs the fingerprint checks of a call's cached panels, then (after one
 // barrier, only where some panels are cached) packs this thread's slices of

@@ -2,7 +2,12 @@
 //
 // The time loops multiply by their weights through panels packed per column
 // slice (loop_common.h, SlicePanels): an inference call at T = 16 spends a few
-// per cent of its time packing, a one-step call of a batch of 32 a quarter.
+// per cent of its time packing. A weight multiplied once in a call by 8+ rows
+// whose A operand fits 512 KB (a one-step call's, w_ih of a short sequence's
+// single chunk) does not come here: it is streamed, packed panel by panel as
+// the GEMM goes, read once where the check below would read it twice
+// (loop_common.h, weight_use). The others do (w_hh over the steps, w_ih over
+// chunks, and one-step calls of 5-7 rows or of a larger A).
 // The cache keeps the packed bytes of a weight for a recipe (the instruction
 // set's table, the storage type, K, the slices and their column maps: every
 // input of the packing) and hands them to the next call with the same weight.
@@ -10,7 +15,7 @@
 // When is a weight unchanged? torch's version counter does not say: writes
 // through .data, numpy or DLPack, and the fused optimizers
 // (torch.optim.Adam(fused=True) steps without bumping it) all leave it as it
-// was. So every call reads the weight once and compares a 64-bit fingerprint
+// was. So every call that uses an entry reads the weight once and compares a 64-bit fingerprint
 // of each 16 KB block with the one taken when the panels were packed; the
 // call's own threads do it, in parallel, before the step loop (one pass over
 // the weights: cheaper than packing, which reads them and writes the panels).

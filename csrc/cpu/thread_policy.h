@@ -93,6 +93,7 @@ struct CallPlan {
   bool unpacked = false;    // read the weights in place instead of packing them
   int64_t waited_ns = 0;    // time its threads waited for a CPU (-1: unknown; 0 when serial)
   bool batch_split = false; // forward: the threads split the batch, not the hidden units
+  int streamed = 0;         // weights streamed (multiplied once: packed as the GEMM went, no cache)
 };
 CallPlan& last_call_plan();
 

@@ -80,7 +80,10 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
   // Two ways the loop packs B: from a row-major source (column n at n*3 + 1,
   // rows k at k*src_ld) and from a transposed, gate-blocked one (w^T: column n
   // is row base + (n / block)*block_stride + (n % block) of a [*, K] matrix).
-  for (bool transposed : {false, true}) {
+  // A third: row-major with contiguous columns (col_stride 1, the backward's
+  // w_hh and w_ih), whose panels are copied row by row.
+  for (int layout : {0, 1, 2}) {
+    const bool transposed = layout == 1;
     // Every row-tile size and split: up to 12-row tiles (AVX-512), rests merged
     // with the last full tile (13 = 7 + 6, 26 = 12 + 7 + 7, 64 = 4 x 12 + 8 + 8).
     for (int64_t M : {1, 2, 3, 4, 5, 7, 9, 12, 13, 14, 18, 25, 26, 32, 64}) {
@@ -89,11 +92,16 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
           const int64_t lda = K + 3, ldc = N + 2;
           rnnfast::cpu::ColumnMap map;
           int64_t k_stride, src_size;
-          if (!transposed) {
+          if (layout == 0) {
             k_stride = 3 * N + 2;
             map.base = 1;
             map.block = N;
             map.col_stride = 3;
+            src_size = K * k_stride;
+          } else if (layout == 2) {
+            k_stride = N + 5;
+            map.base = 2;
+            map.block = N;
             src_size = K * k_stride;
           } else {
             k_stride = 1;
@@ -118,13 +126,19 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
                   acc += double(Am[i * lda + p]) * double(src[map.offset(j) + p * k_stride]);
                 want[i * ldc + j] = A(acc + double(beta) * double(C[i * ldc + j]));
               }
-            std::vector<A> C_descending = C;
+            std::vector<A> C_descending = C, C_streamed = C;
             k.gemm_packed(M, N, K, Am.data(), lda, packed.get(), beta, C.data(), ldc, /*descending=*/false);
             expect_close(C, want, tol, transposed ? "gemm_packed (transposed source)" : "gemm_packed",
                          k.isa);
             k.gemm_packed(M, N, K, Am.data(), lda, packed.get(), beta, C_descending.data(), ldc,
                           /*descending=*/true);
             expect_identical(C_descending, C, "gemm_packed, panels last to first", k.isa);
+            // Packed one panel at a time from the source (panels that start inside a
+            // gate block of the transposed source): the same sums bit for bit.
+            Panels scratch(k.packed_b_bytes(K, 1));
+            k.gemm_streamed(M, N, K, Am.data(), lda, src.data(), k_stride, map, beta, C_streamed.data(), ldc,
+                            scratch.get());
+            expect_identical(C_streamed, C, "gemm_streamed", k.isa);
           }
         }
       }
