@@ -177,14 +177,16 @@ def test_training_steps_match_torch(kind, args, kwargs, optimizer):
 
 
 def test_cells_reuse_and_invalidate():
-    """A cell's calls of B = 6 rows (more than read in place, fewer than streamed: packed) reuse
-    the panels; a fused Adam step is seen."""
-    reference, fast = pair("LSTMCell", 10, 24)
-    x, h, c = torch.randn(6, 10), torch.randn(6, 24), torch.randn(6, 24)
+    """A cell's step whose x @ w_ih^T has an A operand past the streaming bound (120 rows x 1200
+    inputs: 576 KB > 512 KB) caches w_ih and reuses its panels (w_hh, K = 24, is streamed); a
+    fused Adam step is seen."""
+    reference, fast = pair("LSTMCell", 1200, 24)
+    x, h, c = torch.randn(120, 1200), torch.randn(120, 24), torch.randn(120, 24)
     with torch.no_grad():
         fast(x, (h, c))
         before = stats()
         fast(x, (h, c))
+        assert C.last_call_plan()["streamed"] == 1, C.last_call_plan()
         assert stats()["hits"] > before["hits"]
     opt = torch.optim.Adam(fast.parameters(), lr=0.1, fused=True)
     fast(x, (h, c))[0].sum().backward()
@@ -197,7 +199,7 @@ def test_cells_reuse_and_invalidate():
 
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_weights_used_once_are_streamed(kind):
-    """A one-step call of 8+ rows multiplies each weight once: it is packed panel by panel as the
+    """A one-step call of 5+ rows multiplies each weight once: it is packed panel by panel as the
     GEMM goes (streamed), never fingerprinted or cached, so every change is seen, those that skip
     the version counter included. Odd sizes: panels cross the gate blocks of a slice."""
     reference, fast = pair(kind, 13, 37)

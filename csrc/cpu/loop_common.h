@@ -138,8 +138,10 @@ enum class WeightUse { kDirect, kStreamed, kCached };
 // panels from L2 or beyond. That pays when the product has rows enough to hide
 // the packing, and its A operand (passed over by every panel) stays in L2.
 // Measured on a 2-core Xeon (docs/results/xeon-avx512/streamed_weights_ab.txt):
-// one-step calls of 16-64 rows mostly 8-31 % less time than through the cache.
-constexpr int64_t kMinStreamedRows = 8;
+// one-step calls of 16-64 rows mostly 8-31 % less time than through the cache,
+// and of 5-7 rows 13-26 % less at H=512 (the smallest that are not read in
+// place: every call that packs a weight it multiplies once streams it).
+constexpr int64_t kMinStreamedRows = kMaxUnpackedRows + 1;
 constexpr int64_t kMaxStreamedABytes = 512 * 1024;
 
 // total_rows: the call's rows (plan N); gemms: products by this weight per

@@ -2,12 +2,12 @@
 //
 // The time loops multiply by their weights through panels packed per column
 // slice (loop_common.h, SlicePanels): an inference call at T = 16 spends a few
-// per cent of its time packing. A weight multiplied once in a call by 8+ rows
+// per cent of its time packing. A weight multiplied once in a call by 5+ rows
 // whose A operand fits 512 KB (a one-step call's, w_ih of a short sequence's
 // single chunk) does not come here: it is streamed, packed panel by panel as
 // the GEMM goes, read once where the check below would read it twice
 // (loop_common.h, weight_use). The others do (w_hh over the steps, w_ih over
-// chunks, and one-step calls of 5-7 rows or of a larger A).
+// chunks, and one-step calls of a larger A).
 // The cache keeps the packed bytes of a weight for a recipe (the instruction
 // set's table, the storage type, K, the slices and their column maps: every
 // input of the packing) and hands them to the next call with the same weight.
