@@ -173,7 +173,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return named({{"backward", py::cast(p.backward)}, {"slices", py::cast(p.slices)}, {"chunks", py::cast(p.chunks)},
                   {"chunk_rows", py::cast(p.chunk_rows)}, {"unpacked", py::cast(p.unpacked)},
                   {"waited_ns", py::cast(p.waited_ns)}, {"batch_split", py::cast(p.batch_split)},
-                  {"streamed", py::cast(p.streamed)}});
+                  {"streamed", py::cast(p.streamed)}, {"weight_as_a", py::cast(p.weight_as_a)}});
   }, "What the last CPU layer call on this thread did: threads, chunks, unpacked or streamed weights.");
   m.def("set_cpu_capability", [](const std::string& name) { cpu::set_cpu_capability(name.c_str()); },
         "Use the CPU kernels of another instruction set (avx512, avx2, default).");

@@ -197,20 +197,26 @@ def test_cells_reuse_and_invalidate():
             assert_close(g, w, "cell output after a fused Adam step")
 
 
+@pytest.mark.parametrize("rows", [19, 26])
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_weights_used_once_are_streamed(kind):
+def test_weights_used_once_are_streamed(kind, rows):
     """A one-step call of 5+ rows multiplies each weight once: it is packed panel by panel as the
     GEMM goes (streamed), never fingerprinted or cached, so every change is seen, those that skip
-    the version counter included. Odd sizes: panels cross the gate blocks of a slice."""
+    the version counter included. Odd sizes: panels cross the gate blocks of a slice. 26 rows: the
+    forward reads its k-contiguous weights in place as the GEMM's A operand instead (gemm_impl.h,
+    gemm_weight_as_a: from 24 rows with AVX-512, 12 with AVX2; not in the generic build); 19 rows:
+    below both."""
     reference, fast = pair(kind, 13, 37)
-    x = torch.randn(19, 13, requires_grad=True)
-    h = torch.randn(19, 37)
-    hx = (h, torch.randn(19, 37)) if kind == "LSTMCell" else h
+    x = torch.randn(rows, 13, requires_grad=True)
+    h = torch.randn(rows, 37)
+    hx = (h, torch.randn(rows, 37)) if kind == "LSTMCell" else h
+    as_a = 2 if rows == 26 and rnnfast.backend()["cpu_capability"] != "default" else 0
     for change in range(3):
         before = stats()
         out = fast(x, hx)
         plan = C.last_call_plan()
         assert plan["streamed"] == 2 and not plan["unpacked"], plan  # w_ih and w_hh
+        assert plan["weight_as_a"] == as_a, plan
         after = stats()
         assert (after["packs"], after["hits"]) == (before["packs"], before["hits"]), (before, after)
         ref = reference(x, hx)
@@ -223,6 +229,7 @@ def test_weights_used_once_are_streamed(kind):
         # (GRU's backward multiplies by w_ih's last gate block apart from the others)
         streamed = 3 if kind == "GRUCell" else 2
         assert C.last_call_plan()["backward"] and C.last_call_plan()["streamed"] == streamed, C.last_call_plan()
+        assert C.last_call_plan()["weight_as_a"] == 0, C.last_call_plan()  # row-major there: panels
         ref_grads = torch.autograd.grad(sum(o.square().sum() for o in refs), [x, *reference.parameters()])
         for k, (a, b) in enumerate(zip(grads, ref_grads)):
             assert_close(a, b, f"gradient {k} after change {change}")

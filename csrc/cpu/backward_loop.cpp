@@ -73,7 +73,7 @@ class BackwardLoop {
       std::vector<SliceSource> src(slicing_.count);
       for (int sl = 0; sl < slicing_.count; ++sl) src[sl] = {0, cols, ColumnMap{cut[sl], cols, 0, 1}};
       return SlicePanels<S>::of(k_, weight_use(plan_.N, gemms, gemm_rows, K, sizeof(S)), weight, K * cols, owner, K,
-                                std::move(widths), std::move(src));
+                                gemm_rows, std::move(widths), std::move(src));
     };
     w_hh_panels_ = panels(in_.w_hh, in_.w_hh_owner, GH, P_, slicing_.proj_widths(), slicing_.proj, plan_.T, B);
     if (proj_)
@@ -114,8 +114,10 @@ class BackwardLoop {
     }
 
     last_call_plan() = CallPlan{true, slicing_.count, int64_t(chunks_.size()), rows_max, direct};
-    for (const SlicePanels<S>* p : {&w_hh_panels_, &w_hr_panels_, &w_ih_panels_, &w_in_panels_})
+    for (const SlicePanels<S>* p : {&w_hh_panels_, &w_hr_panels_, &w_ih_panels_, &w_in_panels_}) {
       last_call_plan().streamed += p->is_streamed();
+      last_call_plan().weight_as_a += p->reads_weight_as_a(k_);
+    }
     run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
       for (auto c = chunks_.rbegin(); c != chunks_.rend(); ++c) {

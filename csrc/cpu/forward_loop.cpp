@@ -122,7 +122,7 @@ class ForwardLoop {
     auto panels = [&](const void* w, const void* owner, int64_t rows, int64_t K, std::vector<int64_t> widths,
                       std::vector<SliceSource> src, int64_t gemms, int64_t gemm_rows) {
       return SlicePanels<S>::of(k_, weight_use(plan_.N, gemms, gemm_rows, K, sizeof(S)), static_cast<const S*>(w),
-                                rows * K, owner, K, std::move(widths), std::move(src));
+                                rows * K, owner, K, gemm_rows, std::move(widths), std::move(src));
     };
     w_ih_panels_ = panels(in_.w_ih, in_.w_ih_owner, GH, I_, slicing_.unit_widths(G_), std::move(ih), ih_gemms,
                           chunk_rows);
@@ -136,6 +136,8 @@ class ForwardLoop {
     last_call_plan() = CallPlan{false, team, int64_t(chunks_.size()), StepPlan::max_rows(chunks_), direct};
     last_call_plan().batch_split = batch_split_;
     last_call_plan().streamed = w_ih_panels_.is_streamed() + w_hh_panels_.is_streamed() + w_hr_panels_.is_streamed();
+    for (const SlicePanels<S>* p : {&w_ih_panels_, &w_hh_panels_, &w_hr_panels_})
+      last_call_plan().weight_as_a += p->reads_weight_as_a(k_);
     run_parallel(team, [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
       if (batch_split_) {

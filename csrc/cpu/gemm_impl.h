@@ -31,6 +31,11 @@ constexpr int kPanelVectors = 2;
 // gemm_rows' vectors of C per pass (independent FMA chains of a one-row
 // axpy): 4, as with the former 4 x 4 tile.
 constexpr int kAxpyVectors = 4;
+// gemm_streamed reads a k-contiguous weight as the A operand up to this many
+// rows of A (gemm_weight_as_a). Xeon VM, 2 threads, one-step LSTM and GRU
+// inference against the weight's transpose: 7-13 % less time at B=32 H=256
+// and B=64 H=512, 6 % at B=128 H=512, 2-3 % at B=24 H=512.
+constexpr int64_t kMaxWeightAsARows = 128;
 #elif defined(CPU_CAPABILITY_AVX2)
 // 16 registers: 6 x 2 accumulators (12: enough independent FMA chains for two
 // 4-cycle pipes), 2 of B, 1 of A: the shape of BLIS's and OpenBLAS's Haswell
@@ -40,12 +45,17 @@ constexpr int kAxpyVectors = 4;
 constexpr int kRows = 6;
 constexpr int kPanelVectors = 2;
 constexpr int kAxpyVectors = kPanelVectors;
+// (see the AVX-512 build) The AVX2 kernels forced on the Xeon VM at H=512:
+// 9-19 % less time at B=12-32, 6-9 % at B=48, -3 to +3 % at B=64.
+// Not measured on an AVX2 machine (Zen 3: 512 KB of L2).
+constexpr int64_t kMaxWeightAsARows = 48;
 #else
 // The generic build (simd.h's 4-lane arrays, SSE2 on x86-64): 4 x 2
 // accumulators in 16 registers; not tuned further.
 constexpr int kRows = 4;
 constexpr int kPanelVectors = 2;
 constexpr int kAxpyVectors = kPanelVectors;
+constexpr int64_t kMaxWeightAsARows = 0;  // (no weight-as-A path)
 #endif
 
 #if defined(RNNFAST_NATIVE_BF16)
@@ -298,8 +308,11 @@ void pack_b_rows(int64_t K, int64_t N, const S* const* row_ptrs, int64_t col0, v
 
 // ---------------------------------------------------------------------------
 // Packed GEMM: C[M,N] = A[M,K] @ B[K,N] + beta*C, row-major. Panels are the
-// outer loop so one panel (or its k block) stays in cache while all row
-// blocks of A pass over it. Register tile: R rows x kPanelVectors vectors.
+// outer loop so one panel stays in cache while all row blocks of A pass over
+// it. k is not blocked (AVX2: see above; AVX-512 on the Xeon VM, blocks of
+// 128 or 256 k: a T=100 B=64 H=512 RNN inference took 4-13 % more time in
+// medians, README "Intel Xeon").
+// Register tile: R rows x kPanelVectors vectors.
 // ---------------------------------------------------------------------------
 
 // Accumulator sets of an R-row tile: a tile of few rows has few independent
@@ -316,7 +329,9 @@ constexpr int accumulator_sets() {
 // LSTM: a store and reload per k) and the same tile ran 2.5x slower in a
 // stand-alone harness (AVX2 6 x 2: 1.35x slower). The call costs nothing
 // against a pass over K.
-template <typename S, int R>
+// Q = 1 sums every output in k order (what gemm_streamed's weight-as-A path
+// needs to give gemm_packed's sums).
+template <typename S, int R, int Q = accumulator_sets<R>()>
 __attribute__((noinline)) void panel_tile(int64_t K, const S* A_, int64_t lda, const acc_t<S>* panel,
                                           acc_t<S> beta, acc_t<S>* Cm, int64_t ldc, int64_t ncols) {
   using T = acc_t<S>;
@@ -324,7 +339,6 @@ __attribute__((noinline)) void panel_tile(int64_t K, const S* A_, int64_t lda, c
   constexpr int W = V::size;
   constexpr int C = kPanelVectors;
   constexpr int64_t NR = C * W;
-  constexpr int Q = accumulator_sets<R>();
   V acc[Q][R][C];
   if (beta != T(0)) {
     // C is read and written after the k loop: fetch its lines (for writing)
@@ -458,7 +472,8 @@ inline void for_each_row_tile(int64_t m0, int64_t m1, F&& f) {
 // L2 cache while every panel of B passes over it. `descending` walks the
 // panels from the last: each panel's columns are the same tile's sums in the
 // same k order either way (identical results); see SlicePanels::gemm.
-template <typename S>
+// kInOrder: tiles of one accumulator set (every output summed in k order).
+template <typename S, bool kInOrder = false>
 void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const void* packed,
                  acc_t<S> beta, acc_t<S>* Cm, int64_t ldc, bool descending) {
   using P = panel_t<S>;
@@ -483,19 +498,120 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, cons
         }
 #endif
         if constexpr (!kPairedPanels<S>)
-          panel_tile<S, Rows>(K, A_ + m * lda, lda, panel, beta, Cm + m * ldc + j0, ldc, ncols);
+          panel_tile<S, Rows, kInOrder ? 1 : accumulator_sets<Rows>()>(K, A_ + m * lda, lda, panel, beta,
+                                                                      Cm + m * ldc + j0, ldc, ncols);
       });
     }
   }
 }
 
+// ---------------------------------------------------------------------------
+// Streamed GEMM (kernels.h): a weight multiplied once in a call
+// ---------------------------------------------------------------------------
+
+// A weight stored k-contiguous (w_ih, w_hh as the forward reads them) times a
+// few dozen rows is multiplied the other way round: C^T[N, M] = W[N, K] @
+// A^T[K, M], the weight's rows broadcast as the tile's A operand where they
+// are stored and the rows of A packed as the panels. Packing the weight would
+// transpose all of it (N x K, the largest share of a one-step call after the
+// tiles: 16 % of LSTMCell inference at B=64 H=512 on the Xeon VM); this packs
+// M x K and transposes the M x N result instead. From a panel's worth of
+// rows less a quarter (24 on AVX-512, 12 on AVX2; fewer wasted lanes of the
+// last panel) to kMaxWeightAsARows, past which the weight's transpose costs
+// less than the extra passes over the weight's rows (one per panel of rows).
+constexpr int64_t kWeightAsABlock = 128;  // weight rows per block of C^T (kept in L2 for its transpose)
+
+template <typename S>
+bool streams_weight_as_a(int64_t M, int64_t k_stride) {
+#if defined(RNNFAST_INLINE_FLOAT_MATH)
+  if constexpr (!kPairedPanels<S> && std::is_same_v<acc_t<S>, float>) {
+    constexpr int64_t NR = panel_width<S>();
+    const int64_t padded = (M + NR - 1) / NR * NR;
+    return k_stride == 1 && 4 * M >= 3 * NR && 4 * M >= 3 * padded && M <= kMaxWeightAsARows;
+  }
+#endif
+  (void)M;
+  (void)k_stride;
+  return false;
+}
+
+template <typename S>
+int64_t streamed_scratch_bytes(int64_t M, int64_t K, int64_t k_stride) {
+  const int64_t one_panel = packed_b_bytes<S>(K, 1);
+  if (!streams_weight_as_a<S>(M, k_stride)) return one_panel;
+  const int64_t padded = (M + panel_width<S>() - 1) / panel_width<S>() * panel_width<S>();
+  const int64_t weight_as_a = (packed_b_bytes<S>(K, M) + 63) / 64 * 64 + kWeightAsABlock * padded * 4;
+  return std::max(one_panel, weight_as_a);
+}
+
+#if defined(RNNFAST_INLINE_FLOAT_MATH)
+// C[m0 + i, n0 + j] = beta * C + ct[j * ldt + i] for a block of `rows` x
+// `cols` (fmadd as the tiles do; C not read where beta is 0).
+inline void add_transposed(int64_t rows, int64_t cols, const float* ct, int64_t ldt, float beta, float* Cm,
+                           int64_t ldc) {
+  using V = simd::Vec<float>;
+  alignas(64) float block[16 * 16];  // [i][j]
+  for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+    const int64_t ni = std::min<int64_t>(16, rows - i0);
+    for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+      const int64_t nj = std::min<int64_t>(16, cols - j0);
+      if (ni == 16 && nj == 16) {
+        simd::transpose_16x16(ct + j0 * ldt + i0, ldt, block, 16);
+      } else {
+        for (int64_t j = 0; j < nj; ++j)
+          for (int64_t i = 0; i < ni; ++i) block[i * 16 + j] = ct[(j0 + j) * ldt + i0 + i];
+      }
+      for (int64_t i = 0; i < ni; ++i) {
+        float* c = Cm + (i0 + i) * ldc + j0;
+        for_each_vector<float>(0, nj, [&](int64_t q, int64_t n) {
+          V out = simd::load(block + i * 16 + q, n);
+          if (beta != 0.f) out = simd::fmadd(V::broadcast(beta), simd::load(c + q, n), out);
+          simd::store(c + q, out, n);
+        });
+      }
+    }
+  }
+}
+#endif
+
+template <typename S>
+void gemm_weight_as_a(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* src, ColumnMap columns,
+                      float beta, float* Cm, int64_t ldc, void* scratch) {
+#if defined(RNNFAST_INLINE_FLOAT_MATH)
+  constexpr int64_t NR = panel_width<S>();
+  const int64_t padded = (M + NR - 1) / NR * NR;
+  uint8_t* bytes = static_cast<uint8_t*>(scratch);
+  void* rows_t = bytes;  // A^T [K, M] as panels of NR rows of A
+  float* ct = reinterpret_cast<float*>(bytes + (packed_b_bytes<S>(K, M) + 63) / 64 * 64);  // [block, padded]
+  pack_b<S>(K, M, A_, 1, ColumnMap{0, M, 0, lda}, rows_t);
+  for (int64_t n0 = 0; n0 < N;) {
+    // Weight rows n0 .. n0 + run: equally strided (one block of the column map).
+    const int64_t run = std::min({N - n0, columns.block - (n0 + columns.first) % columns.block, kWeightAsABlock});
+    gemm_packed<S, /*kInOrder=*/true>(run, M, K, src + columns.offset(n0), columns.col_stride, rows_t, 0.f, ct,
+                                      padded, false);
+    add_transposed(M, run, ct, padded, beta, Cm + n0, ldc);
+    n0 += run;
+  }
+#else
+  (void)M, (void)N, (void)K, (void)A_, (void)lda, (void)src, (void)columns, (void)beta, (void)Cm, (void)ldc,
+      (void)scratch;
+#endif
+}
+
 // gemm_packed with B packed one panel at a time (kernels.h): each panel is
 // packed into the caller's scratch of one panel (packed_b_bytes(K, 1) bytes),
-// then every row tile passes over it while it is in cache.
+// then every row tile passes over it while it is in cache; or, where
+// streams_weight_as_a, gemm_weight_as_a.
 template <typename S>
 void gemm_streamed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* src, int64_t k_stride,
                    ColumnMap columns, acc_t<S> beta, acc_t<S>* Cm, int64_t ldc, void* scratch) {
   constexpr int64_t NR = panel_width<S>();
+  if constexpr (std::is_same_v<acc_t<S>, float>) {
+    if (streams_weight_as_a<S>(M, k_stride)) {
+      gemm_weight_as_a<S>(M, N, K, A_, lda, src, columns, beta, Cm, ldc, scratch);
+      return;
+    }
+  }
   for (int64_t j0 = 0; j0 < N; j0 += NR) {
     const int64_t ncols = std::min(NR, N - j0);
     pack_b<S>(K, ncols, src, k_stride, columns.from(j0), scratch);

@@ -122,16 +122,23 @@ struct KernelTable {
                  void* packed);
   void (*gemm_packed)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda,
                       const void* packed, A beta, A* C, int64_t ldc, bool descending);
-  // The same product with B read from `src` as pack_b reads it, one panel at
-  // a time: each panel is packed into `scratch` (packed_b_bytes(K, 1) bytes,
-  // 64-byte aligned) right before every row of A passes over it, so the
-  // weight is read once and each panel is hot when used. For a weight
-  // multiplied once per call (a one-step call, a sequence's single chunk):
-  // the panel cache would read it twice, once to fingerprint it and once as
-  // panels. Same tiles, same sums as gemm_packed over pack_b's panels
-  // (identical results).
+  // The same product with B read from `src` as pack_b reads it, for a
+  // weight multiplied once per call (a one-step call, a sequence's single
+  // chunk), which the panel cache would read twice (fingerprint, panels).
+  // Each panel is packed into `scratch` (streamed_scratch_bytes(M_max, K,
+  // k_stride) bytes for calls of up to M_max rows, 64-byte aligned) right before every
+  // row of A passes over it: the weight is read once, each panel hot when
+  // used. Same tiles, same sums as gemm_packed over pack_b's panels
+  // (identical results). Where streams_weight_as_a(M, k_stride) (a
+  // k-contiguous weight times a few dozen rows), the weight is instead read
+  // in place as the A operand of C^T = W A^T (gemm_impl.h, gemm_weight_as_a):
+  // every output summed in k order, one fmadd of beta * C, so the same
+  // values as gemm_packed wherever its tiles keep one accumulator set (tiles
+  // of 4+ rows).
   void (*gemm_streamed)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* src,
                         int64_t k_stride, ColumnMap columns, A beta, A* C, int64_t ldc, void* scratch);
+  int64_t (*streamed_scratch_bytes)(int64_t M_max, int64_t K, int64_t k_stride);
+  bool (*streams_weight_as_a)(int64_t M, int64_t k_stride);
   // C[M,N] = A[M,K] @ W[N,K]^T + beta*C reading W's rows in place (no packing):
   // for calls too small to repay packing.
   void (*gemm_direct)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* W,

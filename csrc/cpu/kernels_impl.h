@@ -45,6 +45,8 @@ const KernelTable<S>* make_table(const char* isa) {
       &pack_b<S>,
       &gemm_packed<S>,
       &gemm_streamed<S>,
+      &streamed_scratch_bytes<S>,
+      &streams_weight_as_a<S>,
       &gemm_direct<S>,
       &gemm_rows<S>,
       &transpose<S>,

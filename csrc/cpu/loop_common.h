@@ -225,12 +225,17 @@ class SlicePanels {
   // (KernelTable::gemm_streamed), for a weight multiplied once per call. Each
   // slice gets a scratch of one panel (allocated here, before the parallel
   // region; a slice is multiplied by one thread at a time).
-  static SlicePanels streamed(const KernelTable<S>& k, const S* weight, int64_t K, std::vector<int64_t> widths,
-                              std::vector<SliceSource> sources) {
+  static SlicePanels streamed(const KernelTable<S>& k, const S* weight, int64_t K, int64_t rows,
+                              std::vector<int64_t> widths, std::vector<SliceSource> sources) {
     SlicePanels p;
     p.K_.assign(widths.size(), K);
     p.widths_ = std::move(widths);
-    p.offsets_ = layout(k, K, std::vector<int64_t>(p.widths_.size(), 1));
+    // Per slice: gemm_streamed's scratch for products of up to `rows` rows.
+    p.rows_ = std::max<int64_t>(rows, 1);
+    const int64_t k_stride = sources.empty() ? 1 : sources[0].k_stride;
+    const int64_t bytes = (k.streamed_scratch_bytes(p.rows_, K, k_stride) + 63) / 64 * 64;
+    p.offsets_.resize(p.widths_.size() + 1);
+    for (size_t s = 0; s < p.offsets_.size(); ++s) p.offsets_[s] = int64_t(s) * bytes;
     p.buffer_ = PooledBytes(size_t(p.offsets_.back()));
     p.data_ = p.buffer_.as<uint8_t>();
     p.weight_ = weight;
@@ -240,11 +245,12 @@ class SlicePanels {
   }
   // The panels of a weight used as `use` says (weight_use): direct, streamed
   // or packed through the cache.
+  // (rows: of the largest product by it)
   static SlicePanels of(const KernelTable<S>& k, WeightUse use, const S* weight, int64_t elements, const void* owner,
-                        int64_t K, std::vector<int64_t> widths, std::vector<SliceSource> sources) {
+                        int64_t K, int64_t rows, std::vector<int64_t> widths, std::vector<SliceSource> sources) {
     switch (use) {
       case WeightUse::kDirect: return direct(weight, K, std::move(widths), std::move(sources));
-      case WeightUse::kStreamed: return streamed(k, weight, K, std::move(widths), std::move(sources));
+      case WeightUse::kStreamed: return streamed(k, weight, K, rows, std::move(widths), std::move(sources));
       case WeightUse::kCached: break;
     }
     return packed(k, weight, elements, owner, K, std::move(widths), std::move(sources));
@@ -252,6 +258,11 @@ class SlicePanels {
   // Whether the panel cache holds these panels (their weight is fingerprinted).
   bool cached() const { return lease_ && lease_->cached(); }
   bool is_streamed() const { return streamed_; }
+  // Whether gemm_streamed reads this weight as the A operand in the call's
+  // largest product (KernelTable::streams_weight_as_a).
+  bool reads_weight_as_a(const KernelTable<S>& k) const {
+    return streamed_ && !sources_.empty() && k.streams_weight_as_a(rows_, sources_[0].k_stride);
+  }
   // This thread's share of the weight's fingerprint (a barrier must follow
   // before pack() reads the verdict).
   void check(const KernelTable<S>& k, int thread, int threads) {
@@ -285,8 +296,11 @@ class SlicePanels {
     if (M <= 0 || widths_[s] <= 0) return;  // (e.g. dx of a cell with input_size 0)
     if (streamed_) {
       const SliceSource& d = sources_[s];
-      k.gemm_streamed(M, widths_[s], K_[s], A_, lda, weight_ + d.offset, d.k_stride, d.columns, beta, C, ldc,
-                      data(s));
+      // Blocks of at most the rows the scratch was sized for (one block in
+      // every call the loops make).
+      for (int64_t m0 = 0; m0 < M; m0 += rows_)
+        k.gemm_streamed(std::min(rows_, M - m0), widths_[s], K_[s], A_ + m0 * lda, lda, weight_ + d.offset,
+                        d.k_stride, d.columns, beta, C + m0 * ldc, ldc, data(s));
       return;
     }
     if (!direct_) {
@@ -327,8 +341,8 @@ class SlicePanels {
   std::vector<SliceSource> sources_;
   bool direct_ = false;
   bool streamed_ = false;
+  int64_t rows_ = 0;  // streamed: the rows gemm_streamed's scratch is sized for
 };
-
 
 // Runs the fingerprint checks of a call's cached panels, then (after one
 // barrier, only where some panels are cached) packs this thread's slices of

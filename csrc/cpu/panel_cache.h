@@ -15,10 +15,11 @@
 // When is a weight unchanged? torch's version counter does not say: writes
 // through .data, numpy or DLPack, and the fused optimizers
 // (torch.optim.Adam(fused=True) steps without bumping it) all leave it as it
-// was. So every call that uses an entry reads the weight once and compares a 64-bit fingerprint
-// of each 16 KB block with the one taken when the panels were packed; the
-// call's own threads do it, in parallel, before the step loop (one pass over
-// the weights: cheaper than packing, which reads them and writes the panels).
+// was. So every call that uses an entry reads the weight once and compares
+// a 64-bit fingerprint of each 16 KB block with the one taken when the panels
+// were packed; the call's own threads do it, in parallel, before the step
+// loop (one pass over the weights: cheaper than packing, which reads them and
+// writes the panels).
 // Any difference packs again. The fingerprint is a multiply-rotate hash per
 // 32-bit lane (kernels_impl.h): a changed weight that keeps every block's
 // hash is a 2^-64 accident, not a pattern an optimizer or a user can make.

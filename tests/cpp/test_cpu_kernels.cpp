@@ -82,6 +82,7 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
   // is row base + (n / block)*block_stride + (n % block) of a [*, K] matrix).
   // A third: row-major with contiguous columns (col_stride 1, the backward's
   // w_hh and w_ih), whose panels are copied row by row.
+  int weight_as_a_products = 0;
   for (int layout : {0, 1, 2}) {
     const bool transposed = layout == 1;
     // Every row-tile size and split: up to 12-row tiles (AVX-512), rests merged
@@ -135,14 +136,38 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
             expect_identical(C_descending, C, "gemm_packed, panels last to first", k.isa);
             // Packed one panel at a time from the source (panels that start inside a
             // gate block of the transposed source): the same sums bit for bit.
-            Panels scratch(k.packed_b_bytes(K, 1));
+            std::vector<A> C_before = C_streamed;
+            Panels scratch(k.streamed_scratch_bytes(M, K, k_stride));
             k.gemm_streamed(M, N, K, Am.data(), lda, src.data(), k_stride, map, beta, C_streamed.data(), ldc,
                             scratch.get());
-            expect_identical(C_streamed, C, "gemm_streamed", k.isa);
+            if (!k.streams_weight_as_a(M, k_stride)) {
+              expect_identical(C_streamed, C, "gemm_streamed", k.isa);
+            } else {
+              // The weight read as the A operand: every output summed in k
+              // order by fused multiply-adds, then one fmadd of beta * C.
+              std::vector<A> in_order = C_before;
+              for (int64_t i = 0; i < M; ++i)
+                for (int64_t j = 0; j < N; ++j) {
+                  float acc = 0.f;
+                  for (int64_t p = 0; p < K; ++p)
+                    acc = std::fma(float(Am[i * lda + p]), float(src[map.offset(j) + p * k_stride]), acc);
+                  A& c = in_order[i * ldc + j];
+                  c = beta == A(0) ? acc : std::fma(float(beta), float(c), acc);
+                }
+              expect_identical(C_streamed, in_order, "gemm_streamed (weight as A)", k.isa);
+              expect_close(C_streamed, want, tol, "gemm_streamed (weight as A)", k.isa);
+              ++weight_as_a_products;
+            }
           }
         }
       }
     }
+  }
+  // The builds with gemm_streamed's weight-as-A path (AVX2, AVX-512 but for
+  // the native bf16 panels) ran it above (transposed source, 24+ rows).
+  if (k.streams_weight_as_a(32, 1) && weight_as_a_products == 0) {
+    std::printf("FAIL [%s] gemm_streamed: the weight-as-A path never ran\n", k.isa);
+    ++g_failures;
   }
   // The weight-gradient path: A transposed from a [K, M] block, B packed from
   // row pointers (sizes around the 16x16 transpose blocks).
