@@ -204,8 +204,8 @@ def test_weights_used_once_are_streamed(kind, rows):
     GEMM goes (streamed), never fingerprinted or cached, so every change is seen, those that skip
     the version counter included. Odd sizes: panels cross the gate blocks of a slice. 26 rows: the
     forward reads its k-contiguous weights in place as the GEMM's A operand instead (gemm_impl.h,
-    gemm_weight_as_a: from 24 rows with AVX-512, 12 with AVX2; not in the generic build); 19 rows:
-    below both."""
+    gemm_weight_as_a: from 24 rows with AVX-512, 12 with AVX2; not in the generic build); 19 rows: off
+    it in both (below 24; with AVX2's 16-wide panels, a last panel less than three quarters full)."""
     reference, fast = pair(kind, 13, 37)
     x = torch.randn(rows, 13, requires_grad=True)
     h = torch.randn(rows, 37)

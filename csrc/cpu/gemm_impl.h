@@ -34,7 +34,7 @@ constexpr int kAxpyVectors = 4;
 // gemm_streamed reads a k-contiguous weight as the A operand up to this many
 // rows of A (gemm_weight_as_a). Xeon VM, 2 threads, one-step LSTM and GRU
 // inference against the weight's transpose: 7-13 % less time at B=32 H=256
-// and B=64 H=512, 6 % at B=128 H=512, 2-3 % at B=24 H=512.
+// and B=64 H=512, 6 % at B=128 H=512, 2 % at B=24 H=512.
 constexpr int64_t kMaxWeightAsARows = 128;
 #elif defined(CPU_CAPABILITY_AVX2)
 // 16 registers: 6 x 2 accumulators (12: enough independent FMA chains for two
@@ -46,7 +46,8 @@ constexpr int kRows = 6;
 constexpr int kPanelVectors = 2;
 constexpr int kAxpyVectors = kPanelVectors;
 // (see the AVX-512 build) The AVX2 kernels forced on the Xeon VM at H=512:
-// 9-19 % less time at B=12-32, 6-9 % at B=48, -3 to +3 % at B=64.
+// 9-19 % less time at B=12-32 (H=256 and 512), 6-9 % at B=48, +2.5 and -3 % at
+// B=64.
 // Not measured on an AVX2 machine (Zen 3: 512 KB of L2).
 constexpr int64_t kMaxWeightAsARows = 48;
 #else
@@ -535,10 +536,17 @@ bool streams_weight_as_a(int64_t M, int64_t k_stride) {
   return false;
 }
 
+// Enough for every product of up to M_max rows: the path takes only some row
+// counts (a larger M_max may be off it where a smaller M is on it), so the
+// bound is the path's for min(M_max, kMaxWeightAsARows) rows, whenever any
+// row count up to M_max takes it.
 template <typename S>
-int64_t streamed_scratch_bytes(int64_t M, int64_t K, int64_t k_stride) {
+int64_t streamed_scratch_bytes(int64_t M_max, int64_t K, int64_t k_stride) {
   const int64_t one_panel = packed_b_bytes<S>(K, 1);
-  if (!streams_weight_as_a<S>(M, k_stride)) return one_panel;
+  const int64_t M = std::min(M_max, kMaxWeightAsARows);
+  bool any = false;
+  for (int64_t m = M; m > 0 && !any; --m) any = streams_weight_as_a<S>(m, k_stride);
+  if (!any) return one_panel;
   const int64_t padded = (M + panel_width<S>() - 1) / panel_width<S>() * panel_width<S>();
   const int64_t weight_as_a = (packed_b_bytes<S>(K, M) + 63) / 64 * 64 + kWeightAsABlock * padded * 4;
   return std::max(one_panel, weight_as_a);

@@ -126,7 +126,7 @@ struct KernelTable {
   // weight multiplied once per call (a one-step call, a sequence's single
   // chunk), which the panel cache would read twice (fingerprint, panels).
   // Each panel is packed into `scratch` (streamed_scratch_bytes(M_max, K,
-  // k_stride) bytes for calls of up to M_max rows, 64-byte aligned) right before every
+  // k_stride) bytes serve every call of up to M_max rows; 64-byte aligned) right before every
   // row of A passes over it: the weight is read once, each panel hot when
   // used. Same tiles, same sums as gemm_packed over pack_b's panels
   // (identical results). Where streams_weight_as_a(M, k_stride) (a

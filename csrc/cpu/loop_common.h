@@ -223,8 +223,9 @@ class SlicePanels {
   }
   // Streamed: gemm() packs the weight panel by panel as it multiplies
   // (KernelTable::gemm_streamed), for a weight multiplied once per call. Each
-  // slice gets a scratch of one panel (allocated here, before the parallel
-  // region; a slice is multiplied by one thread at a time).
+  // slice gets gemm_streamed's scratch for products of up to `rows` rows (one
+  // panel, or what the weight-as-A path needs), allocated here, before the
+  // parallel region; a slice is multiplied by one thread at a time.
   static SlicePanels streamed(const KernelTable<S>& k, const S* weight, int64_t K, int64_t rows,
                               std::vector<int64_t> widths, std::vector<SliceSource> sources) {
     SlicePanels p;

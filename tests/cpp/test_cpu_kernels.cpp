@@ -12,8 +12,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cell_math.h"
@@ -88,7 +90,7 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
     // Every row-tile size and split: up to 12-row tiles (AVX-512), rests merged
     // with the last full tile (13 = 7 + 6, 26 = 12 + 7 + 7, 64 = 4 x 12 + 8 + 8).
     for (int64_t M : {1, 2, 3, 4, 5, 7, 9, 12, 13, 14, 18, 25, 26, 32, 64}) {
-      for (int64_t N : {1, 7, 16, 17, 33, 64, 65, 130}) {
+      for (int64_t N : {1, 7, 16, 17, 33, 64, 65, 130, 300}) {  // 300: blocks of 150 > kWeightAsABlock
         for (int64_t K : {1, 7, 64, 70}) {
           const int64_t lda = K + 3, ldc = N + 2;
           rnnfast::cpu::ColumnMap map;
@@ -136,10 +138,25 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
             expect_identical(C_descending, C, "gemm_packed, panels last to first", k.isa);
             // Packed one panel at a time from the source (panels that start inside a
             // gate block of the transposed source): the same sums bit for bit.
+            // beta = 0: C is not read (NaN there must not show).
+            if (beta == A(0))
+              for (int64_t i = 0; i < M; ++i)
+                std::fill_n(C_streamed.begin() + i * ldc, N, std::numeric_limits<A>::quiet_NaN());
             std::vector<A> C_before = C_streamed;
-            Panels scratch(k.streamed_scratch_bytes(M, K, k_stride));
+            // The scratch as the loops size it, for a largest product of more
+            // rows than this one (M + 20 may be off the weight-as-A path where
+            // M is on it), followed by a guard that must stay untouched.
+            const int64_t scratch_bytes = k.streamed_scratch_bytes(M + 20, K, k_stride);
+            Panels scratch(scratch_bytes + 256);
+            uint8_t* guard = static_cast<uint8_t*>(scratch.get()) + scratch_bytes;
+            std::fill_n(guard, 256, uint8_t(0x5a));
             k.gemm_streamed(M, N, K, Am.data(), lda, src.data(), k_stride, map, beta, C_streamed.data(), ldc,
                             scratch.get());
+            if (std::count(guard, guard + 256, uint8_t(0x5a)) != 256) {
+              std::printf("FAIL [%s] gemm_streamed: wrote past its scratch (M=%ld N=%ld K=%ld)\n", k.isa, long(M),
+                          long(N), long(K));
+              ++g_failures;
+            }
             if (!k.streams_weight_as_a(M, k_stride)) {
               expect_identical(C_streamed, C, "gemm_streamed", k.isa);
             } else {
@@ -156,6 +173,11 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
                 }
               expect_identical(C_streamed, in_order, "gemm_streamed (weight as A)", k.isa);
               expect_close(C_streamed, want, tol, "gemm_streamed (weight as A)", k.isa);
+              // AVX-512: 24+ rows make packed tiles of 6+ rows, one accumulator
+              // set each, so the packed path's values too (AVX2's 3-row tiles
+              // keep two sets).
+              if (std::string(k.isa).rfind("avx512", 0) == 0)
+                expect_identical(C_streamed, C, "gemm_streamed (weight as A) vs gemm_packed", k.isa);
               ++weight_as_a_products;
             }
           }
