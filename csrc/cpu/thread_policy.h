@@ -94,7 +94,7 @@ struct CallPlan {
   int64_t waited_ns = 0;    // time its threads waited for a CPU (-1: unknown; 0 when serial)
   bool batch_split = false; // forward: the threads split the batch, not the hidden units
   int streamed = 0;         // weights streamed (multiplied once: packed as the GEMM went, no cache)
-  int weight_as_a = 0;      // of those, read in place as the GEMM's A operand (gemm_impl.h, gemm_weight_as_a)
+  int weight_as_a = 0;      // of those, read in place as the A operand in the largest product (gemm_weight_as_a)
 };
 CallPlan& last_call_plan();
 

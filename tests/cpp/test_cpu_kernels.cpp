@@ -173,9 +173,9 @@ void test_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
                 }
               expect_identical(C_streamed, in_order, "gemm_streamed (weight as A)", k.isa);
               expect_close(C_streamed, want, tol, "gemm_streamed (weight as A)", k.isa);
-              // AVX-512: 24+ rows make packed tiles of 6+ rows, one accumulator
-              // set each, so the packed path's values too (AVX2's 3-row tiles
-              // keep two sets).
+              // AVX-512: 24+ rows in one row block (this test's K) make packed
+              // tiles of 6+ rows, one accumulator set each, so the packed
+              // path's values too (AVX2's 3-row tiles keep two sets).
               if (std::string(k.isa).rfind("avx512", 0) == 0)
                 expect_identical(C_streamed, C, "gemm_streamed (weight as A) vs gemm_packed", k.isa);
               ++weight_as_a_products;
