@@ -135,9 +135,10 @@ class ForwardLoop {
     const int team = batch_split_ ? lease_.threads() : slicing_.count;
     last_call_plan() = CallPlan{false, team, int64_t(chunks_.size()), StepPlan::max_rows(chunks_), direct};
     last_call_plan().batch_split = batch_split_;
-    last_call_plan().streamed = w_ih_panels_.is_streamed() + w_hh_panels_.is_streamed() + w_hr_panels_.is_streamed();
-    for (const SlicePanels<S>* p : {&w_ih_panels_, &w_hh_panels_, &w_hr_panels_})
+    for (const SlicePanels<S>* p : {&w_ih_panels_, &w_hh_panels_, &w_hr_panels_}) {
+      last_call_plan().streamed += p->is_streamed();
       last_call_plan().weight_as_a += p->reads_weight_as_a(k_);
+    }
     run_parallel(team, [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
       if (batch_split_) {

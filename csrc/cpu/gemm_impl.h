@@ -522,13 +522,18 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, cons
 // less than the extra passes over the weight's rows (one per panel of rows).
 constexpr int64_t kWeightAsABlock = 128;  // weight rows per block of C^T (kept in L2 for its transpose)
 
+// M rounded up to whole panels of rows (the weight-as-A path's panels of A).
+template <typename S>
+constexpr int64_t padded_rows(int64_t M) {
+  return (M + panel_width<S>() - 1) / panel_width<S>() * panel_width<S>();
+}
+
 template <typename S>
 bool streams_weight_as_a(int64_t M, int64_t k_stride) {
 #if defined(RNNFAST_INLINE_FLOAT_MATH)
   if constexpr (!kPairedPanels<S> && std::is_same_v<acc_t<S>, float>) {
-    constexpr int64_t NR = panel_width<S>();
-    const int64_t padded = (M + NR - 1) / NR * NR;
-    return k_stride == 1 && 4 * M >= 3 * NR && 4 * M >= 3 * padded && M <= kMaxWeightAsARows;
+    return k_stride == 1 && 4 * M >= 3 * panel_width<S>() && 4 * M >= 3 * padded_rows<S>(M) &&
+           M <= kMaxWeightAsARows;
   }
 #endif
   (void)M;
@@ -547,8 +552,7 @@ int64_t streamed_scratch_bytes(int64_t M_max, int64_t K, int64_t k_stride) {
   bool any = false;
   for (int64_t m = M; m > 0 && !any; --m) any = streams_weight_as_a<S>(m, k_stride);
   if (!any) return one_panel;
-  const int64_t padded = (M + panel_width<S>() - 1) / panel_width<S>() * panel_width<S>();
-  const int64_t weight_as_a = (packed_b_bytes<S>(K, M) + 63) / 64 * 64 + kWeightAsABlock * padded * 4;
+  const int64_t weight_as_a = (packed_b_bytes<S>(K, M) + 63) / 64 * 64 + kWeightAsABlock * padded_rows<S>(M) * 4;
   return std::max(one_panel, weight_as_a);
 }
 
@@ -586,10 +590,9 @@ template <typename S>
 void gemm_weight_as_a(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* src, ColumnMap columns,
                       float beta, float* Cm, int64_t ldc, void* scratch) {
 #if defined(RNNFAST_INLINE_FLOAT_MATH)
-  constexpr int64_t NR = panel_width<S>();
-  const int64_t padded = (M + NR - 1) / NR * NR;
+  const int64_t padded = padded_rows<S>(M);
   uint8_t* bytes = static_cast<uint8_t*>(scratch);
-  void* rows_t = bytes;  // A^T [K, M] as panels of NR rows of A
+  void* rows_t = bytes;  // A^T [K, M] as panels of panel_width<S>() rows of A
   float* ct = reinterpret_cast<float*>(bytes + (packed_b_bytes<S>(K, M) + 63) / 64 * 64);  // [block, padded]
   pack_b<S>(K, M, A_, 1, ColumnMap{0, M, 0, lda}, rows_t);
   for (int64_t n0 = 0; n0 < N;) {

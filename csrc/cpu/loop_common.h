@@ -231,7 +231,6 @@ class SlicePanels {
     SlicePanels p;
     p.K_.assign(widths.size(), K);
     p.widths_ = std::move(widths);
-    // Per slice: gemm_streamed's scratch for products of up to `rows` rows.
     p.rows_ = std::max<int64_t>(rows, 1);
     const int64_t k_stride = sources.empty() ? 1 : sources[0].k_stride;
     const int64_t bytes = (k.streamed_scratch_bytes(p.rows_, K, k_stride) + 63) / 64 * 64;
@@ -245,8 +244,7 @@ class SlicePanels {
     return p;
   }
   // The panels of a weight used as `use` says (weight_use): direct, streamed
-  // or packed through the cache.
-  // (rows: of the largest product by it)
+  // or packed through the cache (rows: of the largest product by it).
   static SlicePanels of(const KernelTable<S>& k, WeightUse use, const S* weight, int64_t elements, const void* owner,
                         int64_t K, int64_t rows, std::vector<int64_t> widths, std::vector<SliceSource> sources) {
     switch (use) {
