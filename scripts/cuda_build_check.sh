@@ -9,7 +9,8 @@
 #   4. the package imports without a GPU, loads the CUDA library, reports CUDA and its arches, and
 #      has CUDA kernels registered for every op;
 #   5. the suites of loading, dispatch and the operators' contract against this build (backend,
-#      ops, parity, errors, export, panel cache: the whole CPU suite runs against the in-place build);
+#      ops, parity, errors, export but its ONNX cases, panel cache: the whole CPU suite runs
+#      against the in-place build);
 #   6. the GPU algorithm (csrc/gpu/layer_loop.h) emulated on the CPU (RNNFAST_GPU_EMULATION=1)
 #      over the parity, gradient, cell, low-precision and op suites, and tests/cuda's dry run.
 # What it cannot check: the CUDA runtime itself (kernels running on a device) - scripts/gpu_check.sh
@@ -103,10 +104,14 @@ run_tests() {
 }
 # The CPU kernels of this build are the in-place build's sources (the whole suite ran against
 # those); what this build changes is the torch it is built for (2.14.1) and the CUDA library
-# beside them: the suites of loading, dispatch and the operator contract run against it.
+# beside them: the suites of loading, dispatch and the operator contract run against it. Not the
+# ONNX export cases (test_onnx_export): while exporting, the modules run torch.nn's forward, so
+# what they test depends on the torch, not on the build, and the wheel's check beside the same
+# torch 2.14.1 runs them (scripts/wheel_check.sh; about 40 s of the step on the Xeon VM).
 echo "== cuda: loading, dispatch and the operators' contract against the CUDA build (torch 2.14.1)"
 run_tests "$ROOT/tests/test_backend.py" "$ROOT/tests/test_ops.py" "$ROOT/tests/test_parity.py" \
-  "$ROOT/tests/test_errors.py" "$ROOT/tests/test_export.py" "$ROOT/tests/test_panel_cache.py"
+  "$ROOT/tests/test_errors.py" "$ROOT/tests/test_export.py" "$ROOT/tests/test_panel_cache.py" \
+  -k "not test_onnx_export"
 lap "CPU suites"
 
 echo "== cuda: the GPU algorithm emulated on the CPU (RNNFAST_GPU_EMULATION=1)"
