@@ -125,12 +125,12 @@ class BuildWithIsaKernels(BuildExtension):
         if not os.path.islink(link):
             os.symlink(target, link)
         # One job per source: (source, output folder, include folders, flags, headers it depends on).
-        # The instruction-set kernels first: they take longest (10-18 s each on the 2-core VMs).
+        # The instruction-set kernels first: they take longest (7-17 s each on the 2-core Xeon VM).
         jobs = [(f"csrc/cpu/kernels_{isa}.cpp", f"isa_{isa}", ext.include_dirs,
                  cxx_flags + STABLE_FLAGS + ISA_FLAGS[isa], kernel_headers) for isa in reversed(isa_builds())]
         jobs.append((BINDINGS_SOURCE, "bindings", [os.path.join(ROOT, "csrc"), pybind_only], cxx_flags,
                      ["csrc/controls.h", "csrc/cells.h", "csrc/cpu/thread_policy.h"]))
-        jobs += [(src, os.path.join("stable", os.path.splitext(os.path.basename(src))[0]), ext.include_dirs,
+        jobs += [(src, os.path.join("stable", os.path.splitext(src)[0]), ext.include_dirs,
                   cxx_flags + STABLE_FLAGS, kernel_headers) for src in STABLE_SOURCES]
 
         def compile_one(job):
@@ -139,9 +139,8 @@ class BuildWithIsaKernels(BuildExtension):
                                          include_dirs=include_dirs, macros=macros, extra_postargs=flags,
                                          depends=depends)
 
-        # torch's compile runs one ninja per call, and each of these calls has one source: run them
-        # side by side, MAX_JOBS at once (one call per group, as before, left a core idle while the
-        # single-file groups compiled). Each call has its own folder, so its own build.ninja.
+        # torch's compile runs one ninja per call, and a call of one source keeps one core busy: the
+        # calls run side by side, MAX_JOBS at once, each in its own folder (its own build.ninja).
         workers = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for objects in pool.map(compile_one, jobs):

@@ -38,15 +38,40 @@ def seed(request):
     return value
 
 
+def _emulation_state():
+    """(operator calls that ran the emulated GPU algorithm in this process, whether it is on)."""
+    from rnnfast import _extension
+
+    C = _extension.require_extension()
+    return C._gpu_emulated_calls(), bool(C._gpu_emulation())
+
+
+_WORKER_EMULATION = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist's controller: keep each worker's report of the emulation (below)."""
+    report = getattr(node, "workeroutput", {}).get("gpu_emulation")
+    if report is not None:
+        node.config.stash.setdefault(_WORKER_EMULATION, []).append(report)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """With RNNFAST_GPU_EMULATION=1 (scripts/cuda_build_check.sh), the run must really have gone
-    through the emulated GPU algorithm: fail a run in which no call did."""
-    if os.environ.get("RNNFAST_GPU_EMULATION") != "1" or exitstatus != 0:
+    through the emulated GPU algorithm: fail a run in which no call did. Under pytest-xdist the
+    tests ran in the workers: each reports its count, and the controller adds them up."""
+    if os.environ.get("RNNFAST_GPU_EMULATION") != "1":
         return
-    from rnnfast import _extension
-    C = _extension.require_extension()
-    calls = C._gpu_emulated_calls()
-    print(f"\nRNNFAST_GPU_EMULATION=1: {calls} operator calls ran the emulated GPU algorithm")
-    if calls == 0 or not C._gpu_emulation():
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker
+        session.config.workeroutput["gpu_emulation"] = _emulation_state()
+        return
+    if exitstatus != 0:
+        return
+    reports = session.config.stash.get(_WORKER_EMULATION, None) or [_emulation_state()]
+    calls, emulated = sum(c for c, _ in reports), all(on for _, on in reports)
+    print(f"\nRNNFAST_GPU_EMULATION=1: {calls} operator calls ran the emulated GPU algorithm"
+          f"{f' ({len(reports)} worker processes)' if len(reports) > 1 else ''}")
+    if calls == 0 or not emulated:
         print("ERROR: the GPU emulation was not in effect for this run")
         session.exitstatus = 1
