@@ -135,16 +135,28 @@ class BuildWithIsaKernels(BuildExtension):
 
         def compile_one(job):
             source, folder, include_dirs, flags, depends = job
-            return self.compiler.compile([source], output_dir=os.path.join(self.build_temp, folder),
-                                         include_dirs=include_dirs, macros=macros, extra_postargs=flags,
-                                         depends=depends)
+            try:
+                return self.compiler.compile([source], output_dir=os.path.join(self.build_temp, folder),
+                                             include_dirs=include_dirs, macros=macros, extra_postargs=flags,
+                                             depends=depends)
+            except Exception as exc:  # torch's message names no file; the compiler's output is above
+                raise RuntimeError(f"rnnfast: compiling {source} failed (the compiler's errors are in the "
+                                   "output above, after 'FAILED:')") from exc
 
         # torch's compile runs one ninja per call, and a call of one source keeps one core busy: the
-        # calls run side by side, MAX_JOBS at once, each in its own folder (its own build.ninja).
-        workers = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+        # calls run side by side, MAX_JOBS at once (as torch reads it), each in its own folder (its
+        # own build.ninja). Without ninja, torch's compile swaps the compiler command of the one
+        # shared compiler object for each call: one call at a time then.
+        max_jobs = os.environ.get("MAX_JOBS", "")
+        workers = (int(max_jobs) if max_jobs.isdigit() else os.cpu_count() or 1) if self.use_ninja else 1
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for objects in pool.map(compile_one, jobs):
-                ext.extra_objects.extend(objects)
+            futures = [pool.submit(compile_one, job) for job in jobs]
+            try:
+                for future in futures:
+                    ext.extra_objects.extend(future.result())
+            except BaseException:  # the first error ends the build: the queued compiles are dropped
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
         super().build_extension(ext)
 
 

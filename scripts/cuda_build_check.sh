@@ -100,7 +100,7 @@ lap "CMake CUDA build"
 
 run_tests() {
   (cd "$BUILD" && PYTHONPATH="$BUILD/lib" RNNFAST_EXPECT_CUDA=1 RNNFAST_EXPECT_STABLE_ABI=0 "$VENV/bin/python" -P -m pytest -q \
-     -p no:cacheprovider -n "${RNNFAST_TEST_WORKERS:-2}" --rootdir "$ROOT" -o pythonpath="$ROOT/tests" "$@")
+     -p no:cacheprovider -n "${RNNFAST_TEST_WORKERS:-2}" --dist loadgroup --rootdir "$ROOT" -o pythonpath="$ROOT/tests" "$@")
 }
 # The CPU kernels of this build are the in-place build's sources (the whole suite ran against
 # those); what this build changes is the torch it is built for (2.14.1) and the CUDA library

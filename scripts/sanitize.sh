@@ -36,7 +36,7 @@ start=$(date +%s)
 echo "== sanitize: Python tests under ASan+UBSan (leak detection off: the interpreter's own)"
 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 run_instrumented -c \
   "import rnnfast, sys; assert rnnfast._C.__file__.startswith('$BUILD/lib'), rnnfast._C.__file__"
-ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 run_instrumented -m pytest -q -p no:cacheprovider -n "$RNNFAST_TEST_WORKERS" \
+ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 run_instrumented -m pytest -q -p no:cacheprovider -n "$RNNFAST_TEST_WORKERS" --dist loadgroup \
   --rootdir "$ROOT" "$ROOT/tests/test_parity.py" "$ROOT/tests/test_ops.py" "$ROOT/tests/test_errors.py" \
   "$ROOT/tests/test_kernels.py" "$ROOT/tests/test_gradcheck.py" "$ROOT/tests/test_numerics.py" \
   "$ROOT/tests/test_double_backward.py" "$ROOT/tests/test_low_precision.py" \

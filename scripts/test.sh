@@ -12,7 +12,7 @@ cd "$ROOT"
 
 echo "== python test suite"
 start=$(date +%s)
-RNNFAST_EXPECT_STABLE_ABI=0 "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider -n "$RNNFAST_TEST_WORKERS"
+RNNFAST_EXPECT_STABLE_ABI=0 "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider -n "$RNNFAST_TEST_WORKERS" --dist loadgroup
 echo "== python tests took $(( $(date +%s) - start )) s"
 
 # AddressSanitizer + UBSan build, a subset of the suite under it, LeakSanitizer over repeated calls.

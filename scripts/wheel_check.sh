@@ -63,10 +63,10 @@ print('CUDA library:', 'loaded, kernels registered' if info['cuda_loaded'] else 
 if [ "${RNNFAST_WHEEL_SUITE:-ci}" = all ]; then
   # With the compiler back on PATH: torch.compile's inductor compiles the C++ it generates (in
   # test_compile.py and test_low_precision.py).
-  env -u PYTHONPATH PATH="$VENV/bin:$PATH" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -n "${RNNFAST_TEST_WORKERS:-2}" \
+  env -u PYTHONPATH PATH="$VENV/bin:$PATH" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -n "${RNNFAST_TEST_WORKERS:-2}" --dist loadgroup \
     -p no:cacheprovider tests --ignore=tests/test_docs.py
 elif [ "${RNNFAST_WHEEL_SUITE:-ci}" = dispatch ]; then
-  env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -n "${RNNFAST_TEST_WORKERS:-2}" -p no:cacheprovider \
+  env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -n "${RNNFAST_TEST_WORKERS:-2}" --dist loadgroup -p no:cacheprovider \
     tests/test_backend.py tests/test_parity.py tests/test_ops.py tests/test_errors.py tests/test_export.py \
     tests/test_autograd_hygiene.py tests/test_python_autograd.py
 else
@@ -76,10 +76,10 @@ else
   # with eager rnnfast is covered here by test_torch_export and the parity suite.
   onnx=()
   grep -qxF "$TORCH_SPEC" "$ROOT/requirements.txt" && onnx=(-k "not test_onnx_export")
-  env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -n "${RNNFAST_TEST_WORKERS:-2}" -p no:cacheprovider \
+  env -u PYTHONPATH PATH="$VENV/bin" RNNFAST_EXPECT_STABLE_ABI=1 "$VENV/bin/python" -m pytest -q -n "${RNNFAST_TEST_WORKERS:-2}" --dist loadgroup -p no:cacheprovider \
     tests/test_backend.py tests/test_parity.py tests/test_ops.py tests/test_errors.py tests/test_export.py \
     tests/test_gradcheck.py tests/test_double_backward.py tests/test_autograd_hygiene.py \
     tests/test_python_autograd.py tests/test_panel_cache.py tests/test_gpu_algorithm.py ${onnx[@]+"${onnx[@]}"}
-  env -u PYTHONPATH PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m pytest -q -n "${RNNFAST_TEST_WORKERS:-2}" -p no:cacheprovider tests/test_compile.py
+  env -u PYTHONPATH PATH="$VENV/bin:$PATH" "$VENV/bin/python" -m pytest -q -n "${RNNFAST_TEST_WORKERS:-2}" --dist loadgroup -p no:cacheprovider tests/test_compile.py
 fi
 echo "== wheel check: suites against the installed wheel ($TORCH_SPEC) took $(( $(date +%s) - start )) s"

@@ -7,7 +7,8 @@ one process computes on the whole global batch with the mean loss.
 
 One pair of worker processes (spawned: no fork of a process that already runs torch's thread
 pools) runs every model and dtype, so the interpreter start-up is paid once; the results come back
-through files and each model/dtype is its own test.  The rendezvous store is a TCPStore that this
+through files and each model/dtype is its own test (one xdist group: under pytest-xdist all of them
+go to one worker, so the pair runs once there too).  The rendezvous store is a TCPStore that this
 process opens on port 0, so the OS picks a free port and there is no race for it.
 """
 
@@ -30,6 +31,8 @@ if not dist.is_gloo_available():
     pytest.skip("the gloo backend of torch.distributed is not available in this torch build", allow_module_level=True)
 
 import torch.multiprocessing as mp  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("ddp")  # the scripts run xdist with --dist loadgroup
 
 WORLD_SIZE = 2
 STEPS = 4

@@ -162,6 +162,9 @@ def test_torch_function_mode_that_adds_a_grad_input_records_a_graph():
     torch.testing.assert_close(delta.grad, expected_args[5].grad, rtol=0, atol=0)
 
 
+# torch's forward-AD machinery loads jit-scripted decompositions on first use in a process (its own
+# deprecation warning; test_autograd_hygiene.py's QUIET_JIT, there when both run in one process).
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_inference_skips_only_the_autograd_kernel():
     """An inference call (no input requires grad) skips the Autograd kernel: modes still see the
     operator; under forward AD, even inside no_grad, the call keeps its tangents (the reference
