@@ -497,26 +497,39 @@ class _CellForward(_ReleasesPanels):
         calls that come here); it only decides faster (one call per token in a decoder)."""
         if hx is None or input.dim() != 2 or torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled():
             return None
-        w_ih, w_hh, b_ih, b_hh = _parameters(self, self._PARAMETER_NAMES)
+        params = self._parameters  # (read directly: see _parameters; a moved weight takes the full checks)
+        try:
+            w_ih, w_hh, b_ih, b_hh = params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]
+        except KeyError:
+            return None
         dtype = input.dtype
-        device = input.device
-        if dtype not in _SUPPORTED_DTYPES or w_ih.dtype != dtype or w_ih.device != device:
+        if dtype not in _SUPPORTED_DTYPES or w_ih is None or w_ih.dtype != dtype:
             return None
-        if not (device.type == "cpu" or (device.type == "cuda" and cuda_loaded())):
-            return None
-        batch, features = input.shape
-        shape = (batch, self.hidden_size)
         if self._cell_mode == "LSTM":
             if type(hx) is not tuple or len(hx) != 2:
                 return None
             h, c = hx
-            if h.shape != shape or c.shape != shape or h.dtype != dtype or c.dtype != dtype or c.device != device:
+            if not isinstance(c, torch.Tensor) or c.dtype != dtype:
                 return None
         else:
             h, c = hx, None
-            if h.shape != shape or h.dtype != dtype:
+        if not isinstance(h, torch.Tensor) or h.dtype != dtype:  # (torch.nn's checks say what else hx is)
+            return None
+        # Every tensor on the input's device: Tensor.is_cpu is a flag, input.device an object per read.
+        if input.is_cpu:
+            if not (w_ih.is_cpu and h.is_cpu and (c is None or c.is_cpu)):
                 return None
-        if features != self.input_size or batch == 0 or self.hidden_size == 0 or h.device != device:
+        elif input.is_cuda and cuda_loaded():
+            device = input.device
+            if w_ih.device != device or h.device != device or (c is not None and c.device != device):
+                return None
+        else:
+            return None
+        batch, features = input.shape
+        shape = (batch, self.hidden_size)
+        if h.shape != shape or (c is not None and c.shape != shape):
+            return None
+        if features != self.input_size or batch == 0 or self.hidden_size == 0:
             return None
         return (self._mode(), input, h, c, w_ih, w_hh, b_ih, b_hh)
 
@@ -582,15 +595,16 @@ class _CellForward(_ReleasesPanels):
         require_extension()
         is_lstm = self._cell_mode == "LSTM"
         args = self._common_step(input, hx)
+        common = args is not None  # (its batch and hidden size are not 0)
         is_batched = True
-        if args is None:
+        if not common:
             args, is_batched = self._step_arguments(input, hx)
         mode, x, h, c, w_ih, w_hh, b_ih, b_hh = args
-        if x.size(0) == 0 or self.hidden_size == 0:  # torch's cells accept both
+        if not common and (x.size(0) == 0 or self.hidden_size == 0):  # torch's cells accept both
             h, c = _empty_cell_result(x, (h, c) if is_lstm else (h,), (w_ih, w_hh, b_ih, b_hh))
         else:  # one fused operator call (functional.cell_step, inlined: a decoder calls it per token)
-            _, h, c = _ops.module_layer_forward(CELLS[mode].code, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False,
-                                                allow_tf32(x))
+            layer_forward = _ops.eager_layer_forward if common else _ops.module_layer_forward
+            _, h, c = layer_forward(CELLS[mode].code, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False, allow_tf32(x))
         if not is_batched:
             h = h.squeeze(0)
             c = c.squeeze(0) if c is not None else None

@@ -589,3 +589,19 @@ def test_common_step_agrees_with_the_checks(kind):
         assert fast._common_step(x, None) is None  # no hx
         assert fast._common_step(x.to(torch.float16), state) is None  # dtype
         assert fast._common_step(torch.randn(batch, 4, dtype=dtype), state) is None  # input size
+        assert fast._common_step(x, [state]) is None  # hx of the wrong type: torch.nn's checks raise
+        assert fast._common_step(x.to("meta"), state) is None  # device
+        other = h.to(torch.float16 if dtype == torch.float32 else torch.float32)
+        assert fast._common_step(x, (other, hx[1]) if kind == "LSTMCell" else other) is None  # state dtype
+        assert fast._common_step(x, (h[:, :6], hx[1]) if kind == "LSTMCell" else h[:, :6]) is None  # state size
+        if kind == "LSTMCell":
+            assert fast._common_step(x, (h, hx[1].to("meta"))) is None
+            assert fast._common_step(x, (h, hx[1][:1] if batch > 1 else hx[1][:, :6])) is None
+            assert fast._common_step(x, [h, hx[1]]) is None  # a list: torch.nn's parser decides
+        torch.nn.utils.parametrize.register_parametrization(fast, "weight_hh", _Identity())
+        assert fast._common_step(x, hx) is None  # a weight moved out of _parameters
+
+
+class _Identity(torch.nn.Module):
+    def forward(self, w):
+        return w
