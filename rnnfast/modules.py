@@ -129,7 +129,8 @@ def _check_dtype_and_device(module, input, weight, states, names=("hx", "cx")):
     if dtype not in _SUPPORTED_DTYPES:
         raise NotImplementedError(
             f"rnnfast.{type(module).__name__} supports float32, float64, bfloat16 and float16 inputs, got {dtype}")
-    if input.device != weight.device:  # torch.nn's check (aten/src/ATen/native/RNN.cpp), its message
+    # Device checks: Tensor.is_cpu is a flag, Tensor.device an object per read (a one-step call's cost).
+    if not (input.is_cpu and weight.is_cpu) and input.device != weight.device:  # torch.nn's check (RNN.cpp)
         raise RuntimeError(
             f"Input and parameter tensors are not at the same device, found input tensor at "
             f"{input.device} and parameter tensor at {weight.device}"
@@ -148,7 +149,7 @@ def _check_dtype_and_device(module, input, weight, states, names=("hx", "cx")):
         )
     out = list(states)
     for k, h in enumerate(out):
-        if h.device != input.device:
+        if not (h.is_cpu and input.is_cpu) and h.device != input.device:
             raise RuntimeError(
                 f"Input and hidden tensors are not at the same device, found input tensor at "
                 f"{input.device} and hidden tensor at {h.device}"
@@ -165,8 +166,10 @@ def _autocast_dtype(input):
     """The lower-precision dtype of an enabled ``torch.autocast`` region of the input's device (CPU
     or CUDA) for a float32 input, else None (float64 and already-lower inputs are left alone, as
     autocast does)."""
+    if input.dtype != torch.float32 or not torch._C._is_any_autocast_enabled():  # (flags: the common call)
+        return None
     device = input.device.type
-    if input.dtype != torch.float32 or device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
         return None
     return torch.get_autocast_dtype(device)
 
@@ -298,6 +301,7 @@ class _RecurrentBase(_ReleasesPanels, nn.RNNBase):
         weights = self._current_weights()
         is_lstm = self.mode == "LSTM"
         orig_input = input
+        zeros = hx is None  # the initial states are made here
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             is_batched = True
@@ -324,7 +328,7 @@ class _RecurrentBase(_ReleasesPanels, nn.RNNBase):
             batch_dim = 0 if self.batch_first else 1
             if not is_batched:
                 input = input.unsqueeze(batch_dim)
-            if hx is None:
+            if zeros:
                 hx = self._zeros_hidden(input, input.size(0) if self.batch_first else input.size(1))
             else:
                 hx = self._unbatched_hidden(hx, is_batched)
@@ -332,6 +336,10 @@ class _RecurrentBase(_ReleasesPanels, nn.RNNBase):
             self._check_packed_args_traced(input, hx, batch_sizes)
         elif is_lstm and batch_sizes is not None:
             self._check_packed_lstm_args(input, hx, batch_sizes)
+        elif batch_sizes is None and zeros:
+            # hx made above has the sizes check_forward_args expects of it: only the input's
+            # checks can fail (torch.nn's, its messages), a micro-second less per one-step call.
+            self.check_input(input, batch_sizes)
         else:
             self.check_forward_args(input, hx, batch_sizes)
         states = _check_dtype_and_device(self, input, weights[0], hx if is_lstm else (hx,))
