@@ -177,6 +177,26 @@ def _autocast_dtype(input):
 # ---- LSTM, GRU, RNN -----------------------------------------------------------------------------
 
 
+# torch.nn's own hidden-state checks (RNNBase's; LSTM's pair check).
+_TORCH_HIDDEN_CHECKS = {
+    "check_forward_args": (nn.RNNBase.check_forward_args, nn.LSTM.check_forward_args),
+    "get_expected_hidden_size": (nn.RNNBase.get_expected_hidden_size,),
+    "get_expected_cell_size": (nn.LSTM.get_expected_cell_size, None),  # (LSTM only)
+    "check_hidden_size": (nn.RNNBase.check_hidden_size,),
+}
+_HIDDEN_CHECKS_OF_CLASS: dict = {}
+
+
+def _torch_hidden_checks(cls) -> bool:
+    """Whether cls checks hidden states with torch.nn's own methods, which module-made zero states
+    always pass (a subclass that overrides one gets it called, as torch.nn calls it)."""
+    known = _HIDDEN_CHECKS_OF_CLASS.get(cls)
+    if known is None:
+        known = _HIDDEN_CHECKS_OF_CLASS[cls] = all(
+            getattr(cls, name, None) in own for name, own in _TORCH_HIDDEN_CHECKS.items())
+    return known
+
+
 class _RecurrentBase(_ReleasesPanels, nn.RNNBase):
     """The ``forward`` shared by rnnfast.LSTM, GRU and RNN."""
 
@@ -336,7 +356,7 @@ class _RecurrentBase(_ReleasesPanels, nn.RNNBase):
             self._check_packed_args_traced(input, hx, batch_sizes)
         elif is_lstm and batch_sizes is not None:
             self._check_packed_lstm_args(input, hx, batch_sizes)
-        elif batch_sizes is None and zeros:
+        elif batch_sizes is None and zeros and _torch_hidden_checks(type(self)):
             # hx made above has the sizes check_forward_args expects of it: only the input's
             # checks can fail (torch.nn's, its messages), a micro-second less per one-step call.
             self.check_input(input, batch_sizes)

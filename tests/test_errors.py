@@ -596,10 +596,57 @@ def test_common_step_agrees_with_the_checks(kind):
         assert fast._common_step(x, (h[:, :6], hx[1]) if kind == "LSTMCell" else h[:, :6]) is None  # state size
         if kind == "LSTMCell":
             assert fast._common_step(x, (h, hx[1].to("meta"))) is None
+            assert fast._common_step(x, (h.to("meta"), hx[1])) is None
             assert fast._common_step(x, (h, hx[1][:1] if batch > 1 else hx[1][:, :6])) is None
             assert fast._common_step(x, [h, hx[1]]) is None  # a list: torch.nn's parser decides
+            # A cell state of another dtype: the full checks promote it as torch does.
+            assert fast._common_step(x, (h, hx[1].to(torch.float16 if dtype == torch.float32 else torch.float32))) is None
+        else:
+            assert fast._common_step(x, h.to("meta")) is None
+        assert fast._common_step(x[:0], (h[:0], hx[1][:0]) if kind == "LSTMCell" else h[:0]) is None  # batch 0
+        on_meta = getattr(rnnfast, kind)(5, 7, bias=bias, dtype=dtype, device="meta")
+        assert on_meta._common_step(x, hx) is None  # weights on another device
+        no_hidden = getattr(rnnfast, kind)(5, 0, bias=bias, dtype=dtype)
+        empty = torch.randn(batch, 0, dtype=dtype)
+        assert no_hidden._common_step(x, (empty, empty) if kind == "LSTMCell" else empty) is None  # hidden_size 0
         torch.nn.utils.parametrize.register_parametrization(fast, "weight_hh", _Identity())
         assert fast._common_step(x, hx) is None  # a weight moved out of _parameters
+
+
+def test_eager_layer_forward_is_the_operator():
+    """The cells' common call skips OpOverload.__call__ (rnnfast/_ops.py: eager_layer_forward),
+    which is only right while __call__ does nothing but call _op: this pins that."""
+    import ast
+    import inspect
+    import textwrap
+
+    from rnnfast import _ops
+
+    if not _ops.CPP_AUTOGRAD:  # the Python autograd's eager entry, not the raw operator
+        assert _ops.eager_layer_forward is _ops.module_layer_forward
+        return
+    assert _ops.eager_layer_forward is _ops.layer_forward._op
+    tree = ast.parse(textwrap.dedent(inspect.getsource(type(_ops.layer_forward).__call__)))
+    body = [node for node in tree.body[0].body
+            if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]  # (docstring)
+    assert len(body) == 1 and isinstance(body[0], ast.Return), ast.dump(tree)
+    call = body[0].value
+    assert isinstance(call, ast.Call) and ast.unparse(call.func) == "self._op", ast.unparse(call)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_own_initial_states_keep_a_subclass_check(mode):
+    """With hx=None a layer checks only the input where its hidden checks are torch.nn's (the zero
+    states it makes pass them); a subclass that overrides one still has it called, as torch.nn does."""
+    calls = []
+
+    class Checked(getattr(rnnfast, mode)):
+        def check_hidden_size(self, hx, expected_hidden_size, msg="Expected hidden size {}, got {}"):
+            calls.append(tuple(expected_hidden_size))
+            return super().check_hidden_size(hx, expected_hidden_size, msg)
+
+    Checked(4, 5)(torch.randn(3, 2, 4))
+    assert calls and calls[0] == (1, 2, 5)
 
 
 class _Identity(torch.nn.Module):
