@@ -38,7 +38,7 @@ import torch
 from ._cells import CELL_OF_CODE
 from ._extension import _C
 
-layer_forward = layer_forward_train = layer_backward = module_layer_forward = eager_layer_forward = None
+layer_forward = layer_forward_train = layer_backward = module_layer_forward = None
 CPP_AUTOGRAD = False
 
 if _C is not None:
@@ -61,10 +61,6 @@ if _C is not None:
     # the autograd kernel's work without the dispatcher's round trip into Python where nothing
     # needs the dispatcher (rnnfast/_autograd.py: layer_forward).
     module_layer_forward = layer_forward if CPP_AUTOGRAD else _autograd.layer_forward
-    # The cells' common eager call (a decoder's per-token step; never while compiling, which needs
-    # the OpOverload): the same operator without OpOverload.__call__'s Python frame, about 0.4 µs of
-    # a 15 µs one-step call.
-    eager_layer_forward = getattr(layer_forward, "_op", layer_forward) if CPP_AUTOGRAD else module_layer_forward
 
     def _cell(code: int):
         cell = CELL_OF_CODE.get(code)

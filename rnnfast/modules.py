@@ -631,8 +631,8 @@ class _CellForward(_ReleasesPanels):
         if not common and (x.size(0) == 0 or self.hidden_size == 0):  # torch's cells accept both
             h, c = _empty_cell_result(x, (h, c) if is_lstm else (h,), (w_ih, w_hh, b_ih, b_hh))
         else:  # one fused operator call (functional.cell_step, inlined: a decoder calls it per token)
-            layer_forward = _ops.eager_layer_forward if common else _ops.module_layer_forward
-            _, h, c = layer_forward(CELLS[mode].code, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False, allow_tf32(x))
+            _, h, c = _ops.module_layer_forward(CELLS[mode].code, x, None, h, c, w_ih, w_hh, b_ih, b_hh, None, False,
+                                                allow_tf32(x))
         if not is_batched:
             h = h.squeeze(0)
             c = c.squeeze(0) if c is not None else None

@@ -613,27 +613,6 @@ def test_common_step_agrees_with_the_checks(kind):
         assert fast._common_step(x, hx) is None  # a weight moved out of _parameters
 
 
-def test_eager_layer_forward_is_the_operator():
-    """The cells' common call skips OpOverload.__call__ (rnnfast/_ops.py: eager_layer_forward),
-    which is only right while __call__ does nothing but call _op: this pins that."""
-    import ast
-    import inspect
-    import textwrap
-
-    from rnnfast import _ops
-
-    if not _ops.CPP_AUTOGRAD:  # the Python autograd's eager entry, not the raw operator
-        assert _ops.eager_layer_forward is _ops.module_layer_forward
-        return
-    assert _ops.eager_layer_forward is _ops.layer_forward._op
-    tree = ast.parse(textwrap.dedent(inspect.getsource(type(_ops.layer_forward).__call__)))
-    body = [node for node in tree.body[0].body
-            if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]  # (docstring)
-    assert len(body) == 1 and isinstance(body[0], ast.Return), ast.dump(tree)
-    call = body[0].value
-    assert isinstance(call, ast.Call) and ast.unparse(call.func) == "self._op", ast.unparse(call)
-
-
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_own_initial_states_keep_a_subclass_check(mode):
     """With hx=None a layer checks only the input where its hidden checks are torch.nn's (the zero
