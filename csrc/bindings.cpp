@@ -164,10 +164,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     const cpu::ThreadPolicyState s = cpu::thread_policy_state();
     return named({{"capacity", py::cast(s.capacity)}, {"in_use", py::cast(s.in_use)},
                   {"forked_child", py::cast(s.forked_child)}, {"serial_until_ns", py::cast(s.serial_until_ns)},
-                  {"contended_calls", py::cast(s.contended_calls)}, {"leases_denied", py::cast(s.leases_denied)}});
+                  {"contended_calls", py::cast(s.contended_calls)}, {"backoffs", py::cast(s.backoffs)},
+                  {"leases_denied", py::cast(s.leases_denied)}});
   }, "The CPU thread policy's state (csrc/cpu/thread_policy.h).");
   m.def("reset_thread_policy", &cpu::reset_thread_policy,
         "Clear the contention back-off and the policy's counters.");
+  m.def("_report_parallel_region", &cpu::report_parallel_region, py::arg("preemptions"), py::arg("waited_ns"),
+        py::arg("threads"), py::arg("duration_ns"),
+        "Tests: report a parallel call to the thread policy as the time loops do (waited_ns < 0: no "
+        "schedstat), ending now.");
   m.def("last_call_plan", [] {
     const cpu::CallPlan& p = cpu::last_call_plan();
     return named({{"backward", py::cast(p.backward)}, {"slices", py::cast(p.slices)}, {"chunks", py::cast(p.chunks)},

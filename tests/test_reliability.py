@@ -245,11 +245,11 @@ def test_contention_sends_calls_to_one_thread(split_small_calls, two_threads):
             time.sleep(0.3)
             C.reset_thread_policy()
             busy, deadline = [], time.perf_counter() + 2.0
-            while time.perf_counter() < deadline and not C.thread_policy_state()["contended_calls"]:
+            while time.perf_counter() < deadline and not C.thread_policy_state()["backoffs"]:
                 seconds, out = timed_call()
                 busy.append(seconds)
                 torch.testing.assert_close(out, expected, rtol=0, atol=0)
-            if C.thread_policy_state()["contended_calls"]:
+            if C.thread_policy_state()["backoffs"]:
                 fast(x)
                 assert C.last_call_plan()["slices"] == 1, C.last_call_plan()  # backed off
             else:
@@ -258,6 +258,46 @@ def test_contention_sends_calls_to_one_thread(split_small_calls, two_threads):
             for h in hogs:
                 h.kill()
                 h.wait()
+
+
+@pytest.fixture
+def clean_thread_policy():
+    C.reset_thread_policy()
+    yield
+    C.reset_thread_policy()
+
+
+def test_one_stray_preemption_does_not_back_off(clean_thread_policy):
+    """A parallel call whose threads waited for a CPU (1 ms and a quarter of their time) is
+    contended; the back-off starts at the second within 250 ms of the previous one's end, or at
+    one right after a back-off, and a clean call ends the escalation. (Calls reported through the
+    policy's own entry point, with their waits made up: deterministic on any machine.)"""
+    ms = 1_000_000
+
+    def report(waited_ns, duration_ns=4 * ms):
+        C._report_parallel_region(preemptions=1, waited_ns=waited_ns, threads=2, duration_ns=duration_ns)
+        return C.thread_policy_state()
+
+    s = report(3 * ms)
+    assert (s["contended_calls"], s["backoffs"], s["serial_until_ns"]) == (1, 0, 0), s
+    s = report(ms - 1)  # under 1 ms: clean
+    assert (s["contended_calls"], s["backoffs"]) == (1, 0), s
+    s = report(1 * ms, duration_ns=10 * ms)  # under a quarter of 2 x 10 ms: clean
+    assert (s["contended_calls"], s["backoffs"]) == (1, 0), s
+    s = report(3 * ms)  # the second within 250 ms
+    assert (s["contended_calls"], s["backoffs"]) == (2, 1) and s["serial_until_ns"] > 0, s
+    time.sleep(0.3)
+    s = report(3 * ms)  # right after a back-off (no clean call since): another, without a pair
+    assert s["backoffs"] == 2, s
+    report(0)  # a clean call
+    time.sleep(0.3)
+    s = report(3 * ms)  # 300 ms after the last contended call, after a clean one: a stray
+    assert (s["contended_calls"], s["backoffs"]) == (4, 2), s
+    # Long calls back to back: the window runs from one's end to the next one's start.
+    C.reset_thread_policy()
+    report(300 * ms, duration_ns=400 * ms)
+    s = report(300 * ms, duration_ns=400 * ms)
+    assert (s["contended_calls"], s["backoffs"]) == (2, 1), s
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"), reason="no schedstat here")

@@ -59,9 +59,22 @@ constexpr int64_t kContendedRate = 250;  // per second of parallel time
 // thousands of calls (waking a halted vCPU, kernel threads); with one core
 // busy, 24 ms (a time slice) in 1 % of small calls, 60 ms in most large ones.
 constexpr int64_t kMinWaitNs = 1'000'000;
+// One contended call is not load: on the quiet 2-core Xeon VM about one call a
+// second (a loop of one-step backward calls at B=64 H=512, ~0.7 ms each) had a
+// thread preempted for 1-7 ms (no other process of the VM ran: the host or the
+// guest's scheduler), and backing off on each sent 11-27 % of those calls to
+// one thread (8-10 % more time; benchmarks/stray_preemptions.py). A call
+// contended within this long of the previous contended call's end starts the
+// back-off; so does a contended call right after a back-off (the contention
+// outlasted it). Steady load makes contended calls tens of ms apart at most:
+// every large call, and about one small call in a hundred, each followed by a
+// time slice's wait.
+constexpr int64_t kStrikeWindowNs = 250'000'000;
 std::mutex g_window_mutex;
 int64_t g_window_ns = 0;
 int64_t g_window_preemptions = 0;
+int64_t g_last_contended_end_ns = 0;  // steady clock; 0: none since the last reset
+std::atomic<int64_t> g_backoffs{0};
 
 int capacity() {
   static const int cores = [] {
@@ -127,10 +140,18 @@ ThreadLease::~ThreadLease() {
 
 void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads, int64_t duration_ns) {
   std::lock_guard<std::mutex> lock(g_window_mutex);
+  const int64_t end = now_ns();
   bool contended;
+  bool sustained = true;  // the contention is more than one stray preemption
   if (waited_ns >= 0) {
     // The scheduler's own account: the call's threads waited for a CPU.
     contended = waited_ns >= kMinWaitNs && waited_ns * 4 >= duration_ns * std::max(threads, 1);
+    if (contended) {
+      const int64_t start = end - duration_ns;
+      sustained = (g_last_contended_end_ns != 0 && start - g_last_contended_end_ns <= kStrikeWindowNs) ||
+                  g_backoff_ns.load(std::memory_order_relaxed) > kMinBackoffNs;
+      g_last_contended_end_ns = end;
+    }
   } else {
     // Over a window of recent parallel time (halved when it passes 100 ms): one
     // call can be too short to see a preemption even under load.
@@ -148,8 +169,10 @@ void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads,
     return;
   }
   g_contended_calls.fetch_add(1, std::memory_order_relaxed);
+  if (!sustained) return;
+  g_backoffs.fetch_add(1, std::memory_order_relaxed);
   const int64_t backoff = g_backoff_ns.load(std::memory_order_relaxed);
-  g_serial_until_ns.store(now_ns() + backoff, std::memory_order_relaxed);
+  g_serial_until_ns.store(end + backoff, std::memory_order_relaxed);
   g_backoff_ns.store(std::min(backoff * 2, kMaxBackoffNs), std::memory_order_relaxed);
   g_window_ns = 0;  // the next probe starts a fresh window
   g_window_preemptions = 0;
@@ -182,6 +205,7 @@ ThreadPolicyState thread_policy_state() {
           g_forked_child.load(),
           until > now_ns() ? until : 0,
           g_contended_calls.load(),
+          g_backoffs.load(),
           g_leases_denied.load()};
 }
 
@@ -195,10 +219,12 @@ void reset_thread_policy() {
     std::lock_guard<std::mutex> lock(g_window_mutex);
     g_window_ns = 0;
     g_window_preemptions = 0;
+    g_last_contended_end_ns = 0;
   }
   g_serial_until_ns.store(0);
   g_backoff_ns.store(kMinBackoffNs);
   g_contended_calls.store(0);
+  g_backoffs.store(0);
   g_leases_denied.store(0);
 }
 
