@@ -24,10 +24,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine_load  # noqa: E402
 import provenance  # noqa: E402
-
-rnnfast = provenance.load_rnnfast()  # (raises where the extension is missing)
-from rnnfast import _C  # noqa: E402
+import timing  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +39,12 @@ def main() -> None:
     ap.add_argument("--events", action="store_true", help="print each contended call")
     ap.add_argument("--busy", action="store_true", help="another process spins on one core meanwhile")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    rnnfast = provenance.load_rnnfast()  # (raises where the extension is missing)
+    from rnnfast import _C
+
+    timing.setup_device("cpu", args.threads)
+    print(f"rnnfast from {os.path.dirname(rnnfast.__file__)} ({provenance.rnnfast_backend_short(rnnfast)}); "
+          f"load average at the start {machine_load.loadavg()}")
     torch.manual_seed(0)
     cell = getattr(rnnfast, args.cell)(args.size, args.size)
     x = torch.randn(args.batch, args.size, requires_grad=True)

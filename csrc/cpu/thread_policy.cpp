@@ -61,19 +61,21 @@ constexpr int64_t kContendedRate = 250;  // per second of parallel time
 constexpr int64_t kMinWaitNs = 1'000'000;
 // One contended call is not load: on the quiet 2-core Xeon VM about one call a
 // second (a loop of one-step backward calls at B=64 H=512, ~0.7 ms each) had a
-// thread preempted for 1-7 ms (no other process of the VM ran: the host or the
-// guest's scheduler), and backing off on each sent 11-27 % of those calls to
-// one thread (8-10 % more time; benchmarks/stray_preemptions.py). A call
-// contended within this long of the previous contended call's end starts the
-// back-off; so does a contended call right after a back-off (the contention
-// outlasted it). Steady load makes contended calls tens of ms apart at most:
-// every large call, and about one small call in a hundred, each followed by a
-// time slice's wait.
+// thread preempted for 1-7 ms (cause not established: perf saw no other
+// process of the VM run but kdamond, 0.1 %), and backing off on each sent
+// 11-27 % of those calls to one thread (8-10 % more time than with the rule
+// below; benchmarks/stray_preemptions.py). A contended call starts the
+// back-off when it began within this long of the previous contended call's
+// end (a back-off's end counting as one), or when the previous parallel call
+// was contended too (calls far apart; and the first call after a back-off,
+// which no parallel call reports: the contention outlasted it). With one core
+// busy, that loop's contended calls came 7-160 ms apart.
 constexpr int64_t kStrikeWindowNs = 250'000'000;
 std::mutex g_window_mutex;
 int64_t g_window_ns = 0;
 int64_t g_window_preemptions = 0;
 int64_t g_last_contended_end_ns = 0;  // steady clock; 0: none since the last reset
+bool g_previous_contended = false;    // the last parallel call reported was contended
 std::atomic<int64_t> g_backoffs{0};
 
 int capacity() {
@@ -148,10 +150,11 @@ void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads,
     contended = waited_ns >= kMinWaitNs && waited_ns * 4 >= duration_ns * std::max(threads, 1);
     if (contended) {
       const int64_t start = end - duration_ns;
-      sustained = (g_last_contended_end_ns != 0 && start - g_last_contended_end_ns <= kStrikeWindowNs) ||
-                  g_backoff_ns.load(std::memory_order_relaxed) > kMinBackoffNs;
+      sustained = g_previous_contended ||
+                  (g_last_contended_end_ns != 0 && start - g_last_contended_end_ns <= kStrikeWindowNs);
       g_last_contended_end_ns = end;
     }
+    g_previous_contended = contended;
   } else {
     // Over a window of recent parallel time (halved when it passes 100 ms): one
     // call can be too short to see a preemption even under load.
@@ -173,6 +176,10 @@ void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads,
   g_backoffs.fetch_add(1, std::memory_order_relaxed);
   const int64_t backoff = g_backoff_ns.load(std::memory_order_relaxed);
   g_serial_until_ns.store(end + backoff, std::memory_order_relaxed);
+  // The back-off's end counts as the last contended moment: under steady load
+  // the first calls after it may be clean, and one contended call within the
+  // window then backs off again at once (as before the pair rule).
+  g_last_contended_end_ns = end + backoff;
   g_backoff_ns.store(std::min(backoff * 2, kMaxBackoffNs), std::memory_order_relaxed);
   g_window_ns = 0;  // the next probe starts a fresh window
   g_window_preemptions = 0;
@@ -220,6 +227,7 @@ void reset_thread_policy() {
     g_window_ns = 0;
     g_window_preemptions = 0;
     g_last_contended_end_ns = 0;
+    g_previous_contended = false;
   }
   g_serial_until_ns.store(0);
   g_backoff_ns.store(kMinBackoffNs);

@@ -16,15 +16,17 @@
 //     4 s) and resets after a clean call. The evidence is the kernel's own
 //     account of it, run_delay in /proc/thread-self/schedstat: a call whose
 //     threads waited at least 1 ms and a quarter of their time is contended.
-//     Two such calls within 250 ms start the back-off (as does one right
-//     after a back-off), so the first calls after a core becomes busy are
+//     Two such calls within 250 ms, or two parallel calls in a row (the
+//     first call after a back-off included), start the back-off, so the
+//     first calls after a core becomes busy are
 //     the only ones to pay (a preempted thread stalls its partners at the
 //     step barrier for a time slice: milliseconds), and a lone preemption on
 //     a quiet machine does not send a quarter second of calls to one thread.
 //     Measured on 2-core VMs (thread_policy.cpp, kMinWaitNs, kStrikeWindowNs):
 //     quiet, a call's threads wait at most 1.5 ms and 16 % of their time (Zen
 //     3), but on the Xeon VM about one call per second waits 1-7 ms; one core
-//     busy, 24-60 ms. Where schedstat is missing, the rate of involuntary
+//     busy, 24-60 ms (Zen 3), 4-8 ms (Xeon). Where schedstat is missing, the
+//     rate of involuntary
 //     context switches over the last 10-100 ms of parallel time (at least 6,
 //     and 250 per second; quiet: 30-40 per second) decides. Neither sleeping
 //     barrier waits nor idle time are a signal: a long phase of unequal work
