@@ -290,6 +290,8 @@ def test_one_stray_preemption_does_not_back_off(clean_thread_policy):
     assert (s["contended_calls"], s["backoffs"]) == (1, 0), s
     s = report(1 * ms, duration_ns=10 * ms)  # under a quarter of 2 x 10 ms: clean
     assert (s["contended_calls"], s["backoffs"]) == (1, 0), s
+    s = report(ms - 1, duration_ns=ms)  # most of the call's time, but under 1 ms: clean
+    assert (s["contended_calls"], s["backoffs"]) == (1, 0), s
     time.sleep(0.1)
     s = report(3 * ms)  # ~100 ms after the first one's end, clean calls between: a pair
     assert s["contended_calls"] == 2 and backed_off(s), s
@@ -303,7 +305,7 @@ def test_one_stray_preemption_does_not_back_off(clean_thread_policy):
     time.sleep(0.3)  # (250 ms again: the clean call reset the escalation)
     report(0)
     time.sleep(0.3)
-    s = report(3 * ms)  # 300 ms after the back-off's end, after a clean call: a stray
+    s = report(3 * ms)  # ~350 ms after the back-off's end, after a clean call: a stray
     assert (s["contended_calls"], s["backoffs"]) == (5, 3), s
 
     # Two contended calls in a row, far apart (sparse calls on a loaded machine): a pair.

@@ -63,7 +63,7 @@ constexpr int64_t kMinWaitNs = 1'000'000;
 // second (a loop of one-step backward calls at B=64 H=512, ~0.7 ms each) had a
 // thread preempted for 1-7 ms (cause not established: perf saw no other
 // process of the VM run but kdamond, 0.1 %), and backing off on each sent
-// 11-27 % of those calls to one thread (8-10 % more time than with the rule
+// 11-27 % of those calls to one thread (4-12 % more time than with the rule
 // below; benchmarks/stray_preemptions.py). A contended call starts the
 // back-off when it began within this long of the previous contended call's
 // end (a back-off's end counting as one), or when the previous parallel call

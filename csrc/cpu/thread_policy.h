@@ -16,9 +16,10 @@
 //     4 s) and resets after a clean call. The evidence is the kernel's own
 //     account of it, run_delay in /proc/thread-self/schedstat: a call whose
 //     threads waited at least 1 ms and a quarter of their time is contended.
-//     Two such calls within 250 ms, or two parallel calls in a row (the
-//     first call after a back-off included), start the back-off, so the
-//     first calls after a core becomes busy are
+//     Such a call starts the back-off when it began within 250 ms of the
+//     previous one's end (a back-off's end counting as one) or when the
+//     previous parallel call was contended too, so the first calls after a
+//     core becomes busy are
 //     the only ones to pay (a preempted thread stalls its partners at the
 //     step barrier for a time slice: milliseconds), and a lone preemption on
 //     a quiet machine does not send a quarter second of calls to one thread.
