@@ -272,9 +272,8 @@ def test_one_stray_preemption_does_not_back_off(clean_thread_policy):
     contended. The back-off starts at a contended call that began within 250 ms of the previous
     contended call's end (a back-off's end counts as one), or that follows another contended call
     (the first parallel call after a back-off follows the one that started it); a lone one does not
-    back off. (Calls reported through the
-    policy's own entry point with made-up waits, as the time loops report them; no rnnfast call
-    runs in this process meanwhile.)"""
+    back off. (Calls reported through the policy's own entry point with made-up waits, as the time
+    loops report them; no rnnfast call runs in this process meanwhile.)"""
     ms = 1_000_000
 
     def report(waited_ns, duration_ns=4 * ms):
