@@ -19,17 +19,16 @@
 //     Such a call starts the back-off when it began within 250 ms of the
 //     previous one's end (a back-off's end counting as one) or when the
 //     previous parallel call was contended too, so the first calls after a
-//     core becomes busy are
-//     the only ones to pay (a preempted thread stalls its partners at the
-//     step barrier for a time slice: milliseconds), and a lone preemption on
-//     a quiet machine does not send a quarter second of calls to one thread.
-//     Measured on 2-core VMs (thread_policy.cpp, kMinWaitNs, kStrikeWindowNs):
-//     quiet, a call's threads wait at most 1.5 ms and 16 % of their time (Zen
-//     3), but on the Xeon VM about one call per second waits 1-7 ms; one core
-//     busy, 24-60 ms (Zen 3), 4-8 ms (Xeon). Where schedstat is missing, the
-//     rate of involuntary
-//     context switches over the last 10-100 ms of parallel time (at least 6,
-//     and 250 per second; quiet: 30-40 per second) decides. Neither sleeping
+//     core becomes busy are the only ones to pay (a preempted thread stalls
+//     its partners at the step barrier for a time slice: milliseconds), and a
+//     lone preemption on a quiet machine does not send a quarter second of
+//     calls to one thread. Measured on 2-core VMs (thread_policy.cpp,
+//     kMinWaitNs, kStrikeWindowNs): quiet, a call's threads wait at most
+//     1.5 ms and 16 % of their time (Zen 3), but on the Xeon VM about one call
+//     per second waits 1-7 ms; one core busy, 24-60 ms (Zen 3), 4-8 ms (Xeon).
+//     Where schedstat is missing, the rate of involuntary context switches
+//     over the last 10-100 ms of parallel time (at least 6, and 250 per
+//     second; quiet: 30-40 per second) decides. Neither sleeping
 //     barrier waits nor idle time are a signal: a long phase of unequal work
 //     makes them on a quiet machine too.
 //   * fork: a child forked after OpenMP started must not enter a parallel
