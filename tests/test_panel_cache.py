@@ -197,20 +197,29 @@ def test_cells_reuse_and_invalidate():
             assert_close(g, w, "cell output after a fused Adam step")
 
 
-@pytest.mark.parametrize("rows", [19, 26])
+# Rows of a one-step call -> whether its forward reads the weights as the GEMM's A operand, per
+# instruction set (gemm_impl.h, streams_weight_as_a; 16- and 32-wide panels of rows).
+WEIGHT_AS_A = {
+    "avx2": {19: False, 26: False, 32: True},  # past one panel, whole panels only
+    "avx512": {19: False, 26: True, 32: True},  # from 24 rows, a quarter of the last panel padding
+}
+
+
+@pytest.mark.parametrize("rows", [19, 26, 32])
 @pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_weights_used_once_are_streamed(kind, rows):
     """A one-step call of 5+ rows multiplies each weight once: it is packed panel by panel as the
     GEMM goes (streamed), never fingerprinted or cached, so every change is seen, those that skip
-    the version counter included. Odd sizes: panels cross the gate blocks of a slice. 26 rows: the
-    forward reads its k-contiguous weights in place as the GEMM's A operand instead (gemm_impl.h,
-    gemm_weight_as_a: from 24 rows with AVX-512, 12 with AVX2; not in the generic build); 19 rows: off
-    it in both (below 24; with AVX2's 16-wide panels, a last panel less than three quarters full)."""
+    the version counter included. Odd sizes: panels cross the gate blocks of a slice. Some row
+    counts read the forward's k-contiguous weights in place as the GEMM's A operand instead
+    (WEIGHT_AS_A; never in the generic build): 19 rows in no build (with AVX2's 16-wide panels, a
+    last panel less than three quarters full), 26 with AVX-512 only, 32 with both."""
     reference, fast = pair(kind, 13, 37)
     x = torch.randn(rows, 13, requires_grad=True)
     h = torch.randn(rows, 37)
     hx = (h, torch.randn(rows, 37)) if kind == "LSTMCell" else h
-    as_a = 2 if rows == 26 and rnnfast.backend()["cpu_capability"] != "default" else 0
+    isa = rnnfast.backend()["cpu_capability"]
+    as_a = 2 if WEIGHT_AS_A.get("avx512" if isa.startswith("avx512") else isa, {}).get(rows) else 0
     for change in range(3):
         before = stats()
         out = fast(x, hx)

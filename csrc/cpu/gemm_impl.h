@@ -36,6 +36,10 @@ constexpr int kAxpyVectors = 4;
 // inference against the weight's transpose: 7-13 % less time at B=32 H=256
 // and B=64 H=512, 6 % at B=128 H=512, 2 % at B=24 H=512.
 constexpr int64_t kMaxWeightAsARows = 128;
+// Whether the weight-as-A path takes a product of several panels of rows
+// whose last panel is partly padding (see the AVX2 build): here a quarter of
+// it may be (B=24: 2 % less time).
+constexpr bool kWeightAsAPadsLastPanel = true;
 #elif defined(CPU_CAPABILITY_AVX2)
 // 16 registers: 6 x 2 accumulators (12: enough independent FMA chains for two
 // 4-cycle pipes), 2 of B, 1 of A: the shape of BLIS's and OpenBLAS's Haswell
@@ -47,9 +51,16 @@ constexpr int kPanelVectors = 2;
 constexpr int kAxpyVectors = kPanelVectors;
 // (see the AVX-512 build) The AVX2 kernels forced on the Xeon VM at H=512:
 // 9-19 % less time at B=12-32 (H=256 and 512), 6-9 % at B=48, +2.5 and -3 % at
-// B=64.
-// Not measured on an AVX2 machine (Zen 3: 512 KB of L2).
+// B=64. On Zen 3 (family 25 model 1; 512 KB of L2), one-step inference at
+// H=512 against the path off (ab_builds.py, 2 threads, minima of 6-8
+// alternating processes): 19-20 % less time at B=16, 11 % at B=32, 4-7 % at
+// B=48, the same at B=64; but 7-10 % more at B=24 (two runs) and 6-9 % more at
+// B=40, whose last panel of rows is a half or a third empty (three runs and
+// two). At B=12 (one panel, a quarter empty) the path took 6-16 % less time
+// (two runs). So on AVX2 a product of more than one panel of rows must fill
+// them all (kWeightAsAPadsLastPanel).
 constexpr int64_t kMaxWeightAsARows = 48;
+constexpr bool kWeightAsAPadsLastPanel = false;
 #else
 // The generic build (simd.h's 4-lane arrays, SSE2 on x86-64): 4 x 2
 // accumulators in 16 registers; not tuned further.
@@ -57,6 +68,7 @@ constexpr int kRows = 4;
 constexpr int kPanelVectors = 2;
 constexpr int kAxpyVectors = kPanelVectors;
 constexpr int64_t kMaxWeightAsARows = 0;  // (no weight-as-A path)
+constexpr bool kWeightAsAPadsLastPanel = false;
 #endif
 
 #if defined(RNNFAST_NATIVE_BF16)
@@ -519,7 +531,8 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, cons
 // M x K and transposes the M x N result instead. From a panel's worth of
 // rows less a quarter (24 on AVX-512, 12 on AVX2; fewer wasted lanes of the
 // last panel) to kMaxWeightAsARows, past which the weight's transpose costs
-// less than the extra passes over the weight's rows (one per panel of rows).
+// less than the extra passes over the weight's rows (one per panel of rows);
+// on AVX2, past one panel, whole panels only (16, 32, 48 rows).
 constexpr int64_t kWeightAsABlock = 128;  // weight rows per block of C^T (kept in L2 for its transpose)
 
 // M rounded up to whole panels of rows (the weight-as-A path's panels of A).
@@ -533,7 +546,8 @@ bool streams_weight_as_a(int64_t M, int64_t k_stride) {
 #if defined(RNNFAST_INLINE_FLOAT_MATH)
   if constexpr (!kPairedPanels<S> && std::is_same_v<acc_t<S>, float>) {
     return k_stride == 1 && 4 * M >= 3 * panel_width<S>() && 4 * M >= 3 * padded_rows<S>(M) &&
-           M <= kMaxWeightAsARows;
+           M <= kMaxWeightAsARows &&
+           (kWeightAsAPadsLastPanel || M <= panel_width<S>() || M == padded_rows<S>(M));
   }
 #endif
   (void)M;
