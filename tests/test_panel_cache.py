@@ -200,8 +200,9 @@ def test_cells_reuse_and_invalidate():
 # Rows of a one-step call -> whether its forward reads the weights as the GEMM's A operand, per
 # instruction set (gemm_impl.h, streams_weight_as_a; 16- and 32-wide panels of rows).
 WEIGHT_AS_A = {
+    "default": {19: False, 26: False, 32: False},  # no weight-as-A path
     "avx2": {19: False, 26: False, 32: True},  # past one panel, whole panels only
-    "avx512": {19: False, 26: True, 32: True},  # from 24 rows, a quarter of the last panel padding
+    "avx512": {19: False, 26: True, 32: True},  # from 24 rows, at most a quarter of the padded rows empty
 }
 
 
@@ -219,7 +220,7 @@ def test_weights_used_once_are_streamed(kind, rows):
     h = torch.randn(rows, 37)
     hx = (h, torch.randn(rows, 37)) if kind == "LSTMCell" else h
     isa = rnnfast.backend()["cpu_capability"]
-    as_a = 2 if WEIGHT_AS_A.get("avx512" if isa.startswith("avx512") else isa, {}).get(rows) else 0
+    as_a = 2 if WEIGHT_AS_A["avx512" if isa.startswith("avx512") else isa][rows] else 0  # (a new ISA: KeyError)
     for change in range(3):
         before = stats()
         out = fast(x, hx)

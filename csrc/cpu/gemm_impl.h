@@ -37,8 +37,11 @@ constexpr int kAxpyVectors = 4;
 // and B=64 H=512, 6 % at B=128 H=512, 2 % at B=24 H=512.
 constexpr int64_t kMaxWeightAsARows = 128;
 // Whether the weight-as-A path takes a product of several panels of rows
-// whose last panel is partly padding (see the AVX2 build): here a quarter of
-// it may be (B=24: 2 % less time).
+// whose last panel is partly padding (see the AVX2 build). Here it keeps the
+// rule it was measured with: at most a quarter of all the padded rows empty
+// (49-63, 72-95 and 97-127 rows end in a panel half or more empty). Not
+// measured against whole panels only on AVX-512 (the Xeon VM measured 24, 32,
+// 64 and 128 rows; 24 is one panel).
 constexpr bool kWeightAsAPadsLastPanel = true;
 #elif defined(CPU_CAPABILITY_AVX2)
 // 16 registers: 6 x 2 accumulators (12: enough independent FMA chains for two
@@ -52,13 +55,14 @@ constexpr int kAxpyVectors = kPanelVectors;
 // (see the AVX-512 build) The AVX2 kernels forced on the Xeon VM at H=512:
 // 9-19 % less time at B=12-32 (H=256 and 512), 6-9 % at B=48, +2.5 and -3 % at
 // B=64. On Zen 3 (family 25 model 1; 512 KB of L2), one-step inference at
-// H=512 against the path off (ab_builds.py, 2 threads, minima of 6-8
-// alternating processes): 19-20 % less time at B=16, 11 % at B=32, 4-7 % at
-// B=48, the same at B=64; but 7-10 % more at B=24 (two runs) and 6-9 % more at
-// B=40, whose last panel of rows is a half or a third empty (three runs and
-// two). At B=12 (one panel, a quarter empty) the path took 6-16 % less time
-// (two runs). So on AVX2 a product of more than one panel of rows must fill
-// them all (kWeightAsAPadsLastPanel).
+// H=512 against the path off (ab_builds.py, 2 threads, minima of 6-10
+// alternating processes; docs/results/zen3-avx2/weight_as_a_ab_stop38.txt):
+// 19-20 % less time at B=16, 5-27 % at B=32 (three runs), 4-7 % at B=48, the
+// same at B=64; but 7.5-10 % more at B=24 (three runs) and 6-12 % more at
+// B=40 (two), whose last 16-row panel is half empty. At B=12 (one panel, a
+// quarter empty) 6-11 % less (three runs; at H=256 LSTM 8 % more, GRU the
+// same). So on AVX2 a product of more than one panel of rows must fill them
+// all (kWeightAsAPadsLastPanel).
 constexpr int64_t kMaxWeightAsARows = 48;
 constexpr bool kWeightAsAPadsLastPanel = false;
 #else
@@ -532,7 +536,7 @@ void gemm_packed(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, cons
 // rows less a quarter (24 on AVX-512, 12 on AVX2; fewer wasted lanes of the
 // last panel) to kMaxWeightAsARows, past which the weight's transpose costs
 // less than the extra passes over the weight's rows (one per panel of rows);
-// on AVX2, past one panel, whole panels only (16, 32, 48 rows).
+// on AVX2, past one panel, whole panels only (32 or 48 rows).
 constexpr int64_t kWeightAsABlock = 128;  // weight rows per block of C^T (kept in L2 for its transpose)
 
 // M rounded up to whole panels of rows (the weight-as-A path's panels of A).
