@@ -39,9 +39,9 @@ constexpr int64_t kMaxWeightAsARows = 128;
 // Whether the weight-as-A path takes a product of several panels of rows
 // whose last panel is partly padding (see the AVX2 build). Here it keeps the
 // rule it was measured with: at most a quarter of all the padded rows empty
-// (49-63, 72-95 and 97-127 rows end in a panel half or more empty). Not
-// measured against whole panels only on AVX-512 (the Xeon VM measured 24, 32,
-// 64 and 128 rows; 24 is one panel).
+// (48-63, 72-95 and 97-127 rows end in a partly empty panel: half empty at
+// 48, three quarters at 72). Not measured against whole panels only on
+// AVX-512 (the Xeon VM measured 24, 32, 64 and 128 rows; 24 is one panel).
 constexpr bool kWeightAsAPadsLastPanel = true;
 #elif defined(CPU_CAPABILITY_AVX2)
 // 16 registers: 6 x 2 accumulators (12: enough independent FMA chains for two
