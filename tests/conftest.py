@@ -22,6 +22,20 @@ if "OMP_NUM_THREADS" not in os.environ:
 
 
 @pytest.fixture
+def split_small_calls():
+    """Every call with enough units per thread splits across threads, however small."""
+    from rnnfast import _extension
+
+    C = _extension.require_extension()
+    previous = C.min_parallel_macs()
+    C.set_min_parallel_macs(0)
+    C.reset_thread_policy()
+    yield
+    C.set_min_parallel_macs(previous)
+    C.reset_thread_policy()
+
+
+@pytest.fixture
 def two_threads():
     previous = torch.get_num_threads()
     torch.set_num_threads(2)

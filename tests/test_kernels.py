@@ -106,6 +106,20 @@ def test_training_over_several_row_chunks(threads, mode, proj_size):
     assert_all_close(fast, ref, "tensor")
 
 
+@pytest.mark.parametrize("capability", CAPABILITIES, indirect=True)
+@pytest.mark.parametrize("mode,kwargs", [("LSTM", {}), ("GRU", {}), ("RNN", {"bias": False}),
+                                         ("LSTM", {"proj_size": 7})], ids=["LSTM", "GRU", "RNN-nobias", "LSTM-proj"])
+def test_weight_gradients_of_calls_of_a_few_rows(capability, threads, split_small_calls, mode, kwargs):
+    # Calls of up to 8 rows in all sum outer products for the weight gradients
+    # (backward_loop.cpp, kMaxOuterProductRows); 9 rows and more transpose and
+    # pack. Both sides, with rows that start from h0 among rows that continue
+    # (packed, ragged: 5-8 rows), and thread slices; H=41 leaves tiles of 1-3
+    # rows of the gradients.
+    for T, B, packed in [(1, 1, False), (1, 8, False), (2, 4, True), (1, 9, False), (3, 3, False), (3, 4, False)]:
+        ref, fast = run_both(mode, T, B, 11, 41, torch.float64, packed=packed, **kwargs)
+        assert_all_close(fast, ref, "tensor")
+
+
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_threaded_loop_is_bitwise_deterministic(mode):
     previous = torch.get_num_threads()

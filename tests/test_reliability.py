@@ -24,17 +24,6 @@ from cases import TOL, assert_close, run_concurrently
 C = _extension.require_extension()
 
 
-@pytest.fixture
-def split_small_calls():
-    """Every call with enough units per thread splits across threads, however small."""
-    previous = C.min_parallel_macs()
-    C.set_min_parallel_macs(0)
-    C.reset_thread_policy()
-    yield
-    C.set_min_parallel_macs(previous)
-    C.reset_thread_policy()
-
-
 @pytest.fixture(params=[1, 2, 3, 4], ids=lambda n: f"{n}threads")
 def thread_count(request, split_small_calls):
     previous = torch.get_num_threads()

@@ -4,6 +4,8 @@
 //   * pack_b / pack_b_rows / gemm_packed: B packed once into panels of
 //     kPanelVectors vectors of columns, then streamed every step;
 //   * gemm_direct / gemm_rows: weights read where they are (few-row calls);
+//   * outer_product_sum: the weight gradients of few-row calls, dG and the
+//     rows read where they are;
 //   * transpose, add_column_sums, to_storage: helpers of the weight gradients.
 // Panels hold A values (float for the 16-bit types, converted when packed),
 // except for BFloat16 in the AVX512-BF16 build: bf16 k-pairs, which its
@@ -28,9 +30,9 @@
 // 3 % of 12 x 2).
 constexpr int kRows = 12;
 constexpr int kPanelVectors = 2;
-// gemm_rows' vectors of C per pass (independent FMA chains of a one-row
-// axpy): 4, as with the former 4 x 4 tile.
-constexpr int kAxpyVectors = 4;
+// axpy_rows' accumulators (independent FMA chains): up to 4 rows x 4
+// vectors, or 1 x 16 (the former 4 x 4 tile's count).
+constexpr int kAxpyAccumulators = 16;
 // gemm_streamed reads a k-contiguous weight as the A operand up to this many
 // rows of A (gemm_weight_as_a). Xeon VM, 2 threads, one-step LSTM and GRU
 // inference against the weight's transpose: 7-13 % less time at B=32 H=256
@@ -51,7 +53,9 @@ constexpr bool kWeightAsAPadsLastPanel = true;
 // panels of K = 256..1024 streamed from L2, and 2-10 % slower in medians.
 constexpr int kRows = 6;
 constexpr int kPanelVectors = 2;
-constexpr int kAxpyVectors = kPanelVectors;
+// axpy_rows: 8 chains (two FMA pipes of 4 cycles' latency), e.g. 4 rows x 2
+// vectors (with 4 broadcasts and a vector of B, 13 registers) or 1 x 8.
+constexpr int kAxpyAccumulators = 8;
 // (see the AVX-512 build) The AVX2 kernels forced on the Xeon VM at H=512:
 // 9-19 % less time at B=12-32 (H=256 and 512), 6-9 % at B=48, +2.5 and -3 % at
 // B=64. On Zen 3 (family 25 model 1; 512 KB of L2), one-step inference at
@@ -70,7 +74,7 @@ constexpr bool kWeightAsAPadsLastPanel = false;
 // accumulators in 16 registers; not tuned further.
 constexpr int kRows = 4;
 constexpr int kPanelVectors = 2;
-constexpr int kAxpyVectors = kPanelVectors;
+constexpr int kAxpyAccumulators = 8;
 constexpr int64_t kMaxWeightAsARows = 0;  // (no weight-as-A path)
 constexpr bool kWeightAsAPadsLastPanel = false;
 #endif
@@ -785,40 +789,82 @@ void gemm_direct(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, cons
   }
 }
 
-// C[M,N] = A[M,K] @ B[K,N] + beta*C reading B's rows where they are (ldb
-// apart): an axpy of each B row per row of A, vectorized along N. For calls
-// too small to repay packing (a single step of a small batch).
-template <typename S>
-void gemm_rows(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* Bm,
-               int64_t ldb, acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
+// Rows m0 .. m0+R of axpy_rows, C = kAxpyAccumulators / R vectors of
+// columns at a time: each row of B is loaded once for R rows of C, and the
+// R x C accumulators are independent FMA chains.
+template <typename S, int R, typename AOf, typename RowOf>
+inline void axpy_row_tile(int64_t m0, int64_t N, int64_t K, AOf& a, RowOf& row, acc_t<S> beta, acc_t<S>* Cm,
+                          int64_t ldc) {
   using T = acc_t<S>;
   using V = simd::Vec<T>;
   constexpr int64_t W = V::size;
-  constexpr int C = kAxpyVectors;
-  for (int64_t m = 0; m < M; ++m) {
-    const S* a = A_ + m * lda;
-    T* c = Cm + m * ldc;
-    for (int64_t n0 = 0; n0 < N; n0 += C * W) {
-      V acc[C];
-      for (int q = 0; q < C; ++q) acc[q] = V::zero();
-      for (int64_t k = 0; k < K; ++k) {
-        const V av = V::broadcast(Storage<S>::scalar(a[k]));
-        const S* b = Bm + k * ldb + n0;
-        for (int q = 0; q < C; ++q) {
-          const int64_t n = std::min<int64_t>(W, N - n0 - q * W);
-          if (n <= 0) break;
-          acc[q] = simd::fmadd(av, Storage<S>::load(b + q * W, n), acc[q]);
-        }
-      }
+  constexpr int C = std::max(1, kAxpyAccumulators / R);
+  for (int64_t n0 = 0; n0 < N; n0 += C * W) {
+    int64_t width[C];  // lanes of each vector inside N (0: past the end)
+    for (int q = 0; q < C; ++q) width[q] = std::clamp<int64_t>(N - n0 - q * W, 0, W);
+    V acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int q = 0; q < C; ++q) acc[r][q] = V::zero();
+    for (int64_t k = 0; k < K; ++k) {
+      const S* b = row(k) + n0;
+      V av[R];
+      for (int r = 0; r < R; ++r) av[r] = V::broadcast(Storage<S>::scalar(a(m0 + r, k)));
       for (int q = 0; q < C; ++q) {
-        const int64_t n = std::min<int64_t>(W, N - n0 - q * W);
-        if (n <= 0) break;
-        V out = acc[q];
-        if (beta != T(0)) out = simd::fmadd(V::broadcast(beta), load(c + n0 + q * W, n), out);
-        store(c + n0 + q * W, out, n);
+        if (width[q] == 0) break;
+        const V bv = Storage<S>::load(b + q * W, width[q]);
+        for (int r = 0; r < R; ++r) acc[r][q] = simd::fmadd(av[r], bv, acc[r][q]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      T* c = Cm + (m0 + r) * ldc + n0;
+      for (int q = 0; q < C; ++q) {
+        if (width[q] == 0) break;
+        V out = acc[r][q];
+        if (beta != T(0)) out = simd::fmadd(V::broadcast(beta), load(c + q * W, width[q]), out);
+        store(c + q * W, out, width[q]);
       }
     }
   }
+}
+
+// C[M,N] = sum over k of a(m, k) * row(k)[0, N) + beta*C, B's rows read
+// where they are, tiles of up to 4 rows of C: every output sums its k in
+// order before beta*C is added (one fmadd, as in gemm_packed's tiles of one
+// accumulator set). The core of
+// gemm_rows and outer_product_sum: a(m, k) is A's element, row(k) B's k-th
+// row.
+template <typename S, typename AOf, typename RowOf>
+inline void axpy_rows(int64_t M, int64_t N, int64_t K, AOf a, RowOf row, acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= M; m0 += 4) axpy_row_tile<S, 4>(m0, N, K, a, row, beta, Cm, ldc);
+  switch (M - m0) {
+    case 3: return axpy_row_tile<S, 3>(m0, N, K, a, row, beta, Cm, ldc);
+    case 2: return axpy_row_tile<S, 2>(m0, N, K, a, row, beta, Cm, ldc);
+    case 1: return axpy_row_tile<S, 1>(m0, N, K, a, row, beta, Cm, ldc);
+    default: return;
+  }
+}
+
+// C[M,N] = A[M,K] @ B[K,N] + beta*C reading B's rows where they are (ldb
+// apart). For calls too small to repay packing (a single step of a small
+// batch).
+template <typename S>
+void gemm_rows(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* Bm,
+               int64_t ldb, acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
+  axpy_rows<S>(
+      M, N, K, [&](int64_t m, int64_t k) { return A_[m * lda + k]; },
+      [&](int64_t k) { return Bm + k * ldb; }, beta, Cm, ldc);
+}
+
+// C[M,N] = A[K,M]^T @ B[K,N] + beta*C, the sum of K outer products, with
+// B's row k at rows[k] + col0: a weight gradient (dw = dG^T x) of a chunk of
+// a few rows, read where dG and the rows are (no transpose, no packing).
+template <typename S>
+void outer_product_sum(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* const* rows,
+                       int64_t col0, acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
+  axpy_rows<S>(
+      M, N, K, [&](int64_t m, int64_t k) { return A_[k * lda + m]; },
+      [&](int64_t k) { return rows[k] + col0; }, beta, Cm, ldc);
 }
 
 // ---------------------------------------------------------------------------

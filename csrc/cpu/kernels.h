@@ -147,6 +147,10 @@ struct KernelTable {
   // apart, no packing): for calls too small to repay packing.
   void (*gemm_rows)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* B,
                     int64_t ldb, A beta, A* C, int64_t ldc);
+  // C[M,N] = A[K,M]^T @ B[K,N] + beta*C with B's row k at rows[k] + col0,
+  // neither operand transposed nor packed: the weight gradients of a few rows.
+  void (*outer_product_sum)(int64_t M, int64_t N, int64_t K, const S* A_, int64_t lda, const S* const* rows,
+                            int64_t col0, A beta, A* C, int64_t ldc);
   // dst[c, r] = src[r, c] for a [rows, cols] block (A operands of the weight
   // gradients, which sum over rows).
   void (*transpose)(int64_t rows, int64_t cols, const S* src, int64_t lds, S* dst, int64_t ldd);

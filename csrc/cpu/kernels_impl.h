@@ -49,6 +49,7 @@ const KernelTable<S>* make_table(const char* isa) {
       &streams_weight_as_a<S>,
       &gemm_direct<S>,
       &gemm_rows<S>,
+      &outer_product_sum<S>,
       &transpose<S>,
       &pack_b_rows<S>,
       &add_column_sums<S>,

@@ -437,13 +437,14 @@ void test_rnn(const KernelTable<S>& k, std::mt19937& rng, const Tolerance& tol) 
   }
 }
 
-// The unpacked GEMMs of small calls: gemm_direct (B given transposed, W[N, K])
-// and gemm_rows (B row-major [K, N] with a row stride).
+// The unpacked GEMMs of small calls: gemm_direct (B given transposed, W[N, K]),
+// gemm_rows (B row-major [K, N] with a row stride) and outer_product_sum
+// (A given transposed, [K, M]; B's rows gathered from row pointers).
 template <typename S>
 void test_unpacked_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) {
   using T = acc_t<S>;
-  for (int64_t M : {1, 2, 3, 5}) {
-    for (int64_t N : {1, 7, 16, 17, 65, 130}) {
+  for (int64_t M : {1, 2, 3, 5, 9}) {
+    for (int64_t N : {1, 7, 16, 17, 65, 130, 300}) {
       for (int64_t K : {1, 7, 64, 70}) {
         for (T beta : {T(0), T(1)}) {
           const int64_t lda = K + 3, ldw = K + 2, ldb = N + 5, ldc = N + 2;
@@ -466,6 +467,23 @@ void test_unpacked_gemm(const KernelTable<S>& k, std::mt19937& rng, double tol) 
           C = C0;
           k.gemm_rows(M, N, K, A.data(), lda, Bm.data(), ldb, beta, C.data(), ldc);
           expect_close(C, want_rows, tol, "gemm_rows", k.isa);
+
+          // outer_product_sum: A^T [K, M] (ldat apart), B's rows in reverse order
+          // of a buffer, starting at column col0.
+          const int64_t ldat = M + 4, col0 = 3;
+          auto At = randn<S>(K * ldat, rng), pool = randn<S>(K * (N + col0 + 2), rng);
+          std::vector<const S*> rows(K);
+          for (int64_t q = 0; q < K; ++q) rows[q] = pool.data() + (K - 1 - q) * (N + col0 + 2);
+          std::vector<T> want_outer = C0;
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              double o = 0;
+              for (int64_t q = 0; q < K; ++q) o += double(At[q * ldat + m]) * double(rows[q][col0 + n]);
+              want_outer[m * ldc + n] = T(o + double(beta) * double(C0[m * ldc + n]));
+            }
+          C = C0;
+          k.outer_product_sum(M, N, K, At.data(), ldat, rows.data(), col0, beta, C.data(), ldc);
+          expect_close(C, want_outer, tol, "outer_product_sum", k.isa);
         }
       }
     }
