@@ -830,9 +830,8 @@ inline void axpy_row_tile(int64_t m0, int64_t N, int64_t K, AOf& a, RowOf& row, 
 // C[M,N] = sum over k of a(m, k) * row(k)[0, N) + beta*C, B's rows read
 // where they are, tiles of up to 4 rows of C: every output sums its k in
 // order before beta*C is added (one fmadd, as in gemm_packed's tiles of one
-// accumulator set). The core of
-// gemm_rows and outer_product_sum: a(m, k) is A's element, row(k) B's k-th
-// row.
+// accumulator set). The core of gemm_rows and outer_product_sum: a(m, k) is
+// A's element, row(k) B's k-th row.
 template <typename S, typename AOf, typename RowOf>
 inline void axpy_rows(int64_t M, int64_t N, int64_t K, AOf a, RowOf row, acc_t<S> beta, acc_t<S>* Cm, int64_t ldc) {
   int64_t m0 = 0;
