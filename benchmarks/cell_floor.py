@@ -3,7 +3,8 @@
 get ahead of torch.nn when the arithmetic costs nothing.
 
 Usage:
-    python benchmarks/cell_floor.py [--hidden 128] [--floor-hidden 8] [--repeats 9] [--json OUT.json]
+    python benchmarks/cell_floor.py [--hidden 128] [--floor-hidden 8] [--repeats 9] [--threads 2]
+                                    [--min-sample 0.1] [--json OUT.json]
 
 For each cell (LSTMCell, GRUCell, RNNCell) and mode (inference; training = forward and backward of
 every step's outputs), the targets.py loop of T=32 steps at B=1 (bench_cases._cell_loop) is timed
@@ -13,9 +14,10 @@ for four modules, interleaved (timing.time_interleaved, medians):
   rnnfast_floor         at I=H=--floor-hidden, where a step's arithmetic is a few hundred
                         multiply-adds: what is left is the module's Python, the operator call
                         (dispatcher, boxing, allocation) and, in training, autograd.
-ratio = torch / rnnfast (the row's ratio); ceiling = torch / rnnfast_floor: the ratio rnnfast would
-reach at --hidden if its kernels took no time at all. A row whose ceiling is below its needed
-ratio cannot meet it by faster kernels; only a cheaper path from Python to the kernel could.
+ratio = torch / rnnfast (the row's ratio); ceiling = torch / rnnfast_floor: about the ratio rnnfast
+would reach at --hidden if its size-dependent work took no time (the floor still does a few hundred
+multiply-adds per step). A row whose ceiling is below its needed ratio cannot meet it by faster
+kernels; only a cheaper path from Python to the kernel could.
 """
 from __future__ import annotations
 
@@ -73,7 +75,9 @@ def main(argv=None) -> int:
             us = {impl: res[impl]["ms_median"] * 1e3 / STEPS for impl in IMPLS}
             row = {"row": f"{cell} {mode} B1 H{a.hidden}", **{f"{impl}_us_per_step": us[impl] for impl in IMPLS},
                    "ratio": us["torch"] / us["rnnfast"], "ceiling": us["torch"] / us["rnnfast_floor"],
-                   "other_load_max": res["other_load_max"], "samples_ms": {i: res[i]["ms_all"] for i in IMPLS}}
+                   "other_load_max": res["other_load_max"], "discarded_rounds": res["discarded_rounds"],
+                   "inner": res["inner"], "max_abs_diff": res["max_abs_diff"],
+                   "samples_ms": {i: res[i]["ms_all"] for i in IMPLS}}
             rows.append(row)
             print(f"{row['row']:22} | {us['torch']:>7.1f} {us['rnnfast']:>8.1f} {row['ratio']:>5.2f}x | "
                   f"{us['torch_floor']:>11.1f} {us['rnnfast_floor']:>13.1f} {row['ceiling']:>7.2f}x", flush=True)

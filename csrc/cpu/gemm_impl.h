@@ -806,8 +806,9 @@ inline void axpy_row_tile(int64_t m0, int64_t N, int64_t K, AOf& a, RowOf& row, 
     for (int r = 0; r < R; ++r)
       for (int q = 0; q < C; ++q) acc[r][q] = V::zero();
     // kWhole: every vector of the pass is inside N. Its loop has no lane counts:
-    // on Zen 3 a one-row gemm_rows took 13-20 % less time by a 4 MB weight and
-    // 8-42 % less by 256 KB (docs/results/zen3-avx2/row_kernels_harness_stop40.txt).
+    // on Zen 3 a one-row gemm_rows took 13-20 % less time with a 4 MB weight and
+    // 8-42 % less with a 256 KB weight in L2
+    // (docs/results/zen3-avx2/row_kernels_harness_stop40.txt).
     auto k_loop = [&](auto whole) {
       constexpr bool kWhole = decltype(whole)::value;
       for (int64_t k = 0; k < K; ++k) {
