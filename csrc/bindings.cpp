@@ -158,7 +158,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cached_bytes", &cpu::pool_cached_bytes, "Bytes of unused buffers the pool keeps.");
   m.def("cpu_capability", &cpu::cpu_capability, "Instruction set of the CPU kernels in use.");
   m.def("set_min_parallel_macs", &cpu::set_min_parallel_macs,
-        "Multiply-adds a CPU layer call needs before it runs on several threads (default 2^20).");
+        "Multiply-adds a CPU layer call needs before it runs on several threads (default 2^17).");
   m.def("min_parallel_macs", &cpu::min_parallel_macs);
   m.def("thread_policy_state", [] {
     const cpu::ThreadPolicyState s = cpu::thread_policy_state();
@@ -173,6 +173,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("threads"), py::arg("duration_ns"),
         "Tests: report a parallel call to the thread policy as the time loops do (waited_ns < 0: no "
         "schedstat), ending now.");
+  m.def("_report_timed_region", &cpu::report_timed_region, py::arg("duration_ns"),
+        "Tests: report a parallel call watched by its duration alone (a call of under "
+        "kMinAccountedMacs multiply-adds), ending now.");
   m.def("last_call_plan", [] {
     const cpu::CallPlan& p = cpu::last_call_plan();
     return named({{"backward", py::cast(p.backward)}, {"slices", py::cast(p.slices)}, {"chunks", py::cast(p.chunks)},

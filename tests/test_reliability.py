@@ -103,7 +103,7 @@ def test_small_calls_stay_on_one_thread_by_default(two_threads):
     fast = rnnfast.LSTM(3, 48)
     with torch.no_grad():
         fast(torch.randn(4, 2, 3))
-    assert C.last_call_plan()["slices"] == 1  # 4*2*192*51 multiply-adds < 2^20
+    assert C.last_call_plan()["slices"] == 1  # 4*2*192*51 multiply-adds < 2^17
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
@@ -313,17 +313,40 @@ def test_one_stray_preemption_does_not_back_off(clean_thread_policy):
     assert (s["contended_calls"], s["backoffs"]) == (2, 1), s
 
 
+def test_a_short_call_is_judged_by_its_duration(clean_thread_policy):
+    """A parallel call too small to read the scheduler's account (thread_policy.h, RegionWatch) is
+    contended when it lasted 1 ms or more, under the same pairing rule: a lone one does not back
+    off, two in a row do; a shorter one is clean."""
+    ms = 1_000_000
+
+    def report(duration_ns):
+        C._report_timed_region(duration_ns=duration_ns)
+        return C.thread_policy_state()
+
+    s = report(3 * ms)
+    assert (s["contended_calls"], s["backoffs"], s["serial_until_ns"]) == (1, 0, 0), s
+    s = report(ms - 1)
+    assert (s["contended_calls"], s["backoffs"]) == (1, 0), s
+    time.sleep(0.3)  # (beyond the 250 ms window of the first one)
+    s = report(2 * ms)  # after a clean call, far from the last contended one: a stray
+    assert (s["contended_calls"], s["backoffs"]) == (2, 0), s
+    s = report(ms)  # right after a contended call: a pair
+    assert s["contended_calls"] == 3 and s["backoffs"] == 1 and s["serial_until_ns"] > 0, s
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"), reason="no schedstat here")
 def test_parallel_calls_read_the_scheduler_waits(split_small_calls, two_threads):
-    """The contention signal is the kernel's run_delay: a parallel call knows how long its threads
-    waited for a CPU (never negative where schedstat exists); a serial call waited 0 by definition."""
+    """The contention signal is the kernel's run_delay: a parallel call large enough to afford
+    reading it (2^23 multiply-adds, or more than 64 steps' work) knows how long its threads waited
+    for a CPU (never negative where schedstat exists); a smaller one is timed only (-1: not read)."""
     fast = rnnfast.LSTM(8, 64)
     with torch.no_grad():
-        C.reset_thread_policy()
-        fast(torch.randn(50, 4, 8))
-        plan = C.last_call_plan()
-        if plan["slices"] == 2:  # (a busy machine may keep it on one thread)
-            assert plan["waited_ns"] >= 0, plan
+        for steps, read in ((100, True), (20, False)):  # 100 (20) steps of 4 x 256 x 72 multiply-adds
+            C.reset_thread_policy()
+            fast(torch.randn(steps, 4, 8))
+            plan = C.last_call_plan()
+            if plan["slices"] == 2:  # (a busy machine may keep it on one thread)
+                assert (plan["waited_ns"] >= 0) if read else (plan["waited_ns"] == -1), (steps, plan)
 
 
 # ---- fork --------------------------------------------------------------------------------------

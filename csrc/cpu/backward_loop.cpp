@@ -45,7 +45,7 @@ class BackwardLoop {
         P_(a.in.d.P),
         proj_(a.in.d.proj),
         separate_(cell_.separate_hidden),
-        lease_(wanted_threads(H_, plan_.B * G_ * H_ * P_, plan_.N * G_ * H_ * (2 * I_ + 3 * P_))),
+        lease_(H_, plan_.B * G_ * H_ * P_, plan_.N * G_ * H_ * (2 * I_ + 3 * P_)),
         slicing_(H_, P_, lease_.threads()),
         input_cut_(Slicing::split(I_, slicing_.count, 16)),
         workspace_(static_cast<const S*>(a.workspace)),
@@ -128,7 +128,7 @@ class BackwardLoop {
       last_call_plan().streamed += p->is_streamed();
       last_call_plan().weight_as_a += p->reads_weight_as_a(k_);
     }
-    run_parallel(slicing_.count, [&](int thread, int threads, SpinBarrier& barrier) {
+    run_parallel(slicing_.count, lease_.watch(), [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
       for (auto c = chunks_.rbegin(); c != chunks_.rend(); ++c) {
         for (int64_t s = c->s1 - 1; s >= c->s0; --s) step(s, *c, thread, threads, barrier);

@@ -57,7 +57,7 @@ class ForwardLoop {
         P_(in.d.P),
         proj_(in.d.proj),
         training_(training),
-        lease_(wanted_threads(H_, plan_.B * G_ * H_ * P_, plan_.N * G_ * H_ * (I_ + P_))),
+        lease_(H_, plan_.B * G_ * H_ * P_, plan_.N * G_ * H_ * (I_ + P_)),
         batch_split_(split_batch(plan_, in, sizeof(S), lease_.threads())),
         slicing_(H_, P_, batch_split_ ? 1 : lease_.threads()) {}
 
@@ -139,7 +139,7 @@ class ForwardLoop {
       last_call_plan().streamed += p->is_streamed();
       last_call_plan().weight_as_a += p->reads_weight_as_a(k_);
     }
-    run_parallel(team, [&](int thread, int threads, SpinBarrier& barrier) {
+    run_parallel(team, lease_.watch(), [&](int thread, int threads, SpinBarrier& barrier) {
       pack_weights(thread, threads, barrier);
       if (batch_split_) {
         // Each thread runs whole steps for its own sequences: no barrier per step.

@@ -81,33 +81,43 @@ constexpr int64_t kBackwardChunkRows = 512;
 // Runs body(thread, threads, barrier) on `slices` threads (a serial call when
 // there is one slice). The OpenMP team may be smaller than asked (nested
 // parallelism): each thread then handles slices thread, thread+threads, ...
+// `watch`: how the thread policy learns whether the threads waited for a CPU
+// (thread_policy.h: the scheduler's account read by each thread, or the
+// call's duration).
 template <typename Body>
-void run_parallel(int slices, const Body& body) {
+void run_parallel(int slices, RegionWatch watch, const Body& body) {
 #ifdef _OPENMP
   if (slices > 1 && !omp_in_parallel()) {
     const int team = std::min(slices, static_cast<int>(torch::stable::get_num_threads()));
+    const bool account = watch == RegionWatch::kSchedulerAccount;
     SpinBarrier* barrier_ptr = nullptr;
     alignas(64) unsigned char storage[sizeof(SpinBarrier)];
     const auto start = std::chrono::steady_clock::now();
     int64_t preemptions = 0, waited_ns = 0, unknown = 0;
 #pragma omp parallel num_threads(team) reduction(+ : preemptions, waited_ns, unknown)
     {
-      const ThreadSchedule before = thread_schedule();
+      const ThreadSchedule before = account ? thread_schedule() : ThreadSchedule{};
       const int threads = omp_get_num_threads();
 #pragma omp single
       barrier_ptr = new (storage) SpinBarrier(threads);
       // (implicit barrier after single)
       body(omp_get_thread_num(), threads, *barrier_ptr);
-      const ThreadSchedule after = thread_schedule();
-      preemptions += after.preemptions - before.preemptions;
-      waited_ns += after.waited_ns - before.waited_ns;
-      unknown += before.waited_ns < 0 || after.waited_ns < 0;
+      if (account) {
+        const ThreadSchedule after = thread_schedule();
+        preemptions += after.preemptions - before.preemptions;
+        waited_ns += after.waited_ns - before.waited_ns;
+        unknown += before.waited_ns < 0 || after.waited_ns < 0;
+      }
     }
-    last_call_plan().waited_ns = unknown ? -1 : waited_ns;
-    report_parallel_region(preemptions, unknown ? -1 : waited_ns, team,
-                           std::chrono::duration_cast<std::chrono::nanoseconds>(
-                               std::chrono::steady_clock::now() - start)
-                               .count());
+    const int64_t duration_ns =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count();
+    if (account) {
+      last_call_plan().waited_ns = unknown ? -1 : waited_ns;
+      report_parallel_region(preemptions, unknown ? -1 : waited_ns, team, duration_ns);
+    } else {
+      last_call_plan().waited_ns = -1;
+      report_timed_region(duration_ns);
+    }
     barrier_ptr->~SpinBarrier();  // placement-new'd: frees its flags
     return;
   }

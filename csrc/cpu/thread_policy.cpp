@@ -40,7 +40,15 @@ namespace {
 constexpr int64_t kMinBackoffNs = 250'000'000;    // 250 ms
 constexpr int64_t kMaxBackoffNs = 4'000'000'000;  // 4 s
 
-std::atomic<int64_t> g_min_macs{int64_t(1) << 20};
+// Below this many multiply-adds a call runs on one thread. Measured on the
+// 2-core Zen 3 VM (benchmarks/parallel_threshold.py: small calls forced onto
+// two threads and onto one, with RegionWatch::kDuration regions): two threads
+// took 10-20 % more time at 3-10 * 10^4 (RNNCell and GRUCell one-step calls
+// at B=1 H=128), 7-9 % less for LSTMCell at B=1 H=128 (1.3 * 10^5, and its
+// backward's 3.3 * 10^5), and more so with size; at the threshold itself
+// LSTMCell at B=4 H=64 took up to 5 % more (docs/results/zen3-avx2/
+// parallel_threshold_stop41.txt).
+std::atomic<int64_t> g_min_macs{int64_t(1) << 17};
 std::atomic<int> g_in_use{0};
 std::atomic<bool> g_forked_child{false};
 std::atomic<int64_t> g_serial_until_ns{0};
@@ -110,7 +118,7 @@ void on_fork_child() {
 
 }  // namespace
 
-int wanted_threads(int64_t H, int64_t macs_per_step, int64_t total_macs) {
+static int wanted_threads(int64_t H, int64_t macs_per_step, int64_t total_macs) {
   if (g_forked_child.load(std::memory_order_relaxed)) return 1;
   const int threads = static_cast<int>(torch::stable::get_num_threads());
   if (threads <= 1 || H < 32 || macs_per_step < 16384 ||
@@ -119,9 +127,13 @@ int wanted_threads(int64_t H, int64_t macs_per_step, int64_t total_macs) {
   return static_cast<int>(std::min<int64_t>(threads, H / 16));
 }
 
-ThreadLease::ThreadLease(int wanted) {
+ThreadLease::ThreadLease(int64_t H, int64_t macs_per_step, int64_t total_macs)
+    : watch_(total_macs >= kMinAccountedMacs || total_macs > kMaxTimedSteps * macs_per_step
+                 ? RegionWatch::kSchedulerAccount
+                 : RegionWatch::kDuration) {
   // Every call holds at least one core of the budget; a parallel call starts
   // only when the cores it wants are free and no contention back-off runs.
+  const int wanted = wanted_threads(H, macs_per_step, total_macs);
   int want = std::max(1, wanted);
   if (want > 1 && now_ns() < g_serial_until_ns.load(std::memory_order_relaxed)) want = 1;
   int in_use = g_in_use.load(std::memory_order_relaxed);
@@ -140,14 +152,14 @@ ThreadLease::~ThreadLease() {
   if (reserved_) g_in_use.fetch_sub(reserved_, std::memory_order_acq_rel);
 }
 
-void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads, int64_t duration_ns) {
-  std::lock_guard<std::mutex> lock(g_window_mutex);
-  const int64_t end = now_ns();
-  bool contended;
+namespace {
+
+// A parallel call found contended or clean (ending at `end`, lasting
+// duration_ns): the back-off rule of thread_policy.h. Called with
+// g_window_mutex held.
+void record_region(bool contended, int64_t end, int64_t duration_ns, bool paired_by_time) {
   bool sustained = true;  // the contention is more than one stray preemption
-  if (waited_ns >= 0) {
-    // The scheduler's own account: the call's threads waited for a CPU.
-    contended = waited_ns >= kMinWaitNs && waited_ns * 4 >= duration_ns * std::max(threads, 1);
+  if (paired_by_time) {
     if (contended) {
       const int64_t start = end - duration_ns;
       sustained = g_previous_contended ||
@@ -155,17 +167,6 @@ void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads,
       g_last_contended_end_ns = end;
     }
     g_previous_contended = contended;
-  } else {
-    // Over a window of recent parallel time (halved when it passes 100 ms): one
-    // call can be too short to see a preemption even under load.
-    g_window_ns += duration_ns;
-    g_window_preemptions += preemptions;
-    if (g_window_ns > kMaxWindowNs) {
-      g_window_ns /= 2;
-      g_window_preemptions /= 2;
-    }
-    contended = g_window_ns >= kMinWindowNs && g_window_preemptions >= kMinPreemptions &&
-                g_window_preemptions * 1'000'000'000 >= kContendedRate * g_window_ns;
   }
   if (!contended) {
     g_backoff_ns.store(kMinBackoffNs, std::memory_order_relaxed);
@@ -185,20 +186,55 @@ void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads,
   g_window_preemptions = 0;
 }
 
+}  // namespace
+
+void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads, int64_t duration_ns) {
+  std::lock_guard<std::mutex> lock(g_window_mutex);
+  const int64_t end = now_ns();
+  if (waited_ns >= 0) {
+    // The scheduler's own account: the call's threads waited for a CPU.
+    const bool contended = waited_ns >= kMinWaitNs && waited_ns * 4 >= duration_ns * std::max(threads, 1);
+    record_region(contended, end, duration_ns, true);
+    return;
+  }
+  // Over a window of recent parallel time (halved when it passes 100 ms): one
+  // call can be too short to see a preemption even under load.
+  g_window_ns += duration_ns;
+  g_window_preemptions += preemptions;
+  if (g_window_ns > kMaxWindowNs) {
+    g_window_ns /= 2;
+    g_window_preemptions /= 2;
+  }
+  const bool contended = g_window_ns >= kMinWindowNs && g_window_preemptions >= kMinPreemptions &&
+                         g_window_preemptions * 1'000'000'000 >= kContendedRate * g_window_ns;
+  record_region(contended, end, duration_ns, false);
+}
+
+void report_timed_region(int64_t duration_ns) {
+  std::lock_guard<std::mutex> lock(g_window_mutex);
+  // A call small enough to be timed only (RegionWatch::kDuration) that lasted
+  // this long had a thread off its core, or the whole VM was: as a call whose
+  // threads waited 1 ms.
+  record_region(duration_ns >= kMinWaitNs, now_ns(), duration_ns, true);
+}
+
 ThreadSchedule thread_schedule() {
   ThreadSchedule s;
-  rusage usage;
-  s.preemptions = getrusage(RUSAGE_THREAD, &usage) == 0 ? int64_t(usage.ru_nivcsw) : 0;
   // "<cpu time ns> <run_delay ns> <timeslices>"; one descriptor per thread, kept.
   thread_local const int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
-  s.waited_ns = -1;
   char text[96];
   const ssize_t n = fd >= 0 ? pread(fd, text, sizeof(text) - 1, 0) : -1;
   if (n > 0) {
     text[n] = '\0';
     unsigned long long cpu = 0, delay = 0;
-    if (std::sscanf(text, "%llu %llu", &cpu, &delay) == 2) s.waited_ns = int64_t(delay);
+    if (std::sscanf(text, "%llu %llu", &cpu, &delay) == 2) {
+      s.waited_ns = int64_t(delay);
+      return s;
+    }
   }
+  s.waited_ns = -1;
+  rusage usage;
+  s.preemptions = getrusage(RUSAGE_THREAD, &usage) == 0 ? int64_t(usage.ru_nivcsw) : 0;
   return s;
 }
 

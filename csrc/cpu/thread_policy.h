@@ -4,8 +4,8 @@
 // A parallel time loop meets its threads at a barrier every step, so it is
 // only as fast as its slowest thread. It must not start more threads than can
 // run at once, and it must stop using several threads while they cannot:
-//   * work: below min_parallel_macs multiply-adds per call (default 2^20;
-//     starting a thread costs ~5 us) or too little work per step, one thread;
+//   * work: below min_parallel_macs multiply-adds per call (default 2^17,
+//     thread_policy.cpp) or too little work per step, one thread;
 //   * concurrent calls: threads are leased from a process-wide budget of the
 //     machine's cores; a call that would oversubscribe them runs on one thread
 //     (no barrier to wait at);
@@ -26,6 +26,13 @@
 //     kMinWaitNs, kStrikeWindowNs): quiet, a call's threads wait at most
 //     1.5 ms and 16 % of their time (Zen 3), but on the Xeon VM about one call
 //     per second waits 1-7 ms; one core busy, 24-60 ms (Zen 3), 4-8 ms (Xeon).
+//     Reading schedstat costs: two reads per thread added 3-14 us to a
+//     parallel call on the 2-core Zen 3 VM, more than a one-step call at B=1
+//     spends on its arithmetic. So only calls that may take a millisecond or
+//     more read it (RegionWatch below); a smaller call, which takes well
+//     under 1 ms on a quiet machine, is timed only, and one that lasted 1 ms
+//     or more counts as contended (a preempted thread stalls its partners for
+//     a time slice), with the same pairing rule.
 //     Where schedstat is missing, the rate of involuntary context switches
 //     over the last 10-100 ms of parallel time (at least 6, and 250 per
 //     second; quiet: 30-40 per second) decides. Neither sleeping
@@ -40,28 +47,40 @@
 
 namespace rnnfast::cpu {
 
-// Threads a call would like: min(torch's intra-op thread count, units / 16)
-// when the call carries enough work, else 1.
-int wanted_threads(int64_t H, int64_t macs_per_step, int64_t total_macs);
+// How a parallel call learns whether its threads waited for a CPU (see
+// "contention" above): each thread reads the scheduler's account before and
+// after, or the call's wall time alone is taken. Timed only: calls of under
+// kMinAccountedMacs multiply-adds and at most kMaxTimedSteps times their
+// per-step work, which on a quiet machine end well within kMinWaitNs (1 ms):
+// at most ~0.6 ms at 64 steps of per-step overhead (a barrier, 1-3 us) and
+// 8M multiply-adds at 20 per ns.
+enum class RegionWatch { kSchedulerAccount, kDuration };
+constexpr int64_t kMinAccountedMacs = int64_t(1) << 23;
+constexpr int64_t kMaxTimedSteps = 64;
 
-// Threads granted to one call, returned to the budget when it ends.
+// Threads granted to one call of macs_per_step multiply-adds per step and
+// total_macs in all, over H hidden units: those it would like (min(torch's
+// intra-op thread count, H / 16) when it carries enough work, else 1) as far
+// as the budget allows. Returned to the budget when the call ends.
 class ThreadLease {
  public:
-  explicit ThreadLease(int wanted);
+  ThreadLease(int64_t H, int64_t macs_per_step, int64_t total_macs);
   ~ThreadLease();
   ThreadLease(const ThreadLease&) = delete;
   ThreadLease& operator=(const ThreadLease&) = delete;
   int threads() const { return granted_; }
+  RegionWatch watch() const { return watch_; }
 
  private:
   int granted_ = 1;
   int reserved_ = 0;
+  RegionWatch watch_ = RegionWatch::kSchedulerAccount;
 };
 
-// What the scheduler did to the calling thread so far: involuntary context
-// switches (getrusage) and the time it waited runnable for a CPU (run_delay of
-// /proc/thread-self/schedstat, read through a descriptor the thread keeps
-// open; -1 where the kernel does not provide it).
+// What the scheduler did to the calling thread so far: the time it waited
+// runnable for a CPU (run_delay of /proc/thread-self/schedstat, read through a
+// descriptor the thread keeps open) or, where the kernel does not provide it
+// (waited_ns -1), its involuntary context switches (getrusage; 0 otherwise).
 struct ThreadSchedule {
   int64_t preemptions = 0;
   int64_t waited_ns = 0;
@@ -71,6 +90,8 @@ ThreadSchedule thread_schedule();
 // A parallel call reports how often its `threads` threads were preempted, how
 // long they waited for a CPU in all (negative: unknown), and its duration.
 void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads, int64_t duration_ns);
+// A parallel call watched by its duration alone (RegionWatch::kDuration).
+void report_timed_region(int64_t duration_ns);
 
 // Test and tuning hooks (tests/test_reliability.py): the work threshold, and
 // the state of the policy.
@@ -97,7 +118,7 @@ struct CallPlan {
   int64_t chunks = 0;       // chunks of rows of the time-parallel GEMMs
   int64_t chunk_rows = 0;   // rows of the largest chunk
   bool unpacked = false;    // read the weights in place instead of packing them
-  int64_t waited_ns = 0;    // time its threads waited for a CPU (-1: unknown; 0 when serial)
+  int64_t waited_ns = 0;    // time its threads waited for a CPU (-1: unknown or not read; 0 when serial)
   bool batch_split = false; // forward: the threads split the batch, not the hidden units
   int streamed = 0;         // weights streamed (multiplied once: packed as the GEMM went, no cache)
   int weight_as_a = 0;      // of those, read in place as the A operand in the largest product (gemm_weight_as_a)
