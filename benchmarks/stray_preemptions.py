@@ -73,8 +73,9 @@ def main() -> None:
                 state = _C.thread_policy_state()
                 if state["contended_calls"] != seen:
                     seen = state["contended_calls"]
+                    waited = _C.last_call_plan()["waited_ns"]  # -1: not read (a call timed only)
                     print(f"{time.perf_counter() - t0:8.3f} s  contended call {seen}: its threads waited "
-                          f"{_C.last_call_plan()['waited_ns'] / 1e6:.2f} ms; back-offs so far "
+                          f"{f'{waited / 1e6:.2f} ms' if waited >= 0 else '(not read: timed only)'}; back-offs so far "
                           f"{state.get('backoffs', '?')}")
         elapsed = time.perf_counter() - t0
     finally:

@@ -174,8 +174,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Tests: report a parallel call to the thread policy as the time loops do (waited_ns < 0: no "
         "schedstat), ending now.");
   m.def("_report_timed_region", &cpu::report_timed_region, py::arg("duration_ns"),
-        "Tests: report a parallel call watched by its duration alone (a call of under "
-        "kMinAccountedMacs multiply-adds), ending now.");
+        "Tests: report a parallel call watched by its duration alone (a call small enough that "
+        "reading the scheduler's account would cost more than it tells; thread_policy.h), ending now.");
   m.def("last_call_plan", [] {
     const cpu::CallPlan& p = cpu::last_call_plan();
     return named({{"backward", py::cast(p.backward)}, {"slices", py::cast(p.slices)}, {"chunks", py::cast(p.chunks)},

@@ -315,8 +315,8 @@ def test_one_stray_preemption_does_not_back_off(clean_thread_policy):
 
 def test_a_short_call_is_judged_by_its_duration(clean_thread_policy):
     """A parallel call too small to read the scheduler's account (thread_policy.h, RegionWatch) is
-    contended when it lasted 1 ms or more, under the same pairing rule: a lone one does not back
-    off, two in a row do; a shorter one is clean."""
+    contended when it lasted 1 ms or more, under the same pair rule: a lone one does not back off;
+    one within 250 ms of the last contended call's end does, and so does one right after another."""
     ms = 1_000_000
 
     def report(duration_ns):
@@ -327,7 +327,13 @@ def test_a_short_call_is_judged_by_its_duration(clean_thread_policy):
     assert (s["contended_calls"], s["backoffs"], s["serial_until_ns"]) == (1, 0, 0), s
     s = report(ms - 1)
     assert (s["contended_calls"], s["backoffs"]) == (1, 0), s
-    time.sleep(0.3)  # (beyond the 250 ms window of the first one)
+    s = report(2 * ms)  # a clean call between, but within 250 ms of the first one's end: a pair
+    assert s["contended_calls"] == 2 and s["backoffs"] == 1 and s["serial_until_ns"] > 0, s
+
+    C.reset_thread_policy()
+    report(3 * ms)
+    report(ms - 1)
+    time.sleep(0.3)  # (beyond the 250 ms window)
     s = report(2 * ms)  # after a clean call, far from the last contended one: a stray
     assert (s["contended_calls"], s["backoffs"]) == (2, 0), s
     s = report(ms)  # right after a contended call: a pair
@@ -336,17 +342,24 @@ def test_a_short_call_is_judged_by_its_duration(clean_thread_policy):
 
 @pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"), reason="no schedstat here")
 def test_parallel_calls_read_the_scheduler_waits(split_small_calls, two_threads):
-    """The contention signal is the kernel's run_delay: a parallel call large enough to afford
-    reading it (2^23 multiply-adds, or more than 64 steps' work) knows how long its threads waited
-    for a CPU (never negative where schedstat exists); a smaller one is timed only (-1: not read)."""
+    """The contention signal is the kernel's run_delay: a parallel call that may last a millisecond
+    knows how long its threads waited for a CPU (never negative where schedstat exists); a smaller
+    one, of at most 64 steps and under 2^20 multiply-adds per row of a step (2^23 in all), is
+    timed only (-1: not read)."""
     fast = rnnfast.LSTM(8, 64)
+    cases = (
+        (100, 4, True),  # 100 steps
+        (20, 4, False),  # 20 x 4 rows x 256 x 72 = 1.5M multiply-adds, under 4 x 2^20
+        (60, 1, True),  # 60 x 1 x 256 x 72 = 1.1M, over 1 x 2^20: B=1 is memory-bound
+        (20, 32, True),  # 11.8M, over 2^23
+    )
     with torch.no_grad():
-        for steps, read in ((100, True), (20, False)):  # 100 (20) steps of 4 x 256 x 72 multiply-adds
+        for steps, batch, read in cases:
             C.reset_thread_policy()
-            fast(torch.randn(steps, 4, 8))
+            fast(torch.randn(steps, batch, 8))
             plan = C.last_call_plan()
             if plan["slices"] == 2:  # (a busy machine may keep it on one thread)
-                assert (plan["waited_ns"] >= 0) if read else (plan["waited_ns"] == -1), (steps, plan)
+                assert (plan["waited_ns"] >= 0) if read else (plan["waited_ns"] == -1), (steps, batch, plan)
 
 
 # ---- fork --------------------------------------------------------------------------------------

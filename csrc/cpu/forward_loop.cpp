@@ -57,7 +57,8 @@ class ForwardLoop {
         P_(in.d.P),
         proj_(in.d.proj),
         training_(training),
-        lease_(H_, plan_.B * G_ * H_ * P_, plan_.N * G_ * H_ * (I_ + P_)),
+        lease_(CallWork{.H = H_, .rows = plan_.B, .steps = plan_.T, .macs_per_step = plan_.B * G_ * H_ * P_,
+                        .total_macs = plan_.N * G_ * H_ * (I_ + P_)}),
         batch_split_(split_batch(plan_, in, sizeof(S), lease_.threads())),
         slicing_(H_, P_, batch_split_ ? 1 : lease_.threads()) {}
 

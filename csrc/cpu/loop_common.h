@@ -104,7 +104,8 @@ void run_parallel(int slices, RegionWatch watch, const Body& body) {
       body(omp_get_thread_num(), threads, *barrier_ptr);
       if (account) {
         const ThreadSchedule after = thread_schedule();
-        preemptions += after.preemptions - before.preemptions;
+        // (preemptions are counted only where schedstat was missing both times)
+        if (before.waited_ns < 0 && after.waited_ns < 0) preemptions += after.preemptions - before.preemptions;
         waited_ns += after.waited_ns - before.waited_ns;
         unknown += before.waited_ns < 0 || after.waited_ns < 0;
       }

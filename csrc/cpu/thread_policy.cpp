@@ -42,12 +42,12 @@ constexpr int64_t kMaxBackoffNs = 4'000'000'000;  // 4 s
 
 // Below this many multiply-adds a call runs on one thread. Measured on the
 // 2-core Zen 3 VM (benchmarks/parallel_threshold.py: small calls forced onto
-// two threads and onto one, with RegionWatch::kDuration regions): two threads
-// took 10-20 % more time at 3-10 * 10^4 (RNNCell and GRUCell one-step calls
-// at B=1 H=128), 7-9 % less for LSTMCell at B=1 H=128 (1.3 * 10^5, and its
-// backward's 3.3 * 10^5), and more so with size; at the threshold itself
-// LSTMCell at B=4 H=64 took up to 5 % more (docs/results/zen3-avx2/
-// parallel_threshold_stop41.txt).
+// two threads and onto one, timed-only regions): two threads took 3-25 % more
+// time at 3-10 * 10^4 (RNNCell and GRUCell one-step calls at B=1 H=128), and
+// were mostly faster from ~5 * 10^5 up. In between the runs disagreed: for
+// LSTMCell at B=1 H=128 (1.3 * 10^5; its backward 3.3 * 10^5) two threads
+// were 7-8 % faster in 21 alternations and 2 % slower in two sweeps
+// (docs/results/zen3-avx2/parallel_threshold_stop41.txt).
 std::atomic<int64_t> g_min_macs{int64_t(1) << 17};
 std::atomic<int> g_in_use{0};
 std::atomic<bool> g_forked_child{false};
@@ -116,9 +116,8 @@ void on_fork_child() {
   return true;
 }();
 
-}  // namespace
-
-static int wanted_threads(int64_t H, int64_t macs_per_step, int64_t total_macs) {
+// Threads a call would like (see ThreadLease).
+int wanted_threads(int64_t H, int64_t macs_per_step, int64_t total_macs) {
   if (g_forked_child.load(std::memory_order_relaxed)) return 1;
   const int threads = static_cast<int>(torch::stable::get_num_threads());
   if (threads <= 1 || H < 32 || macs_per_step < 16384 ||
@@ -127,13 +126,15 @@ static int wanted_threads(int64_t H, int64_t macs_per_step, int64_t total_macs) 
   return static_cast<int>(std::min<int64_t>(threads, H / 16));
 }
 
-ThreadLease::ThreadLease(int64_t H, int64_t macs_per_step, int64_t total_macs)
-    : watch_(total_macs >= kMinAccountedMacs || total_macs > kMaxTimedSteps * macs_per_step
-                 ? RegionWatch::kSchedulerAccount
-                 : RegionWatch::kDuration) {
+}  // namespace
+
+ThreadLease::ThreadLease(const CallWork& w)
+    : watch_(w.steps <= kMaxTimedSteps && w.total_macs < std::min(kMaxTimedMacs, kTimedMacsPerRow * w.rows)
+                 ? RegionWatch::kDuration
+                 : RegionWatch::kSchedulerAccount) {
   // Every call holds at least one core of the budget; a parallel call starts
   // only when the cores it wants are free and no contention back-off runs.
-  const int wanted = wanted_threads(H, macs_per_step, total_macs);
+  const int wanted = wanted_threads(w.H, w.macs_per_step, w.total_macs);
   int want = std::max(1, wanted);
   if (want > 1 && now_ns() < g_serial_until_ns.load(std::memory_order_relaxed)) want = 1;
   int in_use = g_in_use.load(std::memory_order_relaxed);
@@ -154,20 +155,26 @@ ThreadLease::~ThreadLease() {
 
 namespace {
 
-// A parallel call found contended or clean (ending at `end`, lasting
-// duration_ns): the back-off rule of thread_policy.h. Called with
-// g_window_mutex held.
-void record_region(bool contended, int64_t end, int64_t duration_ns, bool paired_by_time) {
-  bool sustained = true;  // the contention is more than one stray preemption
-  if (paired_by_time) {
-    if (contended) {
-      const int64_t start = end - duration_ns;
-      sustained = g_previous_contended ||
-                  (g_last_contended_end_ns != 0 && start - g_last_contended_end_ns <= kStrikeWindowNs);
-      g_last_contended_end_ns = end;
-    }
-    g_previous_contended = contended;
+// Whether a contended call (ending at `end`, lasting duration_ns) is more
+// than one stray preemption: the pair rule of thread_policy.h, for the calls
+// judged one by one (schedstat, or the duration). Every such call reports
+// here, contended or clean. Called with g_window_mutex held.
+bool paired_with_the_last(bool contended, int64_t end, int64_t duration_ns) {
+  bool sustained = false;
+  if (contended) {
+    const int64_t start = end - duration_ns;
+    sustained = g_previous_contended ||
+                (g_last_contended_end_ns != 0 && start - g_last_contended_end_ns <= kStrikeWindowNs);
+    g_last_contended_end_ns = end;
   }
+  g_previous_contended = contended;
+  return sustained;
+}
+
+// The verdict on a parallel call ending at `end`: a clean call resets the
+// back-off's doubling; a sustained contended one starts a back-off. Called
+// with g_window_mutex held.
+void apply_verdict(bool contended, bool sustained, int64_t end) {
   if (!contended) {
     g_backoff_ns.store(kMinBackoffNs, std::memory_order_relaxed);
     return;
@@ -194,11 +201,12 @@ void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads,
   if (waited_ns >= 0) {
     // The scheduler's own account: the call's threads waited for a CPU.
     const bool contended = waited_ns >= kMinWaitNs && waited_ns * 4 >= duration_ns * std::max(threads, 1);
-    record_region(contended, end, duration_ns, true);
+    apply_verdict(contended, paired_with_the_last(contended, end, duration_ns), end);
     return;
   }
   // Over a window of recent parallel time (halved when it passes 100 ms): one
-  // call can be too short to see a preemption even under load.
+  // call can be too short to see a preemption even under load. A contended
+  // window is sustained by definition.
   g_window_ns += duration_ns;
   g_window_preemptions += preemptions;
   if (g_window_ns > kMaxWindowNs) {
@@ -207,15 +215,17 @@ void report_parallel_region(int64_t preemptions, int64_t waited_ns, int threads,
   }
   const bool contended = g_window_ns >= kMinWindowNs && g_window_preemptions >= kMinPreemptions &&
                          g_window_preemptions * 1'000'000'000 >= kContendedRate * g_window_ns;
-  record_region(contended, end, duration_ns, false);
+  apply_verdict(contended, true, end);
 }
 
 void report_timed_region(int64_t duration_ns) {
   std::lock_guard<std::mutex> lock(g_window_mutex);
+  const int64_t end = now_ns();
   // A call small enough to be timed only (RegionWatch::kDuration) that lasted
   // this long had a thread off its core, or the whole VM was: as a call whose
   // threads waited 1 ms.
-  record_region(duration_ns >= kMinWaitNs, now_ns(), duration_ns, true);
+  const bool contended = duration_ns >= kMinWaitNs;
+  apply_verdict(contended, paired_with_the_last(contended, end, duration_ns), end);
 }
 
 ThreadSchedule thread_schedule() {

@@ -26,9 +26,10 @@
 //     kMinWaitNs, kStrikeWindowNs): quiet, a call's threads wait at most
 //     1.5 ms and 16 % of their time (Zen 3), but on the Xeon VM about one call
 //     per second waits 1-7 ms; one core busy, 24-60 ms (Zen 3), 4-8 ms (Xeon).
-//     Reading schedstat costs: two reads per thread added 3-14 us to a
-//     parallel call on the 2-core Zen 3 VM, more than a one-step call at B=1
-//     spends on its arithmetic. So only calls that may take a millisecond or
+//     Reading it costs: two reads of schedstat and of getrusage per thread
+//     added 3.4-4.6 us to an empty parallel region and 7-15 us to a one-step
+//     cell call on the 2-core Zen 3 VM, more than such a call at B=1 spends
+//     on its arithmetic. So only calls that may take a millisecond or
 //     more read it (RegionWatch below); a smaller call, which takes well
 //     under 1 ms on a quiet machine, is timed only, and one that lasted 1 ms
 //     or more counts as contended (a preempted thread stalls its partners for
@@ -49,22 +50,34 @@ namespace rnnfast::cpu {
 
 // How a parallel call learns whether its threads waited for a CPU (see
 // "contention" above): each thread reads the scheduler's account before and
-// after, or the call's wall time alone is taken. Timed only: calls of under
-// kMinAccountedMacs multiply-adds and at most kMaxTimedSteps times their
-// per-step work, which on a quiet machine end well within kMinWaitNs (1 ms):
-// at most ~0.6 ms at 64 steps of per-step overhead (a barrier, 1-3 us) and
-// 8M multiply-adds at 20 per ns.
+// after, or the call's wall time alone is taken. Timed only: calls of at most
+// kMaxTimedSteps steps and under kTimedMacsPerRow multiply-adds per row of a
+// step (at most kMaxTimedMacs in all), which on a quiet machine end well
+// within kMinWaitNs (1 ms). What bounds them is a B=1 call, memory-bound:
+// the B=1 H=128 LSTMCell backward did ~2.6 multiply-adds per ns (126 us for
+// 3.3 * 10^5, one thread), so 2^20 take ~0.4 ms; with 8+ rows per step the
+// products run at 20+ per ns (2^23: ~0.4 ms), plus 64 steps of per-step
+// overhead (a barrier, 1-3 us).
 enum class RegionWatch { kSchedulerAccount, kDuration };
-constexpr int64_t kMinAccountedMacs = int64_t(1) << 23;
+constexpr int64_t kTimedMacsPerRow = int64_t(1) << 20;
+constexpr int64_t kMaxTimedMacs = int64_t(1) << 23;
 constexpr int64_t kMaxTimedSteps = 64;
 
-// Threads granted to one call of macs_per_step multiply-adds per step and
-// total_macs in all, over H hidden units: those it would like (min(torch's
-// intra-op thread count, H / 16) when it carries enough work, else 1) as far
-// as the budget allows. Returned to the budget when the call ends.
+// The work of one layer call, as the thread policy sees it.
+struct CallWork {
+  int64_t H = 0;              // hidden units (split across threads in slices of 16+)
+  int64_t rows = 0;           // rows per step (the batch)
+  int64_t steps = 0;          // time steps
+  int64_t macs_per_step = 0;  // multiply-adds between two step barriers
+  int64_t total_macs = 0;     // multiply-adds of the whole call
+};
+
+// Threads granted to one call: those it would like (min(torch's intra-op
+// thread count, H / 16) when it carries enough work, else 1) as far as the
+// budget allows. Returned to the budget when the call ends.
 class ThreadLease {
  public:
-  ThreadLease(int64_t H, int64_t macs_per_step, int64_t total_macs);
+  explicit ThreadLease(const CallWork& work);
   ~ThreadLease();
   ThreadLease(const ThreadLease&) = delete;
   ThreadLease& operator=(const ThreadLease&) = delete;
