@@ -344,7 +344,7 @@ def test_a_short_call_is_judged_by_its_duration(clean_thread_policy):
 def test_parallel_calls_read_the_scheduler_waits(split_small_calls, two_threads):
     """The contention signal is the kernel's run_delay: a parallel call that may last a millisecond
     knows how long its threads waited for a CPU (never negative where schedstat exists); a smaller
-    one, of at most 64 steps and under 2^20 multiply-adds per row of a step (2^23 in all), is
+    one, of at most 64 steps and under 2^20 multiply-adds per row of the batch (2^23 in all), is
     timed only (-1: not read)."""
     fast = rnnfast.LSTM(8, 64)
     cases = (

@@ -42,11 +42,12 @@ constexpr int64_t kMaxBackoffNs = 4'000'000'000;  // 4 s
 
 // Below this many multiply-adds a call runs on one thread. Measured on the
 // 2-core Zen 3 VM (benchmarks/parallel_threshold.py: small calls forced onto
-// two threads and onto one, timed-only regions): two threads took 3-25 % more
-// time at 3-10 * 10^4 (RNNCell and GRUCell one-step calls at B=1 H=128), and
-// were mostly faster from ~5 * 10^5 up. In between the runs disagreed: for
-// LSTMCell at B=1 H=128 (1.3 * 10^5; its backward 3.3 * 10^5) two threads
-// were 7-8 % faster in 21 alternations and 2 % slower in two sweeps
+// two threads and onto one, timed-only regions): at 3-10 * 10^4 (one-step
+// calls at B=1 H=128) two threads took 6-25 % more time for RNNCell and 9-12 %
+// more for GRUCell (3 % less in one sweep); they were mostly faster from
+// ~5 * 10^5 up. In between the runs disagreed: for LSTMCell at B=1 H=128
+// (1.3 * 10^5; its backward 3.3 * 10^5) two threads took 6-7 % less time in
+// 21 alternations, and its inference 2-3 % more in two sweeps
 // (docs/results/zen3-avx2/parallel_threshold_stop41.txt).
 std::atomic<int64_t> g_min_macs{int64_t(1) << 17};
 std::atomic<int> g_in_use{0};

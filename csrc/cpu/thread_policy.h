@@ -27,8 +27,8 @@
 //     1.5 ms and 16 % of their time (Zen 3), but on the Xeon VM about one call
 //     per second waits 1-7 ms; one core busy, 24-60 ms (Zen 3), 4-8 ms (Xeon).
 //     Reading it costs: two reads of schedstat and of getrusage per thread
-//     added 3.4-4.6 us to an empty parallel region and 7-15 us to a one-step
-//     cell call on the 2-core Zen 3 VM, more than such a call at B=1 spends
+//     added 3.4 us to an empty parallel region (1.17 -> 4.55 us) and 7-15 us
+//     to a one-step cell call on the 2-core Zen 3 VM, more than such a call at B=1 spends
 //     on its arithmetic. So only calls that may take a millisecond or
 //     more read it (RegionWatch below); a smaller call, which takes well
 //     under 1 ms on a quiet machine, is timed only, and one that lasted 1 ms
@@ -51,13 +51,14 @@ namespace rnnfast::cpu {
 // How a parallel call learns whether its threads waited for a CPU (see
 // "contention" above): each thread reads the scheduler's account before and
 // after, or the call's wall time alone is taken. Timed only: calls of at most
-// kMaxTimedSteps steps and under kTimedMacsPerRow multiply-adds per row of a
-// step (at most kMaxTimedMacs in all), which on a quiet machine end well
-// within kMinWaitNs (1 ms). What bounds them is a B=1 call, memory-bound:
-// the B=1 H=128 LSTMCell backward did ~2.6 multiply-adds per ns (126 us for
-// 3.3 * 10^5, one thread), so 2^20 take ~0.4 ms; with 8+ rows per step the
-// products run at 20+ per ns (2^23: ~0.4 ms), plus 64 steps of per-step
-// overhead (a barrier, 1-3 us).
+// kMaxTimedSteps steps and under kTimedMacsPerRow multiply-adds per row of
+// the batch (the call's multiply-adds over its batch; under kMaxTimedMacs in
+// all), which on a quiet machine end well within kMinWaitNs (1 ms). What
+// bounds them is a B=1 call, memory-bound: the B=1 H=128 LSTMCell backward
+// did ~2.6 multiply-adds per ns (126 us for 3.3 * 10^5, one thread), so 2^20
+// take ~0.4 ms. With more rows the products run faster (load.py's T=20 B=8
+// H=64 LSTM: 5.2 * 10^6 in ~0.18 ms on two threads, ~30 per ns; 2^23 at that
+// rate: ~0.3 ms), plus 64 steps of per-step overhead (a barrier, 1-3 us).
 enum class RegionWatch { kSchedulerAccount, kDuration };
 constexpr int64_t kTimedMacsPerRow = int64_t(1) << 20;
 constexpr int64_t kMaxTimedMacs = int64_t(1) << 23;
